@@ -1,0 +1,72 @@
+# Entry points: `make demo` (the main job) and `make test`. Each creates .venv with Python 3.12 when
+# missing and installs what it needs, pinned by constraints.txt.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+CONSTRAINTS := constraints.txt
+# Test markers CI runs by default; `make test-slow` adds the long suites.
+TEST_MARKERS ?= not slow and not gpu and not hardware and not ros
+
+# A Python 3.12 interpreter: PATH first, then pyenv's installs; pyenv shims fail unless a version is
+# selected, so each candidate must actually run.
+define find_python
+for c in python3.12 \
+         "$$(command -v pyenv >/dev/null && pyenv root)/versions/"3.12*/bin/python3.12 \
+         /usr/bin/python3.12 /usr/local/bin/python3.12; do \
+  if [ -n "$$c" ] && "$$c" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then \
+    echo "$$c"; exit 0; fi; \
+done; exit 1
+endef
+
+.PHONY: demo test test-slow bench install-core install-train install-dev install-all lock clean help
+
+help:
+	@echo "make demo    run the engine end to end on an example bundle (installs .venv)"
+	@echo "make test    run the test suite (installs .venv with the train and dev extras)"
+	@echo "make bench   run the latency benchmark, writing build/bench.json"
+
+$(VENV)/bin/python:
+	@py="$$( $(find_python) )" || { \
+	  echo "error: Python 3.12 is required (lerobot 0.6 and the ROS 2 Jazzy rclpy wheels need it)." >&2; \
+	  echo "Install it, e.g. 'apt-get install python3.12 python3.12-venv' or 'pyenv install 3.12', then rerun." >&2; \
+	  exit 1; }; \
+	echo "creating $(VENV) with $$py"; "$$py" -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# One stamp per extra set, rebuilt when the project or the pins change.
+$(VENV)/.installed-%: $(VENV)/bin/python pyproject.toml $(CONSTRAINTS)
+	$(PIP) install -q -c $(CONSTRAINTS) -e ".[$(subst +,$(comma),$*)]"
+	@touch $@
+
+comma := ,
+
+install-core: $(VENV)/bin/python
+	$(PIP) install -q -c $(CONSTRAINTS) -e .
+install-train: $(VENV)/.installed-train
+install-dev: $(VENV)/.installed-train+dev
+install-all: $(VENV)/.installed-all
+
+demo: $(VENV)/.installed-train
+	$(VENV)/bin/taco demo
+
+test: $(VENV)/.installed-train+dev
+	$(PY) -m pytest -m "$(TEST_MARKERS)"
+
+test-slow: $(VENV)/.installed-train+dev
+	$(PY) -m pytest -m "slow"
+
+bench: $(VENV)/.installed-train
+	$(VENV)/bin/taco bench --json build/bench.json
+
+# Re-pin after changing dependencies: installs unpinned into a scratch venv and freezes it.
+lock:
+	rm -rf build/lock-venv
+	"$$( $(find_python) )" -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q -e ".[train,dev]"
+	build/lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > $(CONSTRAINTS)
+	rm -rf build/lock-venv
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

@@ -1,0 +1,1 @@
+"""Robot profiles, the Robot interface, safety filter and watchdog (numpy only)."""

@@ -1,0 +1,172 @@
+"""Export of a torch chunk policy to a policy bundle (needs the `train` extra)."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from policies.bundle import hash_files, load_policy_bundle, write_manifest
+from policies.extras import require
+from policies.manifest import SAMPLER_FILES, Normalization, PolicyManifest
+
+torch = require("torch")
+require("onnx")
+
+OPSET = 17
+
+
+class _EncoderGraph(torch.nn.Module):
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, *inputs):
+        *images, state, tokens = inputs
+        return self.policy.encode(list(images), state, tokens)
+
+
+class _SamplerGraph(torch.nn.Module):
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, prefix_kv, prefix_bias, noise):
+        return self.policy.sample(prefix_kv, prefix_bias, noise)
+
+
+class _StepGraph(torch.nn.Module):
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, prefix_kv, prefix_bias, x, step):
+        return self.policy.step(prefix_kv, prefix_bias, x, step)
+
+
+def example_inputs(cfg, batch: int = 1, n: int = 2, seed: int = 0):
+    """Random normalised encoder inputs and noise for a config (export tracing and parity tests)."""
+    g = torch.Generator().manual_seed(seed)
+    images = [torch.randn(batch, 3, c.height, c.width, generator=g) for c in cfg.cameras]
+    state = torch.randn(batch, len(cfg.state_names), generator=g)
+    tokens = torch.randint(3, 259, (batch, cfg.max_text_len), generator=g)
+    tokens[:, cfg.max_text_len // 2:] = 0  # padding, so the export sees the mask path
+    noise = torch.randn(n, cfg.chunk_length, len(cfg.action_names), generator=g)
+    return images, state, tokens, noise
+
+
+def _export(module, args, path: Path, input_names, output_names, dynamic_axes):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The TorchScript exporter: 10x faster to export than dynamo for these graphs and gives the same
+        # operators; parity tests guard the result.
+        torch.onnx.export(
+            module, args, str(path), input_names=input_names, output_names=output_names,
+            dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False,
+        )
+
+
+def export_bundle(
+    policy,
+    out_dir: str | Path,
+    *,
+    normalization: Normalization | None = None,
+    sampler: str = "unrolled",
+    name: str | None = None,
+    provenance: dict | None = None,
+    overwrite: bool = False,
+):
+    """Writes `policy` as a bundle: encoder.onnx, sampler.onnx or step.onnx, manifest.json.
+
+    Args:
+        policy: a `ChunkPolicy` (flow or diffusion), in eval mode.
+        out_dir: bundle folder; must not exist unless `overwrite`.
+        normalization: statistics mapping robot units to normalised units; identity when None.
+        sampler: "unrolled" (all steps in one graph) or "stepped" (one step; the runtime loops).
+        name: bundle name; defaults to the folder name.
+        provenance: how the bundle was made (command, dataset fingerprint); the command line is added.
+
+    Returns:
+        the loaded, validated PolicyBundle.
+    """
+    if sampler not in SAMPLER_FILES:
+        raise ValueError(f"sampler: must be one of {', '.join(SAMPLER_FILES)}, got {sampler!r}")
+    cfg = policy.cfg
+    out = Path(out_dir)
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(out)
+    normalization = normalization or Normalization.identity(len(cfg.state_names), len(cfg.action_names))
+    policy = policy.eval()
+    # Write into a temporary sibling and rename, so an interrupted export never leaves a half bundle.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        images, state, tokens, noise = example_inputs(cfg)
+        cam_inputs = [f"image_{c.name}" for c in cfg.cameras]
+        with torch.no_grad():
+            prefix_kv, prefix_bias = policy.encode(images, state, tokens)
+            _export(
+                _EncoderGraph(policy), (*images, state, tokens), tmp / "encoder.onnx",
+                [*cam_inputs, "state", "tokens"], ["prefix_kv", "prefix_bias"],
+                {name: {0: "batch"} for name in [*cam_inputs, "state", "tokens", "prefix_kv", "prefix_bias"]},
+            )
+            if sampler == "unrolled":
+                _export(
+                    _SamplerGraph(policy), (prefix_kv, prefix_bias, noise), tmp / "sampler.onnx",
+                    ["prefix_kv", "prefix_bias", "noise"], ["chunks", "features"],
+                    {"noise": {0: "n"}, "chunks": {0: "n"}, "features": {0: "n"}},
+                )
+            else:
+                _export(
+                    _StepGraph(policy), (prefix_kv, prefix_bias, noise, torch.tensor(0, dtype=torch.long)),
+                    tmp / "step.onnx", ["prefix_kv", "prefix_bias", "x", "step"], ["x_next", "features"],
+                    {"x": {0: "n"}, "x_next": {0: "n"}, "features": {0: "n"}},
+                )
+        files = ["encoder.onnx", SAMPLER_FILES[sampler]]
+        manifest = PolicyManifest(
+            kind=cfg.kind,
+            name=name or out.name,
+            cameras=cfg.cameras,
+            state_names=cfg.state_names,
+            action_names=cfg.action_names,
+            chunk_length=cfg.chunk_length,
+            num_steps=cfg.num_steps,
+            feature_dim=cfg.expert_dim,
+            action_dt=cfg.action_dt,
+            sampler=sampler,
+            normalization=normalization,
+            tokenizer=_tokenizer(cfg),
+            files=hash_files(tmp, files),
+            model_config=cfg.to_dict(),
+            provenance={
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "torch": torch.__version__,
+                "opset": OPSET,
+                **(provenance or {}),
+            },
+        )
+        write_manifest(tmp, manifest)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_policy_bundle(out)
+
+
+def _tokenizer(cfg):
+    from policies.tokenizer import ByteTokenizer
+
+    return ByteTokenizer(max_length=cfg.max_text_len)
+
+
+def onnx_size_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).glob("*.onnx"))
+
+
+__all__ = ["export_bundle", "example_inputs", "onnx_size_bytes"]

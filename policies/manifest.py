@@ -1,0 +1,234 @@
+"""The policy bundle manifest: what a bundle's ONNX graphs expect and produce.
+
+A policy bundle is a folder holding `manifest.json` and the ONNX files it lists:
+
+- `encoder.onnx`: called once per control step.
+  inputs  `image_<camera>: float32[B, 3, H, W]` (normalised), `state: float32[B, S]` (normalised),
+          `tokens: int64[B, L]`;
+  outputs `prefix_kv: float32[B, layers, 2, heads, P, head_dim]`, `prefix_bias: float32[B, P]`
+          (0 for real prefix tokens, a large negative number for padding).
+- sampler `unrolled` -> `sampler.onnx`: all denoising steps in one graph.
+  inputs  `prefix_kv` and `prefix_bias` with B = 1, `noise: float32[N, H, A]`;
+  outputs `chunks: float32[N, H, A]` (normalised), `features: float32[N, F]`.
+- sampler `stepped` -> `step.onnx`: one denoising step, driven by the runtime for k = 0..num_steps-1.
+  inputs  `prefix_kv`, `prefix_bias`, `x: float32[N, H, A]`, `step: int64[]`;
+  outputs `x_next: float32[N, H, A]`, `features: float32[N, F]`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from policies.errors import BundleError
+from policies.schema import Reader, canonical_hash
+from policies.tokenizer import ByteTokenizer
+
+SCHEMA_VERSION = 1
+POLICY_KINDS = ("flow", "diffusion")
+SAMPLER_MODES = ("unrolled", "stepped")
+SAMPLER_FILES = {"unrolled": "sampler.onnx", "stepped": "step.onnx"}
+
+# ALOHA convention: 6 arm joints + gripper, left arm then right arm.
+ALOHA_JOINTS = tuple(
+    f"{side}_{joint}"
+    for side in ("left", "right")
+    for joint in ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper")
+)
+
+FEATURE_DESCRIPTION = (
+    "action expert last-layer output (after the final layer norm) at the first action token, "
+    "at the final denoising step"
+)
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    # Camera name as robots publish it, e.g. "cam_high".
+    name: str
+    # Image height the encoder takes, pixels.
+    height: int
+    # Image width the encoder takes, pixels.
+    width: int
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Statistics that map robot units to the model's normalised space: (x - mean) / std."""
+
+    # float[S]: state mean, robot units (radians for joints, normalised gripper opening).
+    state_mean: tuple[float, ...]
+    # float[S]: state standard deviation, robot units, > 0.
+    state_std: tuple[float, ...]
+    # float[A]: action mean, robot units.
+    action_mean: tuple[float, ...]
+    # float[A]: action standard deviation, robot units, > 0.
+    action_std: tuple[float, ...]
+    # float[3]: per-channel RGB mean of images scaled to [0, 1].
+    image_mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    # float[3]: per-channel RGB std of images scaled to [0, 1], > 0.
+    image_std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    @classmethod
+    def identity(cls, state_dim: int, action_dim: int) -> Normalization:
+        return cls((0.0,) * state_dim, (1.0,) * state_dim, (0.0,) * action_dim, (1.0,) * action_dim)
+
+    def to_dict(self) -> dict:
+        return {
+            "state": {"mean": list(self.state_mean), "std": list(self.state_std)},
+            "action": {"mean": list(self.action_mean), "std": list(self.action_std)},
+            "image": {"mean": list(self.image_mean), "std": list(self.image_std)},
+        }
+
+    @classmethod
+    def read(cls, r: Reader, state_dim: int, action_dim: int) -> Normalization:
+        state, action, image = r.obj("state"), r.obj("action"), r.obj("image")
+        out = cls(
+            state_mean=state.floats("mean", state_dim),
+            state_std=state.floats("std", state_dim, positive=True),
+            action_mean=action.floats("mean", action_dim),
+            action_std=action.floats("std", action_dim, positive=True),
+            image_mean=image.floats("mean", 3),
+            image_std=image.floats("std", 3, positive=True),
+        )
+        for sub in (state, action, image, r):
+            sub.finish()
+        return out
+
+
+@dataclass(frozen=True)
+class PolicyManifest:
+    """Everything the runtime needs to feed a policy bundle and read its outputs."""
+
+    # "flow" (Euler integration of a velocity field) or "diffusion" (DDIM on an epsilon model).
+    kind: str
+    # Human-readable bundle name.
+    name: str
+    # Cameras the encoder takes, in input order.
+    cameras: tuple[CameraSpec, ...]
+    # Names of the S state entries, in order (joint names; left arm then right arm).
+    state_names: tuple[str, ...]
+    # Names of the A action entries, in order.
+    action_names: tuple[str, ...]
+    # H: actions per chunk.
+    chunk_length: int
+    # Denoising steps per sample.
+    num_steps: int
+    # F: size of the per-candidate verifier feature.
+    feature_dim: int
+    # Seconds between consecutive actions of a chunk (0.02 at 50 Hz).
+    action_dt: float
+    # How the denoising loop is run: "unrolled" in one graph, or "stepped" by the runtime.
+    sampler: str
+    normalization: Normalization
+    tokenizer: ByteTokenizer
+    # File name -> sha256 of every ONNX file of the bundle.
+    files: dict[str, str]
+    # What the verifier feature is.
+    feature_description: str = FEATURE_DESCRIPTION
+    # The model's construction settings, for reference and for re-export.
+    model_config: dict = field(default_factory=dict)
+    # How the bundle was made: command line, dataset fingerprint, versions. Not part of the fingerprint.
+    provenance: dict = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self):
+        if self.kind not in POLICY_KINDS:
+            raise BundleError("kind", f"must be one of {', '.join(POLICY_KINDS)}; got {self.kind!r}")
+        if self.sampler not in SAMPLER_MODES:
+            raise BundleError("sampler", f"must be one of {', '.join(SAMPLER_MODES)}; got {self.sampler!r}")
+        needed = {"encoder.onnx", SAMPLER_FILES[self.sampler]}
+        missing = needed - set(self.files)
+        if missing:
+            raise BundleError(f"files.{sorted(missing)[0]}", f"required by sampler {self.sampler!r}, not listed")
+        names = [c.name for c in self.cameras]
+        if len(set(names)) != len(names):
+            raise BundleError("cameras", f"camera names must be unique, got {names}")
+
+    @property
+    def state_dim(self) -> int:
+        return len(self.state_names)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_names)
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.cameras)
+
+    @property
+    def sampler_file(self) -> str:
+        return SAMPLER_FILES[self.sampler]
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over everything that changes what the bundle computes (all but provenance)."""
+        data = self.to_dict()
+        data.pop("provenance")
+        data.pop("name")
+        return canonical_hash(data)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "kind": self.kind,
+            "name": self.name,
+            "cameras": [asdict(c) for c in self.cameras],
+            "state": {"names": list(self.state_names)},
+            "action": {"names": list(self.action_names)},
+            "chunk_length": self.chunk_length,
+            "num_steps": self.num_steps,
+            "action_dt": self.action_dt,
+            "feature": {"dim": self.feature_dim, "description": self.feature_description},
+            "sampler": self.sampler,
+            "normalization": self.normalization.to_dict(),
+            "tokenizer": self.tokenizer.to_dict(),
+            "files": dict(sorted(self.files.items())),
+            "model_config": self.model_config,
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PolicyManifest:
+        """Validates a manifest; raises BundleError naming the first bad field."""
+        r = Reader(data, "")
+        version = r.int("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BundleError("schema_version", f"this runtime reads version {SCHEMA_VERSION}, got {version}")
+        cameras = []
+        for c in r.list("cameras"):
+            cameras.append(CameraSpec(c.str("name"), c.int("height", minimum=1), c.int("width", minimum=1)))
+            c.finish()
+        state, action, feature, tok = r.obj("state"), r.obj("action"), r.obj("feature"), r.obj("tokenizer")
+        state_names, action_names = state.strs("names"), action.strs("names")
+        files_r = r.obj("files")
+        files = {}
+        for name in files_r.data:
+            value = files_r.str(name)
+            if len(value) != 64 or any(ch not in "0123456789abcdef" for ch in value):
+                raise BundleError(f"files.{name}", "expected a sha256 hex digest")
+            files[name] = value
+        tok.str("type", choices=("bytes",))
+        tokenizer = ByteTokenizer(max_length=tok.int("max_length", minimum=3))
+        manifest = cls(
+            kind=r.str("kind", choices=POLICY_KINDS),
+            name=r.str("name"),
+            cameras=tuple(cameras),
+            state_names=state_names,
+            action_names=action_names,
+            chunk_length=r.int("chunk_length", minimum=1),
+            num_steps=r.int("num_steps", minimum=1),
+            feature_dim=feature.int("dim", minimum=1),
+            feature_description=feature.str("description"),
+            action_dt=r.float("action_dt", positive=True),
+            sampler=r.str("sampler", choices=SAMPLER_MODES),
+            normalization=Normalization.read(r.obj("normalization"), len(state_names), len(action_names)),
+            tokenizer=tokenizer,
+            files=files,
+            model_config=r.raw("model_config", {}),
+            provenance=r.raw("provenance", {}),
+            schema_version=version,
+        )
+        for sub in (state, action, feature, tok, r):
+            sub.finish()
+        return manifest

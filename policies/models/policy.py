@@ -1,0 +1,200 @@
+"""Flow-matching and diffusion chunk policies sharing one prefix encoder and one action expert.
+
+Conventions (normalised units everywhere; the runtime normalises inputs and unnormalises chunks):
+- flow: x_t = t * noise + (1 - t) * actions, the expert predicts v = noise - actions, and sampling
+  integrates x <- x - v / S from t = 1 (noise) to t = 0 in S Euler steps (pi0's convention).
+- diffusion: cosine-schedule DDPM training with epsilon prediction; sampling is deterministic DDIM over
+  S evenly spaced ("leading") timesteps with precomputed constants.
+Both return, per candidate, the verifier feature: the expert's last-layer output (after the final
+norm) at the first action token at the final denoising step.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from policies.config import PolicyConfig
+from policies.models.layers import MASKED, EncoderBlock, ExpertBlock, sinusoidal
+from policies.tokenizer import PAD_ID, VOCAB_SIZE
+
+
+class PrefixEncoder(nn.Module):
+    """Observation -> per-expert-layer prefix keys/values; run once per control step."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        d = cfg.enc_dim
+        self.cfg = cfg
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 32, kernel_size=4, stride=4),
+            nn.GELU(approximate="tanh"),
+            nn.Conv2d(32, d, kernel_size=cfg.patch_size // 4, stride=cfg.patch_size // 4),
+        )
+        self.camera_embed = nn.Parameter(torch.randn(len(cfg.cameras), d) * 0.02)
+        self.image_pos = nn.ParameterList(
+            [nn.Parameter(torch.randn((c.height // cfg.patch_size) * (c.width // cfg.patch_size), d) * 0.02)
+             for c in cfg.cameras]
+        )
+        self.state_proj = nn.Linear(len(cfg.state_names), d)
+        self.text_embed = nn.Embedding(VOCAB_SIZE, d)
+        self.text_pos = nn.Parameter(torch.randn(cfg.max_text_len, d) * 0.02)
+        self.blocks = nn.ModuleList([EncoderBlock(d, cfg.enc_heads) for _ in range(cfg.enc_layers)])
+        self.norm = nn.LayerNorm(d)
+        self.kv = nn.ModuleList([nn.Linear(d, 2 * cfg.expert_dim) for _ in range(cfg.expert_layers)])
+
+    def forward(self, images: list[torch.Tensor], state: torch.Tensor, tokens: torch.Tensor):
+        """images: float[B, 3, H, W] per camera; state: float[B, S]; tokens: int64[B, L].
+
+        Returns prefix_kv float[B, layers, 2, heads, P, head_dim] and prefix_bias float[B, P].
+        """
+        parts = []
+        for i, img in enumerate(images):
+            feat = self.stem(img).flatten(2).transpose(1, 2)  # [B, T, D]
+            parts.append(feat + self.image_pos[i] + self.camera_embed[i])
+        parts.append(self.state_proj(state)[:, None])
+        parts.append(self.text_embed(tokens) + self.text_pos)
+        x = torch.cat(parts, dim=1)
+        b, p = x.shape[0], x.shape[1]
+        text_bias = torch.where(tokens == PAD_ID, torch.full_like(tokens, 0, dtype=x.dtype) + MASKED,
+                                torch.zeros_like(tokens, dtype=x.dtype))
+        bias = torch.cat([torch.zeros(b, p - tokens.shape[1], dtype=x.dtype, device=x.device), text_bias], dim=1)
+        for block in self.blocks:
+            x = block(x, bias)
+        x = self.norm(x)
+        heads, hd = self.cfg.expert_heads, self.cfg.expert_dim // self.cfg.expert_heads
+        kv = [proj(x).reshape(b, p, 2, heads, hd).permute(0, 2, 3, 1, 4) for proj in self.kv]
+        return torch.stack(kv, dim=1), bias
+
+
+class ActionExpert(nn.Module):
+    """Noisy chunk + time -> model output (velocity or epsilon) and the verifier feature."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        d, a = cfg.expert_dim, len(cfg.action_names)
+        self.cfg = cfg
+        self.action_in = nn.Linear(a, d)
+        self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.pos = nn.Parameter(torch.randn(cfg.chunk_length, d) * 0.02)
+        self.blocks = nn.ModuleList(
+            [ExpertBlock(d, cfg.expert_heads, cfg.expert_mlp_ratio) for _ in range(cfg.expert_layers)]
+        )
+        self.norm = nn.LayerNorm(d)
+        self.action_out = nn.Linear(d, a)
+
+    def forward(self, x, t, prefix_kv, prefix_bias):
+        """x: [N, H, A]; t: [N] in [0, 1]; prefix_kv: [1 or N, L, 2, heads, P, hd]; prefix_bias: [1 or N, P]."""
+        # The time embedding is computed once per candidate and added to every action token.
+        temb = self.time_mlp(sinusoidal(t, self.cfg.expert_dim))
+        tokens = self.action_in(x) + temb[:, None] + self.pos
+        for i, block in enumerate(self.blocks):
+            tokens = block(tokens, prefix_kv[:, i, 0], prefix_kv[:, i, 1], prefix_bias)
+        tokens = self.norm(tokens)
+        return self.action_out(tokens), tokens[:, 0]
+
+
+class ChunkPolicy(nn.Module):
+    """Base of both kinds: `encode` once, then `sample` (all steps) or `step` (one step) per candidate batch."""
+
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = PrefixEncoder(cfg)
+        self.expert = ActionExpert(cfg)
+
+    def encode(self, images, state, tokens):
+        return self.encoder(images, state, tokens)
+
+    def step(self, prefix_kv, prefix_bias, x, k):
+        """One denoising step k in [0, S): returns (x_next, features)."""
+        raise NotImplementedError
+
+    def sample(self, prefix_kv, prefix_bias, noise):
+        """All S steps from noise[N, H, A]: returns (chunks[N, H, A], features[N, F]) in normalised units."""
+        x, features = noise, None
+        for k in range(self.cfg.num_steps):
+            x, features = self.step(prefix_kv, prefix_bias, x, k)
+        return x, features
+
+    def loss(self, images, state, tokens, actions, generator=None):
+        """Training loss for a batch of normalised actions[B, H, A]."""
+        raise NotImplementedError
+
+
+class FlowPolicy(ChunkPolicy):
+    def step(self, prefix_kv, prefix_bias, x, k):
+        s = self.cfg.num_steps
+        k = torch.as_tensor(k, dtype=torch.float32)
+        t = (1.0 - k / s).reshape(1).expand(x.shape[0])
+        v, features = self.expert(x, t, prefix_kv, prefix_bias)
+        return x - v / s, features
+
+    def loss(self, images, state, tokens, actions, generator=None):
+        b = actions.shape[0]
+        prefix_kv, prefix_bias = self.encode(images, state, tokens)
+        noise = torch.randn(actions.shape, generator=generator, device=actions.device)
+        # pi0 samples t from Beta(1.5, 1) scaled to (0.001, 1): more weight on noisy times.
+        t = torch.distributions.Beta(1.5, 1.0).sample((b,)).to(actions.device) * 0.999 + 0.001
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+        # Prefix batch B equals the action batch here; MatMul pairs sample i with prefix i.
+        v, _ = self.expert(x_t, t, prefix_kv, prefix_bias)
+        return ((v - (noise - actions)) ** 2).mean()
+
+
+class DiffusionPolicy(ChunkPolicy):
+    def __init__(self, cfg: PolicyConfig):
+        super().__init__(cfg)
+        T, S = cfg.diffusion_train_steps, cfg.num_steps
+        steps = torch.arange(T + 1, dtype=torch.float64)
+        # Cosine schedule (Nichol & Dhariwal), betas capped at 0.999 as in diffusion_policy.
+        f = torch.cos((steps / T + 0.008) / 1.008 * math.pi / 2) ** 2
+        betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
+        alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+        timesteps = torch.arange(S - 1, -1, -1, dtype=torch.long) * (T // S)  # leading spacing, e.g. 90..0
+        a_t = alphas_cumprod[timesteps]
+        prev = timesteps - T // S
+        a_prev = torch.where(prev >= 0, alphas_cumprod[prev.clamp(min=0)], torch.ones_like(a_t))
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+        self.register_buffer("ddim_t", (timesteps.float() / T), persistent=False)
+        self.register_buffer("ddim_sqrt_a", a_t.sqrt().float(), persistent=False)
+        self.register_buffer("ddim_sqrt_1ma", (1 - a_t).sqrt().float(), persistent=False)
+        self.register_buffer("ddim_sqrt_aprev", a_prev.sqrt().float(), persistent=False)
+        self.register_buffer("ddim_sqrt_1maprev", (1 - a_prev).sqrt().float(), persistent=False)
+
+    def step(self, prefix_kv, prefix_bias, x, k):
+        k = torch.as_tensor(k, dtype=torch.long).reshape(1)
+        t = self.ddim_t.index_select(0, k).expand(x.shape[0])
+        eps, features = self.expert(x, t, prefix_kv, prefix_bias)
+        sa, s1a = self.ddim_sqrt_a.index_select(0, k), self.ddim_sqrt_1ma.index_select(0, k)
+        x0 = ((x - s1a * eps) / sa).clamp(-self.cfg.diffusion_clip, self.cfg.diffusion_clip)
+        # Epsilon consistent with the clipped x0, so the update stays on the DDIM trajectory.
+        eps = (x - sa * x0) / s1a
+        x_next = self.ddim_sqrt_aprev.index_select(0, k) * x0 + self.ddim_sqrt_1maprev.index_select(0, k) * eps
+        return x_next, features
+
+    def loss(self, images, state, tokens, actions, generator=None):
+        b = actions.shape[0]
+        T = self.cfg.diffusion_train_steps
+        prefix_kv, prefix_bias = self.encode(images, state, tokens)
+        noise = torch.randn(actions.shape, generator=generator, device=actions.device)
+        ts = torch.randint(0, T, (b,), generator=generator, device=actions.device)
+        a = self.alphas_cumprod[ts][:, None, None]
+        x_t = a.sqrt() * actions + (1 - a).sqrt() * noise
+        eps, _ = self.expert(x_t, ts.float() / T, prefix_kv, prefix_bias)
+        return ((eps - noise) ** 2).mean()
+
+
+def build_policy(cfg: PolicyConfig, seed: int = 0) -> ChunkPolicy:
+    """A freshly initialised policy of the registered kind `cfg.kind`, its weights drawn from `seed`."""
+    from policies.registry import policy_kinds
+
+    kinds = policy_kinds()
+    if cfg.kind not in kinds:
+        raise ValueError(f"kind: {cfg.kind!r} is not a registered policy kind ({', '.join(kinds)})")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = kinds[cfg.kind].model_class()(cfg)
+    return model.eval()

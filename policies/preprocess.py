@@ -1,0 +1,147 @@
+"""Observation -> encoder inputs: validation, resizing, normalisation and tokenisation (numpy only)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from functools import lru_cache
+
+import numpy as np
+
+from policies.errors import ObservationError
+from policies.manifest import PolicyManifest
+from policies.observation import Observation
+
+# Dtypes accepted for `state`; others (ints, bools, objects) are errors rather than silent casts.
+STATE_DTYPES = (np.float32, np.float64)
+
+
+@lru_cache(maxsize=64)
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """float32[n_out, n_in]: each output pixel averages the input pixels it covers (box filter)."""
+    weights = np.zeros((n_out, n_in), np.float64)
+    scale = n_in / n_out
+    for o in range(n_out):
+        lo, hi = o * scale, (o + 1) * scale
+        for i in range(int(math.floor(lo)), min(int(math.ceil(hi)), n_in)):
+            weights[o, i] = min(hi, i + 1) - max(lo, i)
+    weights /= weights.sum(axis=1, keepdims=True)
+    return weights.astype(np.float32)
+
+
+def _box_downscale(image: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """Integer-factor area averaging by summing strided slices in uint16/uint32 (much faster than mean())."""
+    h, w, c = image.shape
+    oh, ow = h // fy, w // fx
+    acc_type = np.uint16 if fy * fx * 255 < 2**16 else np.uint32
+    rows = image.reshape(oh, fy, w * c)
+    acc = rows[:, 0].astype(acc_type)
+    for i in range(1, fy):
+        acc += rows[:, i]
+    cols = acc.reshape(oh, ow, fx, c)
+    out = cols[:, :, 0].copy()
+    for j in range(1, fx):
+        out += cols[:, :, j]
+    return out.astype(np.float32) * np.float32(1.0 / (fy * fx))
+
+
+def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resizes uint8[h, w, 3] to float32[height, width, 3] in [0, 255] with area averaging.
+
+    Integer down-scaling factors (480x640 -> 96x128) take a fast path; other sizes use two matrix
+    products with box-filter weights (rows, then columns).
+    """
+    h, w, c = image.shape
+    if (h, w) == (height, width):
+        return image.astype(np.float32)
+    if h % height == 0 and w % width == 0:
+        return _box_downscale(image, h // height, w // width)
+    wy, wx = _area_weights(h, height), _area_weights(w, width)
+    rows = wy @ image.reshape(h, w * c).astype(np.float32)  # [height, w * c]
+    cols = rows.reshape(height, w, c).transpose(0, 2, 1).reshape(height * c, w) @ wx.T  # [height * c, width]
+    return np.ascontiguousarray(cols.reshape(height, c, width).transpose(0, 2, 1))
+
+
+def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resizes keeping the aspect ratio, then pads with black to [height, width, 3] (float32, 0..255).
+
+    Images whose aspect ratio already matches (640x480 -> 128x96) are resized without padding.
+    """
+    h, w, _ = image.shape
+    scale = min(height / h, width / w)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = resize_area(image, new_h, new_w)
+    if (new_h, new_w) == (height, width):
+        return resized
+    out = np.zeros((height, width, 3), np.float32)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    out[top: top + new_h, left: left + new_w] = resized
+    return out
+
+
+class Preprocessor:
+    """Turns an Observation into the encoder's feeds; called by the runtime once per control step."""
+
+    def __init__(self, manifest: PolicyManifest):
+        self.manifest = manifest
+        norm = manifest.normalization
+        self._state_mean = np.asarray(norm.state_mean, np.float32)
+        self._state_std = np.asarray(norm.state_std, np.float32)
+        # Folds /255 and the per-channel normalisation into one multiply-add.
+        self._img_scale = (1.0 / (255.0 * np.asarray(norm.image_std, np.float32))).reshape(3, 1, 1)
+        self._img_shift = (np.asarray(norm.image_mean, np.float32) / np.asarray(norm.image_std, np.float32)).reshape(3, 1, 1)
+
+    def __call__(self, observation: Observation | Mapping) -> dict[str, np.ndarray]:
+        """Validates and converts; raises ObservationError naming the bad field."""
+        if isinstance(observation, Mapping):
+            observation = Observation.from_dict(observation)
+        if not isinstance(observation, Observation):
+            raise ObservationError("observation", f"expected an Observation, got {type(observation).__name__}")
+        feeds = {}
+        images = observation.images
+        if not isinstance(images, Mapping):
+            raise ObservationError("images", f"expected a mapping camera -> image, got {type(images).__name__}")
+        expected = self.manifest.camera_names
+        for name in images:
+            if name not in expected:
+                raise ObservationError(f"images[{name!r}]", f"unknown camera (this policy takes {', '.join(expected)})")
+        for cam in self.manifest.cameras:
+            if cam.name not in images:
+                raise ObservationError(f"images[{cam.name!r}]", "missing camera")
+            feeds[f"image_{cam.name}"] = self._image(f"images[{cam.name!r}]", images[cam.name], cam.height, cam.width)
+        feeds["state"] = self._state(observation.state)
+        if not isinstance(observation.task, str):
+            raise ObservationError("task", f"expected str, got {type(observation.task).__name__}")
+        feeds["tokens"] = self.manifest.tokenizer.encode(observation.task)[None]
+        stamp = observation.stamp
+        if isinstance(stamp, bool) or not isinstance(stamp, (int, float, np.floating)) or not math.isfinite(stamp):
+            raise ObservationError("stamp", f"expected finite seconds, got {stamp!r}")
+        return feeds
+
+    def _image(self, field: str, image, height: int, width: int) -> np.ndarray:
+        if not isinstance(image, np.ndarray):
+            raise ObservationError(field, f"expected a numpy array, got {type(image).__name__}")
+        if image.dtype != np.uint8:
+            raise ObservationError(field, f"expected dtype uint8 (RGB 0..255), got {image.dtype}")
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ObservationError(field, f"expected shape [H, W, 3] (RGB channels last), got {list(image.shape)}")
+        if image.shape[0] < 1 or image.shape[1] < 1:
+            raise ObservationError(field, f"empty image of shape {list(image.shape)}")
+        pixels = resize_with_pad(image, height, width)  # [h, w, 3] float32 0..255
+        chw = np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        chw *= self._img_scale
+        chw -= self._img_shift
+        return chw[None]
+
+    def _state(self, state) -> np.ndarray:
+        if not isinstance(state, np.ndarray):
+            raise ObservationError("state", f"expected a numpy array, got {type(state).__name__}")
+        if state.dtype not in STATE_DTYPES:
+            raise ObservationError("state", f"expected dtype float32 or float64, got {state.dtype}")
+        if state.shape != (self.manifest.state_dim,):
+            raise ObservationError("state", f"expected shape [{self.manifest.state_dim}], got {list(state.shape)}")
+        bad = np.flatnonzero(~np.isfinite(state))
+        if bad.size:
+            i = int(bad[0])
+            raise ObservationError(f"state[{i}]", f"not finite ({state[i]}) for joint {self.manifest.state_names[i]!r}")
+        return ((state.astype(np.float32) - self._state_mean) / self._state_std)[None]

@@ -1,0 +1,219 @@
+"""`taco bench`: per-stage latency of the runtime against a naive PyTorch baseline, side by side.
+
+The naive baseline does what TACO's reference release does: PyTorch eager, the observation replicated
+N times, the prefix encoded N times (one batch of N), then N candidates sampled, each against its own
+prefix copy. Both run in this process, interleaved round by round, so machine noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from policies import PolicyBundle, load_policy_bundle, make_example_observation
+from policies.config import PolicyConfig
+from policies.flops import candidate_flops, encoder_flops
+from runtime.engine import Engine, EngineConfig
+from runtime.sessions import SessionConfig
+
+STAGES = ("preprocess", "encode", "sample", "score", "select", "total")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Settings of one benchmark run."""
+
+    # Candidate counts to measure.
+    ns: tuple[int, ...] = (1, 4, 16, 64)
+    # Timed rounds per configuration (after `warmup` untimed rounds).
+    iters: int = 50
+    warmup: int = 5
+    # Policy bundle to measure; None builds and exports a fresh model of `kind` and `size`.
+    bundle: str | None = None
+    kind: str = "flow"
+    size: str = "default"
+    # ONNX Runtime settings of the runtime rows.
+    provider: str = "cpu"
+    threads: int = 1
+    # Run the PyTorch eager baseline (needs torch and the model's weights).
+    naive: bool = True
+    # Hidden width of the CFN-shaped benchmark verifier.
+    verifier_hidden: int = 256
+    seed: int = 0
+    notes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.ns or any(n < 1 for n in self.ns):
+            raise ValueError(f"ns: candidate counts must be >= 1, got {self.ns}")
+        if self.iters < 1 or self.warmup < 0:
+            raise ValueError("iters must be >= 1 and warmup >= 0")
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    arr = np.asarray(samples)
+    return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99))}
+
+
+class _Naive:
+    """TACO-reference-style inference in PyTorch eager, one step at a time."""
+
+    def __init__(self, policy, engine: Engine, verifier):
+        import torch
+
+        self.torch, self.policy, self.engine, self.verifier = torch, policy, engine, verifier
+        self.cams = engine.manifest.camera_names
+
+    def __call__(self, observation, n: int, seed: int) -> dict[str, float]:
+        torch = self.torch
+        ms = {}
+        t0 = time.perf_counter()
+        feeds = self.engine.preprocess(observation)
+        images = [torch.from_numpy(feeds[f"image_{c}"]).repeat(n, 1, 1, 1) for c in self.cams]
+        state = torch.from_numpy(feeds["state"]).repeat(n, 1)
+        tokens = torch.from_numpy(feeds["tokens"]).repeat(n, 1)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            prefix_kv, prefix_bias = self.policy.encode(images, state, tokens)
+            t2 = time.perf_counter()
+            noise = torch.from_numpy(self.engine.noise(n, seed))
+            chunks, features = self.policy.sample(prefix_kv, prefix_bias, noise)
+            t3 = time.perf_counter()
+            features_np = features.numpy()
+        scores = self.verifier.score(features_np) if self.verifier is not None else None
+        t4 = time.perf_counter()
+        index = int(np.argmax(scores)) if scores is not None else 0
+        _ = chunks[index].numpy()
+        t5 = time.perf_counter()
+        ms.update(preprocess=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3, sample=(t3 - t2) * 1e3,
+                  score=(t4 - t3) * 1e3, select=(t5 - t4) * 1e3, total=(t5 - t0) * 1e3)
+        return ms
+
+
+def run_bench(config: BenchConfig, progress=print) -> dict:
+    """Measures every configuration and returns the JSON-ready report (rows + summary)."""
+    notes = list(config.notes)
+    workdir = Path(tempfile.mkdtemp(prefix="taco-bench-"))
+    policy = None
+    if config.bundle is None:
+        from policies.config import make_config
+        from policies.export import export_bundle
+        from policies.models import build_policy
+
+        cfg = make_config(config.size, config.kind)
+        policy = build_policy(cfg, seed=config.seed)
+        bundle = export_bundle(policy, workdir / f"{config.kind}-{config.size}", name=f"bench-{config.kind}-{config.size}")
+        progress(f"exported a fresh {config.size} {config.kind} policy to {bundle.path}")
+    else:
+        bundle = load_policy_bundle(config.bundle)
+        cfg = PolicyConfig.from_dict(bundle.manifest.model_config) if bundle.manifest.model_config else None
+        if config.naive:
+            notes.append("naive baseline skipped: a bundle holds ONNX graphs only, not the torch weights")
+    from verifiers.bundle import write_verifier_bundle
+    from verifiers.synthetic import mlp_verifier_onnx
+
+    verifier_onnx = mlp_verifier_onnx(workdir / "bench_verifier.onnx", bundle.manifest.feature_dim,
+                                      hidden=config.verifier_hidden, seed=config.seed)
+    verifier_path = workdir / "bench-verifier"
+    write_verifier_bundle(verifier_onnx, verifier_path, policy_fingerprint=bundle.fingerprint,
+                          feature_dim=bundle.manifest.feature_dim, type="synthetic-cfn-shaped")
+    session = SessionConfig(provider=config.provider, intra_op_threads=config.threads)
+    plain = Engine(bundle, config=EngineConfig(session=session))
+    verified = Engine(bundle, verifier=verifier_path, config=EngineConfig(session=session))
+    observation = make_example_observation(bundle.manifest, seed=config.seed, image_size=(480, 640))
+
+    runners = {}
+    for n in config.ns:
+        runners[("runtime", n, False)] = lambda n=n: plain.infer(observation, n, seed=config.seed).timings
+        runners[("runtime", n, True)] = lambda n=n: verified.infer(observation, n, seed=config.seed).timings
+    if policy is not None and config.naive:
+        import torch
+
+        torch.set_num_threads(config.threads)
+        naive = _Naive(policy, plain, verified.verifier)
+        for n in config.ns:
+            runners[("naive", n, True)] = lambda n=n: naive(observation, n, config.seed)
+
+    samples: dict[tuple, dict[str, list[float]]] = {key: {s: [] for s in STAGES} for key in runners}
+    for _ in range(config.warmup):
+        for run in runners.values():
+            run()
+    started = time.perf_counter()
+    for i in range(config.iters):
+        for key, run in runners.items():
+            timings = run()
+            for s in STAGES:
+                samples[key][s].append(timings.get(s, 0.0))
+        if (i + 1) % max(1, config.iters // 5) == 0:
+            progress(f"  round {i + 1}/{config.iters} ({time.perf_counter() - started:.0f} s)")
+
+    rows = []
+    for (impl, n, with_verifier), stages in samples.items():
+        rows.append({"impl": impl, "n": n, "verifier": with_verifier,
+                     **{s: _percentiles(v) for s, v in stages.items()}})
+
+    def p50(impl, n, v):
+        for r in rows:
+            if (r["impl"], r["n"], r["verifier"]) == (impl, n, v):
+                return r["total"]["p50"]
+        return None
+
+    summary = {
+        "ratio_n16_over_n1": None,
+        "speedup_over_naive_n16": None,
+    }
+    if 16 in config.ns and 1 in config.ns:
+        summary["ratio_n16_over_n1"] = p50("runtime", 16, True) / p50("runtime", 1, False)
+    if 16 in config.ns and p50("naive", 16, True) is not None:
+        summary["speedup_over_naive_n16"] = p50("naive", 16, True) / p50("runtime", 16, True)
+    if cfg is not None:
+        enc_f, cand_f = encoder_flops(cfg), candidate_flops(cfg)
+        summary["encoder_mflops"] = enc_f / 1e6
+        summary["candidate_mflops"] = cand_f / 1e6
+        summary["candidate_mflops_per_step"] = cand_f / cfg.num_steps / 1e6
+        n_max = max(config.ns)
+        sample_ms = next(r["sample"]["p50"] for r in rows if (r["impl"], r["n"], r["verifier"]) == ("runtime", n_max, False))
+        encode_ms = next(r["encode"]["p50"] for r in rows if (r["impl"], r["n"], r["verifier"]) == ("runtime", n_max, False))
+        summary[f"sample_gflops_per_s_n{n_max}"] = n_max * cand_f / (sample_ms * 1e-3) / 1e9
+        summary["encode_gflops_per_s"] = enc_f / (encode_ms * 1e-3) / 1e9
+    report = {
+        "bundle": str(bundle.path) if config.bundle else f"fresh {config.size} {config.kind}",
+        "policy_fingerprint": bundle.fingerprint,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items() if k != "notes"},
+        "model": {"kind": bundle.manifest.kind, "chunk_length": bundle.manifest.chunk_length,
+                  "num_steps": bundle.manifest.num_steps, "feature_dim": bundle.manifest.feature_dim,
+                  "sampler": bundle.manifest.sampler,
+                  "onnx_bytes": sum(bundle.file(f).stat().st_size for f in bundle.manifest.files),
+                  "parameters": sum(p.numel() for p in policy.parameters()) if policy is not None else None},
+        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
+        "rows": rows,
+        "summary": summary,
+        "notes": notes,
+    }
+    return report
+
+
+def format_table(report: dict) -> str:
+    """The report as a fixed-width table: one row per (impl, N, verifier), p50/p99 per stage in ms."""
+    head = f"{'impl':<8} {'N':>3} {'verif':>5} " + " ".join(f"{s:>15}" for s in STAGES)
+    lines = [head, " " * 19 + " ".join(f"{'p50 / p99 ms':>15}" for _ in STAGES), "-" * len(head)]
+    for r in sorted(report["rows"], key=lambda r: (r["n"], r["impl"] != "runtime", r["verifier"])):
+        cells = " ".join(f"{r[s]['p50']:>7.2f}/{r[s]['p99']:<7.2f}" for s in STAGES)
+        lines.append(f"{r['impl']:<8} {r['n']:>3} {'yes' if r['verifier'] else 'no':>5} {cells}")
+    lines.append("")
+    for key, value in report["summary"].items():
+        lines.append(f"{key:<34} {value:.3f}" if isinstance(value, float) else f"{key:<34} {value}")
+    for note in report["notes"]:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")

@@ -1,0 +1,177 @@
+"""The `taco` command line: one argparse layer over typed configs; heavy imports happen per command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from policies.errors import SpecError
+
+
+def _ns(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"candidate counts must be >= 1, got {text!r}")
+    return values
+
+
+def cmd_export(args) -> int:
+    from policies.config import make_config
+    from policies.export import export_bundle
+    from policies.models import build_policy
+
+    cfg = make_config(args.size, args.kind)
+    policy = build_policy(cfg, seed=args.seed)
+    bundle = export_bundle(policy, args.out, sampler=args.sampler, name=args.name, overwrite=args.overwrite,
+                           provenance={"weights": f"random init, seed {args.seed} (untrained)"})
+    print(f"wrote {bundle.manifest.kind} bundle {bundle.path} (fingerprint {bundle.fingerprint[:16]})")
+    print(describe_policy(bundle))
+    return 0
+
+
+def describe_policy(bundle) -> str:
+    m = bundle.manifest
+    lines = [
+        f"policy bundle   {bundle.path}",
+        f"name            {m.name}",
+        f"kind            {m.kind} ({m.num_steps} steps, sampler {m.sampler})",
+        f"fingerprint     {bundle.fingerprint}",
+        f"cameras         " + ", ".join(f"{c.name} {c.height}x{c.width}" for c in m.cameras),
+        f"state           {m.state_dim}: {', '.join(m.state_names)}",
+        f"action          {m.action_dim} x chunk {m.chunk_length} (dt {m.action_dt} s)",
+        f"feature         {m.feature_dim}-d: {m.feature_description}",
+        f"tokenizer       {m.tokenizer.to_dict()}",
+    ]
+    for name, digest in sorted(m.files.items()):
+        size = bundle.file(name).stat().st_size
+        lines.append(f"file            {name:<14} {size / 1e6:7.2f} MB  sha256 {digest[:16]}... ok")
+    lines += _signatures(bundle.path, sorted(m.files))
+    for key, value in m.provenance.items():
+        lines.append(f"provenance      {key}: {value}")
+    return "\n".join(lines)
+
+
+def _signatures(folder: Path, files) -> list[str]:
+    from runtime.sessions import SessionConfig, make_session
+
+    lines = []
+    for name in files:
+        session = make_session(Path(folder) / name, SessionConfig())
+        ins = ", ".join(f"{i.name}{i.shape}" for i in session.get_inputs())
+        outs = ", ".join(f"{o.name}{o.shape}" for o in session.get_outputs())
+        lines.append(f"graph           {name}: ({ins}) -> ({outs})")
+    return lines
+
+
+def cmd_inspect(args) -> int:
+    from policies import load_policy_bundle
+    from policies.schema import read_manifest
+    from verifiers import load_verifier
+
+    path = Path(args.bundle)
+    is_verifier = path.suffix == ".onnx" or (path.is_dir() and read_manifest(path).get("kind") == "verifier")
+    if is_verifier:
+        v = load_verifier(path)
+        info = {"verifier": str(path), "name": v.name, "feature_dim": v.feature_dim,
+                "policy_fingerprint": v.policy_fingerprint,
+                "type": v.manifest.type if v.manifest else "onnx (bare file)",
+                "provenance": v.manifest.provenance if v.manifest else {}}
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            for key, value in info.items():
+                print(f"{key:<18} {value}")
+            print("\n".join(_signatures(path.parent if path.is_file() else path,
+                                        [path.name] if path.is_file() else ["verifier.onnx"])))
+        return 0
+    bundle = load_policy_bundle(path)
+    if args.json:
+        print(json.dumps({"path": str(bundle.path), "fingerprint": bundle.fingerprint, **bundle.manifest.to_dict()},
+                         indent=2))
+    else:
+        print(describe_policy(bundle))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from runtime.bench import BenchConfig, format_table, run_bench, write_report
+
+    iters, warmup = (args.iters or 10, 2) if args.quick else (args.iters or 50, 5)
+    config = BenchConfig(ns=args.n, iters=iters, warmup=warmup, bundle=args.bundle, kind=args.kind, size=args.size,
+                         provider=args.provider, threads=args.threads, naive=not args.no_naive)
+    report = run_bench(config, progress=lambda msg: print(msg, file=sys.stderr))
+    print(format_table(report))
+    if args.json:
+        write_report(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from runtime.demo import run_demo
+
+    return run_demo(out=Path(args.out), n=args.n, quick=args.quick, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="taco", description=(
+        "Verified policy runtime: best-of-N sampling of ONNX flow/diffusion policies scored by a verifier."))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("export", help="export a policy to a bundle (manifest.json + ONNX graphs)")
+    p.add_argument("--kind", choices=("flow", "diffusion"), default="flow")
+    p.add_argument("--size", choices=("default", "tiny"), default="default")
+    p.add_argument("--sampler", choices=("unrolled", "stepped"), default="unrolled",
+                   help="unrolled: all denoising steps in one graph; stepped: the runtime loops over a step graph")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation")
+    p.add_argument("--name", default=None)
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("inspect", help="validate a policy or verifier bundle and print it")
+    p.add_argument("bundle")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("bench", help="per-stage latency of the runtime vs a naive PyTorch baseline")
+    p.add_argument("--bundle", default=None, help="policy bundle (default: a fresh default-size flow policy)")
+    p.add_argument("--kind", choices=("flow", "diffusion"), default="flow")
+    p.add_argument("--size", choices=("default", "tiny"), default="default")
+    p.add_argument("--n", type=_ns, default=(1, 4, 16, 64), help="candidate counts, e.g. 1,4,16,64")
+    p.add_argument("--iters", type=int, default=None, help="timed rounds (default 50, 10 with --quick)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime and torch intra-op threads")
+    p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt", "auto"), default="cpu")
+    p.add_argument("--no-naive", action="store_true", help="skip the PyTorch baseline")
+    p.add_argument("--json", default=None, help="write every row and the summary to this file")
+    p.add_argument("--quick", action="store_true", help="fewer rounds: under a minute")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="run the engine end to end on an example bundle and print the decision")
+    p.add_argument("--out", default="build/example", help="where the example bundles are written")
+    p.add_argument("--n", type=int, default=16, help="candidates per step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny model, for tests")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpecError, FileExistsError, FileNotFoundError) as err:
+        print(f"taco {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except ImportError as err:
+        print(f"taco {args.command}: {err}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

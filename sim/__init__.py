@@ -1,0 +1,1 @@
+"""MuJoCo dual-arm simulation: scenes, tasks, scripted experts, recording and evaluation (the `sim` extra)."""

@@ -1,0 +1,146 @@
+"""Bundle validation: bad manifests, checksums and mismatched verifiers are refused, naming the field."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from policies import BundleError, load_policy_bundle
+from policies.manifest import PolicyManifest
+from runtime import Engine
+from verifiers import load_verifier, write_verifier_bundle
+from verifiers.synthetic import linear_verifier_onnx
+
+
+@pytest.fixture
+def bundle_copy(flow, tmp_path):
+    path = tmp_path / "bundle"
+    shutil.copytree(flow.path, path)
+    return path
+
+
+def edit_manifest(path, edit):
+    manifest = json.loads((path / "manifest.json").read_text())
+    edit(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_manifest_round_trips_and_fingerprint_ignores_provenance(flow):
+    manifest = flow.bundle.manifest
+    data = manifest.to_dict()
+    again = PolicyManifest.from_dict(json.loads(json.dumps(data)))
+    assert again == manifest and again.fingerprint == manifest.fingerprint
+    data["provenance"] = {"command": "something else"}
+    assert PolicyManifest.from_dict(data).fingerprint == manifest.fingerprint
+    data["normalization"]["action"]["mean"][0] += 1.0
+    assert PolicyManifest.from_dict(data).fingerprint != manifest.fingerprint
+
+
+def test_bad_checksum_is_refused(bundle_copy):
+    with open(bundle_copy / "encoder.onnx", "r+b") as f:
+        f.seek(200)
+        byte = f.read(1)
+        f.seek(200)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(BundleError, match="checksum mismatch") as info:
+        load_policy_bundle(bundle_copy)
+    assert info.value.field == "files.encoder.onnx"
+    with pytest.raises(BundleError):
+        Engine(bundle_copy)
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda m: m.pop("chunk_length"), "chunk_length"),
+    (lambda m: m.__setitem__("kind", "transformer"), "kind"),
+    (lambda m: m.__setitem__("schema_version", 99), "schema_version"),
+    (lambda m: m.__setitem__("colour", "blue"), "colour"),
+    (lambda m: m["normalization"]["state"]["std"].__setitem__(3, 0.0), "normalization.state.std[3]"),
+    (lambda m: m["normalization"]["action"]["mean"].pop(), "normalization.action.mean"),
+    (lambda m: m["normalization"]["state"].pop("mean"), "normalization.state.mean"),
+    (lambda m: m["cameras"][0].__setitem__("height", "96"), "cameras[0].height"),
+    (lambda m: m["files"].pop("sampler.onnx"), "files.sampler.onnx"),
+    (lambda m: m["files"].__setitem__("encoder.onnx", "abc"), "files.encoder.onnx"),
+    (lambda m: m["files"].__setitem__("extra.onnx", "0" * 64), "files.extra.onnx"),
+    (lambda m: m.__setitem__("sampler", "looped"), "sampler"),
+    (lambda m: m["tokenizer"].__setitem__("type", "sentencepiece"), "tokenizer.type"),
+])
+def test_invalid_manifest_names_the_field(bundle_copy, edit, field):
+    edit_manifest(bundle_copy, edit)
+    with pytest.raises(BundleError) as info:
+        load_policy_bundle(bundle_copy)
+    assert info.value.field == field
+
+
+def test_missing_manifest_and_missing_folder(tmp_path):
+    with pytest.raises(BundleError, match="not a folder"):
+        load_policy_bundle(tmp_path / "nope")
+    with pytest.raises(BundleError) as info:
+        load_policy_bundle(tmp_path)
+    assert info.value.field == "manifest.json"
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_policy_bundle(tmp_path)
+
+
+def make_verifier(tmp_path, bundle, feature_dim=None, fingerprint=None, name="v"):
+    f = feature_dim or bundle.manifest.feature_dim
+    onnx_path = linear_verifier_onnx(tmp_path / f"{name}.onnx", np.ones(f))
+    return write_verifier_bundle(onnx_path, tmp_path / name, policy_fingerprint=fingerprint or bundle.fingerprint,
+                                 feature_dim=f)
+
+
+def test_verifier_for_another_feature_size_is_refused(flow, tmp_path):
+    verifier = make_verifier(tmp_path, flow.bundle, feature_dim=flow.bundle.manifest.feature_dim + 1)
+    with pytest.raises(BundleError) as info:
+        Engine(flow.bundle, verifier=verifier.path)
+    assert info.value.field.endswith(".feature_dim")
+
+
+def test_verifier_for_another_policy_is_refused(exported, tmp_path):
+    flow, diffusion = exported("flow"), exported("diffusion")
+    assert flow.bundle.manifest.feature_dim == diffusion.bundle.manifest.feature_dim
+    verifier = make_verifier(tmp_path, diffusion.bundle)
+    with pytest.raises(BundleError, match="trained on policy") as info:
+        Engine(flow.bundle, verifier=verifier.path)
+    assert info.value.field.endswith(".policy_fingerprint")
+
+
+def test_verifier_bundle_checksum_and_manifest_are_checked(flow, tmp_path):
+    verifier = make_verifier(tmp_path, flow.bundle)
+    edit_manifest(verifier.path, lambda m: m.__setitem__("feature_dim", 0))
+    with pytest.raises(BundleError) as info:
+        load_verifier(verifier.path)
+    assert info.value.field == "feature_dim"
+    verifier = make_verifier(tmp_path, flow.bundle, name="v2")
+    (verifier.path / "verifier.onnx").write_bytes(b"garbage")
+    with pytest.raises(BundleError, match="checksum") as info:
+        load_verifier(verifier.path)
+    assert info.value.field == "files.verifier.onnx"
+
+
+def test_verifier_with_wrong_signature_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["features"], ["scores"])], "bad",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "bad.onnx")
+    with pytest.raises(BundleError, match=r"float32\[N\]"):
+        load_verifier(tmp_path / "bad.onnx")
+
+
+def test_invalid_verifier_swap_keeps_the_old_one(flow, exported, tmp_path):
+    good = make_verifier(tmp_path, flow.bundle, name="good")
+    bad = make_verifier(tmp_path, exported("diffusion").bundle, name="bad")
+    engine = Engine(flow.bundle, verifier=good.path)
+    with pytest.raises(BundleError):
+        engine.set_verifier(bad.path)
+    assert engine.verifier.name == "good"
+    with pytest.raises(BundleError):
+        engine.set_verifier(tmp_path / "does-not-exist")
+    assert engine.verifier.name == "good"

@@ -1,0 +1,78 @@
+"""The `taco` commands as a user runs them (in-process through `main`, and once as a subprocess)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from runtime.cli import main
+
+
+def test_export_then_inspect(tmp_path, capsys):
+    out = tmp_path / "flow"
+    assert main(["export", "--kind", "flow", "--size", "tiny", "--out", str(out)]) == 0
+    assert (out / "manifest.json").is_file() and (out / "encoder.onnx").is_file()
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "fingerprint" in text and "encoder.onnx" in text and "noise" in text
+    assert main(["inspect", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["kind"] == "flow" and len(data["fingerprint"]) == 64
+
+
+def test_export_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(["export", "--size", "tiny", "--kind", "diffusion", "--sampler", "stepped", "--out", str(out)]) == 0
+    assert main(["export", "--size", "tiny", "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["export", "--size", "tiny", "--out", str(out), "--overwrite"]) == 0
+
+
+def test_inspect_reports_the_bad_field_without_a_traceback(flow, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(flow.path, bad)
+    (bad / "sampler.onnx").write_bytes(b"tampered")
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "files.sampler.onnx" in err and "checksum mismatch" in err and "Traceback" not in err
+
+
+def test_bench_quick_writes_rows_and_summary(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--size", "tiny", "--n", "1,16", "--iters", "3", "--quick", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    rows = {(r["impl"], r["n"], r["verifier"]) for r in report["rows"]}
+    assert rows == {(i, n, v) for n in (1, 16) for i, v in [("runtime", False), ("runtime", True), ("naive", True)]}
+    for row in report["rows"]:
+        assert row["total"]["p50"] > 0 and row["total"]["p99"] >= row["total"]["p50"]
+    summary = report["summary"]
+    assert summary["ratio_n16_over_n1"] > 0 and summary["speedup_over_naive_n16"] > 0
+    assert summary["candidate_mflops"] > 0
+    assert "ratio_n16_over_n1" in capsys.readouterr().out
+
+
+def test_bench_on_a_given_bundle_says_why_the_naive_rows_are_missing(flow, tmp_path):
+    path = tmp_path / "bench.json"
+    assert main(["bench", "--bundle", str(flow.path), "--n", "1,2", "--iters", "2", "--quick",
+                 "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert {r["impl"] for r in report["rows"]} == {"runtime"}
+    assert any("naive" in note for note in report["notes"])
+
+
+def test_bad_candidate_list_is_a_usage_error():
+    with pytest.raises(SystemExit):
+        main(["bench", "--n", "1,zero"])
+
+
+def test_demo_quick_runs_end_to_end_as_a_console_script(tmp_path):
+    taco = [sys.executable, "-m", "runtime.cli"]
+    result = subprocess.run([*taco, "demo", "--quick", "--out", str(tmp_path / "example")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "chosen candidate" in result.stdout and "verifier example" in result.stdout
+    assert "median step latency" in result.stdout

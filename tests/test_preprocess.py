@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+
+from policies import Observation, Preprocessor
+from policies.preprocess import _area_weights, resize_area, resize_with_pad
+from policies.tokenizer import ByteTokenizer
+
+
+def brute_force_area(image, height, width):
+    """Reference area resize: each output pixel is the overlap-weighted mean of the input pixels."""
+    h, w, _ = image.shape
+    out = np.zeros((height, width, 3))
+    for oy in range(height):
+        for ox in range(width):
+            y0, y1 = oy * h / height, (oy + 1) * h / height
+            x0, x1 = ox * w / width, (ox + 1) * w / width
+            total, weight = np.zeros(3), 0.0
+            for y in range(int(np.floor(y0)), int(np.ceil(y1))):
+                for x in range(int(np.floor(x0)), int(np.ceil(x1))):
+                    wgt = (min(y1, y + 1) - max(y0, y)) * (min(x1, x + 1) - max(x0, x))
+                    total += wgt * image[y, x]
+                    weight += wgt
+            out[oy, ox] = total / weight
+    return out
+
+
+@pytest.mark.parametrize("shape,size", [((20, 30, 3), (4, 6)), ((21, 17, 3), (5, 4)), ((8, 8, 3), (12, 10))])
+def test_resize_area_matches_brute_force(shape, size):
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    out = resize_area(image, *size)
+    assert out.dtype == np.float32 and out.shape == (*size, 3)
+    np.testing.assert_allclose(out, brute_force_area(image, *size), atol=1e-3)
+
+
+def test_robot_sized_image_takes_the_integer_fast_path_exactly():
+    image = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    expected = image.reshape(96, 5, 128, 5, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(resize_area(image, 96, 128), expected, atol=1e-3)
+
+
+def test_area_weights_rows_sum_to_one():
+    np.testing.assert_allclose(_area_weights(37, 11).sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_resize_with_pad_keeps_aspect_and_pads_black():
+    image = np.full((40, 40, 3), 200, np.uint8)  # square into a 4:3 frame: pillarbox
+    out = resize_with_pad(image, 30, 40)
+    assert out.shape == (30, 40, 3)
+    assert (out[:, :5] == 0).all() and (out[:, -5:] == 0).all()
+    np.testing.assert_allclose(out[:, 5:35], 200.0)
+
+
+def test_preprocessor_normalises_with_the_manifest_statistics(flow):
+    manifest = flow.bundle.manifest
+    cam = manifest.cameras[0]
+    image = np.random.default_rng(2).integers(0, 256, (cam.height, cam.width, 3), dtype=np.uint8)
+    state = np.arange(manifest.state_dim, dtype=np.float64)
+    feeds = Preprocessor(manifest)(Observation({cam.name: image}, state, "Pick it", 1.5))
+    norm = manifest.normalization
+    expected_img = (image / 255.0 - np.array(norm.image_mean)) / np.array(norm.image_std)
+    np.testing.assert_allclose(feeds[f"image_{cam.name}"][0], expected_img.transpose(2, 0, 1), atol=1e-5)
+    np.testing.assert_allclose(feeds["state"][0], (state - norm.state_mean) / np.array(norm.state_std), rtol=1e-5)
+    assert feeds["state"].dtype == np.float32
+    assert (feeds["tokens"][0] == ByteTokenizer(manifest.tokenizer.max_length).encode("pick it")).all()

@@ -1,0 +1,76 @@
+"""ONNX verifiers built directly with onnx.helper, for tests, benchmarks and the example demo.
+
+These are untrained: they exercise the verifier signature and its cost, not TACO's selection quality.
+Needs the `onnx` package (the `train` extra).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from policies.extras import require
+
+
+def _save(nodes, inits: dict[str, np.ndarray], path: str | Path, feature_dim: int) -> Path:
+    """Writes a graph `features: float32[n, F] -> scores: float32[n]`; initializers keep their dtypes."""
+    onnx = require("onnx")
+    helper, TP = onnx.helper, onnx.TensorProto
+    graph = helper.make_graph(
+        nodes, "verifier",
+        [helper.make_tensor_value_info("features", TP.FLOAT, ["n", feature_dim])],
+        [helper.make_tensor_value_info("scores", TP.FLOAT, ["n"])],
+        initializer=[onnx.numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def linear_verifier_onnx(path: str | Path, weights: np.ndarray, bias: float = 0.0) -> Path:
+    """scores = features @ weights + bias, for weights float[F]; its choice is easy to predict in tests."""
+    helper = require("onnx").helper
+    weights = np.asarray(weights, np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["features", "w"], ["mm"]),
+        helper.make_node("Add", ["mm", "b"], ["scores"]),
+    ]
+    return _save(nodes, {"w": weights, "b": np.array(bias, np.float32)}, path, weights.shape[0])
+
+
+def mlp_verifier_onnx(path: str | Path, feature_dim: int, hidden: int = 256, blocks: int = 2, out_dim: int = 20,
+                      seed: int = 0) -> Path:
+    """A randomly initialised CFN-shaped verifier: residual MLP -> out_dim outputs, score = -||f(x)||^2.
+
+    Its cost per candidate matches a CFN of the same width, which is what the benchmark needs.
+    """
+    helper = require("onnx").helper
+    rng = np.random.default_rng(seed)
+
+    def dense(n_in, n_out):
+        return (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32), np.zeros(n_out, np.float32)
+
+    inits = {}
+    inits["w_in"], inits["b_in"] = dense(feature_dim, hidden)
+    nodes = [helper.make_node("Gemm", ["features", "w_in", "b_in"], ["h0"])]
+    for i in range(blocks):
+        inits[f"w{i}"], inits[f"b{i}"] = dense(hidden, hidden)
+        nodes += [
+            helper.make_node("Relu", [f"h{i}"], [f"r{i}"]),
+            helper.make_node("Gemm", [f"r{i}", f"w{i}", f"b{i}"], [f"d{i}"]),
+            helper.make_node("Add", [f"h{i}", f"d{i}"], [f"h{i + 1}"]),
+        ]
+    inits["w_out"], inits["b_out"] = dense(hidden, out_dim)
+    inits["axes"] = np.array([1], np.int64)
+    nodes += [
+        helper.make_node("Gemm", [f"h{blocks}", "w_out", "b_out"], ["out"]),
+        helper.make_node("Mul", ["out", "out"], ["sq"]),
+        helper.make_node("ReduceSum", ["sq", "axes"], ["norm"], keepdims=0),
+        helper.make_node("Neg", ["norm"], ["scores"]),
+    ]
+    return _save(nodes, inits, path, feature_dim)
