@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from policies import Observation, PolicyBundle, Preprocessor, load_policy_bundle
-from policies.errors import ObservationError
+from policies.errors import BundleError, ObservationError
+from policies.manifest import PolicyManifest
 from runtime.select import finite_candidates, select
 from runtime.sessions import SessionConfig, make_session
 from runtime.timing import StageTimer
@@ -59,6 +60,40 @@ class Decision:
     policy_fingerprint: str
 
 
+def check_graph_signatures(manifest: PolicyManifest, encoder, sampler) -> None:
+    """Refuses a bundle whose ONNX graphs do not take and produce what its manifest says.
+
+    Checksums prove the files are the ones the manifest lists; this proves the manifest describes them.
+    Raises BundleError naming the manifest field that disagrees with the graph.
+    """
+    m = manifest
+    expected = {f"image_{c.name}": ([3, c.height, c.width], f"cameras[{i}]") for i, c in enumerate(m.cameras)}
+    expected["state"] = ([m.state_dim], "state.names")
+    expected["tokens"] = ([m.tokenizer.max_length], "tokenizer.max_length")
+    inputs = {i.name: i.shape for i in encoder.get_inputs()}
+    for name in inputs:
+        if name not in expected:
+            raise BundleError("cameras", f"encoder.onnx takes input {name!r}, which the manifest does not describe")
+    for name, (dims, field) in expected.items():
+        if name not in inputs:
+            raise BundleError(field, f"encoder.onnx has no input {name!r}")
+        _check_dims(inputs[name][1:], dims, field, f"encoder.onnx input {name}")
+    outputs = {o.name: o.shape for o in sampler.get_outputs()}
+    chunk_name = "chunks" if m.sampler == "unrolled" else "x_next"
+    for name in (chunk_name, "features"):
+        if name not in outputs:
+            raise BundleError("sampler", f"{m.sampler_file} has no output {name!r}")
+    _check_dims(outputs[chunk_name][1:], [m.chunk_length, m.action_dim], "chunk_length/action.names",
+                f"{m.sampler_file} output {chunk_name}")
+    _check_dims(outputs["features"][1:], [m.feature_dim], "feature.dim", f"{m.sampler_file} output features")
+
+
+def _check_dims(actual, expected, field, where):
+    if len(actual) != len(expected) or any(isinstance(a, int) and a != e for a, e in zip(actual, expected)):
+        raise BundleError(field, f"{where} has shape [batch, {', '.join(map(str, actual))}], "
+                                 f"the manifest says [batch, {', '.join(map(str, expected))}]")
+
+
 class Engine:
     """Serves one policy bundle and, optionally, one verifier.
 
@@ -74,6 +109,7 @@ class Engine:
         self.preprocess = Preprocessor(self.manifest)
         self.encoder = make_session(self.bundle.file("encoder.onnx"), self.config.session)
         self.sampler = make_session(self.bundle.file(self.manifest.sampler_file), self.config.session)
+        check_graph_signatures(self.manifest, self.encoder, self.sampler)
         norm = self.manifest.normalization
         self._action_mean = np.asarray(norm.action_mean, np.float32)
         self._action_std = np.asarray(norm.action_std, np.float32)

@@ -72,6 +72,22 @@ def test_invalid_manifest_names_the_field(bundle_copy, edit, field):
     assert info.value.field == field
 
 
+@pytest.mark.parametrize("edit,field", [
+    (lambda m: m["feature"].__setitem__("dim", m["feature"]["dim"] + 1), "feature.dim"),
+    (lambda m: m.__setitem__("chunk_length", m["chunk_length"] * 2), "chunk_length/action.names"),
+    (lambda m: m["cameras"][0].__setitem__("width", m["cameras"][0]["width"] * 2), "cameras[0]"),
+    (lambda m: m["cameras"][0].__setitem__("name", "cam_low"), "cameras"),
+    (lambda m: m["tokenizer"].__setitem__("max_length", 99), "tokenizer.max_length"),
+])
+def test_manifest_that_does_not_describe_its_graphs_is_refused(bundle_copy, edit, field):
+    """Checksums pass (the ONNX files are untouched) but the manifest lies about them."""
+    edit_manifest(bundle_copy, edit)
+    load_policy_bundle(bundle_copy)
+    with pytest.raises(BundleError) as info:
+        Engine(bundle_copy)
+    assert info.value.field == field
+
+
 def test_missing_manifest_and_missing_folder(tmp_path):
     with pytest.raises(BundleError, match="not a folder"):
         load_policy_bundle(tmp_path / "nope")

@@ -58,8 +58,7 @@ class PrefixEncoder(nn.Module):
         parts.append(self.text_embed(tokens) + self.text_pos)
         x = torch.cat(parts, dim=1)
         b, p = x.shape[0], x.shape[1]
-        text_bias = torch.where(tokens == PAD_ID, torch.full_like(tokens, 0, dtype=x.dtype) + MASKED,
-                                torch.zeros_like(tokens, dtype=x.dtype))
+        text_bias = (tokens == PAD_ID).to(x.dtype) * MASKED
         bias = torch.cat([torch.zeros(b, p - tokens.shape[1], dtype=x.dtype, device=x.device), text_bias], dim=1)
         for block in self.blocks:
             x = block(x, bias)
