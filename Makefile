@@ -20,6 +20,13 @@ for c in python3.12 \
 done; exit 1
 endef
 
+# An existing .venv of another Python (say 3.11) is replaced rather than silently reused.
+VENV_OK := $(shell [ ! -e $(VENV)/bin/python ] || $(VENV)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null && echo ok)
+ifneq ($(VENV_OK),ok)
+$(info $(VENV) is not a Python 3.12 environment: recreating it)
+$(shell rm -rf $(VENV))
+endif
+
 .PHONY: demo test test-slow bench install-core install-train install-dev install-all lock clean help
 
 help:

@@ -59,7 +59,8 @@ def example_inputs(cfg, batch: int = 1, n: int = 2, seed: int = 0):
     return images, state, tokens, noise
 
 
-def _export(module, args, path: Path, input_names, output_names, dynamic_axes):
+def _export(module, args, path: Path, input_names, output_names, dynamic_axes, metadata: dict[str, str]):
+    onnx = require("onnx")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # The TorchScript exporter: 10x faster to export than dynamo for these graphs and gives the same
@@ -68,6 +69,22 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes):
             module, args, str(path), input_names=input_names, output_names=output_names,
             dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False,
         )
+    # Facts the manifest repeats are written into the graph too, so the runtime can prove they agree
+    # (the manifest itself carries no checksum).
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, metadata)
+    onnx.save(model, str(path))
+
+
+def graph_metadata(cfg, graph: str) -> dict[str, str]:
+    """ONNX metadata_props recorded in every exported graph (checked by runtime.engine.check_graph_signatures)."""
+    return {
+        "taco.graph": graph,
+        "taco.kind": cfg.kind,
+        "taco.num_steps": str(cfg.num_steps),
+        "taco.chunk_length": str(cfg.chunk_length),
+        "taco.feature_dim": str(cfg.expert_dim),
+    }
 
 
 def export_bundle(
@@ -114,18 +131,21 @@ def export_bundle(
                 _EncoderGraph(policy), (*images, state, tokens), tmp / "encoder.onnx",
                 [*cam_inputs, "state", "tokens"], ["prefix_kv", "prefix_bias"],
                 {name: {0: "batch"} for name in [*cam_inputs, "state", "tokens", "prefix_kv", "prefix_bias"]},
+                graph_metadata(cfg, "encoder"),
             )
             if sampler == "unrolled":
                 _export(
                     _SamplerGraph(policy), (prefix_kv, prefix_bias, noise), tmp / "sampler.onnx",
                     ["prefix_kv", "prefix_bias", "noise"], ["chunks", "features"],
                     {"noise": {0: "n"}, "chunks": {0: "n"}, "features": {0: "n"}},
+                    graph_metadata(cfg, "sampler"),
                 )
             else:
                 _export(
                     _StepGraph(policy), (prefix_kv, prefix_bias, noise, torch.tensor(0, dtype=torch.long)),
                     tmp / "step.onnx", ["prefix_kv", "prefix_bias", "x", "step"], ["x_next", "features"],
                     {"x": {0: "n"}, "x_next": {0: "n"}, "features": {0: "n"}},
+                    graph_metadata(cfg, "step"),
                 )
         files = ["encoder.onnx", SAMPLER_FILES[sampler]]
         manifest = PolicyManifest(

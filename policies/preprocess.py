@@ -140,8 +140,11 @@ class Preprocessor:
             raise ObservationError("state", f"expected dtype float32 or float64, got {state.dtype}")
         if state.shape != (self.manifest.state_dim,):
             raise ObservationError("state", f"expected shape [{self.manifest.state_dim}], got {list(state.shape)}")
-        bad = np.flatnonzero(~np.isfinite(state))
+        # Checked after the cast: a float64 of 1e300 is finite but overflows float32.
+        as32 = state.astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(as32))
         if bad.size:
             i = int(bad[0])
-            raise ObservationError(f"state[{i}]", f"not finite ({state[i]}) for joint {self.manifest.state_names[i]!r}")
-        return ((state.astype(np.float32) - self._state_mean) / self._state_std)[None]
+            raise ObservationError(f"state[{i}]", f"not finite in float32 ({state[i]}) for joint "
+                                                  f"{self.manifest.state_names[i]!r}")
+        return ((as32 - self._state_mean) / self._state_std)[None]

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from policies.errors import SpecError
+from runtime.sessions import ProviderError
 
 
 def _ns(text: str) -> tuple[int, ...]:
@@ -50,21 +51,26 @@ def describe_policy(bundle) -> str:
     for name, digest in sorted(m.files.items()):
         size = bundle.file(name).stat().st_size
         lines.append(f"file            {name:<14} {size / 1e6:7.2f} MB  sha256 {digest[:16]}... ok")
-    lines += _signatures(bundle.path, sorted(m.files))
+    lines += _signatures(bundle.path, sorted(m.files), m)
+    lines.append("graphs          match the manifest (names, dtypes, sizes, steps)")
     for key, value in m.provenance.items():
         lines.append(f"provenance      {key}: {value}")
     return "\n".join(lines)
 
 
-def _signatures(folder: Path, files) -> list[str]:
+def _signatures(folder: Path, files, manifest=None) -> list[str]:
     from runtime.sessions import SessionConfig, make_session
 
-    lines = []
+    lines, sessions = [], {}
     for name in files:
-        session = make_session(Path(folder) / name, SessionConfig())
+        session = sessions[name] = make_session(Path(folder) / name, SessionConfig())
         ins = ", ".join(f"{i.name}{i.shape}" for i in session.get_inputs())
         outs = ", ".join(f"{o.name}{o.shape}" for o in session.get_outputs())
         lines.append(f"graph           {name}: ({ins}) -> ({outs})")
+    if manifest is not None:
+        from runtime.engine import check_graph_signatures
+
+        check_graph_signatures(manifest, sessions["encoder.onnx"], sessions[manifest.sampler_file])
     return lines
 
 
@@ -90,11 +96,12 @@ def cmd_inspect(args) -> int:
                                         [path.name] if path.is_file() else ["verifier.onnx"])))
         return 0
     bundle = load_policy_bundle(path)
+    text = describe_policy(bundle)  # validates the graphs against the manifest too
     if args.json:
         print(json.dumps({"path": str(bundle.path), "fingerprint": bundle.fingerprint, **bundle.manifest.to_dict()},
                          indent=2))
     else:
-        print(describe_policy(bundle))
+        print(text)
     return 0
 
 
@@ -165,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, FileExistsError, FileNotFoundError) as err:
+    except (SpecError, ProviderError, FileExistsError, FileNotFoundError) as err:
         print(f"taco {args.command}: error: {err}", file=sys.stderr)
         return 2
     except ImportError as err:

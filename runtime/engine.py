@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from policies import Observation, PolicyBundle, Preprocessor, load_policy_bundle
-from policies.errors import BundleError, ObservationError
+from policies.errors import BundleError, ObservationError, SpecError
 from policies.manifest import PolicyManifest
 from runtime.select import finite_candidates, select
 from runtime.sessions import SessionConfig, make_session
@@ -63,21 +63,24 @@ class Decision:
 def check_graph_signatures(manifest: PolicyManifest, encoder, sampler) -> None:
     """Refuses a bundle whose ONNX graphs do not take and produce what its manifest says.
 
-    Checksums prove the files are the ones the manifest lists; this proves the manifest describes them.
-    Raises BundleError naming the manifest field that disagrees with the graph.
+    Checksums prove the files are the ones the manifest lists; this proves the manifest describes them:
+    input and output names, dtypes and sizes, and the facts export records in each graph's metadata
+    (kind, denoising steps, chunk length, feature size). Raises BundleError naming the manifest field.
     """
     m = manifest
-    expected = {f"image_{c.name}": ([3, c.height, c.width], f"cameras[{i}]") for i, c in enumerate(m.cameras)}
-    expected["state"] = ([m.state_dim], "state.names")
-    expected["tokens"] = ([m.tokenizer.max_length], "tokenizer.max_length")
-    inputs = {i.name: i.shape for i in encoder.get_inputs()}
-    for name in inputs:
-        if name not in expected:
-            raise BundleError("cameras", f"encoder.onnx takes input {name!r}, which the manifest does not describe")
-    for name, (dims, field) in expected.items():
-        if name not in inputs:
-            raise BundleError(field, f"encoder.onnx has no input {name!r}")
-        _check_dims(inputs[name][1:], dims, field, f"encoder.onnx input {name}")
+    expected = {f"image_{c.name}": ("tensor(float)", [3, c.height, c.width], f"cameras[{i}]")
+                for i, c in enumerate(m.cameras)}
+    expected["state"] = ("tensor(float)", [m.state_dim], "state.names")
+    expected["tokens"] = ("tensor(int64)", [m.tokenizer.max_length], "tokenizer.max_length")
+    _check_inputs(encoder, "encoder.onnx", expected, unknown_field="cameras")
+    step_inputs = {"prefix_kv": ("tensor(float)", None, "files.encoder.onnx"),
+                   "prefix_bias": ("tensor(float)", None, "files.encoder.onnx")}
+    if m.sampler == "unrolled":
+        step_inputs["noise"] = ("tensor(float)", [m.chunk_length, m.action_dim], "chunk_length/action.names")
+    else:
+        step_inputs["x"] = ("tensor(float)", [m.chunk_length, m.action_dim], "chunk_length/action.names")
+        step_inputs["step"] = ("tensor(int64)", None, "sampler")
+    _check_inputs(sampler, m.sampler_file, step_inputs, unknown_field="sampler")
     outputs = {o.name: o.shape for o in sampler.get_outputs()}
     chunk_name = "chunks" if m.sampler == "unrolled" else "x_next"
     for name in (chunk_name, "features"):
@@ -86,6 +89,30 @@ def check_graph_signatures(manifest: PolicyManifest, encoder, sampler) -> None:
     _check_dims(outputs[chunk_name][1:], [m.chunk_length, m.action_dim], "chunk_length/action.names",
                 f"{m.sampler_file} output {chunk_name}")
     _check_dims(outputs["features"][1:], [m.feature_dim], "feature.dim", f"{m.sampler_file} output features")
+    facts = {"taco.kind": ("kind", m.kind), "taco.num_steps": ("num_steps", str(m.num_steps)),
+             "taco.chunk_length": ("chunk_length", str(m.chunk_length)),
+             "taco.feature_dim": ("feature.dim", str(m.feature_dim))}
+    for graph_file, session in (("encoder.onnx", encoder), (m.sampler_file, sampler)):
+        recorded = session.get_modelmeta().custom_metadata_map
+        for key, (field, value) in facts.items():
+            if key not in recorded:
+                raise BundleError(f"files.{graph_file}", f"graph metadata lacks {key!r}; re-export the bundle")
+            if recorded[key] != value:
+                raise BundleError(field, f"manifest says {value}, {graph_file} was exported with {recorded[key]}")
+
+
+def _check_inputs(session, graph_file: str, expected: dict, unknown_field: str) -> None:
+    inputs = {i.name: (i.type, i.shape) for i in session.get_inputs()}
+    for name in inputs:
+        if name not in expected:
+            raise BundleError(unknown_field, f"{graph_file} takes input {name!r}, which the manifest does not describe")
+    for name, (dtype, dims, field) in expected.items():
+        if name not in inputs:
+            raise BundleError(field, f"{graph_file} has no input {name!r}")
+        if inputs[name][0] != dtype:
+            raise BundleError(field, f"{graph_file} input {name!r} is {inputs[name][0]}, expected {dtype}")
+        if dims is not None:
+            _check_dims(inputs[name][1][1:], dims, field, f"{graph_file} input {name}")
 
 
 def _check_dims(actual, expected, field, where):
@@ -154,6 +181,16 @@ class Engine:
                                                   "step": np.array(k, dtype=np.int64)})
         return x, features
 
+    @staticmethod
+    def _score(verifier: Verifier, features: np.ndarray) -> np.ndarray:
+        """Runs a verifier (ONNX or Python plugin) and checks that it returned one number per candidate."""
+        scores = np.asarray(verifier.score(features))
+        if scores.shape != (features.shape[0],) or not np.issubdtype(scores.dtype, np.number):
+            raise BundleError(f"verifier {verifier.name!r}.scores",
+                              f"expected {features.shape[0]} numbers (shape [{features.shape[0]}]), "
+                              f"got {scores.dtype} of shape {list(scores.shape)}")
+        return scores.astype(np.float32)
+
     def noise(self, n: int, seed: int) -> np.ndarray:
         """float32[N, H, A] standard normal noise from a PCG64 generator seeded with `seed`."""
         shape = (n, self.manifest.chunk_length, self.manifest.action_dim)
@@ -175,21 +212,31 @@ class Engine:
             raise ObservationError("n", f"expected an integer in [1, {MAX_CANDIDATES}], got {n!r}")
         if seed is None:
             seed = int(self._seeds.spawn(1)[0].generate_state(1)[0])
+        elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+            raise ObservationError("seed", f"expected an integer in [0, 2**63), got {seed!r}")
         with self._lock:
             verifier = self._verifier
         timer = StageTimer()
         with timer.stage("preprocess"):
+            if isinstance(observation, Mapping):
+                observation = Observation.from_dict(observation)
             feeds = self.preprocess(observation)
-            stamp = float(observation["stamp"] if isinstance(observation, Mapping) else observation.stamp)
+            stamp = float(observation.stamp)
         with timer.stage("encode"):
             prefix_kv, prefix_bias = self.encode(feeds)
         with timer.stage("sample"):
             chunks, features = self.sample(prefix_kv, prefix_bias, self.noise(int(n), seed))
         with timer.stage("score"):
-            scores = None if verifier is None else np.asarray(verifier.score(features), np.float32)
+            scores = None if verifier is None else self._score(verifier, features)
         with timer.stage("select"):
-            index = select(scores, finite_candidates(chunks))
+            valid = finite_candidates(chunks)
+            if scores is not None:
+                # A NaN feature mapped to a finite score by a lenient verifier must not win either.
+                valid &= np.isfinite(features).all(axis=1)
+            index = select(scores, valid)
             chunk = chunks[index] * self._action_std + self._action_mean
+            if not np.isfinite(chunk).all():
+                raise SpecError("chunk", "the chosen chunk overflows when unnormalised; refusing to return it")
         timings = timer.finish()
         keep = self.config.return_candidates
         return Decision(

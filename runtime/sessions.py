@@ -53,6 +53,10 @@ _OPT_LEVELS = {
 }
 
 
+class ProviderError(RuntimeError):
+    """The requested execution provider is not available in the installed onnxruntime."""
+
+
 def resolve_provider(name: str) -> str:
     """Maps a provider setting to an available one; raises naming the provider if it is not installed."""
     available = ort.get_available_providers()
@@ -61,7 +65,7 @@ def resolve_provider(name: str) -> str:
             if PROVIDERS[candidate] in available:
                 return candidate
     if PROVIDERS[name] not in available:
-        raise RuntimeError(
+        raise ProviderError(
             f"provider: {name!r} ({PROVIDERS[name]}) is not available in this onnxruntime "
             f"(available: {', '.join(available)}); install the 'gpu' extra (onnxruntime-gpu) and CUDA"
         )

@@ -60,6 +60,19 @@ def test_unknown_and_missing_fields_of_a_mapping(engine, obs):
     assert info.value.field == "state"
 
 
+def test_huge_float64_state_that_overflows_float32_is_named(engine, obs):
+    obs.state = obs.state.astype(np.float64)
+    obs.state[2] = 1e300
+    with pytest.raises(ObservationError) as info:
+        engine.infer(obs, n=1, seed=0)
+    assert info.value.field == "state[2]"
+
+
+def test_a_mapping_without_stamp_defaults_it(engine, obs):
+    decision = engine.infer({"images": obs.images, "state": obs.state, "task": obs.task}, n=1, seed=0)
+    assert decision.times[0] == 0.0
+
+
 def test_a_mapping_observation_is_accepted(engine, obs):
     data = {"images": obs.images, "state": obs.state, "task": obs.task, "stamp": 2.0}
     decision = engine.infer(data, n=1, seed=0)

@@ -78,6 +78,8 @@ def test_invalid_manifest_names_the_field(bundle_copy, edit, field):
     (lambda m: m["cameras"][0].__setitem__("width", m["cameras"][0]["width"] * 2), "cameras[0]"),
     (lambda m: m["cameras"][0].__setitem__("name", "cam_low"), "cameras"),
     (lambda m: m["tokenizer"].__setitem__("max_length", 99), "tokenizer.max_length"),
+    (lambda m: m.__setitem__("num_steps", m["num_steps"] + 5), "num_steps"),
+    (lambda m: m.__setitem__("kind", "diffusion"), "kind"),
 ])
 def test_manifest_that_does_not_describe_its_graphs_is_refused(bundle_copy, edit, field):
     """Checksums pass (the ONNX files are untouched) but the manifest lies about them."""
@@ -86,6 +88,16 @@ def test_manifest_that_does_not_describe_its_graphs_is_refused(bundle_copy, edit
     with pytest.raises(BundleError) as info:
         Engine(bundle_copy)
     assert info.value.field == field
+
+
+def test_stepped_bundle_with_another_step_count_is_refused(exported, tmp_path):
+    """A stepped bundle's loop length comes from the manifest: a wrong count would integrate past t=0."""
+    path = tmp_path / "stepped"
+    shutil.copytree(exported("flow", "stepped").path, path)
+    edit_manifest(path, lambda m: m.__setitem__("num_steps", 9))
+    with pytest.raises(BundleError) as info:
+        Engine(path)
+    assert info.value.field == "num_steps"
 
 
 def test_missing_manifest_and_missing_folder(tmp_path):

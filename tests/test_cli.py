@@ -41,6 +41,28 @@ def test_inspect_reports_the_bad_field_without_a_traceback(flow, tmp_path, capsy
     assert "files.sampler.onnx" in err and "checksum mismatch" in err and "Traceback" not in err
 
 
+def test_inspect_checks_the_graphs_against_the_manifest(flow, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "lying"
+    shutil.copytree(flow.path, bad)
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["feature"]["dim"] += 1
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["inspect", str(bad)]) == 2
+    assert "feature.dim" in capsys.readouterr().err
+
+
+def test_missing_provider_is_an_error_not_a_traceback(capsys):
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" in ort.get_available_providers():
+        return  # nothing to refuse on a TensorRT machine; test_sessions covers the present case
+    assert main(["bench", "--size", "tiny", "--n", "1", "--iters", "1", "--provider", "tensorrt"]) == 2
+    err = capsys.readouterr().err
+    assert "TensorrtExecutionProvider" in err and "Traceback" not in err
+
+
 def test_bench_quick_writes_rows_and_summary(tmp_path, capsys):
     path = tmp_path / "bench.json"
     assert main(["bench", "--size", "tiny", "--n", "1,16", "--iters", "3", "--quick", "--json", str(path)]) == 0

@@ -1,8 +1,14 @@
 """Engine behaviour: determinism, N=1 equals the policy's sample, verifier-driven selection, timings."""
 
+import dataclasses
+import time
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from policies import SpecError, make_example_observation
 from runtime import Engine, EngineConfig
@@ -62,7 +68,6 @@ def test_verifier_picks_the_highest_scoring_candidate(flow, observation, tmp_pat
     expected_scores = decision.features @ weights
     np.testing.assert_allclose(decision.scores, expected_scores, rtol=1e-4, atol=1e-4)
     assert decision.index == int(np.argmax(expected_scores))
-    assert decision.index != 0 or np.argmax(expected_scores) == 0
     np.testing.assert_array_equal(decision.chunk, decision.candidates[decision.index])
     assert decision.verifier == "linear" and decision.candidates.shape == (16, *decision.chunk.shape)
     # Negated weights choose the opposite end.
@@ -70,10 +75,76 @@ def test_verifier_picks_the_highest_scoring_candidate(flow, observation, tmp_pat
     assert engine.infer(observation, n=16, seed=3).index == int(np.argmin(expected_scores))
 
 
-def test_ties_go_to_the_lowest_index(flow, observation, tmp_path):
-    verifier = linear_verifier(tmp_path, flow.bundle, np.zeros(flow.bundle.manifest.feature_dim))
-    decision = Engine(flow.bundle, verifier=verifier.path).infer(observation, n=9, seed=1)
-    assert (decision.scores == 0).all() and decision.index == 0
+class FixedScores:
+    """A Python plugin verifier returning given scores, whatever the features."""
+
+    feature_dim = None
+    policy_fingerprint = None
+
+    def __init__(self, scores, name="fixed"):
+        self.scores, self.name = np.asarray(scores), name
+
+    def score(self, features):
+        return self.scores
+
+
+def test_ties_go_to_the_lowest_index(flow, observation):
+    scores = [0.0, 1.0, 2.0, 5.0, 1.0, 5.0, 0.0, 4.0, -1.0]
+    decision = Engine(flow.bundle, verifier=FixedScores(scores)).infer(observation, n=9, seed=1)
+    assert decision.index == 3 and decision.verifier == "fixed"
+
+
+@pytest.mark.parametrize("scores", [np.zeros((4, 1)), np.float32(1.0), np.zeros(3), np.array(["a"] * 4)])
+def test_a_verifier_returning_the_wrong_shape_is_an_error_naming_it(flow, observation, scores):
+    engine = Engine(flow.bundle, verifier=FixedScores(scores, name="plugin"))
+    with pytest.raises(SpecError) as info:
+        engine.infer(observation, n=4, seed=0)
+    assert info.value.field == "verifier 'plugin'.scores"
+
+
+def test_nan_scores_are_never_chosen(flow, observation):
+    decision = Engine(flow.bundle, verifier=FixedScores([np.nan, 1.0, np.inf * 0, 0.5])).infer(observation, 4, seed=0)
+    assert decision.index == 1
+    with pytest.raises(SpecError, match="non-finite"):
+        Engine(flow.bundle, verifier=FixedScores([np.nan] * 4)).infer(observation, 4, seed=0)
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "7", 2**64])
+def test_bad_seed_is_an_error_naming_it(flow, observation, seed):
+    with pytest.raises(SpecError) as info:
+        Engine(flow.bundle).infer(observation, n=1, seed=seed)
+    assert info.value.field == "seed"
+
+
+def test_verifier_swaps_racing_inference_never_mix_verifiers(flow, observation):
+    """Each decision's scores come wholly from the verifier it names, while another thread swaps."""
+    import threading
+
+    engine = Engine(flow.bundle)
+    plus, minus = FixedScores(np.arange(6.0), "plus"), FixedScores(-np.arange(6.0), "minus")
+    stop = threading.Event()
+
+    def swap():
+        while not stop.is_set():
+            engine.set_verifier(plus)
+            time.sleep(0.0002)  # yield the GIL so that inference makes progress
+            engine.set_verifier(minus)
+            time.sleep(0.0002)
+
+    thread = threading.Thread(target=swap)
+    thread.start()
+    try:
+        seen = set()
+        for i in range(60):
+            d = engine.infer(observation, n=6, seed=i)
+            expected = {"plus": (np.arange(6.0), 5), "minus": (-np.arange(6.0), 0)}[d.verifier]
+            np.testing.assert_array_equal(d.scores, expected[0])
+            assert d.index == expected[1]
+            seen.add(d.verifier)
+    finally:
+        stop.set()
+        thread.join()
+    assert seen == {"plus", "minus"}
 
 
 def test_select_skips_non_finite_candidates_and_scores():
@@ -88,7 +159,7 @@ def test_select_skips_non_finite_candidates_and_scores():
 
 
 def test_timings_and_action_times(flow, observation):
-    observation.stamp = 12.5
+    observation = dataclasses.replace(observation, stamp=12.5)
     decision = Engine(flow.bundle).infer(observation, n=4, seed=0)
     assert set(decision.timings) == {"preprocess", "encode", "sample", "score", "select", "total"}
     assert all(v >= 0 for v in decision.timings.values())
@@ -103,3 +174,20 @@ def test_unrolled_and_stepped_bundles_give_the_same_decision(exported, observati
     a = Engine(unrolled.bundle).infer(observation, n=5, seed=2)
     b = Engine(stepped.bundle).infer(observation, n=5, seed=2)
     np.testing.assert_allclose(a.chunk, b.chunk, atol=1e-5)
+
+
+@given(scores=arrays(np.float32, st.integers(1, 40), elements=st.floats(width=32, allow_nan=True, allow_infinity=True)),
+       data=st.data())
+def test_select_property_returns_the_first_best_finite_candidate(scores, data):
+    valid = data.draw(arrays(bool, scores.shape))
+    chunks = np.zeros((scores.size, 2, 2), np.float32)
+    chunks[~valid] = np.nan
+    ok = valid & np.isfinite(scores)
+    if not ok.any():
+        with pytest.raises(SpecError):
+            select(scores, finite_candidates(chunks))
+        return
+    index = select(scores, finite_candidates(chunks))
+    assert ok[index]
+    assert scores[index] == scores[ok].max()
+    assert not (ok[:index] & (scores[:index] == scores[index])).any()

@@ -7,8 +7,9 @@ import math
 import torch
 from torch import nn
 
-# Additive attention bias for padded prefix tokens; finite so that softmax never sees inf - inf.
-MASKED = -1e9
+# Additive attention bias for padded prefix tokens: finite so that softmax never sees inf - inf, and
+# within float16 range so that FP16 engines (TensorRT) do not turn it into -inf (and 0 * -inf into NaN).
+MASKED = -1e4
 
 
 class MLP(nn.Module):

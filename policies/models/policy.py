@@ -4,7 +4,7 @@ Conventions (normalised units everywhere; the runtime normalises inputs and unno
 - flow: x_t = t * noise + (1 - t) * actions, the expert predicts v = noise - actions, and sampling
   integrates x <- x - v / S from t = 1 (noise) to t = 0 in S Euler steps (pi0's convention).
 - diffusion: cosine-schedule DDPM training with epsilon prediction; sampling is deterministic DDIM over
-  S evenly spaced ("leading") timesteps with precomputed constants.
+  S evenly spaced "leading" timesteps (90, 80, ..., 0 for T=100, S=10) with precomputed constants.
 Both return, per candidate, the verifier feature: the expert's last-layer output (after the final
 norm) at the first action token at the final denoising step.
 """
@@ -135,8 +135,10 @@ class FlowPolicy(ChunkPolicy):
         b = actions.shape[0]
         prefix_kv, prefix_bias = self.encode(images, state, tokens)
         noise = torch.randn(actions.shape, generator=generator, device=actions.device)
-        # pi0 samples t from Beta(1.5, 1) scaled to (0.001, 1): more weight on noisy times.
-        t = torch.distributions.Beta(1.5, 1.0).sample((b,)).to(actions.device) * 0.999 + 0.001
+        # pi0 samples t from Beta(1.5, 1) scaled to (0.001, 1): more weight on noisy times. Its CDF is
+        # s^1.5, so s = u^(2/3) by inverse CDF, which keeps the draw on `generator`.
+        u = torch.rand(b, generator=generator, device=actions.device)
+        t = u ** (2.0 / 3.0) * 0.999 + 0.001
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
         # Prefix batch B equals the action batch here; MatMul pairs sample i with prefix i.
         v, _ = self.expert(x_t, t, prefix_kv, prefix_bias)
@@ -152,9 +154,13 @@ class DiffusionPolicy(ChunkPolicy):
         f = torch.cos((steps / T + 0.008) / 1.008 * math.pi / 2) ** 2
         betas = (1 - f[1:] / f[:-1]).clamp(max=0.999)
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)
-        timesteps = torch.arange(S - 1, -1, -1, dtype=torch.long) * (T // S)  # leading spacing, e.g. 90..0
+        # "Leading" spacing (diffusers' and diffusion_policy's DDIM default): 90, 80, ..., 0. "Trailing"
+        # (99, ..., 9) would start where the capped cosine schedule has alpha_bar ~ 1e-6, so the x0 estimate
+        # (x - sqrt(1 - a) eps) / sqrt(a) amplifies float rounding ~1000x and ONNX/torch parity breaks;
+        # at t=90 alpha_bar is 0.02, i.e. the input is 99% noise, close enough to the N(0, 1) it is fed.
+        timesteps = torch.arange(S - 1, -1, -1, dtype=torch.long) * (T // S)
         a_t = alphas_cumprod[timesteps]
-        prev = timesteps - T // S
+        prev = timesteps - T // S  # the last step lands on -T/S < 0, i.e. alpha = 1: the clean sample
         a_prev = torch.where(prev >= 0, alphas_cumprod[prev.clamp(min=0)], torch.ones_like(a_t))
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
         self.register_buffer("ddim_t", (timesteps.float() / T), persistent=False)
