@@ -141,7 +141,8 @@ class Preprocessor:
         if state.shape != (self.manifest.state_dim,):
             raise ObservationError("state", f"expected shape [{self.manifest.state_dim}], got {list(state.shape)}")
         # Checked after the cast: a float64 of 1e300 is finite but overflows float32.
-        as32 = state.astype(np.float32)
+        with np.errstate(over="ignore"):
+            as32 = state.astype(np.float32)
         bad = np.flatnonzero(~np.isfinite(as32))
         if bad.size:
             i = int(bad[0])
