@@ -119,6 +119,25 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from sim.evaluate import EvalConfig, format_summary, run_suite
+    from sim.tasks import TASKS
+
+    tasks = tuple(sorted(TASKS)) if args.task == "all" else tuple(args.task.split(","))
+    episodes = min(args.episodes, 2) if args.quick else args.episodes
+    config = EvalConfig(policy=args.policy, verifier=args.verifier, n=args.n, tasks=tasks, episodes=episodes,
+                        seed=args.seed, execute=args.execute, workers=args.workers, backend=args.backend,
+                        max_steps=args.max_steps, expert_mode=args.mode, action_noise=args.action_noise,
+                        report=args.report, video_episodes=args.video_episodes)
+    report = run_suite(config, json_path=args.json)
+    print(format_summary(report))
+    if args.json:
+        print(f"wrote {args.json}")
+    if args.report:
+        print(f"wrote the report to {args.report} (index.md, plots, videos)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from runtime.demo import run_demo
 
@@ -159,6 +178,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer rounds: under a minute")
     p.set_defaults(func=cmd_bench)
 
+    p = sub.add_parser("eval", help="run an evaluation suite in simulation (the sim extra)")
+    p.add_argument("--policy", required=True, help="'scripted' (the tasks' experts) or a policy bundle")
+    p.add_argument("--verifier", default=None, help="verifier bundle or ONNX file")
+    p.add_argument("--n", type=int, default=1, help="candidates per replanning step")
+    p.add_argument("--task", default="all", help="task name, comma-separated names, or 'all'")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per task (episode i uses seed S+i)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--execute", type=int, default=8, help="actions executed per chunk before replanning")
+    p.add_argument("--max-steps", type=int, default=None, help="steps per episode (default: the task's)")
+    p.add_argument("--mode", default=None, help="scripted only: force an expert mode (default: the mix)")
+    p.add_argument("--action-noise", type=float, default=None, help="scripted only: joint noise std, rad")
+    p.add_argument("--json", default=None, help="write per-episode records and the summary here")
+    p.add_argument("--report", default=None, help="write plots and videos to this folder")
+    p.add_argument("--video-episodes", type=int, default=1, help="episodes per task filmed for the report")
+    p.add_argument("--backend", choices=("local", "ray"), default="local")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--quick", action="store_true", help="at most 2 episodes per task (for tests)")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("demo", help="run the engine end to end on an example bundle and print the decision")
     p.add_argument("--out", default="build/example", help="where the example bundles are written")
     p.add_argument("--n", type=int, default=16, help="candidates per step")
@@ -172,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, ProviderError, FileExistsError, FileNotFoundError) as err:
+    except (SpecError, ProviderError, FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"taco {args.command}: error: {err}", file=sys.stderr)
         return 2
     except ImportError as err:

@@ -1,0 +1,111 @@
+"""The MuJoCo dual-arm environment: 50 Hz joint-position control over 2 ms physics steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hardware.interface import CameraConfig, EnvSpec, check_action
+from policies.manifest import ALOHA_JOINTS
+from policies.observation import Observation
+from sim.assets import ARM_JOINTS, CONTROL_HZ, PHYSICS_DT, START_ARM_POSE, mujoco, normalize_gripper, unnormalize_gripper
+from sim.tasks import Task, get_task
+
+# Observation camera name -> camera in gym-aloha's MJCF.
+CAMERAS = {"cam_high": "top", "cam_low": "angle", "cam_left_wrist": "left_wrist", "cam_right_wrist": "right_wrist"}
+# The default policy's camera and resolution (policies.config's default size).
+DEFAULT_CAMERAS = (CameraConfig("cam_high", 96, 128),)
+
+
+class AlohaSimEnv:
+    """A task on the ALOHA scene. Actions and states follow the ALOHA layout (see `EnvSpec`)."""
+
+    def __init__(self, task: str | Task, cameras: tuple[CameraConfig, ...] = DEFAULT_CAMERAS,
+                 max_steps: int | None = None, stop_on_success: bool = True):
+        self.task = get_task(task) if isinstance(task, str) else task
+        for cam in cameras:
+            if cam.name not in CAMERAS:
+                raise ValueError(f"cameras: unknown camera {cam.name!r} (available: {', '.join(CAMERAS)})")
+        self.spec = EnvSpec(cameras=tuple(cameras), state_names=ALOHA_JOINTS, action_names=ALOHA_JOINTS,
+                            control_hz=CONTROL_HZ, max_steps=max_steps or self.task.max_steps)
+        self.stop_on_success = stop_on_success
+        self.model = self.task.build_model(end_effector=False)
+        self.data = mujoco.MjData(self.model)
+        self.substeps = round(1.0 / (CONTROL_HZ * PHYSICS_DT))
+        self._renderers = {}
+        for cam in cameras:
+            key = (cam.height, cam.width)
+            if key not in self._renderers:
+                self._renderers[key] = mujoco.Renderer(self.model, cam.height, cam.width)
+        joints = [f"vx300s_{side}/{j}" for side in ("left", "right") for j in (*ARM_JOINTS, "left_finger")]
+        self._qpos_index = np.array([self.model.joint(j).qposadr[0] for j in joints])
+        self._object_qpos = np.concatenate(
+            [np.arange(7) + self.model.joint(name).qposadr[0] for name in self.task.objects])
+        self.steps = 0
+        self.best_stage = 0
+        self.object_poses: np.ndarray | None = None
+
+    def reset(self, seed: int) -> Observation:
+        rng = np.random.default_rng(seed)
+        mujoco.mj_resetData(self.model, self.data)
+        self.data.qpos[:16] = START_ARM_POSE
+        self.data.ctrl[:] = START_ARM_POSE
+        self.object_poses = self.task.sample_objects(rng)
+        self.data.qpos[self._object_qpos] = self.object_poses
+        mujoco.mj_forward(self.model, self.data)
+        self.steps, self.best_stage = 0, 0
+        return self._observe()
+
+    def step(self, action) -> tuple[Observation, float, bool, dict[str, Any]]:
+        if self.object_poses is None:
+            raise RuntimeError("step() before reset()")
+        action = check_action(action, 14)
+        ctrl = np.empty(16)
+        for arm in range(2):
+            a, c = action[7 * arm: 7 * arm + 7], ctrl[8 * arm: 8 * arm + 8]
+            c[:6] = a[:6]
+            finger = unnormalize_gripper(a[6])
+            c[6], c[7] = finger, -finger
+        self.data.ctrl[:] = ctrl
+        mujoco.mj_step(self.model, self.data, nstep=self.substeps)
+        self.steps += 1
+        stage = self.task.stage(self.model, self.data)
+        self.best_stage = max(self.best_stage, stage)
+        success = stage == self.task.max_reward
+        done = self.steps >= self.spec.max_steps or (success and self.stop_on_success)
+        info = {"stage": stage, "success": self.best_stage == self.task.max_reward, "steps": self.steps}
+        return self._observe(), float(stage), done, info
+
+    def state(self) -> np.ndarray:
+        """float32[14]: arm joints (rad) and normalised gripper opening, left arm then right arm."""
+        q = self.data.qpos[self._qpos_index]
+        out = np.empty(14, np.float32)
+        out[0:6], out[7:13] = q[0:6], q[7:13]
+        out[6], out[13] = normalize_gripper(q[6]), normalize_gripper(q[13])
+        return out
+
+    def render(self, camera: str, height: int, width: int) -> np.ndarray:
+        key = (height, width)
+        if key not in self._renderers:
+            self._renderers[key] = mujoco.Renderer(self.model, height, width)
+        renderer = self._renderers[key]
+        renderer.update_scene(self.data, camera=CAMERAS.get(camera, camera))
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        return renderer.render()
+
+    def _observe(self) -> Observation:
+        images = {cam.name: self.render(cam.name, cam.height, cam.width) for cam in self.spec.cameras}
+        return Observation(images=images, state=self.state(), task=self.task.instruction, stamp=float(self.data.time))
+
+    def close(self) -> None:
+        for renderer in self._renderers.values():
+            renderer.close()
+        self._renderers.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

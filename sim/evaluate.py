@@ -1,0 +1,303 @@
+"""Evaluation suites: episodes of one or more tasks run by worker processes (local or Ray).
+
+Every arm of a comparison uses the same seeds: episode i of a task starts from seed `seed + i`, so
+object poses are identical across policies and verifiers. Finished episodes are appended to a
+`.partial.jsonl` file next to the JSON output, and a rerun with the same settings resumes from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hardware.interface import CameraConfig
+from policies.schema import canonical_hash
+
+BACKENDS = ("local", "ray")
+# Camera and size of the report videos.
+VIDEO_CAMERA, VIDEO_SIZE = "cam_low", (240, 320)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """One evaluation suite; every field is recorded in the output JSON."""
+
+    # "scripted" (the tasks' scripted experts) or the path of a policy bundle.
+    policy: str = "scripted"
+    # Path of a verifier bundle (or bare ONNX verifier); None for none.
+    verifier: str | None = None
+    # Candidates per replanning step.
+    n: int = 1
+    # Tasks to run (registry names).
+    tasks: tuple[str, ...] = ("transfer_cube",)
+    # Episodes per task; episode i uses seed `seed + i`.
+    episodes: int = 20
+    seed: int = 0
+    # Actions executed from each chunk before replanning.
+    execute: int = 8
+    # Worker processes (local) or Ray tasks in flight (ray).
+    workers: int = 1
+    backend: str = "local"
+    # Steps per episode; None uses each task's own limit.
+    max_steps: int | None = None
+    # Scripted experts only: force one behaviour mode (None mixes them) and the action noise (None: default).
+    expert_mode: str | None = None
+    action_noise: float | None = None
+    # Report folder (plots and videos); None for none.
+    report: str | None = None
+    # Episodes per task filmed for the report (the first ones).
+    video_episodes: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        from sim.tasks import TASKS
+
+        for task in self.tasks:
+            if task not in TASKS:
+                raise ValueError(f"tasks: unknown task {task!r} (registered: {', '.join(sorted(TASKS))})")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.episodes < 1 or self.workers < 1 or self.n < 1 or self.execute < 1:
+            raise ValueError("episodes, workers, n and execute must be >= 1")
+        if self.policy == "scripted" and (self.verifier is not None or self.n != 1):
+            raise ValueError("verifier and n apply to policy bundles, not to --policy scripted")
+
+    def fingerprint(self) -> str:
+        """Identifies the episodes' settings (not workers, backend or report), for resuming."""
+        data = dataclasses.asdict(self)
+        for key in ("workers", "backend", "report", "video_episodes"):
+            data.pop(key)
+        return canonical_hash(data)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker side: one environment and controller per task, made on first use and kept.
+
+_WORKER: dict = {}
+
+
+def _worker_init(config: EvalConfig) -> None:
+    _WORKER.clear()
+    _WORKER["config"] = config
+
+
+def _make(config: EvalConfig, task: str):
+    from sim.env import AlohaSimEnv
+
+    if config.policy == "scripted":
+        from sim.controllers import ScriptedController
+        from sim.experts import ExpertConfig
+
+        expert = ExpertConfig() if config.action_noise is None else ExpertConfig(action_noise=config.action_noise)
+        controller = ScriptedController(task, expert, mode=config.expert_mode)
+        cameras = ()
+    else:
+        from runtime.engine import Engine
+        from runtime.executor import ChunkExecutor, ExecutorConfig
+
+        engine = Engine(config.policy, verifier=config.verifier)
+        controller = ChunkExecutor(engine, ExecutorConfig(n=config.n, execute=config.execute))
+        cameras = tuple(CameraConfig(c.name, c.height, c.width) for c in engine.manifest.cameras)
+    env = AlohaSimEnv(task, cameras=cameras, max_steps=config.max_steps)
+    return env, controller
+
+
+def run_episode(task: str, index: int) -> dict:
+    """Runs episode `index` of `task` in this process and returns its record."""
+    config: EvalConfig = _WORKER["config"]
+    if task not in _WORKER:
+        _WORKER[task] = _make(config, task)
+    env, controller = _WORKER[task]
+    seed = config.seed + index
+    film = config.report is not None and index < config.video_episodes
+    started = time.perf_counter()
+    obs = env.reset(seed)
+    controller.reset(seed, env)
+    frames, stages, done, info = [], [], False, {"success": False}
+    while not done:
+        action = controller.act(obs)
+        obs, reward, done, info = env.step(action)
+        stages.append(int(reward))
+        if film:
+            frames.append(env.render(VIDEO_CAMERA, *VIDEO_SIZE))
+    record = {
+        "task": task, "episode": index, "seed": seed, "success": bool(info["success"]),
+        "best_stage": int(env.best_stage), "max_stage": env.task.max_reward, "steps": env.steps,
+        "wall_s": time.perf_counter() - started, "latency_ms": [round(v, 3) for v in controller.latencies_ms],
+        "mode": getattr(controller, "mode", None), "stages": stages,
+    }
+    decisions = getattr(controller, "decisions", [])
+    if decisions:
+        record["chosen_index"] = [d.index for d in decisions]
+        record["dropped_actions"] = controller.dropped
+    if film:
+        record["video"] = _write_video(frames, Path(config.report) / "videos" / f"{task}-ep{index:03d}.mp4")
+    return record
+
+
+def _write_video(frames: list[np.ndarray], path: Path) -> str:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with imageio.get_writer(path, fps=50, codec="libx264", quality=7, macro_block_size=8) as writer:
+        for frame in frames:
+            writer.append_data(frame)
+    return str(path)
+
+
+def _run_item(item: tuple[str, int]) -> dict:
+    return run_episode(*item)
+
+
+# ------------------------------------------------------------------------------------------------
+# Driver side.
+
+def _partial_path(json_path: Path | None) -> Path | None:
+    return None if json_path is None else json_path.with_name(json_path.name + ".partial.jsonl")
+
+
+def _load_partial(path: Path | None, fingerprint: str) -> dict[tuple[str, int], dict]:
+    done = {}
+    if path is None or not path.exists():
+        return done
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by an interruption
+        if row.get("fingerprint") == fingerprint:
+            done[(row["record"]["task"], row["record"]["episode"])] = row["record"]
+    return done
+
+
+def run_suite(config: EvalConfig, json_path: str | Path | None = None, progress=None) -> dict:
+    """Runs every episode (resuming from a partial file), then summarises, writes JSON and the report."""
+    progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    json_path = Path(json_path) if json_path else None
+    fingerprint = config.fingerprint()
+    partial = _partial_path(json_path)
+    records = _load_partial(partial, fingerprint)
+    items = [(t, i) for t in config.tasks for i in range(config.episodes) if (t, i) not in records]
+    if records:
+        progress(f"resuming: {len(records)} episodes already done, {len(items)} to go")
+    if partial is not None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    total = len(items)
+    for k, record in enumerate(_execute(config, items), start=1):
+        records[(record["task"], record["episode"])] = record
+        if partial is not None:
+            with open(partial, "a") as f:
+                f.write(json.dumps({"fingerprint": fingerprint, "record": record}) + "\n")
+        elapsed = time.perf_counter() - started
+        eta = elapsed / k * (total - k)
+        progress(f"[{k}/{total}] {record['task']} ep {record['episode']}: "
+                 f"{'success' if record['success'] else 'failure'} (stage {record['best_stage']}/{record['max_stage']},"
+                 f" {record['steps']} steps, {record['wall_s']:.1f} s)  elapsed {elapsed:.0f} s, eta {eta:.0f} s")
+    wall = time.perf_counter() - started
+    ordered = [records[(t, i)] for t in config.tasks for i in range(config.episodes)]
+    report = {
+        "config": dataclasses.asdict(config),
+        "summary": summarize(ordered, config),
+        "run": {"wall_s": wall, "episodes_run": total, "workers": config.workers, "backend": config.backend,
+                "episodes_per_minute": 60.0 * total / wall if total and wall > 0 else None},
+        "episodes": ordered,
+    }
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=1) + "\n")
+        partial.unlink(missing_ok=True)
+    if config.report:
+        from sim.report import write_report
+
+        write_report(report, Path(config.report))
+    return report
+
+
+def _execute(config: EvalConfig, items: list[tuple[str, int]]):
+    """Yields records as episodes finish, in the backend's order."""
+    if not items:
+        return
+    if config.backend == "ray":
+        from sim.ray_backend import run_on_ray
+
+        yield from run_on_ray(config, items)
+    elif config.workers == 1:
+        _worker_init(config)
+        for item in items:
+            yield _run_item(item)
+    else:
+        import multiprocessing as mp
+
+        # spawn: a fork would share MuJoCo GL contexts and ONNX Runtime thread pools with the parent.
+        with mp.get_context("spawn").Pool(config.workers, initializer=_worker_init, initargs=(config,)) as pool:
+            yield from pool.imap_unordered(_run_item, items)
+
+
+def _group_summary(records: list[dict]) -> dict:
+    n = len(records)
+    wins = sum(r["success"] for r in records)
+    low, high = wilson_interval(wins, n)
+    latencies = [v for r in records for v in r["latency_ms"]]
+    out = {
+        "episodes": n, "successes": wins, "success_rate": wins / n if n else 0.0,
+        "wilson95": [low, high],
+        "mean_stage_reward": float(np.mean([r["best_stage"] for r in records])) if n else 0.0,
+        "mean_episode_wall_s": float(np.mean([r["wall_s"] for r in records])) if n else 0.0,
+        "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
+        "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies else None,
+    }
+    modes = sorted({r["mode"] for r in records if r.get("mode")})
+    if modes:
+        out["by_mode"] = {}
+        for mode in modes:
+            sub = [r for r in records if r.get("mode") == mode]
+            wins_m = sum(r["success"] for r in sub)
+            out["by_mode"][mode] = {"episodes": len(sub), "successes": wins_m, "success_rate": wins_m / len(sub),
+                                    "wilson95": list(wilson_interval(wins_m, len(sub)))}
+    return out
+
+
+def summarize(records: list[dict], config: EvalConfig) -> dict:
+    """Success with a Wilson 95% interval, mean stage reward, wall time and latency, per task and overall."""
+    return {
+        "overall": _group_summary(records),
+        "per_task": {t: _group_summary([r for r in records if r["task"] == t]) for t in config.tasks},
+    }
+
+
+def format_summary(report: dict) -> str:
+    lines = [f"{'task':<16} {'success':>9} {'wilson 95%':>15} {'stage':>6} {'ep wall s':>10} {'lat p50':>8} {'lat p99':>8}"]
+    rows = list(report["summary"]["per_task"].items()) + [("overall", report["summary"]["overall"])]
+    for name, s in rows:
+        lat50 = "-" if s["latency_ms_p50"] is None else f"{s['latency_ms_p50']:.1f}"
+        lat99 = "-" if s["latency_ms_p99"] is None else f"{s['latency_ms_p99']:.1f}"
+        lines.append(f"{name:<16} {s['successes']:>3}/{s['episodes']:<5} [{s['wilson95'][0]:.2f}, {s['wilson95'][1]:.2f}]"
+                     f"{s['mean_stage_reward']:>7.2f} {s['mean_episode_wall_s']:>10.2f} {lat50:>8} {lat99:>8}")
+    for name, s in report["summary"]["per_task"].items():
+        for mode, m in s.get("by_mode", {}).items():
+            lines.append(f"  {name} mode {mode:<14} {m['successes']:>3}/{m['episodes']:<4} "
+                         f"[{m['wilson95'][0]:.2f}, {m['wilson95'][1]:.2f}]")
+    run = report["run"]
+    if run["episodes_per_minute"]:
+        lines.append(f"{run['episodes_run']} episodes in {run['wall_s']:.1f} s with {run['workers']} "
+                     f"{run['backend']} worker(s): {run['episodes_per_minute']:.1f} episodes/min")
+    return "\n".join(lines)
+

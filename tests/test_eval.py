@@ -1,0 +1,88 @@
+"""`taco eval`: scripted experts reach their success bar, policy bundles run through the chunk executor,
+summaries carry Wilson intervals, interrupted suites resume, and the report has plots and a video."""
+
+import json
+
+import numpy as np
+import pytest
+
+from runtime.cli import main
+from sim.evaluate import EvalConfig, run_suite, wilson_interval
+
+
+def test_wilson_interval_known_values():
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.4902, abs=1e-3) and high == pytest.approx(0.9433, abs=1e-3)
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] == pytest.approx(1.0)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("task", ["transfer_cube", "insertion"])
+def test_scripted_expert_succeeds_95_percent_over_20_seeds(task, tmp_path, capsys):
+    path = tmp_path / "eval.json"
+    assert main(["eval", "--policy", "scripted", "--task", task, "--episodes", "20", "--seed", "0",
+                 "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    s = report["summary"]["per_task"][task]
+    assert s["episodes"] == 20 and s["success_rate"] >= 0.95, s
+    assert {r["seed"] for r in report["episodes"]} == set(range(20))
+    assert sum(m["episodes"] for m in s["by_mode"].values()) == 20 and len(s["by_mode"]) >= 3
+    assert task in capsys.readouterr().out
+
+
+def test_policy_bundle_runs_through_the_chunk_executor(exported, tmp_path):
+    from verifiers import write_verifier_bundle
+    from verifiers.synthetic import linear_verifier_onnx
+
+    flow = exported("flow")
+    verifier = write_verifier_bundle(linear_verifier_onnx(tmp_path / "v.onnx", np.ones(flow.bundle.manifest.feature_dim)),
+                                     tmp_path / "v", policy_fingerprint=flow.bundle.fingerprint,
+                                     feature_dim=flow.bundle.manifest.feature_dim)
+    config = EvalConfig(policy=str(flow.path), verifier=str(verifier.path), n=4, tasks=("lift_bar",), episodes=2,
+                        execute=3, max_steps=12)
+    report = run_suite(config)
+    for record in report["episodes"]:
+        assert record["steps"] == 12 and not record["success"]
+        assert len(record["latency_ms"]) == 4  # replans at steps 0, 3, 6, 9
+        assert len(record["chosen_index"]) == 4 and all(0 <= i < 4 for i in record["chosen_index"])
+        assert record["dropped_actions"] == 0
+    assert report["summary"]["overall"]["latency_ms_p50"] > 0
+
+
+def test_an_interrupted_suite_resumes(tmp_path):
+    path = tmp_path / "eval.json"
+    config = EvalConfig(policy="scripted", tasks=("lift_bar",), episodes=3, max_steps=40)
+    first = run_suite(config, path)
+    # Pretend the run stopped after two episodes: keep two records in the partial file.
+    partial = path.with_name(path.name + ".partial.jsonl")
+    rows = [{"fingerprint": config.fingerprint(), "record": {**r, "wall_s": 123.0}} for r in first["episodes"][:2]]
+    partial.write_text("\n".join(json.dumps(r) for r in rows) + "\n{cut-off li")
+    messages = []
+    second = run_suite(config, path, progress=messages.append)
+    assert "resuming: 2 episodes already done, 1 to go" in messages[0]
+    assert [r["wall_s"] for r in second["episodes"][:2]] == [123.0, 123.0]
+    assert second["episodes"][2]["best_stage"] == first["episodes"][2]["best_stage"]
+    assert not partial.exists()
+
+
+def test_report_has_plots_and_a_video(tmp_path):
+    report_dir = tmp_path / "report"
+    config = EvalConfig(policy="scripted", tasks=("transfer_cube",), episodes=2, workers=2, report=str(report_dir),
+                        max_steps=60)
+    report = run_suite(config)
+    for name in ("success_rate.png", "stages.png", "episode_length.png", "modes.png", "index.md"):
+        assert (report_dir / name).stat().st_size > 1000 or name == "index.md"
+    video = report_dir / "videos" / "transfer_cube-ep000.mp4"
+    assert video.stat().st_size > 10_000 and report["episodes"][0]["video"] == str(video)
+    import imageio.v2 as imageio
+
+    frames = [frame for frame in imageio.get_reader(video)]  # list() trips on its infinite len hint
+    assert len(frames) == 60 and frames[0].shape == (240, 320, 3)
+    assert report["run"]["workers"] == 2 and report["run"]["episodes_per_minute"] > 0
+
+
+def test_bad_eval_settings_are_rejected(capsys):
+    assert main(["eval", "--policy", "scripted", "--task", "fold_laundry", "--episodes", "1"]) == 2
+    assert "fold_laundry" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="verifier and n"):
+        EvalConfig(policy="scripted", n=4)
