@@ -52,16 +52,16 @@ comma := ,
 install-core: $(VENV)/bin/python
 	$(PIP) install -q -c $(CONSTRAINTS) -e .
 install-train: $(VENV)/.installed-train
-install-dev: $(VENV)/.installed-train+sim+dev
+install-dev: $(VENV)/.installed-train+sim+ray+dev
 install-all: $(VENV)/.installed-all
 
 demo: $(VENV)/.installed-train
 	$(VENV)/bin/taco demo
 
-test: $(VENV)/.installed-train+sim+dev
+test: $(VENV)/.installed-train+sim+ray+dev
 	$(PY) -m pytest -m "$(TEST_MARKERS)"
 
-test-slow: $(VENV)/.installed-train+sim+dev
+test-slow: $(VENV)/.installed-train+sim+ray+dev
 	$(PY) -m pytest -m "slow"
 
 bench: $(VENV)/.installed-train
@@ -71,7 +71,7 @@ bench: $(VENV)/.installed-train
 lock:
 	rm -rf build/lock-venv
 	"$$( $(find_python) )" -m venv build/lock-venv
-	build/lock-venv/bin/pip install -q -e ".[train,sim,dev]"
+	build/lock-venv/bin/pip install -q -e ".[train,sim,ray,dev]"
 	build/lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > $(CONSTRAINTS)
 	rm -rf build/lock-venv
 

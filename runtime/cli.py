@@ -138,6 +138,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_record(args) -> int:
+    from sim.record import RecordConfig, record
+    from sim.tasks import TASKS
+
+    tasks = tuple(sorted(TASKS)) if args.task == "all" else tuple(args.task.split(","))
+    for task in tasks:
+        if task not in TASKS:
+            raise ValueError(f"task: unknown {task!r} (registered: {', '.join(sorted(TASKS))})")
+    config = RecordConfig(tasks=tasks, episodes=2 if args.quick else args.episodes, out=args.out, seed=args.seed,
+                          keep_failures=args.keep_failures, mode=args.mode, action_noise=args.action_noise)
+    summary = record(config, progress=not args.no_progress)
+    for task, s in summary.items():
+        modes = ", ".join(f"{m} {c}" for m, c in sorted(s["modes"].items()))
+        print(f"{task:<16} {s['episodes']} episodes ({s['successes']} successful), {s['frames']} frames; modes: {modes}")
+    print(f"dataset: {args.out} (LeRobotDataset v3; per-episode seed, mode and success in meta/taco_episodes.jsonl)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from runtime.demo import run_demo
 
@@ -196,6 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     p.add_argument("--quick", action="store_true", help="at most 2 episodes per task (for tests)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("record", help="record scripted-expert episodes as a LeRobotDataset v3 (sim + train extras)")
+    p.add_argument("--task", required=True, help="task name, comma-separated names, or 'all'")
+    p.add_argument("--episodes", type=int, required=True, help="episodes to keep per task")
+    p.add_argument("--out", required=True, help="dataset folder; an existing one is resumed")
+    p.add_argument("--seed", type=int, default=0, help="first episode seed")
+    p.add_argument("--mode", default=None, help="force one expert mode (default: the configured mix)")
+    p.add_argument("--action-noise", type=float, default=None, help="expert joint noise std, rad")
+    p.add_argument("--keep-failures", action="store_true", help="keep episodes the expert failed (marked)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quick", action="store_true", help="2 episodes per task (for tests)")
+    p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("demo", help="run the engine end to end on an example bundle and print the decision")
     p.add_argument("--out", default="build/example", help="where the example bundles are written")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,36 @@ from sim.tasks import Task, get_task
 CAMERAS = {"cam_high": "top", "cam_low": "angle", "cam_left_wrist": "left_wrist", "cam_right_wrist": "right_wrist"}
 # The default policy's camera and resolution (policies.config's default size).
 DEFAULT_CAMERAS = (CameraConfig("cam_high", 96, 128),)
+
+
+class LazyImages(Mapping):
+    """Camera images of one step, rendered on first read (rendering is ~85% of a step's cost on a CPU).
+
+    A controller that replans every k steps reads images once per k steps, so the others cost physics
+    only. An observation is a snapshot: reading its images after the environment has stepped on raises,
+    instead of silently rendering a later state.
+    """
+
+    def __init__(self, env: "AlohaSimEnv", step: int):
+        self._env, self._step, self._cache = env, step, {}
+        self._episode_of_creation = env.episode
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            cam = next((c for c in self._env.spec.cameras if c.name == name), None)
+            if cam is None:
+                raise KeyError(name)
+            if self._env.steps != self._step or self._env.episode != self._episode_of_creation:
+                raise RuntimeError(f"images[{name!r}] of step {self._step} are no longer available: the environment "
+                                   f"has stepped on; read observation images before the next step")
+            self._cache[name] = self._env.render(cam.name, cam.height, cam.width)
+        return self._cache[name]
+
+    def __iter__(self):
+        return iter(c.name for c in self._env.spec.cameras)
+
+    def __len__(self) -> int:
+        return len(self._env.spec.cameras)
 
 
 class AlohaSimEnv:
@@ -44,6 +75,8 @@ class AlohaSimEnv:
             [np.arange(7) + self.model.joint(name).qposadr[0] for name in self.task.objects])
         self.steps = 0
         self.best_stage = 0
+        # Episodes started so far (observations of an earlier episode are stale too).
+        self.episode = 0
         self.object_poses: np.ndarray | None = None
 
     def reset(self, seed: int) -> Observation:
@@ -55,6 +88,7 @@ class AlohaSimEnv:
         self.data.qpos[self._object_qpos] = self.object_poses
         mujoco.mj_forward(self.model, self.data)
         self.steps, self.best_stage = 0, 0
+        self.episode += 1
         return self._observe()
 
     def step(self, action) -> tuple[Observation, float, bool, dict[str, Any]]:
@@ -96,8 +130,8 @@ class AlohaSimEnv:
         return renderer.render()
 
     def _observe(self) -> Observation:
-        images = {cam.name: self.render(cam.name, cam.height, cam.width) for cam in self.spec.cameras}
-        return Observation(images=images, state=self.state(), task=self.task.instruction, stamp=float(self.data.time))
+        return Observation(images=LazyImages(self, self.steps), state=self.state(), task=self.task.instruction,
+                           stamp=float(self.data.time))
 
     def close(self) -> None:
         for renderer in self._renderers.values():

@@ -19,7 +19,7 @@ from sim.tasks import Task, get_task
 MODES = ("clean", "high_approach", "hesitant", "detour", "regrasp")
 # Extra control steps after the last waypoint, so that the final state settles.
 SETTLE_STEPS = 10
-# Noise scale while the operator works precisely (see Plan.precise_after).
+# Noise scale while the operator works precisely (see Plan.precise).
 PRECISE_NOISE_SCALE = 0.2
 
 
@@ -54,8 +54,9 @@ class Plan:
     left: list[Waypoint]
     right: list[Waypoint]
     mode: str
-    # Control step from which the operator works precisely (noise scaled down), e.g. inserting; None: never.
-    precise_after: int | None = None
+    # [start, end) control-step windows in which the operator works precisely (noise scaled down),
+    # e.g. grasping a small part or inserting it.
+    precise: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def length(self) -> int:
@@ -74,8 +75,7 @@ class Plan:
             if later:
                 idx = traj.index(later[0])
                 traj[idx:idx] = [Waypoint(t0, *held), Waypoint(t0 + steps, *held)]
-        if self.precise_after is not None and self.precise_after > t0:
-            self.precise_after += steps
+        self.precise = [(a + steps if a > t0 else a, b + steps if b > t0 else b) for a, b in self.precise]
 
 
 def _interpolate(traj: list[Waypoint], t: int):
@@ -204,8 +204,8 @@ def plan_insertion(home, objects, rng, mode) -> Plan:
     left += [Waypoint(t + 65, meet + np.array([-0.1, 0, 0]), pick_left, 0.0),
              Waypoint(t + 120, meet + np.array([-0.05, 0, 0]), pick_left, 0.0),
              Waypoint(t + 180, meet + np.array([-0.05, 0, 0]), pick_left, 0.0)]
-    # Lining the peg up with the socket takes a steady hand.
-    return Plan(left, right, mode, precise_after=t + 40)
+    # Grasping the thin peg and socket, and lining them up, take a steady hand.
+    return Plan(left, right, mode, precise=[(150, t + 10), (t + 40, 10**6)])
 
 
 def plan_lift_bar(home, objects, rng, mode) -> Plan:
@@ -302,11 +302,18 @@ class ScriptedExpert:
             out[t, 6], out[t, 13] = lg, rg
         if self.config.action_noise > 0:
             noise = self._noise(plan.length, np.random.default_rng([seed, 11]))
-            if plan.precise_after is not None:
-                ramp = np.clip((np.arange(plan.length) - plan.precise_after) / 20.0, 0.0, 1.0)
-                noise *= (1.0 - (1.0 - PRECISE_NOISE_SCALE) * ramp)[:, None]
-            out += noise
+            out += noise * self._noise_envelope(plan)[:, None]
         return out, plan.mode
+
+    @staticmethod
+    def _noise_envelope(plan: Plan) -> np.ndarray:
+        """float[T]: 1 in free motion, PRECISE_NOISE_SCALE inside the plan's precise windows (20-step ramps)."""
+        t = np.arange(plan.length, dtype=np.float64)
+        calm = np.zeros(plan.length)
+        for start, end in plan.precise:
+            inside = np.minimum(np.clip((t - start) / 20.0 + 1.0, 0, 1), np.clip((end - t) / 20.0 + 1.0, 0, 1))
+            calm = np.maximum(calm, inside)
+        return 1.0 - (1.0 - PRECISE_NOISE_SCALE) * calm
 
     def _noise(self, length: int, rng: np.random.Generator) -> np.ndarray:
         """Low-pass filtered Gaussian noise on the 12 arm joints (none on the grippers)."""

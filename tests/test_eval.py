@@ -86,3 +86,12 @@ def test_bad_eval_settings_are_rejected(capsys):
     assert "fold_laundry" in capsys.readouterr().err
     with pytest.raises(ValueError, match="verifier and n"):
         EvalConfig(policy="scripted", n=4)
+
+
+def test_ray_backend_runs_the_same_episodes_as_local(tmp_path):
+    config = dict(policy="scripted", tasks=("lift_bar",), episodes=2, max_steps=60)
+    local = run_suite(EvalConfig(**config))
+    ray_report = run_suite(EvalConfig(**config, backend="ray", workers=2))
+    assert ray_report["run"]["backend"] == "ray"
+    for a, b in zip(local["episodes"], ray_report["episodes"]):
+        assert (a["seed"], a["mode"], a["stages"]) == (b["seed"], b["mode"], b["stages"])

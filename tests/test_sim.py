@@ -127,3 +127,19 @@ def test_cameras_are_configurable():
     env.close()
     with pytest.raises(ValueError, match="unknown camera"):
         AlohaSimEnv("lift_bar", cameras=(CameraConfig("cam_top", 8, 8),))
+
+
+def test_images_render_on_read_and_expire_when_the_env_steps_on():
+    env = AlohaSimEnv("transfer_cube")
+    obs = env.reset(0)
+    assert list(obs.images) == ["cam_high"] and len(obs.images) == 1
+    first = obs.images["cam_high"]
+    assert obs.images["cam_high"] is first  # rendered once, cached
+    later, *_ = env.step(obs.state)
+    with pytest.raises(RuntimeError, match="stepped on"):
+        later_unread = env.reset(1)  # a new episode also expires the previous step's images
+        later.images["cam_high"]
+    assert later_unread.images["cam_high"].shape == (96, 128, 3)
+    with pytest.raises(KeyError):
+        obs.images["cam_low"]
+    env.close()

@@ -1,0 +1,206 @@
+"""`taco record`: scripted-expert episodes written as a LeRobotDataset v3 (through lerobot).
+
+Per frame: the camera images (AV1 video), `observation.state`, `action`, `next.reward` (stage),
+`next.success`, and the task string. Per episode, `meta/taco_episodes.jsonl` adds the seed, the
+expert mode, success and best stage. An interrupted recording resumes: rerunning the same command
+appends the missing episodes after the last saved one.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hardware.interface import CameraConfig
+from policies.extras import require
+from policies.manifest import ALOHA_JOINTS
+
+EPISODES_FILE = "meta/taco_episodes.jsonl"
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    # Tasks to record; episodes are recorded task after task.
+    tasks: tuple[str, ...]
+    # Episodes to keep per task.
+    episodes: int
+    # Dataset root folder.
+    out: str
+    # Episode seeds start here; each attempt uses the next seed.
+    seed: int = 0
+    # Cameras recorded (the default policy's camera and size).
+    cameras: tuple[CameraConfig, ...] = (CameraConfig("cam_high", 96, 128),)
+    # Keep episodes in which the expert failed (marked in the metadata); off: only successes are kept.
+    keep_failures: bool = False
+    # Expert settings: behaviour mode mix and noise (None: the defaults).
+    mode: str | None = None
+    action_noise: float | None = None
+
+    def __post_init__(self):
+        if self.episodes < 1:
+            raise ValueError(f"episodes: must be >= 1, got {self.episodes}")
+
+
+def dataset_features(cameras) -> dict:
+    features = {
+        f"observation.images.{c.name}": {"dtype": "video", "shape": (c.height, c.width, 3),
+                                         "names": ["height", "width", "channels"]} for c in cameras
+    }
+    features["observation.state"] = {"dtype": "float32", "shape": (14,), "names": list(ALOHA_JOINTS)}
+    features["action"] = {"dtype": "float32", "shape": (14,), "names": list(ALOHA_JOINTS)}
+    features["next.reward"] = {"dtype": "float32", "shape": (1,), "names": None}
+    features["next.success"] = {"dtype": "bool", "shape": (1,), "names": None}
+    return features
+
+
+def _open(config: RecordConfig, fps: int):
+    require("lerobot")
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    root = Path(config.out)
+    repo_id = f"taco/{root.name}"
+    if (root / "meta" / "info.json").exists():
+        dataset = LeRobotDataset.resume(repo_id, root=root)
+        expected = dataset_features(config.cameras)
+        for key, spec in expected.items():
+            have = dataset.meta.features.get(key)
+            if have is None or tuple(have["shape"]) != tuple(spec["shape"]):
+                raise ValueError(f"{root}: existing dataset has feature {key} = {have}, this recording needs "
+                                 f"{spec['shape']}; record into another folder")
+        return dataset, True
+    dataset = LeRobotDataset.create(repo_id, fps=fps, features=dataset_features(config.cameras), root=root,
+                                    robot_type="aloha", use_videos=True, metadata_buffer_size=1)
+    return dataset, False
+
+
+def _done_episodes(root: Path) -> list[dict]:
+    path = root / EPISODES_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def record(config: RecordConfig, progress: bool = True) -> dict:
+    """Records the episodes still missing from `config.out`; returns counts per task and mode."""
+    from sim.assets import CONTROL_HZ
+    from sim.controllers import ScriptedController
+    from sim.env import AlohaSimEnv
+    from sim.experts import ExpertConfig
+
+    root = Path(config.out)
+    dataset, resumed = _open(config, CONTROL_HZ)
+    done = _done_episodes(root)
+    saved = dataset.meta.total_episodes
+    if len(done) != saved:
+        # The dataset holds episodes whose metadata line was lost (or the reverse): trust the dataset.
+        done = done[:saved]
+        (root / EPISODES_FILE).write_text("".join(json.dumps(r) + "\n" for r in done))
+    if resumed:
+        print(f"resuming {root}: {saved} episodes already recorded", file=sys.stderr)
+    expert = ExpertConfig() if config.action_noise is None else ExpertConfig(action_noise=config.action_noise)
+    total = len(config.tasks) * config.episodes
+    bar = _progress(total, initial=len(done), enabled=progress)
+    interrupted = []
+
+    def stop(signum, frame):
+        interrupted.append(signum)
+
+    old = signal.signal(signal.SIGTERM, stop)
+    try:
+        for task in config.tasks:
+            kept = [r for r in done if r["task"] == task]
+            seed = max([r["seed"] for r in done if r["task"] == task], default=config.seed - 1) + 1
+            env = AlohaSimEnv(task, cameras=config.cameras, stop_on_success=False, max_steps=10_000)
+            controller = ScriptedController(task, expert, mode=config.mode)
+            try:
+                while len(kept) < config.episodes and not interrupted:
+                    row = _record_episode(dataset, env, controller, task, seed, config.keep_failures)
+                    seed += 1
+                    if row is None:
+                        continue
+                    row["episode_index"] = dataset.meta.total_episodes - 1
+                    with open(root / EPISODES_FILE, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    kept.append(row)
+                    done.append(row)
+                    bar.update(1)
+                    bar.set_postfix_str(f"{task} seed {row['seed']} {row['mode']} "
+                                        f"{'ok' if row['success'] else 'failed'}")
+            finally:
+                env.close()
+    except KeyboardInterrupt:
+        interrupted.append(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if dataset.has_pending_frames():
+            dataset.clear_episode_buffer()
+        dataset.finalize()
+        bar.close()
+    if interrupted:
+        print(f"interrupted: {len(done)} episodes saved; rerun the same command to resume", file=sys.stderr)
+    return summarize_recording(done)
+
+
+def _record_episode(dataset, env, controller, task: str, seed: int, keep_failures: bool) -> dict | None:
+    obs = env.reset(seed)
+    controller.reset(seed, env)
+    best = 0
+    for _ in range(controller.plan_length):
+        action = controller.act(obs)
+        frame = {f"observation.images.{name}": image for name, image in obs.images.items()}
+        frame["observation.state"] = obs.state.astype(np.float32)
+        frame["action"] = action.astype(np.float32)
+        obs, reward, _, info = env.step(action)
+        best = max(best, int(reward))
+        frame["next.reward"] = np.array([reward], np.float32)
+        frame["next.success"] = np.array([reward == env.task.max_reward])
+        frame["task"] = env.task.instruction
+        dataset.add_frame(frame)
+    success = best == env.task.max_reward
+    if not success and not keep_failures:
+        dataset.clear_episode_buffer()
+        return None
+    dataset.save_episode()
+    return {"task": task, "seed": seed, "mode": controller.mode, "success": success, "best_stage": best,
+            "frames": controller.plan_length}
+
+
+def summarize_recording(rows: list[dict]) -> dict:
+    out: dict = {}
+    for r in rows:
+        t = out.setdefault(r["task"], {"episodes": 0, "successes": 0, "frames": 0, "modes": {}})
+        t["episodes"] += 1
+        t["successes"] += int(r["success"])
+        t["frames"] += r["frames"]
+        t["modes"][r["mode"]] = t["modes"].get(r["mode"], 0) + 1
+    return out
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix_str(self, s):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="episode", desc="recording", file=sys.stderr)
