@@ -156,6 +156,20 @@ def cmd_record(args) -> int:
     return 0
 
 
+def cmd_train_policy(args) -> int:
+    from policies.train import TrainConfig, train_policy
+
+    steps = args.steps if not args.quick else min(args.steps, 30)
+    config = TrainConfig(dataset=args.dataset, out=args.out, kind=args.kind, size=args.size, steps=steps,
+                         batch_size=args.batch_size if not args.quick else min(args.batch_size, 8), lr=args.lr,
+                         val_every=args.val_every if not args.quick else 10,
+                         checkpoint_every=args.checkpoint_every if not args.quick else 10, seed=args.seed,
+                         threads=args.threads, sampler=args.sampler)
+    path = train_policy(config)
+    print(f"wrote policy bundle {path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from runtime.demo import run_demo
 
@@ -226,6 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quick", action="store_true", help="2 episodes per task (for tests)")
     p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("train-policy", help="train a policy on a LeRobotDataset and export a bundle (train extra)")
+    p.add_argument("--dataset", required=True, help="LeRobotDataset v3 folder (e.g. from taco record)")
+    p.add_argument("--kind", choices=("flow", "diffusion"), default="flow")
+    p.add_argument("--size", choices=("default", "tiny"), default="default")
+    p.add_argument("--out", required=True, help="bundle folder; checkpoints go to OUT.ckpt/ (rerun to resume)")
+    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=("unrolled", "stepped"), default="unrolled")
+    p.add_argument("--quick", action="store_true", help="30 steps of batch 8 (for tests)")
+    p.set_defaults(func=cmd_train_policy)
 
     p = sub.add_parser("demo", help="run the engine end to end on an example bundle and print the decision")
     p.add_argument("--out", default="build/example", help="where the example bundles are written")

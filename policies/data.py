@@ -1,0 +1,121 @@
+"""Training data: a LeRobotDataset v3 loaded into memory as per-episode arrays (needs the train extra).
+
+Videos are decoded once per episode (sequentially, not one seek per sample) and the arrays cached
+next to the dataset in `cache/taco_arrays-<fingerprint>.npz`, so later runs start in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from policies.extras import require
+from policies.manifest import CameraSpec, Normalization
+
+IMAGE_PREFIX = "observation.images."
+
+
+@dataclass
+class Episode:
+    # Camera name -> uint8[T, H, W, 3].
+    images: dict[str, np.ndarray]
+    # float32[T, S] robot units.
+    state: np.ndarray
+    # float32[T, A] robot units.
+    action: np.ndarray
+    # The episode's task instruction.
+    task: str
+    index: int
+
+    def __len__(self) -> int:
+        return len(self.state)
+
+
+@dataclass
+class TrainingData:
+    episodes: list[Episode]
+    cameras: tuple[CameraSpec, ...]
+    state_names: tuple[str, ...]
+    action_names: tuple[str, ...]
+    fps: float
+    # sha256 over the dataset's metadata and parquet files: recorded in the bundles trained on it.
+    fingerprint: str
+
+    def normalization(self, min_std: float = 1e-2) -> Normalization:
+        """Mean/std of state and action over every frame; tiny stds are floored (constant joints)."""
+        state = np.concatenate([e.state for e in self.episodes])
+        action = np.concatenate([e.action for e in self.episodes])
+        return Normalization(
+            state_mean=tuple(map(float, state.mean(0))), state_std=tuple(map(float, np.maximum(state.std(0), min_std))),
+            action_mean=tuple(map(float, action.mean(0))),
+            action_std=tuple(map(float, np.maximum(action.std(0), min_std))),
+        )
+
+
+def dataset_fingerprint(root: Path) -> str:
+    digest = hashlib.sha256()
+    files = [root / "meta" / "info.json", *sorted((root / "data").rglob("*.parquet")),
+             *sorted((root / "meta" / "episodes").rglob("*.parquet"))]
+    for f in files:
+        digest.update(str(f.relative_to(root)).encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+def load_dataset(root: str | Path, progress=None) -> TrainingData:
+    """Loads every episode of a local LeRobotDataset v3 (ours, or any with matching features)."""
+    require("lerobot")
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.datasets.video_utils import decode_video_frames
+
+    root = Path(root)
+    if not (root / "meta" / "info.json").is_file():
+        raise FileNotFoundError(f"dataset: {root} is not a LeRobotDataset (no meta/info.json)")
+    info = json.loads((root / "meta" / "info.json").read_text())
+    features = info["features"]
+    for key in ("observation.state", "action"):
+        if key not in features:
+            raise ValueError(f"dataset: {root} has no {key!r} feature (has {', '.join(features)})")
+    cam_keys = sorted(k for k in features if k.startswith(IMAGE_PREFIX))
+    if not cam_keys:
+        raise ValueError(f"dataset: {root} has no camera features ({IMAGE_PREFIX}*)")
+    cameras = tuple(CameraSpec(k[len(IMAGE_PREFIX):], *features[k]["shape"][:2]) for k in cam_keys)
+    fingerprint = dataset_fingerprint(root)
+    state_names = tuple(features["observation.state"]["names"] or [f"s{i}" for i in range(features["observation.state"]["shape"][0])])
+    action_names = tuple(features["action"]["names"] or [f"a{i}" for i in range(features["action"]["shape"][0])])
+    cache = root / "cache" / f"taco_arrays-{fingerprint[:16]}.npz"
+    ds = LeRobotDataset(f"taco/{root.name}", root=root, video_backend="pyav")
+    tasks = {int(i): t for t, i in zip(ds.meta.tasks.index, ds.meta.tasks["task_index"])}
+    columns = ds.hf_dataset.with_format("numpy")
+    episode_index = np.asarray(columns["episode_index"])
+    state = np.asarray(columns["observation.state"], np.float32)
+    action = np.asarray(columns["action"], np.float32)
+    timestamps = np.asarray(columns["timestamp"], np.float64)
+    task_index = np.asarray(columns["task_index"])
+    cached = dict(np.load(cache)) if cache.is_file() else {}
+    episodes = []
+    for ep in range(ds.num_episodes):
+        rows = np.flatnonzero(episode_index == ep)
+        images = {}
+        for cam, key in zip(cameras, cam_keys):
+            name = f"{ep}:{cam.name}"
+            if name not in cached:
+                meta = ds.meta.episodes[ep]
+                path = root / ds.meta.get_video_file_path(ep, key)
+                ts = [float(meta[f"videos/{key}/from_timestamp"]) + float(t) for t in timestamps[rows]]
+                frames = decode_video_frames(path, ts, ds.tolerance_s, "pyav", return_uint8=True)
+                cached[name] = frames.numpy().transpose(0, 2, 3, 1).copy()
+            images[cam.name] = cached[name]
+        episodes.append(Episode(images, state[rows], action[rows], tasks[int(task_index[rows[0]])], ep))
+        if progress:
+            progress(ep + 1, ds.num_episodes)
+    if not cache.is_file():
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, **cached)
+        tmp.replace(cache)
+    return TrainingData(episodes, cameras, state_names, action_names, float(info["fps"]), fingerprint)

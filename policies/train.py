@@ -1,0 +1,219 @@
+"""`taco train-policy`: trains a flow or diffusion chunk policy on a LeRobotDataset, then exports a bundle.
+
+CPU-friendly: the whole dataset sits in memory as arrays; each step samples random frames, their
+action chunks (padded with the episode's last action) and applies a small random image shift.
+Checkpoints (model, EMA, optimiser, RNG states) are written every `checkpoint_every` steps into
+`<out>.ckpt/`; rerunning the same command resumes from the last one. Validation loss on held-out
+episodes is logged with the EMA weights, which are the ones exported.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from policies.extras import require
+
+torch = require("torch")
+
+from policies.config import PolicyConfig, make_config  # noqa: E402
+from policies.data import TrainingData, load_dataset  # noqa: E402
+from policies.manifest import Normalization  # noqa: E402
+from policies.tokenizer import ByteTokenizer  # noqa: E402
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; recorded in the checkpoint and the bundle's provenance."""
+
+    # LeRobotDataset v3 folder.
+    dataset: str
+    # Bundle folder written at the end.
+    out: str
+    kind: str = "flow"
+    # Model size preset (policies.config.SIZES); cameras come from the dataset.
+    size: str = "default"
+    steps: int = 20_000
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    # Exponential moving average of the weights, used for validation and export.
+    ema_decay: float = 0.999
+    # Fraction of episodes held out for validation (at least one).
+    val_fraction: float = 0.05
+    val_every: int = 500
+    checkpoint_every: int = 1000
+    # Max random image shift, pixels (augmentation).
+    shift: int = 4
+    seed: int = 0
+    # Torch intra-op threads.
+    threads: int = 2
+    sampler: str = "unrolled"
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
+
+
+class Batcher:
+    """Random training batches of (images, state, tokens, action chunk), normalised, as torch tensors."""
+
+    def __init__(self, data: TrainingData, episodes: list[int], cfg: PolicyConfig, norm: Normalization,
+                 shift: int, rng: np.random.Generator):
+        self.data, self.episodes, self.cfg, self.shift, self.rng = data, episodes, cfg, shift, rng
+        self.s_mean, self.s_std = np.asarray(norm.state_mean, np.float32), np.asarray(norm.state_std, np.float32)
+        self.a_mean, self.a_std = np.asarray(norm.action_mean, np.float32), np.asarray(norm.action_std, np.float32)
+        self.i_mean = np.asarray(norm.image_mean, np.float32).reshape(1, 3, 1, 1)
+        self.i_std = np.asarray(norm.image_std, np.float32).reshape(1, 3, 1, 1)
+        tok = ByteTokenizer(cfg.max_text_len)
+        self.tokens = {e: tok.encode(data.episodes[e].task) for e in episodes}
+        lengths = np.array([len(data.episodes[e]) for e in episodes], np.float64)
+        self.p = lengths / lengths.sum()
+
+    def sample(self, batch: int, rng: np.random.Generator | None = None):
+        rng = rng or self.rng
+        h = self.cfg.chunk_length
+        eps = rng.choice(self.episodes, size=batch, p=self.p)
+        images = {c.name: [] for c in self.cfg.cameras}
+        states, tokens, chunks = [], [], []
+        for e in eps:
+            ep = self.data.episodes[e]
+            t = int(rng.integers(len(ep)))
+            idx = np.minimum(np.arange(t, t + h), len(ep) - 1)  # past the end: hold the last action
+            chunks.append(ep.action[idx])
+            states.append(ep.state[t])
+            tokens.append(self.tokens[e])
+            for c in self.cfg.cameras:
+                images[c.name].append(self._shifted(ep.images[c.name][t], rng))
+        as_t = torch.from_numpy
+        img = [as_t(((np.stack(images[c.name]).transpose(0, 3, 1, 2) / np.float32(255.0)) - self.i_mean) / self.i_std)
+               for c in self.cfg.cameras]
+        state = as_t((np.stack(states) - self.s_mean) / self.s_std)
+        action = as_t((np.stack(chunks) - self.a_mean) / self.a_std)
+        return img, state, as_t(np.stack(tokens)), action
+
+    def _shifted(self, image: np.ndarray, rng) -> np.ndarray:
+        if self.shift <= 0:
+            return image.astype(np.float32)
+        s = self.shift
+        padded = np.pad(image, ((s, s), (s, s), (0, 0)), mode="edge")
+        dy, dx = rng.integers(0, 2 * s + 1, size=2)
+        return padded[dy: dy + image.shape[0], dx: dx + image.shape[1]].astype(np.float32)
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _split(n_episodes: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    order = np.random.default_rng(seed).permutation(n_episodes)
+    n_val = max(1, round(n_episodes * fraction)) if n_episodes > 1 else 0
+    val = sorted(order[:n_val].tolist())
+    train = sorted(order[n_val:].tolist())
+    return train, (val or train)
+
+
+def train_policy(config: TrainConfig, log=None) -> Path:
+    """Trains (resuming from `<out>.ckpt/last.pt` when it matches this config) and exports the bundle."""
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    from policies.export import export_bundle
+    from policies.models import build_policy
+
+    torch.set_num_threads(config.threads)
+    data = load_dataset(config.dataset, progress=lambda i, n: log(f"decoded episode {i}/{n}") if i == n else None)
+    policy_cfg = make_config(config.size, config.kind, cameras=data.cameras, state_names=data.state_names,
+                             action_names=data.action_names, action_dt=1.0 / data.fps)
+    norm = data.normalization()
+    train_eps, val_eps = _split(len(data.episodes), config.val_fraction, config.seed)
+    log(f"dataset {config.dataset}: {len(data.episodes)} episodes ({len(train_eps)} train, {len(val_eps)} val), "
+        f"{sum(len(e) for e in data.episodes)} frames, fingerprint {data.fingerprint[:12]}")
+    model = build_policy(policy_cfg, seed=config.seed).train()
+    ema = copy.deepcopy(model).eval()
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    rng = np.random.default_rng(config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    ckpt_dir = Path(str(config.out).rstrip("/") + ".ckpt")
+    ckpt = ckpt_dir / "last.pt"
+    step, history = 0, []
+    settings = dataclasses.asdict(config)
+    if ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        if state["config"] != settings or state["dataset_fingerprint"] != data.fingerprint:
+            raise ValueError(f"{ckpt} was made by another configuration or dataset; delete {ckpt_dir} to start over")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optim.load_state_dict(state["optim"])
+        rng.bit_generator.state = state["numpy_rng"]
+        gen.set_state(state["torch_rng"])
+        step, history = state["step"], state["history"]
+        log(f"resuming from {ckpt} at step {step}")
+    batcher = Batcher(data, train_eps, policy_cfg, norm, config.shift, rng)
+    val_batcher = Batcher(data, val_eps, policy_cfg, norm, 0, np.random.default_rng(config.seed + 1))
+    val_batches = [val_batcher.sample(config.batch_size, np.random.default_rng([config.seed, i])) for i in range(4)]
+
+    def validate() -> float:
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(12345)
+            return float(np.mean([ema.loss(*b, generator=g).item() for b in val_batches]))
+
+    def save():
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt_dir / "last.pt.tmp"
+        torch.save({"config": settings, "dataset_fingerprint": data.fingerprint, "step": step, "history": history,
+                    "model": model.state_dict(), "ema": ema.state_dict(), "optim": optim.state_dict(),
+                    "numpy_rng": rng.bit_generator.state, "torch_rng": gen.get_state(),
+                    "policy_config": policy_cfg.to_dict(), "normalization": norm.to_dict()}, tmp)
+        tmp.replace(ckpt)
+
+    started, losses = time.perf_counter(), []
+    start_step = step
+    while step < config.steps:
+        for group in optim.param_groups:
+            group["lr"] = _lr(config, step)
+        loss = model.loss(*batcher.sample(config.batch_size), generator=gen)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        with torch.no_grad():
+            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+        losses.append(loss.item())
+        step += 1
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            save()
+        if step % config.val_every == 0 or step == config.steps:
+            val = validate()
+            rate = (step - start_step) / (time.perf_counter() - started)
+            history.append({"step": step, "train_loss": float(np.mean(losses)), "val_loss": val})
+            log(f"step {step}/{config.steps}  train loss {np.mean(losses):.4f}  val loss {val:.4f}  "
+                f"lr {_lr(config, step - 1):.2e}  {rate:.1f} steps/s  eta {(config.steps - step) / rate / 60:.1f} min")
+            losses = []
+    provenance = {
+        "command": " ".join(["taco", *sys.argv[1:]]) if sys.argv and "taco" in sys.argv[0] else None,
+        "dataset": str(config.dataset), "dataset_fingerprint": data.fingerprint,
+        "training": {**settings, "final": history[-1] if history else None},
+        "weights": f"EMA after {step} steps",
+    }
+    bundle = export_bundle(ema, config.out, normalization=norm, sampler=config.sampler, overwrite=True,
+                           provenance=provenance)
+    (ckpt_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    log(f"exported {bundle.path} (fingerprint {bundle.fingerprint[:12]})")
+    return bundle.path
