@@ -170,6 +170,49 @@ def cmd_train_policy(args) -> int:
     return 0
 
 
+def cmd_collect_features(args) -> int:
+    from verifiers.features import collect_features
+
+    stride = max(args.stride, 25) if args.quick else args.stride
+    features = collect_features(args.policy, args.dataset, k=args.k, stride=stride, seed=args.seed)
+    path = features.save(args.out)
+    print(f"wrote {len(features.features)} features ({features.features.shape[1]}-d, K={args.k}) to {path}; "
+          f"mean best distance {features.distance.mean():.3f} (normalised action units)")
+    return 0
+
+
+def cmd_train_verifier(args) -> int:
+    from verifiers.features import FeatureSet
+    from verifiers.train import VerifierTrainConfig, train_verifier
+
+    config = VerifierTrainConfig(kind=args.kind, hidden=args.hidden, blocks=args.blocks, epochs=3 if args.quick
+                                 else args.epochs, k=args.knn_k, max_points=args.max_points, seed=args.seed)
+    verifier = train_verifier(FeatureSet.load(args.features), config, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.kind} verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from policies.registry import policy_kinds
+    from verifiers.registry import verifier_kinds
+
+    print("policy kinds:")
+    for kind in policy_kinds().values():
+        print(f"  {kind.name:<12} {kind.description}")
+    print("verifier kinds:")
+    for kind in verifier_kinds().values():
+        print(f"  {kind.name:<12} {kind.description}  [{kind.source}]")
+    try:
+        from sim.tasks import TASKS
+    except ImportError:
+        print("tasks: (install the sim extra)")
+    else:
+        print("tasks:")
+        for task in TASKS.values():
+            print(f"  {task.name:<14} {task.instruction}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from runtime.demo import run_demo
 
@@ -256,6 +299,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=("unrolled", "stepped"), default="unrolled")
     p.add_argument("--quick", action="store_true", help="30 steps of batch 8 (for tests)")
     p.set_defaults(func=cmd_train_policy)
+
+    p = sub.add_parser("collect-features", help="TACO's high-fidelity feature search over a dataset")
+    p.add_argument("--policy", required=True, help="policy bundle")
+    p.add_argument("--dataset", required=True, help="the LeRobotDataset the policy was trained on")
+    p.add_argument("--k", type=int, default=16, help="fixed noises tried per frame")
+    p.add_argument("--stride", type=int, default=1, help="use every STRIDE-th frame")
+    p.add_argument("--seed", type=int, default=0, help="seed of the K fixed noises")
+    p.add_argument("--out", required=True, help="features file (.npz)")
+    p.add_argument("--quick", action="store_true", help="every 25th frame at most (for tests)")
+    p.set_defaults(func=cmd_collect_features)
+
+    p = sub.add_parser("train-verifier", help="train a verifier on collected features and write its bundle")
+    p.add_argument("--kind", choices=("cfn", "rnd", "knn", "random"), default="cfn")
+    p.add_argument("--features", required=True, help="features file from taco collect-features")
+    p.add_argument("--out", required=True, help="verifier bundle folder")
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--blocks", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--knn-k", type=int, default=5)
+    p.add_argument("--max-points", type=int, default=100_000, help="kNN index size (random subset beyond)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quick", action="store_true", help="3 epochs (for tests)")
+    p.set_defaults(func=cmd_train_verifier)
+
+    p = sub.add_parser("list", help="list registered policy kinds, verifier kinds and tasks")
+    p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("demo", help="run the engine end to end on an example bundle and print the decision")
     p.add_argument("--out", default="build/example", help="where the example bundles are written")

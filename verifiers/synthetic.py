@@ -74,3 +74,48 @@ def mlp_verifier_onnx(path: str | Path, feature_dim: int, hidden: int = 256, blo
         helper.make_node("Neg", ["norm"], ["scores"]),
     ]
     return _save(nodes, inits, path, feature_dim)
+
+
+def knn_verifier_onnx(path: str | Path, points: np.ndarray, mean: np.ndarray, std: np.ndarray, k: int = 5,
+                      projection: np.ndarray | None = None) -> Path:
+    """score = -mean Euclidean distance to the k nearest `points`, in one graph.
+
+    Features are standardised with `mean`/`std`, then projected with `projection` (float[F, P], e.g. PCA)
+    when given; `points` are already in that space. Squared distances come from one MatMul
+    (||z||^2 - 2 z.p + ||p||^2). Points are stored as float16 and cast once when the session loads
+    (ONNX Runtime folds the cast), which halves the file.
+    """
+    helper = require("onnx").helper
+    points16 = np.asarray(points, np.float16)
+    points32 = points16.astype(np.float32)
+    k = int(min(k, len(points32)))
+    inits = {
+        "mean": np.asarray(mean, np.float32), "std": np.asarray(std, np.float32),
+        "points_t16": np.ascontiguousarray(points16.T), "points_sq": (points32 ** 2).sum(1).astype(np.float32),
+        "minus2": np.array(-2.0, np.float32), "zero": np.array(0.0, np.float32),
+        "k": np.array([k], np.int64), "axes": np.array([1], np.int64),
+    }
+    nodes = [
+        helper.make_node("Sub", ["features", "mean"], ["centred"]),
+        helper.make_node("Div", ["centred", "std"], ["z_full"]),
+    ]
+    if projection is not None:
+        inits["projection"] = np.asarray(projection, np.float32)
+        nodes.append(helper.make_node("MatMul", ["z_full", "projection"], ["z"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["z_full"], ["z"]))
+    nodes += [
+        helper.make_node("Cast", ["points_t16"], ["points_t"], to=1),
+        helper.make_node("MatMul", ["z", "points_t"], ["dot"]),
+        helper.make_node("Mul", ["dot", "minus2"], ["m2dot"]),
+        helper.make_node("Mul", ["z", "z"], ["zz"]),
+        helper.make_node("ReduceSum", ["zz", "axes"], ["z_sq"], keepdims=1),
+        helper.make_node("Add", ["m2dot", "z_sq"], ["partial"]),
+        helper.make_node("Add", ["partial", "points_sq"], ["d2_raw"]),
+        helper.make_node("Max", ["d2_raw", "zero"], ["d2"]),
+        helper.make_node("TopK", ["d2", "k"], ["nearest", "nearest_idx"], largest=0, sorted=1),
+        helper.make_node("Sqrt", ["nearest"], ["dist"]),
+        helper.make_node("ReduceMean", ["dist"], ["mean_dist"], axes=[1], keepdims=0),  # opset 17: attribute
+        helper.make_node("Neg", ["mean_dist"], ["scores"]),
+    ]
+    return _save(nodes, inits, path, len(mean))

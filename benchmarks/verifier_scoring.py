@@ -1,0 +1,63 @@
+"""Scoring latency of each verifier kind at N candidates (one CPU thread), kNN up to 10^5 features.
+
+    .venv/bin/python benchmarks/verifier_scoring.py --json build/verifier_scoring.json [--quick]
+
+Verifiers are trained briefly on random 96-d features (training quality is not measured here: only the
+cost of `score` inside a control step). p50/p99 over interleaved rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from verifiers.features import FeatureSet
+from verifiers.train import VerifierTrainConfig, train_verifier
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    f, rounds = 96, (30 if args.quick else 200)
+    rng = np.random.default_rng(0)
+    tmp = Path(tempfile.mkdtemp())
+    arms = {}
+    for kind, size, extra in [("cfn", 20_000, {}), ("rnd", 20_000, {}), ("knn", 20_000, {}),
+                              ("knn", 100_000, {"max_points": 100_000})]:
+        x = rng.standard_normal((size, f)).astype(np.float32)
+        fs = FeatureSet(x, np.zeros(size, np.int64), np.arange(size), np.zeros(size, np.float32),
+                        np.zeros(size, np.int64), "p" * 64, "d" * 64, 16)
+        cfg = VerifierTrainConfig(kind=kind, epochs=1, **extra)
+        name = f"{kind} ({size // 1000}k features)"
+        arms[name] = train_verifier(fs, cfg, tmp / f"{kind}-{size}", log=lambda m: None)
+    query = rng.standard_normal((args.n, f)).astype(np.float32)
+    times = {name: [] for name in arms}
+    for v in arms.values():
+        v.score(query)
+    for _ in range(rounds):
+        for name, v in arms.items():
+            t0 = time.perf_counter()
+            v.score(query)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    rows = []
+    print(f"{'verifier':<24} {'N':>3} {'p50 ms':>8} {'p99 ms':>8} {'bundle MB':>10}")
+    for name, v in arms.items():
+        size = (v.path / "verifier.onnx").stat().st_size / 1e6
+        p50, p99 = np.percentile(times[name], [50, 99])
+        rows.append({"verifier": name, "n": args.n, "p50_ms": p50, "p99_ms": p99, "bundle_mb": size})
+        print(f"{name:<24} {args.n:>3} {p50:>8.3f} {p99:>8.3f} {size:>10.1f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"rows": rows, "rounds": rounds}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Verifiers trained on features: in-distribution beats out-of-distribution for cfn/rnd/knn, CFN reads
+visitation counts, kNN is exact, random ignores the data, and bundles are bound to their policy."""
+
+import numpy as np
+import pytest
+
+from verifiers import load_verifier
+from verifiers.features import FeatureSet
+from verifiers.train import VerifierTrainConfig, train_verifier
+
+F = 24
+
+
+def feature_set(x, fingerprint="p" * 64):
+    n = len(x)
+    return FeatureSet(x.astype(np.float32), np.zeros(n, np.int64), np.arange(n), np.zeros(n, np.float32),
+                      np.zeros(n, np.int64), fingerprint, "d" * 64, 8)
+
+
+def auc(pos, neg):
+    """P(score of an in-distribution point > score of an out-of-distribution one)."""
+    return float((pos[:, None] > neg[None, :]).mean())
+
+
+@pytest.fixture(scope="module")
+def clouds():
+    rng = np.random.default_rng(0)
+    basis = rng.standard_normal((4, F))
+    def sample(n, shift=0.0):
+        return rng.standard_normal((n, 4)) @ basis + 0.1 * rng.standard_normal((n, F)) + shift
+    offset = np.zeros(F)
+    offset[:6] = 2.5
+    return sample(2000), sample(200), sample(200, offset)
+
+
+FAST = dict(hidden=128, blocks=2, epochs=30, batch_size=256, threads=1)
+
+
+@pytest.mark.parametrize("kind", ["cfn", "rnd", "knn"])
+def test_in_distribution_scores_higher(kind, clouds, tmp_path):
+    train, near, far = clouds
+    verifier = train_verifier(feature_set(train), VerifierTrainConfig(kind=kind, **FAST), tmp_path / kind,
+                              log=lambda m: None)
+    assert verifier.manifest.type == kind and verifier.feature_dim == F
+    scores_near, scores_far = verifier.score(near.astype(np.float32)), verifier.score(far.astype(np.float32))
+    assert scores_near.shape == (200,) and np.isfinite(scores_near).all()
+    assert auc(scores_near, scores_far) > 0.9
+
+
+def test_random_verifier_ignores_the_data(clouds, tmp_path):
+    train, near, far = clouds
+    verifier = train_verifier(feature_set(train), VerifierTrainConfig(kind="random"), tmp_path / "r", log=lambda m: None)
+    a = auc(verifier.score(near.astype(np.float32)), verifier.score(far.astype(np.float32)))
+    assert 0.35 < a < 0.65
+    picks = [int(np.argmax(verifier.score(near[i:i + 8].astype(np.float32)))) for i in range(0, 200, 8)]
+    assert len(set(picks)) >= 4  # it does not always pick the same slot
+
+
+def test_cfn_counts_visits(tmp_path):
+    """A point seen 50 times reads a higher pseudo-count than one seen once (Lobel et al.'s property)."""
+    rng = np.random.default_rng(1)
+    frequent, rare = rng.standard_normal(F) * 0.5, rng.standard_normal(F) * 0.5
+    background = rng.standard_normal((1500, F))
+    x = np.concatenate([background, frequent + 0.01 * rng.standard_normal((50, F)), rare[None]])
+    verifier = train_verifier(feature_set(x), VerifierTrainConfig(kind="cfn", **{**FAST, "epochs": 60}),
+                              tmp_path / "cfn", log=lambda m: None)
+    s = verifier.score(np.stack([frequent, rare]).astype(np.float32))
+    assert s[0] > s[1]
+
+
+def test_knn_matches_brute_force(clouds, tmp_path):
+    train, near, _ = clouds
+    verifier = train_verifier(feature_set(train), VerifierTrainConfig(kind="knn", k=3), tmp_path / "k",
+                              log=lambda m: None)
+    mean, std = train.mean(0), np.maximum(train.std(0), 1e-6)
+    z_train, z = (train - mean) / std, (near[:10] - mean) / std
+    d = np.sqrt(((z[:, None] - z_train[None]) ** 2).sum(-1))
+    expected = -np.sort(d, axis=1)[:, :3].mean(1)
+    np.testing.assert_allclose(verifier.score(near[:10].astype(np.float32)), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_bundle_is_bound_to_its_policy(exported, clouds, tmp_path):
+    from policies import BundleError
+    from runtime import Engine
+
+    flow = exported("flow")
+    f = flow.bundle.manifest.feature_dim
+    x = np.random.default_rng(0).standard_normal((300, f))
+    ok = train_verifier(feature_set(x, flow.bundle.fingerprint), VerifierTrainConfig(kind="knn"), tmp_path / "ok",
+                        log=lambda m: None)
+    engine = Engine(flow.bundle, verifier=ok.path)
+    assert engine.verifier.name == "ok"
+    other = train_verifier(feature_set(x, "0" * 64), VerifierTrainConfig(kind="knn"), tmp_path / "other",
+                           log=lambda m: None)
+    with pytest.raises(BundleError, match="trained on policy"):
+        engine.set_verifier(other.path)
+    assert load_verifier(ok.path).manifest.provenance["train_features"] == 300
+
+
+def test_feature_set_round_trips(tmp_path):
+    fs = feature_set(np.arange(12.0).reshape(4, 3))
+    again = FeatureSet.load(fs.save(tmp_path / "f.npz"))
+    np.testing.assert_array_equal(again.features, fs.features)
+    assert again.policy_fingerprint == fs.policy_fingerprint and again.k == 8
