@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +19,12 @@ from sim.tasks import Task, get_task
 CAMERAS = {"cam_high": "top", "cam_low": "angle", "cam_left_wrist": "left_wrist", "cam_right_wrist": "right_wrist"}
 # The default policy's camera and resolution (policies.config's default size).
 DEFAULT_CAMERAS = (CameraConfig("cam_high", 96, 128),)
+
+
+def _close_renderers(renderers: dict) -> None:
+    for renderer in renderers.values():
+        renderer.close()
+    renderers.clear()
 
 
 class LazyImages(Mapping):
@@ -65,10 +73,9 @@ class AlohaSimEnv:
         self.data = mujoco.MjData(self.model)
         self.substeps = round(1.0 / (CONTROL_HZ * PHYSICS_DT))
         self._renderers = {}
+        self._at_exit = None
         for cam in cameras:
-            key = (cam.height, cam.width)
-            if key not in self._renderers:
-                self._renderers[key] = mujoco.Renderer(self.model, cam.height, cam.width)
+            self._renderer(cam.height, cam.width)
         joints = [f"vx300s_{side}/{j}" for side in ("left", "right") for j in (*ARM_JOINTS, "left_finger")]
         self._qpos_index = np.array([self.model.joint(j).qposadr[0] for j in joints])
         self._object_qpos = np.concatenate(
@@ -119,11 +126,19 @@ class AlohaSimEnv:
         out[6], out[13] = normalize_gripper(q[6]), normalize_gripper(q[13])
         return out
 
-    def render(self, camera: str, height: int, width: int) -> np.ndarray:
+    def _renderer(self, height: int, width: int):
         key = (height, width)
         if key not in self._renderers:
             self._renderers[key] = mujoco.Renderer(self.model, height, width)
-        renderer = self._renderers[key]
+            if self._at_exit is None:
+                # An env left open closes its GL contexts at interpreter exit, before mujoco terminates EGL:
+                # atexit runs last-registered first, and mujoco registers its hook with the first context.
+                self._at_exit = functools.partial(_close_renderers, self._renderers)
+                atexit.register(self._at_exit)
+        return self._renderers[key]
+
+    def render(self, camera: str, height: int, width: int) -> np.ndarray:
+        renderer = self._renderer(height, width)
         renderer.update_scene(self.data, camera=CAMERAS.get(camera, camera))
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
@@ -134,9 +149,10 @@ class AlohaSimEnv:
                            stamp=float(self.data.time))
 
     def close(self) -> None:
-        for renderer in self._renderers.values():
-            renderer.close()
-        self._renderers.clear()
+        _close_renderers(self._renderers)
+        if self._at_exit is not None:
+            atexit.unregister(self._at_exit)
+            self._at_exit = None
 
     def __enter__(self):
         return self

@@ -59,3 +59,25 @@ def exported(tmp_path_factory):
 @pytest.fixture
 def flow(exported):
     return exported("flow")
+
+
+# Cameras of the tiny recorded dataset: the tiny policy size takes 32x32 images.
+def _tiny_cameras():
+    from hardware.interface import CameraConfig
+
+    return (CameraConfig("cam_high", 32, 32),)
+
+
+TINY_CAMERAS = _tiny_cameras()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    """Two clean lift_bar episodes recorded with a 32x32 camera (a LeRobotDataset v3)."""
+    from hardware.interface import CameraConfig
+    from sim.record import RecordConfig, record
+
+    root = tmp_path_factory.mktemp("data") / "lift"
+    record(RecordConfig(tasks=("lift_bar",), episodes=2, out=str(root), cameras=(CameraConfig("cam_high", 32, 32),),
+                        mode="clean"), progress=False)
+    return root

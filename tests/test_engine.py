@@ -120,8 +120,8 @@ def test_verifier_swaps_racing_inference_never_mix_verifiers(flow, observation):
     """Each decision's scores come wholly from the verifier it names, while another thread swaps."""
     import threading
 
-    engine = Engine(flow.bundle)
     plus, minus = FixedScores(np.arange(6.0), "plus"), FixedScores(-np.arange(6.0), "minus")
+    engine = Engine(flow.bundle, verifier=plus)
     stop = threading.Event()
 
     def swap():

@@ -6,19 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from hardware.interface import CameraConfig
+from conftest import TINY_CAMERAS as CAMS
 from policies import load_policy_bundle
 from policies.train import TrainConfig, train_policy
-from sim.record import RecordConfig, record
-
-CAMS = (CameraConfig("cam_high", 32, 32),)
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data") / "lift"
-    record(RecordConfig(tasks=("lift_bar",), episodes=2, out=str(root), cameras=CAMS, mode="clean"), progress=False)
-    return root
+@pytest.fixture
+def dataset(tiny_dataset):
+    return tiny_dataset
 
 
 class Interrupt(Exception):
