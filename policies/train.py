@@ -217,3 +217,22 @@ def train_policy(config: TrainConfig, log=None) -> Path:
     (ckpt_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     log(f"exported {bundle.path} (fingerprint {bundle.fingerprint[:12]})")
     return bundle.path
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, sampler: str = "unrolled"):
+    """Exports the EMA weights of a training checkpoint (e.g. mid-training, to evaluate it) as a bundle."""
+    from policies.export import export_bundle
+    from policies.models import build_policy
+
+    state = torch.load(checkpoint, weights_only=False)
+    cfg = PolicyConfig.from_dict(state["policy_config"])
+    model = build_policy(cfg)
+    model.load_state_dict(state["ema"])
+    n = state["normalization"]
+    norm = Normalization(tuple(n["state"]["mean"]), tuple(n["state"]["std"]), tuple(n["action"]["mean"]),
+                         tuple(n["action"]["std"]), tuple(n["image"]["mean"]), tuple(n["image"]["std"]))
+    provenance = {"dataset": state["config"]["dataset"], "dataset_fingerprint": state["dataset_fingerprint"],
+                  "training": {**state["config"], "final": state["history"][-1] if state["history"] else None},
+                  "weights": f"EMA at step {state['step']} (checkpoint {checkpoint})"}
+    return export_bundle(model.eval(), out, normalization=norm, sampler=sampler, overwrite=True,
+                         provenance=provenance)

@@ -157,8 +157,14 @@ def cmd_record(args) -> int:
 
 
 def cmd_train_policy(args) -> int:
-    from policies.train import TrainConfig, train_policy
+    from policies.train import TrainConfig, export_checkpoint, train_policy
 
+    if args.export_checkpoint:
+        bundle = export_checkpoint(args.export_checkpoint, args.out, sampler=args.sampler)
+        print(f"exported {bundle.manifest.provenance['weights']} to {bundle.path}")
+        return 0
+    if args.dataset is None:
+        raise ValueError("dataset: --dataset is required to train (or pass --export-checkpoint)")
     steps = args.steps if not args.quick else min(args.steps, 30)
     config = TrainConfig(dataset=args.dataset, out=args.out, kind=args.kind, size=args.size, steps=steps,
                          batch_size=args.batch_size if not args.quick else min(args.batch_size, 8), lr=args.lr,
@@ -285,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("train-policy", help="train a policy on a LeRobotDataset and export a bundle (train extra)")
-    p.add_argument("--dataset", required=True, help="LeRobotDataset v3 folder (e.g. from taco record)")
+    p.add_argument("--dataset", default=None, help="LeRobotDataset v3 folder (e.g. from taco record)")
     p.add_argument("--kind", choices=("flow", "diffusion"), default="flow")
     p.add_argument("--size", choices=("default", "tiny"), default="default")
     p.add_argument("--out", required=True, help="bundle folder; checkpoints go to OUT.ckpt/ (rerun to resume)")
@@ -297,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", choices=("unrolled", "stepped"), default="unrolled")
+    p.add_argument("--export-checkpoint", default=None, metavar="CKPT",
+                   help="only export the EMA weights of this checkpoint (e.g. OUT.ckpt/last.pt) to --out")
     p.add_argument("--quick", action="store_true", help="30 steps of batch 8 (for tests)")
     p.set_defaults(func=cmd_train_policy)
 

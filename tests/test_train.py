@@ -57,6 +57,17 @@ def test_training_resumes_exactly_and_exports_a_working_bundle(dataset, tmp_path
     env.close()
 
 
+def test_a_checkpoint_exports_to_the_same_bundle_as_the_run(dataset, tmp_path):
+    from runtime.cli import main
+
+    common = dict(dataset=str(dataset), out=str(tmp_path / "run"), size="tiny", steps=6, batch_size=2, val_every=3,
+                  checkpoint_every=3, threads=1)
+    path = train_policy(TrainConfig(**common), log=lambda m: None)
+    assert main(["train-policy", "--export-checkpoint", str(tmp_path / "run.ckpt" / "last.pt"),
+                 "--out", str(tmp_path / "from_ckpt")]) == 0
+    assert load_policy_bundle(tmp_path / "from_ckpt").manifest.files == load_policy_bundle(path).manifest.files
+
+
 def test_resume_refuses_another_configuration(dataset, tmp_path):
     common = dict(dataset=str(dataset), out=str(tmp_path / "p"), size="tiny", batch_size=2, val_every=5,
                   checkpoint_every=5, threads=1)

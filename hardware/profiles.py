@@ -1,0 +1,102 @@
+"""Robot profiles: joint names, limits, gripper mapping, poses and cameras of a dual-arm robot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from policies.manifest import ALOHA_JOINTS
+
+
+@dataclass(frozen=True)
+class GripperMapping:
+    """Maps the normalised gripper command (0 closed, 1 open) to the gripper joint's own units."""
+
+    # Gripper joint position (rad) when closed and when open.
+    closed: float
+    open: float
+
+    def to_joint(self, normalised):
+        return self.closed + np.asarray(normalised) * (self.open - self.closed)
+
+    def to_normalised(self, joint):
+        return (np.asarray(joint) - self.closed) / (self.open - self.closed)
+
+
+@dataclass(frozen=True)
+class RobotProfile:
+    """Everything the safety layer and the ROS sinks need to know about one robot family.
+
+    All arrays follow the 14-entry action layout: 6 arm joints (rad) + gripper (normalised 0..1) per
+    arm, left arm then right arm.
+    """
+
+    name: str
+    # Joint names in action order.
+    joint_names: tuple[str, ...]
+    # float[14]: position limits; arm joints in rad, grippers in normalised units.
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    # float[14]: speed limits; rad/s for arm joints, normalised units/s for grippers.
+    max_velocity: tuple[float, ...]
+    # float[14]: the pose the robot starts tasks from, and the pose it is parked in.
+    home: tuple[float, ...]
+    sleep: tuple[float, ...]
+    # Camera names as the robot publishes them.
+    cameras: tuple[str, ...]
+    # Gripper joint mapping, shared by both arms.
+    gripper: GripperMapping
+    # ROS namespaces of the arms (Interbotix convention), left then right.
+    arm_namespaces: tuple[str, str] = ("follower_left", "follower_right")
+    # Indices of the gripper entries in the 14-entry layout.
+    gripper_indices: tuple[int, int] = (6, 13)
+    control_hz: float = 50.0
+
+    def __post_init__(self):
+        n = len(self.joint_names)
+        for field in ("lower", "upper", "max_velocity", "home", "sleep"):
+            if len(getattr(self, field)) != n:
+                raise ValueError(f"{self.name}.{field}: expected {n} values, got {len(getattr(self, field))}")
+        lower, upper = np.asarray(self.lower), np.asarray(self.upper)
+        if (lower >= upper).any():
+            raise ValueError(f"{self.name}: lower must be below upper for every joint")
+        if (np.asarray(self.max_velocity) <= 0).any():
+            raise ValueError(f"{self.name}.max_velocity: must be > 0")
+        for pose in ("home", "sleep"):
+            p = np.asarray(getattr(self, pose))
+            if ((p < lower) | (p > upper)).any():
+                raise ValueError(f"{self.name}.{pose}: outside the joint limits")
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return (np.asarray(self.lower, np.float64), np.asarray(self.upper, np.float64),
+                np.asarray(self.max_velocity, np.float64))
+
+
+# ViperX 300 6DOF arms of ALOHA: position limits from the arm's joint ranges (as in gym-aloha's MJCF),
+# speed limits pi rad/s (the XM540/XM430 servos' rated ~30 rev/min), grippers 0..1 in 0.2 s.
+_ARM_LOWER = (-3.14158, -1.85005, -1.76278, -3.14158, -1.8675, -3.14158)
+_ARM_UPPER = (3.14158, 1.25664, 1.6057, 3.14158, 2.23402, 3.14158)
+_ARM_HOME = (0.0, -0.96, 1.16, 0.0, -0.3, 0.0)
+_ARM_SLEEP = (0.0, -1.85, 1.55, 0.0, 0.8, 0.0)
+
+ALOHA_VIPERX = RobotProfile(
+    name="aloha_viperx",
+    joint_names=ALOHA_JOINTS,
+    lower=(*_ARM_LOWER, 0.0) * 2,
+    upper=(*_ARM_UPPER, 1.0) * 2,
+    max_velocity=(np.pi,) * 6 + (5.0,) + (np.pi,) * 6 + (5.0,),
+    home=(*_ARM_HOME, 1.0) * 2,
+    sleep=(*_ARM_SLEEP, 0.0) * 2,
+    cameras=("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"),
+    # Interbotix puppet gripper joint positions (rad), as in the ALOHA sim constants.
+    gripper=GripperMapping(closed=-0.6213, open=1.4910),
+)
+
+PROFILES = {ALOHA_VIPERX.name: ALOHA_VIPERX}
+
+
+def get_profile(name: str) -> RobotProfile:
+    if name not in PROFILES:
+        raise KeyError(f"robot profile: unknown {name!r} (known: {', '.join(PROFILES)})")
+    return PROFILES[name]
