@@ -27,7 +27,7 @@ $(info $(VENV) is not a Python 3.12 environment: recreating it)
 $(shell rm -rf $(VENV))
 endif
 
-.PHONY: demo test test-slow bench install-core install-train install-dev install-all lock clean help
+.PHONY: demo test test-slow artifacts bench install-core install-train install-dev install-all lock clean help
 
 help:
 	@echo "make demo    run the engine end to end on an example bundle (installs .venv)"
@@ -63,6 +63,10 @@ test: $(VENV)/.installed-train+sim+ray+dev
 
 test-slow: $(VENV)/.installed-train+sim+ray+dev
 	$(PY) -m pytest -m "slow"
+
+# Rebuild the shipped bundles: record -> train -> features -> verifiers; rerun to resume.
+artifacts: $(VENV)/.installed-train+sim+dev
+	$(VENV)/bin/taco artifacts --out artifacts
 
 bench: $(VENV)/.installed-train
 	$(VENV)/bin/taco bench --json build/bench.json

@@ -198,6 +198,24 @@ def cmd_train_verifier(args) -> int:
     return 0
 
 
+def cmd_artifacts(args) -> int:
+    from sim.pipeline import ArtifactsConfig, build_artifacts
+    from sim.tasks import TASKS
+
+    tasks = tuple(sorted(TASKS)) if args.task == "all" else tuple(args.task.split(","))
+    if args.quick:
+        config = ArtifactsConfig(out=args.out, tasks=tasks, episodes=1, kinds=tuple(args.kinds.split(",")),
+                                 size="tiny", steps=20, batch_size=8, k=4, stride=20, verifier_epochs=2)
+    else:
+        config = ArtifactsConfig(out=args.out, tasks=tasks, episodes=args.episodes, kinds=tuple(args.kinds.split(",")),
+                                 steps=args.steps, k=args.k, stride=args.stride)
+    built = build_artifacts(config)
+    for name, path in built.items():
+        size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
+        print(f"{name:<22} {path}  ({size:.1f} MB)")
+    return 0
+
+
 def cmd_list(args) -> int:
     from policies.registry import policy_kinds
     from verifiers.registry import verifier_kinds
@@ -331,6 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quick", action="store_true", help="3 epochs (for tests)")
     p.set_defaults(func=cmd_train_verifier)
+
+    p = sub.add_parser("artifacts", help="record -> train policies -> features -> verifiers (rerun to resume)")
+    p.add_argument("--out", default="artifacts")
+    p.add_argument("--task", default="all")
+    p.add_argument("--episodes", type=int, default=60, help="scripted episodes per task")
+    p.add_argument("--kinds", default="flow,diffusion")
+    p.add_argument("--steps", type=int, default=5000, help="policy training steps")
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--stride", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="one episode per task, tiny models (for tests)")
+    p.set_defaults(func=cmd_artifacts)
 
     p = sub.add_parser("list", help="list registered policy kinds, verifier kinds and tasks")
     p.set_defaults(func=cmd_list)

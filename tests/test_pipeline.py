@@ -82,3 +82,19 @@ def test_taco_list_shows_plugins_from_entry_points(tmp_path, monkeypatch, capsys
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "energy" in out and "cfn" in out and "lift_bar" in out
+
+
+def test_taco_artifacts_quick_builds_everything_and_a_rerun_skips_it(tmp_path, capsys):
+    out = tmp_path / "artifacts"
+    args = ["artifacts", "--quick", "--out", str(out), "--task", "lift_bar", "--kinds", "flow"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    for name in ("dataset", "flow", "flow-cfn", "flow-rnd", "flow-knn", "flow-random"):
+        assert name in printed
+    policy_files = (out / "bundles" / "flow" / "manifest.json").read_text()
+    fingerprint = load_verifier(out / "bundles" / "flow-cfn").policy_fingerprint
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "[train flow] up to date" in err and "[verifier flow-knn] up to date" in err
+    assert (out / "bundles" / "flow" / "manifest.json").read_text() == policy_files
+    assert load_verifier(out / "bundles" / "flow-cfn").policy_fingerprint == fingerprint
