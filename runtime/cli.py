@@ -216,6 +216,21 @@ def cmd_artifacts(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from sim.compare import Arm, compare, format_compare
+    from sim.evaluate import EvalConfig
+    from sim.tasks import TASKS
+
+    tasks = tuple(sorted(TASKS)) if args.task == "all" else tuple(args.task.split(","))
+    arms = [Arm.parse(a) for a in args.arm]
+    base = EvalConfig(policy=args.policy, tasks=tasks, episodes=min(args.episodes, 2) if args.quick else args.episodes,
+                      seed=args.seed, execute=args.execute, workers=args.workers, max_steps=args.max_steps)
+    report = compare(args.policy, arms, base, args.out)
+    print(format_compare(report))
+    print(f"wrote {args.out}/compare.json")
+    return 0
+
+
 def cmd_list(args) -> int:
     from policies.registry import policy_kinds
     from verifiers.registry import verifier_kinds
@@ -360,6 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stride", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="one episode per task, tiny models (for tests)")
     p.set_defaults(func=cmd_artifacts)
+
+    p = sub.add_parser("compare", help="several verifier arms on the same episodes, with paired statistics")
+    p.add_argument("--policy", required=True)
+    p.add_argument("--arm", action="append", required=True,
+                   help="NAME:N[:VERIFIER], repeated; the first is the reference (e.g. none:1)")
+    p.add_argument("--task", default="all")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--execute", type=int, default=8)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", required=True, help="folder for per-arm JSON (resumable) and compare.json")
+    p.add_argument("--quick", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("list", help="list registered policy kinds, verifier kinds and tasks")
     p.set_defaults(func=cmd_list)

@@ -98,3 +98,27 @@ def test_taco_artifacts_quick_builds_everything_and_a_rerun_skips_it(tmp_path, c
     assert "[train flow] up to date" in err and "[verifier flow-knn] up to date" in err
     assert (out / "bundles" / "flow" / "manifest.json").read_text() == policy_files
     assert load_verifier(out / "bundles" / "flow-cfn").policy_fingerprint == fingerprint
+
+
+def test_compare_pairs_arms_on_the_same_seeds(trained, tmp_path, capsys):
+    out, policy, features = trained
+    vdir = out / "verifier-knn-cmp"
+    assert main(["train-verifier", "--kind", "knn", "--features", str(features), "--out", str(vdir)]) == 0
+    assert main(["compare", "--policy", str(policy), "--arm", "none:1", "--arm", f"knn:4:{vdir}", "--task",
+                 "lift_bar", "--episodes", "2", "--max-steps", "12", "--workers", "1", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "compare.json").read_text())
+    assert [a["arm"] for a in report["arms"]] == ["none", "knn"]
+    paired = report["arms"][1]["paired_vs_none"]
+    assert set(paired) >= {"gained", "lost", "p_value"} and paired["p_value"] == 1.0  # 12 steps: no successes
+    assert "knn" in capsys.readouterr().out
+
+
+def test_mcnemar_exact_values():
+    from sim.compare import Arm, mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(10, 0) == pytest.approx(2 / 1024)
+    assert mcnemar_exact(6, 4) == pytest.approx(0.7539, abs=1e-3)
+    assert Arm.parse("cfn:16:a/b") == Arm("cfn", 16, "a/b")
+    with pytest.raises(ValueError):
+        Arm.parse("cfn")
