@@ -177,22 +177,32 @@ def plan_transfer_cube(home, objects, rng, mode) -> Plan:
     return Plan(left, right, mode)
 
 
-def plan_insertion(home, objects, rng, mode) -> Plan:
+def _both_grasp(home, right_xyz, left_xyz, times, depth, rng, mode):
+    """Both arms grasp at once (insertion, lift_bar): each approaches, descends and closes, with the same mode.
+
+    Returns (right, left, t, picks): the waypoint lists, the step at which both hold their object, and the
+    two grasp orientations. A hesitant or regrasping operator is so with both hands.
+    """
     (lxyz, lquat), (rxyz, rquat) = home
-    peg, socket = objects[:3], objects[7:10]
-    pick_right = quat_mul(rquat, quat_axis([0, 1, 0], -60))
-    pick_left = quat_mul(lquat, quat_axis([0, 1, 0], 60))
-    meet = np.array([0.0, 0.5, 0.15])
-    lift_right = 0.00715
-    # The same mode shapes both arms' grasps (a hesitant operator is hesitant with both hands).
+    picks = quat_mul(rquat, quat_axis([0, 1, 0], -60)), quat_mul(lquat, quat_axis([0, 1, 0], 60))
+    t_approach, t_down, t_close = times
     seed = rng.integers(2**31)
-    right, extra_r = _grasp(peg, pick_right, 120, 170, 220, 0.08, -0.03, np.random.default_rng(seed), mode)
-    left, extra_l = _grasp(socket, pick_left, 120, 170, 220, 0.08, -0.03, np.random.default_rng(seed + 1), mode)
+    right, extra_r = _grasp(right_xyz, picks[0], t_approach, t_down, t_close, 0.08, depth,
+                            np.random.default_rng(seed), mode)
+    left, extra_l = _grasp(left_xyz, picks[1], t_approach, t_down, t_close, 0.08, depth,
+                           np.random.default_rng(seed + 1), mode)
     right, left = [Waypoint(0, rxyz, rquat, 0.0)] + right, [Waypoint(0, lxyz, lquat, 0.0)] + left
     if mode == "regrasp":
-        right = _finish_regrasp(right, extra_r, peg, pick_right, -0.03, 220)
-        left = _finish_regrasp(left, extra_l, socket, pick_left, -0.03, 220)
-    t = 220 + max(extra_r, extra_l)
+        right = _finish_regrasp(right, extra_r, right_xyz, picks[0], depth, t_close)
+        left = _finish_regrasp(left, extra_l, left_xyz, picks[1], depth, t_close)
+    return right, left, t_close + max(extra_r, extra_l), picks
+
+
+def plan_insertion(home, objects, rng, mode) -> Plan:
+    peg, socket = objects[:3], objects[7:10]
+    meet = np.array([0.0, 0.5, 0.15])
+    lift_right = 0.00715
+    right, left, t, (pick_right, pick_left) = _both_grasp(home, peg, socket, (120, 170, 220), -0.03, rng, mode)
     if mode == "detour":
         up = rng.uniform(0.06, 0.1)
         right.append(Waypoint(t + 30, (peg + meet) / 2 + np.array([0, -0.06, up]), pick_right, 0.0))
@@ -209,20 +219,11 @@ def plan_insertion(home, objects, rng, mode) -> Plan:
 
 
 def plan_lift_bar(home, objects, rng, mode) -> Plan:
-    (lxyz, lquat), (rxyz, rquat) = home
     bar = objects[:3]
-    pick_right = quat_mul(rquat, quat_axis([0, 1, 0], -60))
-    pick_left = quat_mul(lquat, quat_axis([0, 1, 0], 60))
     grip = 0.085  # grasp points: this far from the bar centre along x
-    seed = rng.integers(2**31)
     right_end, left_end = bar + np.array([grip, 0, 0]), bar - np.array([grip, 0, 0])
-    right, extra_r = _grasp(right_end, pick_right, 100, 150, 190, 0.08, -0.01, np.random.default_rng(seed), mode)
-    left, extra_l = _grasp(left_end, pick_left, 100, 150, 190, 0.08, -0.01, np.random.default_rng(seed + 1), mode)
-    right, left = [Waypoint(0, rxyz, rquat, 0.0)] + right, [Waypoint(0, lxyz, lquat, 0.0)] + left
-    if mode == "regrasp":
-        right = _finish_regrasp(right, extra_r, right_end, pick_right, -0.01, 190)
-        left = _finish_regrasp(left, extra_l, left_end, pick_left, -0.01, 190)
-    t = 190 + max(extra_r, extra_l)
+    right, left, t, (pick_right, pick_left) = _both_grasp(home, right_end, left_end, (100, 150, 190), -0.01, rng,
+                                                          mode)
     lift = np.array([0, 0, 0.2])
     if mode == "detour":
         sway = np.array([0, rng.choice([-1, 1]) * rng.uniform(0.05, 0.08), 0.1])
