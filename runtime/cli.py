@@ -293,8 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("eval", help="run an evaluation suite in simulation (the sim extra)")
-    p.add_argument("--policy", required=True, help="'scripted' (the tasks' experts) or a policy bundle")
-    p.add_argument("--verifier", default=None, help="verifier bundle or ONNX file")
+    p.add_argument("--policy", required=True,
+                   help="'scripted' (the tasks' experts), 'default' (the shipped policy) or a policy bundle")
+    p.add_argument("--verifier", default=None,
+                   help="none|random|cfn|rnd|knn (the verifiers shipped for the policy) or a bundle / ONNX file")
     p.add_argument("--n", type=int, default=1, help="candidates per replanning step")
     p.add_argument("--task", default="all", help="task name, comma-separated names, or 'all'")
     p.add_argument("--episodes", type=int, default=20, help="episodes per task (episode i uses seed S+i)")

@@ -28,7 +28,7 @@ class Arm:
 
     @classmethod
     def parse(cls, text: str) -> Arm:
-        """NAME:N or NAME:N:VERIFIER_PATH, e.g. `none:1`, `cfn:16:artifacts/bundles/flow-cfn`."""
+        """NAME:N or NAME:N:VERIFIER_PATH, e.g. `none:1`, `cfn:16` (the shipped cfn) or `cfn:16:path/to/bundle`."""
         parts = text.split(":", 2)
         if len(parts) < 2 or not parts[1].isdigit():
             raise ValueError(f"arm: expected NAME:N[:VERIFIER], got {text!r}")
@@ -52,7 +52,7 @@ def compare(policy: str, arms: list[Arm], base: EvalConfig, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for arm in arms:
-        config = dataclasses.replace(base, policy=policy, verifier=arm.verifier, n=arm.n, report=None)
+        config = dataclasses.replace(base, policy=policy, verifier=arm.verifier or arm.name, n=arm.n, report=None)
         log(f"arm {arm.name}: N={arm.n}, verifier {arm.verifier}")
         results[arm.name] = run_suite(config, out / f"arm-{arm.name}.json", progress=log)
     reference = arms[0].name

@@ -29,9 +29,9 @@ VIDEO_CAMERA, VIDEO_SIZE = "cam_low", (240, 320)
 class EvalConfig:
     """One evaluation suite; every field is recorded in the output JSON."""
 
-    # "scripted" (the tasks' scripted experts) or the path of a policy bundle.
+    # "scripted" (the tasks' scripted experts), "default" (the shipped policy) or a policy bundle path.
     policy: str = "scripted"
-    # Path of a verifier bundle (or bare ONNX verifier); None for none.
+    # None/"none", a shipped verifier name ("random", "cfn", "rnd", "knn"), or a verifier bundle/ONNX path.
     verifier: str | None = None
     # Candidates per replanning step.
     n: int = 1
@@ -57,7 +57,13 @@ class EvalConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        from runtime.defaults import resolve_policy, resolve_verifier
         from sim.tasks import TASKS
+
+        if self.policy != "scripted":
+            # Names of shipped bundles ("default", "cfn", ...) become paths, so records show what ran.
+            object.__setattr__(self, "policy", resolve_policy(self.policy))
+            object.__setattr__(self, "verifier", resolve_verifier(self.verifier, self.policy))
 
         for task in self.tasks:
             if task not in TASKS:

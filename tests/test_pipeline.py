@@ -122,3 +122,27 @@ def test_mcnemar_exact_values():
     assert Arm.parse("cfn:16:a/b") == Arm("cfn", 16, "a/b")
     with pytest.raises(ValueError):
         Arm.parse("cfn")
+
+
+def test_shipped_names_resolve_to_the_artifacts_folder(trained, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    out, policy, features = trained
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(policy, artifacts / "bundles" / "flow")
+    monkeypatch.setenv("TACO_ARTIFACTS", str(artifacts))
+    args = ["eval", "--policy", "default", "--task", "lift_bar", "--episodes", "1", "--max-steps", "8"]
+    assert main([*args, "--verifier", "knn", "--n", "2"]) == 2
+    assert "make artifacts" in capsys.readouterr().err
+    assert main(["train-verifier", "--kind", "knn", "--features", str(features),
+                 "--out", str(artifacts / "bundles" / "flow-knn")]) == 0
+    path = tmp_path / "e.json"
+    assert main([*args, "--verifier", "knn", "--n", "2", "--json", str(path)]) == 0
+    config = json.loads(path.read_text())["config"]
+    assert config["policy"] == str(artifacts / "bundles" / "flow")
+    assert config["verifier"] == str(artifacts / "bundles" / "flow-knn")
+    assert main([*args, "--verifier", "none", "--json", str(path)]) == 0
+    assert json.loads(path.read_text())["config"]["verifier"] is None
+    monkeypatch.setenv("TACO_ARTIFACTS", str(tmp_path / "nowhere"))
+    assert main(args) == 2
+    assert "make artifacts" in capsys.readouterr().err
