@@ -30,6 +30,13 @@ def quat_mul(a, b) -> np.ndarray:
                      w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2])
 
 
+def _rotate(q, v) -> np.ndarray:
+    """Rotates vector v by unit quaternion q (w, x, y, z)."""
+    w, qv = q[0], np.asarray(q[1:])
+    t = 2 * np.cross(qv, v)
+    return np.asarray(v) + w * t + np.cross(qv, t)
+
+
 def quat_axis(axis, degrees: float) -> np.ndarray:
     half = np.deg2rad(degrees) / 2
     return np.concatenate([[np.cos(half)], np.sin(half) * np.asarray(axis, np.float64)])
@@ -85,7 +92,8 @@ def _interpolate(traj: list[Waypoint], t: int):
     for a, b in zip(traj, traj[1:]):
         if a.t <= t <= b.t:
             f = 0.0 if b.t == a.t else (t - a.t) / (b.t - a.t)
-            quat = (1 - f) * a.quat + f * b.quat
+            bq = b.quat if np.dot(a.quat, b.quat) >= 0 else -b.quat  # the short way round
+            quat = (1 - f) * a.quat + f * bq
             return (1 - f) * a.xyz + f * b.xyz, quat / np.linalg.norm(quat), (1 - f) * a.gripper + f * b.gripper
     w = traj[-1]
     return w.xyz, w.quat, w.gripper
@@ -119,7 +127,9 @@ class ExpertConfig:
 
 
 # --------------------------------------------------------------------------------------------------
-# Plans per task. `home` is each gripper's pose at the start pose; `objects` the task's object poses.
+# Plans per task, in mocap coordinates. `home` is each mocap's start pose (consistent with the arm at its
+# start pose, so nothing jumps at t=0); targets use ACT's frames (identity orientation at home, pitched
+# +-60 degrees to grasp); `objects` are the task's object poses.
 
 def _grasp(xyz, quat, t_approach, t_down, t_close, height, depth, rng, mode) -> list[Waypoint]:
     """Approach above `xyz`, go down, close; with the approach and grasp variations of `mode`."""
@@ -152,7 +162,7 @@ def _finish_regrasp(traj, extra, xyz, quat, depth, t_close) -> list[Waypoint]:
 def plan_transfer_cube(home, objects, rng, mode) -> Plan:
     (lxyz, lquat), (rxyz, rquat) = home
     box = objects[:3]
-    pick = quat_mul(rquat, quat_axis([0, 1, 0], -60))
+    pick = quat_axis([0, 1, 0], -60)
     meet_left = quat_axis([1, 0, 0], 90)
     meet = np.array([0.0, 0.5, 0.25])
     right, extra = _grasp(box, pick, 90, 130, 170, 0.08, -0.015, rng, mode)
@@ -184,7 +194,7 @@ def _both_grasp(home, right_xyz, left_xyz, times, depth, rng, mode):
     two grasp orientations. A hesitant or regrasping operator is so with both hands.
     """
     (lxyz, lquat), (rxyz, rquat) = home
-    picks = quat_mul(rquat, quat_axis([0, 1, 0], -60)), quat_mul(lquat, quat_axis([0, 1, 0], 60))
+    picks = quat_axis([0, 1, 0], -60), quat_axis([0, 1, 0], 60)
     t_approach, t_down, t_close = times
     seed = rng.integers(2**31)
     right, extra_r = _grasp(right_xyz, picks[0], t_approach, t_down, t_close, 0.08, depth,
@@ -260,9 +270,15 @@ class ScriptedExpert:
         self.data.qpos[:16] = START_ARM_POSE
         self.data.qpos[self._object_qpos] = object_poses
         mujoco.mj_forward(self.model, self.data)
-        # Plans are in mocap coordinates, as ACT's scripted policies: each mocap starts where its gripper
-        # link is, with identity orientation (the welds' relative poses absorb the difference).
-        home = [(self.data.xpos[i].copy(), np.array([1.0, 0.0, 0.0, 0.0])) for i in self._links]
+        # Each mocap starts at the pose the weld already holds the gripper in: gripper = mocap * relpose, so
+        # mocap = gripper * relpose^-1. (ACT started the mocaps at the gripper's position with identity
+        # orientation, which the 13.5 cm weld offset turned into a ~0.85 rad jump of the arm in the first
+        # steps: 12 rad/s in the recorded actions.)
+        home = []
+        for arm, link in enumerate(self._links):
+            rel_pos, rel_quat = self.model.eq_data[arm, 3:6], self.model.eq_data[arm, 6:10]
+            quat = quat_mul(self.data.xquat[link], rel_quat * np.array([1.0, -1.0, -1.0, -1.0]))
+            home.append((self.data.xpos[link] - _rotate(quat, rel_pos), quat / np.linalg.norm(quat)))
         for arm, (xyz, quat) in enumerate(home):
             self.data.mocap_pos[arm], self.data.mocap_quat[arm] = xyz, quat
         closed = unnormalize_gripper(0.0)
