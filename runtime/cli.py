@@ -147,7 +147,8 @@ def cmd_record(args) -> int:
         if task not in TASKS:
             raise ValueError(f"task: unknown {task!r} (registered: {', '.join(sorted(TASKS))})")
     config = RecordConfig(tasks=tasks, episodes=2 if args.quick else args.episodes, out=args.out, seed=args.seed,
-                          keep_failures=args.keep_failures, mode=args.mode, action_noise=args.action_noise)
+                          keep_failures=args.keep_failures, mode=args.mode, action_noise=args.action_noise,
+                          perturb=args.perturb)
     summary = record(config, progress=not args.no_progress)
     for task, s in summary.items():
         modes = ", ".join(f"{m} {c}" for m, c in sorted(s["modes"].items()))
@@ -321,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default=None, help="force one expert mode (default: the configured mix)")
     p.add_argument("--action-noise", type=float, default=None, help="expert joint noise std, rad")
     p.add_argument("--keep-failures", action="store_true", help="keep episodes the expert failed (marked)")
+    p.add_argument("--perturb", type=float, default=0.0,
+                   help="DART-style: perturb executed joints by this std (rad), record the unperturbed actions")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quick", action="store_true", help="2 episodes per task (for tests)")
     p.set_defaults(func=cmd_record)
@@ -408,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, ProviderError, FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
+    except (SpecError, ProviderError, FileExistsError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
         print(f"taco {args.command}: error: {err}", file=sys.stderr)
         return 2
     except ImportError as err:

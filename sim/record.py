@@ -21,6 +21,8 @@ from policies.extras import require
 from policies.manifest import ALOHA_JOINTS
 
 EPISODES_FILE = "meta/taco_episodes.jsonl"
+# Dropped (failed) expert episodes in a row after which recording stops instead of trying seeds forever.
+MAX_FAILURES_IN_A_ROW = 20
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class RecordConfig:
     # Expert settings: behaviour mode mix and noise (None: the defaults).
     mode: str | None = None
     action_noise: float | None = None
+    # DART-style perturbation (rad, smoothed over 10 steps): executed actions are perturbed, recorded ones
+    # are not, so the data shows the expert pulling back towards its plan from states off the plan.
+    perturb: float = 0.0
 
     def __post_init__(self):
         if self.episodes < 1:
@@ -123,12 +128,19 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
             seed = max([r["seed"] for r in done if r["task"] == task], default=config.seed - 1) + 1
             env = AlohaSimEnv(task, cameras=config.cameras, stop_on_success=False, max_steps=10_000)
             controller = ScriptedController(task, expert, mode=config.mode)
+            failures_in_a_row = 0
             try:
                 while len(kept) < config.episodes and not interrupted:
-                    row = _record_episode(dataset, env, controller, task, seed, config.keep_failures)
+                    row = _record_episode(dataset, env, controller, task, seed, config.keep_failures, config.perturb)
                     seed += 1
                     if row is None:
+                        failures_in_a_row += 1
+                        if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                            raise RuntimeError(
+                                f"{task}: the expert failed {failures_in_a_row} episodes in a row (seeds up to "
+                                f"{seed - 1}); lower --perturb/--action-noise, or pass --keep-failures")
                         continue
+                    failures_in_a_row = 0
                     row["episode_index"] = dataset.meta.total_episodes - 1
                     with open(root / EPISODES_FILE, "a") as f:
                         f.write(json.dumps(row) + "\n")
@@ -152,16 +164,18 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
     return summarize_recording(done)
 
 
-def _record_episode(dataset, env, controller, task: str, seed: int, keep_failures: bool) -> dict | None:
+def _record_episode(dataset, env, controller, task: str, seed: int, keep_failures: bool,
+                    perturb: float = 0.0) -> dict | None:
     obs = env.reset(seed)
     controller.reset(seed, env)
+    offsets = _perturbation(controller.plan_length, perturb, np.random.default_rng([seed, 23]))
     best = 0
-    for _ in range(controller.plan_length):
+    for t in range(controller.plan_length):
         action = controller.act(obs)
         frame = {f"observation.images.{name}": image for name, image in obs.images.items()}
         frame["observation.state"] = obs.state.astype(np.float32)
         frame["action"] = action.astype(np.float32)
-        obs, reward, _, info = env.step(action)
+        obs, reward, _, info = env.step(action + offsets[t])
         best = max(best, int(reward))
         frame["next.reward"] = np.array([reward], np.float32)
         frame["next.success"] = np.array([reward == env.task.max_reward])
@@ -173,7 +187,21 @@ def _record_episode(dataset, env, controller, task: str, seed: int, keep_failure
         return None
     dataset.save_episode()
     return {"task": task, "seed": seed, "mode": controller.mode, "success": success, "best_stage": best,
-            "frames": controller.plan_length}
+            "frames": controller.plan_length, "perturb": perturb}
+
+
+def _perturbation(length: int, std: float, rng: np.random.Generator) -> np.ndarray:
+    """float[T, 14]: smoothed Gaussian offsets on the 12 arm joints (grippers untouched); zeros if std is 0."""
+    out = np.zeros((length, 14))
+    if std <= 0:
+        return out
+    alpha = 0.1
+    white = rng.standard_normal((length, 14))
+    for t in range(1, length):
+        out[t] = (1 - alpha) * out[t - 1] + alpha * white[t]
+    out *= std / np.sqrt(alpha / (2 - alpha))
+    out[:, [6, 13]] = 0.0
+    return out
 
 
 def summarize_recording(rows: list[dict]) -> dict:

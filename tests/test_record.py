@@ -50,3 +50,36 @@ def test_record_then_resume_and_read_back(tmp_path):
     rewards = np.array([float(ds[start + i]["next.reward"]) for i in range(rows[1]["frames"])])
     assert rewards.max() == 4 and bool(ds[start + int(np.argmax(rewards))]["next.success"])
     env.close()
+
+
+def test_perturbed_recording_labels_the_unperturbed_actions(tmp_path):
+    """DART-style: the states wander off the plan, the recorded actions stay the expert's."""
+    root = tmp_path / "dart"
+    record(RecordConfig(tasks=("lift_bar",), episodes=1, out=str(root), cameras=SMALL, mode="clean", perturb=0.03,
+                        keep_failures=True), progress=False)
+    rows = [json.loads(line) for line in (root / EPISODES_FILE).read_text().splitlines()]
+    assert rows[0]["perturb"] == 0.03 and rows[0]["seed"] == 0
+    ds = load(root)
+    from sim.env import AlohaSimEnv
+    from sim.experts import ExpertConfig, ScriptedExpert
+
+    env = AlohaSimEnv("lift_bar", cameras=SMALL)
+    env.reset(0)
+    expected, _ = ScriptedExpert("lift_bar", ExpertConfig()).actions(env.object_poses, 0, "clean")
+    env.close()
+    frames = [ds[i] for i in (40, 80, 120)]
+    np.testing.assert_allclose(np.stack([f["action"].numpy() for f in frames]), expected[[40, 80, 120]], atol=1e-5)
+    # The executed arm was pushed away from where the clean replay would have put it.
+    states = np.stack([f["observation.state"].numpy() for f in frames])
+    assert np.abs(states[:, :6] - expected[[39, 79, 119], :6]).max() > 0.01
+
+
+def test_recording_stops_when_the_expert_keeps_failing(tmp_path, monkeypatch):
+    import pytest
+
+    import sim.record
+
+    monkeypatch.setattr(sim.record, "MAX_FAILURES_IN_A_ROW", 2)
+    with pytest.raises(RuntimeError, match="failed 2 episodes in a row"):
+        record(RecordConfig(tasks=("lift_bar",), episodes=1, out=str(tmp_path / "bad"), cameras=SMALL, mode="clean",
+                            perturb=0.5), progress=False)
