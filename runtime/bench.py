@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies import PolicyBundle, load_policy_bundle, make_example_observation
+from policies import load_policy_bundle, make_example_observation
 from policies.config import PolicyConfig
 from policies.flops import candidate_flops, encoder_flops
 from runtime.engine import Engine, EngineConfig

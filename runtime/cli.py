@@ -42,7 +42,7 @@ def describe_policy(bundle) -> str:
         f"name            {m.name}",
         f"kind            {m.kind} ({m.num_steps} steps, sampler {m.sampler})",
         f"fingerprint     {bundle.fingerprint}",
-        f"cameras         " + ", ".join(f"{c.name} {c.height}x{c.width}" for c in m.cameras),
+        "cameras         " + ", ".join(f"{c.name} {c.height}x{c.width}" for c in m.cameras),
         f"state           {m.state_dim}: {', '.join(m.state_names)}",
         f"action          {m.action_dim} x chunk {m.chunk_length} (dt {m.action_dt} s)",
         f"feature         {m.feature_dim}-d: {m.feature_description}",

@@ -94,11 +94,11 @@ def check_graph_signatures(manifest: PolicyManifest, encoder, sampler) -> None:
              "taco.feature_dim": ("feature.dim", str(m.feature_dim))}
     for graph_file, session in (("encoder.onnx", encoder), (m.sampler_file, sampler)):
         recorded = session.get_modelmeta().custom_metadata_map
-        for key, (field, value) in facts.items():
+        for key, (where, value) in facts.items():
             if key not in recorded:
                 raise BundleError(f"files.{graph_file}", f"graph metadata lacks {key!r}; re-export the bundle")
             if recorded[key] != value:
-                raise BundleError(field, f"manifest says {value}, {graph_file} was exported with {recorded[key]}")
+                raise BundleError(where, f"manifest says {value}, {graph_file} was exported with {recorded[key]}")
 
 
 def _check_inputs(session, graph_file: str, expected: dict, unknown_field: str) -> None:
@@ -106,13 +106,13 @@ def _check_inputs(session, graph_file: str, expected: dict, unknown_field: str) 
     for name in inputs:
         if name not in expected:
             raise BundleError(unknown_field, f"{graph_file} takes input {name!r}, which the manifest does not describe")
-    for name, (dtype, dims, field) in expected.items():
+    for name, (dtype, dims, where) in expected.items():
         if name not in inputs:
-            raise BundleError(field, f"{graph_file} has no input {name!r}")
+            raise BundleError(where, f"{graph_file} has no input {name!r}")
         if inputs[name][0] != dtype:
-            raise BundleError(field, f"{graph_file} input {name!r} is {inputs[name][0]}, expected {dtype}")
+            raise BundleError(where, f"{graph_file} input {name!r} is {inputs[name][0]}, expected {dtype}")
         if dims is not None:
-            _check_dims(inputs[name][1][1:], dims, field, f"{graph_file} input {name}")
+            _check_dims(inputs[name][1][1:], dims, where, f"{graph_file} input {name}")
 
 
 def _check_dims(actual, expected, field, where):
