@@ -8,16 +8,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from policies.errors import SpecError
+from policies.manifest import CameraSpec
 from policies.observation import Observation
 
 
-@dataclass(frozen=True)
-class CameraConfig:
-    # Name observations use, e.g. "cam_high" (ALOHA convention).
-    name: str
-    # Image height and width in pixels.
-    height: int
-    width: int
+# A camera an environment renders or reads: the same (name, height, width) a policy bundle declares, so an
+# env can be built straight from a manifest's cameras.
+CameraConfig = CameraSpec
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import numpy as np
 from hardware.interface import CameraConfig, EnvSpec, check_action
 from policies.manifest import ALOHA_JOINTS
 from policies.observation import Observation
-from sim.assets import ARM_JOINTS, CONTROL_HZ, PHYSICS_DT, START_ARM_POSE, mujoco, normalize_gripper, unnormalize_gripper
+from sim.assets import CONTROL_HZ, PHYSICS_DT, START_ARM_POSE, mujoco, normalize_gripper, unnormalize_gripper
 from sim.tasks import Task, get_task
 
 # Observation camera name -> camera in gym-aloha's MJCF.
@@ -76,10 +76,7 @@ class AlohaSimEnv:
         self._at_exit = None
         for cam in cameras:
             self._renderer(cam.height, cam.width)
-        joints = [f"vx300s_{side}/{j}" for side in ("left", "right") for j in (*ARM_JOINTS, "left_finger")]
-        self._qpos_index = np.array([self.model.joint(j).qposadr[0] for j in joints])
-        self._object_qpos = np.concatenate(
-            [np.arange(7) + self.model.joint(name).qposadr[0] for name in self.task.objects])
+        self._qpos_index, self._object_qpos = self.task.qpos_indices(self.model)
         self.steps = 0
         self.best_stage = 0
         # Episodes started so far (observations of an earlier episode are stale too).

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hardware.interface import CameraConfig
 from policies.schema import canonical_hash
 
 BACKENDS = ("local", "ray")
@@ -120,7 +119,7 @@ def _make(config: EvalConfig, task: str):
 
         engine = Engine(config.policy, verifier=config.verifier)
         controller = ChunkExecutor(engine, ExecutorConfig(n=config.n, execute=config.execute))
-        cameras = tuple(CameraConfig(c.name, c.height, c.width) for c in engine.manifest.cameras)
+        cameras = engine.manifest.cameras
     env = AlohaSimEnv(task, cameras=cameras, max_steps=config.max_steps)
     return env, controller
 

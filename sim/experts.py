@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim.assets import ARM_JOINTS, CONTROL_HZ, PHYSICS_DT, START_ARM_POSE, mujoco, normalize_gripper, unnormalize_gripper
+from sim.assets import CONTROL_HZ, PHYSICS_DT, START_ARM_POSE, mujoco, unnormalize_gripper
 from sim.tasks import Task, get_task
 
 MODES = ("clean", "high_approach", "hesitant", "detour", "regrasp")
@@ -259,10 +259,7 @@ class ScriptedExpert:
         self.model = self.task.build_model(end_effector=True)
         self.data = mujoco.MjData(self.model)
         self.substeps = round(1.0 / (CONTROL_HZ * PHYSICS_DT))
-        joints = [f"vx300s_{side}/{j}" for side in ("left", "right") for j in (*ARM_JOINTS, "left_finger")]
-        self._qpos_index = np.array([self.model.joint(j).qposadr[0] for j in joints])
-        self._object_qpos = np.concatenate(
-            [np.arange(7) + self.model.joint(name).qposadr[0] for name in self.task.objects])
+        self._qpos_index, self._object_qpos = self.task.qpos_indices(self.model)
         self._links = [self.model.body(f"vx300s_{side}/gripper_link").id for side in ("left", "right")]
 
     def _reset(self, object_poses: np.ndarray):
@@ -318,7 +315,8 @@ class ScriptedExpert:
             out[t, 0:6], out[t, 7:13] = q[0:6], q[7:13]
             out[t, 6], out[t, 13] = lg, rg
         if self.config.action_noise > 0:
-            noise = self._noise(plan.length, np.random.default_rng([seed, 11]))
+            noise = smoothed_arm_noise(plan.length, self.config.action_noise, self.config.noise_steps,
+                                       np.random.default_rng([seed, 11]))
             out += noise * self._noise_envelope(plan)[:, None]
         return out, plan.mode
 
@@ -332,18 +330,16 @@ class ScriptedExpert:
             calm = np.maximum(calm, inside)
         return 1.0 - (1.0 - PRECISE_NOISE_SCALE) * calm
 
-    def _noise(self, length: int, rng: np.random.Generator) -> np.ndarray:
-        """Low-pass filtered Gaussian noise on the 12 arm joints (none on the grippers)."""
-        alpha = 1.0 / max(1, self.config.noise_steps)
-        white = rng.standard_normal((length, 14))
-        smooth = np.zeros_like(white)
-        for t in range(1, length):
-            smooth[t] = (1 - alpha) * smooth[t - 1] + alpha * white[t]
-        smooth *= self.config.action_noise / np.sqrt(alpha / (2 - alpha))  # unit stationary variance
-        smooth[:, [6, 13]] = 0.0
-        return smooth
 
+def smoothed_arm_noise(length: int, std: float, steps: int, rng: np.random.Generator) -> np.ndarray:
+    """float[T, 14]: low-pass filtered Gaussian noise of stationary std `std` on the 12 arm joints, correlated
+    over about `steps` control steps; zero on the grippers. Teleoperators drift, they do not jitter."""
+    alpha = 1.0 / max(1, steps)
+    white = rng.standard_normal((length, 14))
+    smooth = np.zeros_like(white)
+    for t in range(1, length):
+        smooth[t] = (1 - alpha) * smooth[t - 1] + alpha * white[t]
+    smooth *= std / np.sqrt(alpha / (2 - alpha))
+    smooth[:, [6, 13]] = 0.0
+    return smooth
 
-def gripper_state(value: float) -> float:
-    """Normalised gripper opening of a finger position (for tests and diagnostics)."""
-    return normalize_gripper(value)

@@ -191,17 +191,12 @@ def _record_episode(dataset, env, controller, task: str, seed: int, keep_failure
 
 
 def _perturbation(length: int, std: float, rng: np.random.Generator) -> np.ndarray:
-    """float[T, 14]: smoothed Gaussian offsets on the 12 arm joints (grippers untouched); zeros if std is 0."""
-    out = np.zeros((length, 14))
+    """float[T, 14]: smoothed offsets on the 12 arm joints (grippers untouched); zeros if std is 0."""
     if std <= 0:
-        return out
-    alpha = 0.1
-    white = rng.standard_normal((length, 14))
-    for t in range(1, length):
-        out[t] = (1 - alpha) * out[t - 1] + alpha * white[t]
-    out *= std / np.sqrt(alpha / (2 - alpha))
-    out[:, [6, 13]] = 0.0
-    return out
+        return np.zeros((length, 14))
+    from sim.experts import smoothed_arm_noise
+
+    return smoothed_arm_noise(length, std, 10, rng)
 
 
 def summarize_recording(rows: list[dict]) -> dict:

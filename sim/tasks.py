@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim.assets import apply_mujoco3_fixes, assets_dir, fast_rendering, mujoco
+from sim.assets import ARM_JOINTS, apply_mujoco3_fixes, assets_dir, fast_rendering, mujoco
 
 LEFT_FINGERS = ("vx300s_left/10_left_gripper_finger", "vx300s_left/10_right_gripper_finger")
 RIGHT_FINGERS = ("vx300s_right/10_left_gripper_finger", "vx300s_right/10_right_gripper_finger")
@@ -61,6 +61,14 @@ class Task:
 
     def _compile(self, end_effector: bool):
         return mujoco.MjModel.from_xml_path(str(assets_dir() / (self.ee_xml if end_effector else self.joint_xml)))
+
+    def qpos_indices(self, model) -> tuple[np.ndarray, np.ndarray]:
+        """(robot, objects): qpos indices of the 6 arm joints + one finger per arm (left then right), and of
+        the objects' free joints (7 each), in either version of the scene."""
+        joints = [f"vx300s_{side}/{j}" for side in ("left", "right") for j in (*ARM_JOINTS, "left_finger")]
+        robot = np.array([model.joint(j).qposadr[0] for j in joints])
+        objects = np.concatenate([np.arange(7) + model.joint(name).qposadr[0] for name in self.objects])
+        return robot, objects
 
     def sample_objects(self, rng: np.random.Generator) -> np.ndarray:
         """float[7 * objects]: position (m) and quaternion (w, x, y, z) of each object's free joint."""
