@@ -7,7 +7,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 CONSTRAINTS := constraints.txt
 # Test markers CI runs by default; `make test-slow` adds the long suites.
-TEST_MARKERS ?= not slow and not gpu and not hardware and not ros
+TEST_MARKERS ?= not slow and not gpu and not hardware
+# Extras the test install carries: everything but gpu (the ROS tests run in CI too).
+TEST_EXTRAS := train+sim+ray+ros+dev
 
 # A Python 3.12 interpreter: PATH first, then pyenv's installs; pyenv shims fail unless a version is
 # selected, so each candidate must actually run.
@@ -27,11 +29,12 @@ $(info $(VENV) is not a Python 3.12 environment: recreating it)
 $(shell rm -rf $(VENV))
 endif
 
-.PHONY: demo test test-slow artifacts bench install-core install-train install-dev install-all lock clean help
+.PHONY: demo test test-slow artifacts bench ros install-core install-train install-dev install-all lock clean help
 
 help:
 	@echo "make demo    run the engine end to end on an example bundle (installs .venv)"
-	@echo "make test    run the test suite (installs .venv with the train and dev extras)"
+	@echo "make test    run the test suite, ROS tests included (installs .venv with every extra but gpu)"
+	@echo "make ros     install the ros extra and build the vendored ROS messages"
 	@echo "make bench   run the latency benchmark, writing build/bench.json"
 
 $(VENV)/bin/python:
@@ -52,16 +55,25 @@ comma := ,
 install-core: $(VENV)/bin/python
 	$(PIP) install -q -c $(CONSTRAINTS) -e .
 install-train: $(VENV)/.installed-train
-install-dev: $(VENV)/.installed-train+sim+ray+dev
-install-all: $(VENV)/.installed-all
+install-dev: $(VENV)/.installed-$(TEST_EXTRAS) $(VENV)/.built-msgs
+install-all: $(VENV)/.installed-all $(VENV)/.built-msgs
+
+# The vendored ROS message packages (interbotix_xs_msgs), built into the venv with the rosidl wheels.
+MSG_SOURCES := $(shell find ros_nodes/msgs -type f 2>/dev/null)
+# Listed after an install stamp that carries the ros extra (make builds prerequisites in order).
+$(VENV)/.built-msgs: $(MSG_SOURCES) scripts/build_ros_msgs.sh | $(VENV)/bin/python
+	scripts/build_ros_msgs.sh $(VENV)
+	@touch $@
+
+ros: $(VENV)/.installed-sim+ros $(VENV)/.built-msgs
 
 demo: $(VENV)/.installed-train
 	$(VENV)/bin/taco demo
 
-test: $(VENV)/.installed-train+sim+ray+dev
+test: $(VENV)/.installed-$(TEST_EXTRAS) $(VENV)/.built-msgs
 	$(PY) -m pytest -m "$(TEST_MARKERS)"
 
-test-slow: $(VENV)/.installed-train+sim+ray+dev
+test-slow: $(VENV)/.installed-$(TEST_EXTRAS) $(VENV)/.built-msgs
 	$(PY) -m pytest -m "slow"
 
 # Rebuild the shipped bundles: record -> train -> features -> verifiers; rerun to resume.
@@ -75,8 +87,8 @@ bench: $(VENV)/.installed-train
 lock:
 	rm -rf build/lock-venv
 	"$$( $(find_python) )" -m venv build/lock-venv
-	build/lock-venv/bin/pip install -q -e ".[train,sim,ray,dev]"
-	build/lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e' > $(CONSTRAINTS)
+	build/lock-venv/bin/pip install -q -e ".[train,sim,ray,ros,dev]"
+	build/lock-venv/bin/python scripts/freeze.py > $(CONSTRAINTS)
 	rm -rf build/lock-venv
 
 clean:

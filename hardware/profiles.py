@@ -45,13 +45,20 @@ class RobotProfile:
     sleep: tuple[float, ...]
     # Camera names as the robot publishes them.
     cameras: tuple[str, ...]
-    # Gripper joint mapping, shared by both arms.
+    # Gripper command mapping (normalised <-> the gripper joint the driver takes), shared by both arms.
     gripper: GripperMapping
+    # Gripper state mapping (normalised <-> the finger position the driver reports in joint_states).
+    gripper_state: GripperMapping
     # ROS namespaces of the arms (Interbotix convention), left then right.
     arm_namespaces: tuple[str, str] = ("follower_left", "follower_right")
     # Indices of the gripper entries in the 14-entry layout.
     gripper_indices: tuple[int, int] = (6, 13)
     control_hz: float = 50.0
+    # Per-arm joint names as the driver publishes them in sensor_msgs/JointState (arm joints only).
+    arm_joint_names: tuple[str, ...] = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
+    # The joint_states entry the gripper state is read from, and the joint the gripper command names.
+    gripper_state_joint: str = "left_finger"
+    gripper_command_joint: str = "gripper"
 
     def __post_init__(self):
         n = len(self.joint_names)
@@ -61,6 +68,9 @@ class RobotProfile:
         lower, upper = np.asarray(self.lower), np.asarray(self.upper)
         if (lower >= upper).any():
             raise ValueError(f"{self.name}: lower must be below upper for every joint")
+        if 2 * (len(self.arm_joint_names) + 1) != n:
+            raise ValueError(f"{self.name}.arm_joint_names: {len(self.arm_joint_names)} arm joints + a gripper "
+                             f"per arm do not make the {n} joints")
         if (np.asarray(self.max_velocity) <= 0).any():
             raise ValueError(f"{self.name}.max_velocity: must be > 0")
         for pose in ("home", "sleep"):
@@ -89,8 +99,10 @@ ALOHA_VIPERX = RobotProfile(
     home=(*_ARM_HOME, 1.0) * 2,
     sleep=(*_ARM_SLEEP, 0.0) * 2,
     cameras=("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"),
-    # Interbotix puppet gripper joint positions (rad), as in the ALOHA sim constants.
+    # ALOHA's follower grippers are commanded through the "gripper" joint (rad) but report their
+    # opening as the "left_finger" position (m); both ranges are ACT's puppet gripper constants.
     gripper=GripperMapping(closed=-0.6213, open=1.4910),
+    gripper_state=GripperMapping(closed=0.01844, open=0.05800),
 )
 
 PROFILES = {ALOHA_VIPERX.name: ALOHA_VIPERX}

@@ -119,8 +119,7 @@ class SafetyLayer:
                 inference_time: float | None = None) -> tuple[np.ndarray, FilterReport]:
         if self.estopped:
             return self.filter.hold(), FilterReport(held=True, reason=f"e-stop latched: {self.estop_reason}")
-        if action is None:
-            return self.filter.hold(), FilterReport(held=True, reason="no action available")
+        # The most basic fault first: a dead sensor stream explains a dry chunk, not the other way round.
         if observation_stamp is None or not np.isfinite(observation_stamp):
             return self.filter.hold(), FilterReport(held=True, reason="observation has no valid stamp")
         age = now - observation_stamp
@@ -129,4 +128,17 @@ class SafetyLayer:
         if inference_time is not None and inference_time > self.watchdog.max_inference_time:
             return self.filter.hold(), FilterReport(held=True,
                                                     reason=f"inference overran ({inference_time * 1e3:.0f} ms)")
+        if action is None:
+            return self.filter.hold(), FilterReport(held=True, reason="no action available")
         return self.filter(action, self.dt)
+
+
+def preview(safety_filter: SafetyFilter, commands: np.ndarray, dt: float) -> np.ndarray:
+    """Filters a sequence float[K, 14] of future commands from the filter's current state, without
+    changing that state: what a trajectory sink sends ahead of time obeys the same limits per step."""
+    if safety_filter.last is None:
+        raise RuntimeError("SafetyFilter.reset(position) must be called before commanding")
+    shadow = SafetyFilter(safety_filter.profile)
+    shadow.last = safety_filter.last.copy()
+    return np.stack([shadow(c, dt)[0] for c in np.asarray(commands, np.float64)]) if len(commands) else \
+        np.empty((0, len(shadow.lower)))

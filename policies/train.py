@@ -58,6 +58,10 @@ class TrainConfig:
     # Torch intra-op threads.
     threads: int = 2
     sampler: str = "unrolled"
+    # A training checkpoint (OUT.ckpt/last.pt) whose EMA weights start this run instead of a random init:
+    # fine-tuning on more data (e.g. recovery episodes) without paying for the first run again. The
+    # model sizes must match; optimiser, schedule and normalisation start fresh from this run's data.
+    init_from: str | None = None
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
@@ -163,6 +167,14 @@ def train_policy(config: TrainConfig, log=None) -> Path:
         gen.set_state(state["torch_rng"])
         step, history = state["step"], state["history"]
         log(f"resuming from {ckpt} at step {step}")
+    elif config.init_from:
+        init = torch.load(config.init_from, weights_only=False)
+        if init["policy_config"] != policy_cfg.to_dict():
+            raise ValueError(f"init_from: {config.init_from} holds a {init['policy_config']['kind']} model of another "
+                             f"size or layout than this run's")
+        model.load_state_dict(init["ema"])
+        ema.load_state_dict(init["ema"])
+        log(f"initialised from the EMA weights of {config.init_from} (step {init['step']})")
     batcher = Batcher(data, train_eps, policy_cfg, norm, config.shift, rng)
     val_batcher = Batcher(data, val_eps, policy_cfg, norm, 0, np.random.default_rng(config.seed + 1))
     val_batches = [val_batcher.sample(config.batch_size, np.random.default_rng([config.seed, i])) for i in range(4)]

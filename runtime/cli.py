@@ -171,7 +171,8 @@ def cmd_train_policy(args) -> int:
                          batch_size=args.batch_size if not args.quick else min(args.batch_size, 8), lr=args.lr,
                          val_every=args.val_every if not args.quick else 10,
                          checkpoint_every=args.checkpoint_every if not args.quick else 10, seed=args.seed,
-                         threads=args.threads, sampler=args.sampler)
+                         threads=args.threads, sampler=args.sampler, warmup_steps=args.warmup,
+                         init_from=args.init_from)
     path = train_policy(config)
     print(f"wrote policy bundle {path}")
     return 0
@@ -336,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20_000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=500, help="linear learning-rate warm-up steps")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from this checkpoint's EMA weights (fine-tune), e.g. an earlier run's OUT.ckpt/last.pt")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
@@ -398,6 +402,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list registered policy kinds, verifier kinds and tasks")
     p.set_defaults(func=cmd_list)
 
+    p = sub.add_parser("ros", help="start the ROS 2 nodes without `launch`: sim, robot, or a recorder (ros extra)")
+    p.add_argument("target", choices=["sim", "robot", "record"],
+                   help="sim: sim node + policy node; robot: policy node for a running robot; record: recorder only")
+    p.add_argument("--policy", default="default", help="policy bundle path or 'default'")
+    p.add_argument("--verifier", default="none", help="none|random|cfn|rnd|knn or a verifier bundle path")
+    p.add_argument("--n", type=int, default=16, help="candidates per step")
+    p.add_argument("--execute", type=int, default=8, help="actions executed per chunk before replanning")
+    p.add_argument("--sink", default="interbotix", choices=["interbotix", "forward", "jtc"])
+    p.add_argument("--profile", default="aloha_viperx")
+    p.add_argument("--task", default="transfer_cube", help="sim task (sim) or instruction (robot)")
+    p.add_argument("--episodes", type=int, default=0, help="sim: stop after this many episodes (0: run until Ctrl-C)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--record", default=None, metavar="PATH.mcap", help="also record the run to MCAP")
+    p.add_argument("--discovery", default="LOCALHOST", choices=["LOCALHOST", "SUBNET", "SYSTEM_DEFAULT", "OFF"],
+                   help="ROS_AUTOMATIC_DISCOVERY_RANGE when not already set (default: this host only)")
+    p.set_defaults(func=cmd_ros)
+
     p = sub.add_parser("demo", help="run the engine end to end on an example bundle and print the decision")
     p.add_argument("--out", default="build/example", help="where the example bundles are written")
     p.add_argument("--n", type=int, default=16, help="candidates per step")
@@ -405,6 +426,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny model, for tests")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def cmd_ros(args) -> int:
+    from ros_nodes.launcher import Launch, node_command, ros_env
+    from runtime.defaults import resolve_policy, resolve_verifier
+
+    from policies.bundle import load_policy_bundle
+    from verifiers.bundle import check_verifier, load_verifier
+
+    # Refuse a bad policy or a verifier that does not belong to it here, before any node starts.
+    policy = resolve_policy(args.policy)
+    bundle = load_policy_bundle(policy)
+    verifier = resolve_verifier(args.verifier, policy)
+    if verifier is not None:
+        check_verifier(load_verifier(verifier), bundle.manifest.feature_dim, bundle.fingerprint)
+    commands = {}
+    if args.target in ("sim", "robot"):
+        params = {"policy": policy, "verifier": args.verifier, "n": args.n, "execute": args.execute,
+                  "sink": args.sink, "profile": args.profile, "seed": args.seed}
+        if args.target == "robot":
+            params["task"] = args.task
+        commands["policy"] = node_command("ros_nodes.policy_node", params)
+    if args.target == "sim":
+        commands["sim"] = node_command("ros_nodes.sim_node", {"task": args.task, "sink": args.sink,
+                                                              "profile": args.profile, "episodes": args.episodes,
+                                                              "seed": args.seed})
+    record = args.record or ("taco_run.mcap" if args.target == "record" else None)
+    if record:
+        commands["recorder"] = node_command("ros_nodes.recorder", {"out": record, "profile": args.profile,
+                                                                    "sink": args.sink})
+    launch = Launch(commands, env=ros_env(args.discovery), until="sim" if args.target == "sim" and args.episodes else None)
+    launch.start()
+    return launch.wait()
 
 
 def main(argv: list[str] | None = None) -> int:

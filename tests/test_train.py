@@ -82,3 +82,28 @@ def test_loss_goes_down_on_the_recorded_data(dataset, tmp_path):
     train_policy(config, log=lambda m: None)
     history = json.loads((tmp_path / "fit.ckpt" / "history.json").read_text())
     assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"], history
+
+
+def test_init_from_starts_at_the_checkpoint_weights_and_refuses_another_model(dataset, tmp_path):
+    from runtime import Engine
+    from policies.observation import make_example_observation
+
+    common = dict(dataset=str(dataset), size="tiny", batch_size=2, val_every=3, checkpoint_every=3, threads=1)
+    first = train_policy(TrainConfig(out=str(tmp_path / "first"), steps=6, **common), log=lambda m: None)
+    ckpt = str(tmp_path / "first.ckpt" / "last.pt")
+    # lr 0: the fine-tune cannot move, so its export must act exactly like the checkpoint's weights.
+    messages = []
+    tuned = train_policy(TrainConfig(out=str(tmp_path / "tuned"), steps=3, lr=0.0, init_from=ckpt, **common),
+                         log=messages.append)
+    assert any("initialised from" in m for m in messages)
+    obs = make_example_observation(load_policy_bundle(first).manifest, seed=1)
+    a, b = Engine(first).infer(obs, n=3, seed=7), Engine(tuned).infer(obs, n=3, seed=7)
+    np.testing.assert_allclose(a.chunk, b.chunk, atol=1e-5)
+    assert load_policy_bundle(tuned).manifest.provenance["training"]["init_from"] == ckpt
+    # A fresh run from scratch differs: the init really came from the checkpoint.
+    fresh = train_policy(TrainConfig(out=str(tmp_path / "fresh"), steps=3, lr=0.0, seed=1, **common),
+                         log=lambda m: None)
+    assert np.abs(Engine(fresh).infer(obs, n=3, seed=7).chunk - a.chunk).max() > 1e-3
+    with pytest.raises(ValueError, match="init_from"):
+        train_policy(TrainConfig(out=str(tmp_path / "bad"), steps=3, init_from=ckpt, kind="diffusion", **common),
+                     log=lambda m: None)

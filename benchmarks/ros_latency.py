@@ -1,0 +1,130 @@
+"""Observation-to-command latency through ROS 2 on loopback: the policy node at N candidates.
+
+    .venv/bin/python benchmarks/ros_latency.py --policy default --n 16 --json build/ros_latency.json [--quick]
+
+This process plays the robot: it publishes both arms' joint states and a 480x640 camera frame at
+50 Hz, stamped when published, and the policy node (a separate process, as on a robot) answers
+through the interbotix sink. For every decision the node publishes diagnostics right after the
+first command computed from it; latency = that arrival time - the observation's stamp, so it holds
+transport in, waiting for a free inference slot, inference, waiting for the control tick, and
+transport out. The node's own inference time is reported beside it (same decisions), so the ROS
+overhead is their difference. p50/p99 over all decisions after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policy", default="default")
+    parser.add_argument("--verifier", default="none")
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--image", default="480x640", help="published camera frame, HxW")
+    parser.add_argument("--quick", action="store_true", help="8 s of decisions")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    seconds = 8.0 if args.quick else args.seconds
+    height, width = (int(v) for v in args.image.split("x"))
+
+    os.environ["ROS_DOMAIN_ID"] = str(random.randint(101, 200))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import String
+
+    from hardware.profiles import ALOHA_VIPERX as PROFILE
+    from ros_nodes.common import (DIAGNOSTICS_TOPIC, IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS,
+                                  joint_state_topic)
+    from ros_nodes.convert import image_to_msg, joint_state_msg
+    from ros_nodes.launcher import node_command
+    from runtime.defaults import resolve_policy
+
+    policy = resolve_policy(args.policy)
+    rclpy.init()
+    node = rclpy.create_node("taco_latency_bench")
+    states = [node.create_publisher(JointState, joint_state_topic(ns), 10) for ns in PROFILE.arm_namespaces]
+    camera = node.create_publisher(Image, IMAGE_TOPIC.format(camera="cam_high"), IMAGE_QOS)
+    node.create_publisher(String, INSTRUCTION_TOPIC, LATCHED_QOS).publish(String(data="transfer the cube"))
+    frame = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    names = [*PROFILE.arm_joint_names, PROFILE.gripper_state_joint, "right_finger"]
+    home = np.asarray(PROFILE.home)
+    rows, lock = [], threading.Lock()
+
+    def publish():
+        now = node.get_clock().now().nanoseconds * 1e-9
+        for arm, pub in enumerate(states):
+            finger = float(PROFILE.gripper_state.to_joint(home[7 * arm + 6]))
+            pub.publish(joint_state_msg(names, [*home[7 * arm: 7 * arm + 6], finger, -finger], now))
+        camera.publish(image_to_msg(frame, now, "cam_high"))
+
+    def on_diagnostics(msg):
+        arrived = node.get_clock().now().nanoseconds * 1e-9
+        data = json.loads(msg.data)
+        if data.get("decision"):
+            with lock:
+                rows.append({"latency_ms": (arrived - data["observation_stamp"]) * 1e3,
+                             "inference_ms": data["timings_ms"]["total"], "n": data["n"]})
+
+    node.create_timer(1.0 / PROFILE.control_hz, publish)
+    node.create_subscription(String, DIAGNOSTICS_TOPIC, on_diagnostics, 100)
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    proc = subprocess.Popen(node_command("ros_nodes.policy_node", {"policy": policy, "verifier": args.verifier,
+                                                                   "n": args.n, "sink": "interbotix"}),
+                            env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(rows) < 5:  # warm-up: the first decisions include session start-up
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"policy node did not start deciding:\n{proc.stderr.read()[-3000:]}")
+            time.sleep(0.1)
+        with lock:
+            rows.clear()
+        time.sleep(seconds)
+        with lock:
+            measured = list(rows)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown()
+
+    latency = np.array([r["latency_ms"] for r in measured])
+    inference = np.array([r["inference_ms"] for r in measured])
+    result = {"policy": policy, "verifier": args.verifier, "n": args.n, "image": [height, width],
+              "decisions": len(measured), "seconds": seconds,
+              "latency_ms_p50": float(np.percentile(latency, 50)), "latency_ms_p99": float(np.percentile(latency, 99)),
+              "inference_ms_p50": float(np.percentile(inference, 50)),
+              "inference_ms_p99": float(np.percentile(inference, 99)),
+              "overhead_ms_p50": float(np.percentile(latency - inference, 50))}
+    print(f"{'N':>3} {'decisions':>9} {'obs->cmd p50':>13} {'p99':>8} {'inference p50':>14} {'p99':>8} "
+          f"{'ROS+wait p50':>13}")
+    print(f"{args.n:>3} {len(measured):>9} {result['latency_ms_p50']:>13.1f} {result['latency_ms_p99']:>8.1f} "
+          f"{result['inference_ms_p50']:>14.1f} {result['inference_ms_p99']:>8.1f} {result['overhead_ms_p50']:>13.1f}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Topic names, QoS profiles and the node entry-point plumbing shared by the nodes."""
+
+from __future__ import annotations
+
+import json
+
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+INSTRUCTION_TOPIC = "/taco/instruction"
+RESET_TOPIC = "/taco/reset"
+ESTOP_TOPIC = "/taco/estop"
+ESTOP_RESET_TOPIC = "/taco/estop_reset"
+DIAGNOSTICS_TOPIC = "/taco/diagnostics"
+EPISODE_TOPIC = "/taco/sim/episode"
+IMAGE_TOPIC = "/{camera}/image_raw"
+
+# Cameras: newest frame only, never a queue of old ones (as robot camera drivers publish).
+IMAGE_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
+# Late joiners still get the instruction and the finished episodes.
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+EPISODES_QOS = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def joint_state_topic(namespace: str) -> str:
+    return f"/{namespace}/joint_states"
+
+
+def dumps(data: dict) -> str:
+    return json.dumps(data, separators=(",", ":"), allow_nan=False, default=float)
+
+
+def init_ros(args=None) -> None:
+    """rclpy.init without rclpy's signal handlers: Ctrl-C and SIGTERM raise KeyboardInterrupt in the
+    main thread, so a node's `finally` runs with the context still valid (the recorder finishes its
+    MCAP file, the sim closes its renderer) instead of callbacks failing on a shut-down context."""
+    import signal
+
+    import rclpy
+    from rclpy.signals import SignalHandlerOptions
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    # SIGINT too: a shell starting a node in the background leaves SIGINT ignored, which Python keeps.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)

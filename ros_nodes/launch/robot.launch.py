@@ -1,0 +1,36 @@
+"""The policy node for a real dual-arm robot whose drivers are already up (ROS 2 installs with `launch`).
+
+    ros2 launch ros_nodes/launch/robot.launch.py policy:=default verifier:=cfn n:=16 sink:=interbotix \
+        task:="transfer the cube to the left arm"
+
+Without `launch`, `taco ros robot` starts the same node. Add `record:=run.mcap` to record the run.
+"""
+
+import sys
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, ExecuteProcess
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PythonExpression
+
+ARGS = {"policy": "default", "verifier": "none", "n": "16", "execute": "8", "sink": "interbotix",
+        "profile": "aloha_viperx", "task": "", "rate": "0.0", "max_observation_age": "0.2", "record": ""}
+
+
+def _params(names):
+    out = []
+    for name in names:
+        out += ["-p", [f"{name}:=", LaunchConfiguration(name)]]
+    return out
+
+
+def generate_launch_description():
+    python = sys.executable
+    policy = ExecuteProcess(cmd=[python, "-m", "ros_nodes.policy_node", "--ros-args",
+                                 *_params(["policy", "verifier", "n", "execute", "sink", "profile", "task", "rate",
+                                           "max_observation_age"])], output="screen")
+    recorder = ExecuteProcess(cmd=[python, "-m", "ros_nodes.recorder", "--ros-args", "-p",
+                                   ["out:=", LaunchConfiguration("record")]],
+                              condition=IfCondition(PythonExpression(["'", LaunchConfiguration("record"), "' != ''"])),
+                              output="screen")
+    return LaunchDescription([*(DeclareLaunchArgument(k, default_value=v) for k, v in ARGS.items()), policy, recorder])

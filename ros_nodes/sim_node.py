@@ -1,0 +1,142 @@
+"""The MuJoCo simulation as a ROS 2 node: publishes joint states and camera images the way the robot's
+drivers do, takes commands through the same sinks, and runs episodes back to back.
+
+    python -m ros_nodes.sim_node --ros-args -p task:=transfer_cube -p sink:=interbotix -p episodes:=5
+
+Per episode it publishes a std_msgs/Header on /taco/reset (frame_id = episode number) when it starts and
+a JSON summary on /taco/sim/episode when it ends. Physics waits for the first command, so a policy node
+that is still loading does not lose the first episode.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Header, String
+
+from hardware.interface import CameraConfig
+from hardware.profiles import get_profile
+from ros_nodes.common import (init_ros, EPISODE_TOPIC, EPISODES_QOS, IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS,
+                              RESET_TOPIC, dumps, joint_state_topic)
+from ros_nodes.convert import image_to_msg, joint_state_msg, to_stamp
+from ros_nodes.sinks import CommandSource
+
+
+class SimNode(Node):
+    def __init__(self):
+        super().__init__("taco_sim")
+        p = self.declare_parameter
+        self.task = p("task", "transfer_cube").value
+        self.seed = int(p("seed", 0).value)
+        self.episodes = int(p("episodes", 0).value)  # 0: run until stopped
+        self.profile = get_profile(p("profile", "aloha_viperx").value)
+        self.rate = float(p("rate", self.profile.control_hz).value)
+        cameras = list(p("cameras", ["cam_high"]).value)
+        height, width = int(p("image_height", 240).value), int(p("image_width", 320).value)
+        self.camera_every = max(1, round(self.rate / float(p("camera_hz", 25.0).value)))
+        self.max_steps = int(p("max_steps", 0).value) or None
+        self.wait_for_commands = bool(p("wait_for_commands", True).value)
+        sink = p("sink", "interbotix").value
+
+        from sim.env import AlohaSimEnv  # mujoco stays out of the import path of the other nodes
+
+        self.env = AlohaSimEnv(self.task, cameras=tuple(CameraConfig(c, height, width) for c in cameras),
+                               max_steps=self.max_steps)
+        self.cameras = [(c, height, width) for c in cameras]
+        self.source = CommandSource(self, sink, self.profile)
+        self.state_pubs = [self.create_publisher(JointState, joint_state_topic(ns), 10)
+                           for ns in self.profile.arm_namespaces]
+        self.image_pubs = {c: self.create_publisher(Image, IMAGE_TOPIC.format(camera=c), IMAGE_QOS) for c in cameras}
+        self.reset_pub = self.create_publisher(Header, RESET_TOPIC, LATCHED_QOS)
+        self.episode_pub = self.create_publisher(String, EPISODE_TOPIC, EPISODES_QOS)
+        instruction = self.create_publisher(String, INSTRUCTION_TOPIC, LATCHED_QOS)
+        instruction.publish(String(data=self.env.task.instruction))
+        self.episode = -1
+        self.finished = False
+        self.started = False
+        self._start_episode()
+        self.timer = self.create_timer(1.0 / self.rate, self._tick)
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _start_episode(self) -> None:
+        self.episode += 1
+        self.env.reset(self.seed + self.episode)
+        self.held = self.env.state().astype(np.float64)
+        self.episode_started = time.monotonic()
+        self.commanded_steps = 0
+        self.reset_pub.publish(Header(stamp=to_stamp(self._now()), frame_id=str(self.episode)))
+        self.ticks = 0
+        self._publish_observation(self._now())
+
+    def _publish_observation(self, now: float) -> None:
+        state = self.env.state()
+        per_arm = len(self.profile.arm_joint_names) + 1
+        names = [*self.profile.arm_joint_names, self.profile.gripper_state_joint, "right_finger"]
+        for arm, pub in enumerate(self.state_pubs):
+            part = state[arm * per_arm: (arm + 1) * per_arm].astype(np.float64)
+            finger = float(self.profile.gripper_state.to_joint(part[-1]))
+            pub.publish(joint_state_msg(names, [*part[:-1], finger, -finger], now))
+        if self.ticks % self.camera_every == 0:
+            for camera, height, width in self.cameras:
+                self.image_pubs[camera].publish(image_to_msg(self.env.render(camera, height, width), now, camera))
+
+    def _tick(self) -> None:
+        if self.finished:
+            return
+        now = self._now()
+        command = self.source.command(now)
+        if command is None and self.wait_for_commands and not self.started:
+            self._publish_observation(now)  # keep the observation fresh while the policy comes up
+            self.ticks += 1
+            return
+        self.started = True
+        if command is not None:
+            self.held = command
+            self.commanded_steps += 1
+        _, _, done, info = self.env.step(self.held)
+        self.ticks += 1
+        self._publish_observation(self._now())
+        if done:
+            summary = {"episode": self.episode, "seed": self.seed + self.episode, "task": self.task,
+                       "success": bool(info["success"]), "best_stage": int(self.env.best_stage),
+                       "steps": int(info["steps"]), "commanded_steps": self.commanded_steps,
+                       "wall_s": round(time.monotonic() - self.episode_started, 3),
+                       "rejected_commands": self.source.rejected}
+            self.episode_pub.publish(String(data=dumps(summary)))
+            self.get_logger().info(f"episode {summary}")
+            if self.episodes and self.episode + 1 >= self.episodes:
+                self.finished = True
+                return
+            self._start_episode()
+
+
+def main(args=None) -> int:
+    init_ros(args)
+    node = SimNode()
+    try:
+        while rclpy.ok() and not node.finished:
+            rclpy.spin_once(node, timeout_sec=0.1)
+        # Let the last episode summary reach late subscribers before the node goes away.
+        end = time.monotonic() + 1.0
+        while rclpy.ok() and time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass  # Ctrl-C, SIGTERM, or the context shut down from outside
+    finally:
+        node.env.close()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The real-time executor: inference off the control thread, time-indexed actions, holds when dry."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from policies.errors import ObservationError
+from policies.observation import make_example_observation
+from runtime.engine import Engine
+from runtime.executor import ExecutorConfig
+from runtime.realtime import RealtimeExecutor
+
+
+def _wait_for(executor, now, pred, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tick = executor.action(now)
+        if pred(tick):
+            return tick
+        time.sleep(0.005)
+    raise AssertionError("timed out waiting for the executor")
+
+
+@pytest.fixture
+def executor(flow):
+    ex = RealtimeExecutor(Engine(flow.bundle), ExecutorConfig(n=2, execute=3), seed=5)
+    yield ex
+    ex.close()
+
+
+def test_actions_follow_the_clock_and_replan_after_execute(executor, flow):
+    dt = executor.dt
+    obs = make_example_observation(flow.bundle.manifest, seed=1)
+    assert executor.action(0.0).action is None  # nothing before the first decision
+    executor.observe(replace(obs, stamp=0.0))
+    first = _wait_for(executor, 0.0, lambda t: t.action is not None)
+    assert first.new_decision
+    np.testing.assert_array_equal(first.action, first.decision.chunk[0])
+    # Two ticks late: the actions for dt and 2dt are dropped, never executed late.
+    late = executor.action(3 * dt)
+    np.testing.assert_array_equal(late.action, first.decision.chunk[3])
+    assert executor.dropped == 2 and not late.new_decision
+    np.testing.assert_array_equal(executor.upcoming(2), first.decision.chunk[4:6])
+    # `execute` = 3 actions handed out -> a new chunk is wanted; it comes from the next observation.
+    executor.observe(replace(obs, stamp=4 * dt))
+    second = _wait_for(executor, 4 * dt, lambda t: t.decision is not first.decision)
+    assert second.new_decision and second.decision.times[0] == pytest.approx(4 * dt)
+    np.testing.assert_array_equal(second.action, second.decision.chunk[0])
+    assert second.decision.seed != first.decision.seed
+    # No new observation: once the chunk's times are all past, the executor has nothing (robot holds).
+    h = len(second.decision.chunk)
+    assert executor.action(4 * dt + (h + 1) * dt).action is None
+
+
+def test_a_failing_inference_is_reported_and_the_executor_goes_on(executor, flow):
+    obs = make_example_observation(flow.bundle.manifest, seed=1)
+    executor.observe(replace(obs, state=np.zeros(3, np.float32)))
+    deadline = time.monotonic() + 10
+    while not executor.errors and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert isinstance(executor.errors.popleft(), ObservationError)
+    assert executor.action(0.0).action is None
+    executor.observe(replace(obs, stamp=0.0))
+    assert _wait_for(executor, 0.0, lambda t: t.action is not None).new_decision
+
+
+def test_reset_forgets_the_chunk(executor, flow):
+    obs = make_example_observation(flow.bundle.manifest, seed=2)
+    executor.observe(obs)
+    _wait_for(executor, obs.stamp, lambda t: t.action is not None)
+    executor.reset()
+    assert executor.action(obs.stamp).action is None
+
+
+def test_inference_in_flight_reports_its_elapsed_time(flow):
+    clock = {"t": 100.0}
+    engine = Engine(flow.bundle)
+    started, release = threading.Event(), threading.Event()
+    real_infer = engine.infer
+
+    def slow_infer(*args, **kwargs):
+        started.set()
+        release.wait(10)
+        return real_infer(*args, **kwargs)
+
+    engine.infer = slow_infer
+    ex = RealtimeExecutor(engine, ExecutorConfig(n=1, execute=2), clock=lambda: clock["t"])
+    try:
+        ex.observe(make_example_observation(flow.bundle.manifest, seed=3))
+        assert started.wait(10)
+        clock["t"] += 0.7
+        tick = ex.action(0.0)
+        assert tick.action is None and tick.inference_elapsed == pytest.approx(0.7)
+        release.set()
+        _wait_for(ex, 0.0, lambda t: t.action is not None)
+        assert ex.action(0.0).inference_elapsed == 0.0
+    finally:
+        release.set()
+        ex.close()

@@ -1,0 +1,374 @@
+"""The ROS 2 nodes with real rclpy: sim node and policy node as separate processes on loopback.
+
+Each module run uses its own ROS_DOMAIN_ID with discovery limited to this host, so parallel runs on
+one machine do not hear each other. Marked `ros`; `make test` and CI run them (the ros extra is part of
+the test install).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from hardware.profiles import ALOHA_VIPERX as PROFILE
+
+pytestmark = pytest.mark.ros
+
+DT = 1.0 / PROFILE.control_hz
+
+
+@pytest.fixture(scope="module")
+def ros():
+    """rclpy initialised on a private domain; yields the environment for node processes."""
+    import rclpy
+
+    env = dict(os.environ, ROS_DOMAIN_ID=str(random.Random(os.getpid()).randint(1, 100)),
+               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
+    os.environ["ROS_DOMAIN_ID"] = env["ROS_DOMAIN_ID"]
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    rclpy.init()
+    yield env
+    rclpy.shutdown()
+
+
+class Nodes:
+    """Node processes started by a test, stopped (SIGINT, then kill) at its end; logs kept for failures."""
+
+    def __init__(self, env, tmp_path):
+        self.env, self.tmp_path, self.procs = env, tmp_path, {}
+
+    def start(self, name, module, params):
+        from ros_nodes.launcher import node_command
+
+        log = open(self.tmp_path / f"{name}.log", "w")
+        self.procs[name] = (subprocess.Popen(node_command(module, params), env=self.env, stdout=log,
+                                             stderr=subprocess.STDOUT), log)
+
+    def alive(self, name):
+        return self.procs[name][0].poll() is None
+
+    def log(self, name):
+        return (self.tmp_path / f"{name}.log").read_text()
+
+    def stop(self):
+        for proc, _ in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for name, (proc, log) in self.procs.items():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+@pytest.fixture
+def nodes(ros, tmp_path):
+    n = Nodes(ros, tmp_path)
+    yield n
+    n.stop()
+
+
+class Harness:
+    """An in-test rclpy node spun on a background thread: records what arrives on chosen topics."""
+
+    def __init__(self, name="taco_test"):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.node = rclpy.create_node(name)
+        self.received: dict[str, list] = {}
+        self.lock = threading.Lock()
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def listen(self, msg_type, topic, qos=50):
+        self.received[topic] = []
+        self.node.create_subscription(msg_type, topic, lambda m: self._store(topic, m), qos)
+
+    def _store(self, topic, msg):
+        with self.lock:
+            self.received[topic].append((time.monotonic(), msg))
+
+    def messages(self, topic):
+        with self.lock:
+            return list(self.received[topic])
+
+    def wait(self, pred, timeout, what, nodes=None):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():
+                return
+            time.sleep(0.05)
+        logs = "" if nodes is None else "\n".join(f"--- {n}:\n{nodes.log(n)[-3000:]}" for n in nodes.procs)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
+
+    def diagnostics(self):
+        from ros_nodes.common import DIAGNOSTICS_TOPIC
+
+        return [json.loads(m.data) for _, m in self.messages(DIAGNOSTICS_TOPIC)]
+
+    def close(self):
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+@pytest.fixture
+def harness(ros):
+    h = Harness()
+    yield h
+    h.close()
+
+
+def _arm_limits(arm):
+    lower, upper, vmax = PROFILE.arrays()
+    sl = slice(7 * arm, 7 * arm + 6)
+    return lower[sl], upper[sl], vmax[sl]
+
+
+def _check_arm_stream(stream, arm, what):
+    """Joint commands of one arm over consecutive ticks: inside the limits, no step beyond the speed bound."""
+    lower, upper, vmax = _arm_limits(arm)
+    stream = np.asarray(stream)
+    assert stream.shape[1] == 6, what
+    assert np.isfinite(stream).all(), what
+    assert (stream >= lower - 1e-6).all() and (stream <= upper + 1e-6).all(), what
+    steps = np.abs(np.diff(stream, axis=0))
+    # float32 on the wire (JointGroupCommand): allow its rounding.
+    assert (steps <= vmax * DT + 1e-5).all(), f"{what}: step {steps.max()} over the bound"
+
+
+def _gripper_ok(values):
+    lo, hi = sorted((PROFILE.gripper.closed, PROFILE.gripper.open))
+    values = np.asarray(values)
+    return bool(np.isfinite(values).all() and (values >= lo - 1e-5).all() and (values <= hi + 1e-5).all())
+
+
+def _listen_to_sink(harness, sink):
+    from std_msgs.msg import Float64MultiArray
+    from trajectory_msgs.msg import JointTrajectory
+
+    from ros_nodes.sinks import topics
+
+    names = topics(sink, PROFILE)
+    if sink == "interbotix":
+        from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
+
+        for t in names:
+            harness.listen(JointGroupCommand if "group" in t else JointSingleCommand, t)
+    elif sink == "forward":
+        for t in names:
+            harness.listen(Float64MultiArray, t)
+    else:
+        for t in names:
+            harness.listen(JointTrajectory, t)
+    return names
+
+
+def _command_streams(harness, sink, names):
+    """Per arm: (arrival times, joint commands[T, 6], gripper commands[T])."""
+    out = []
+    for arm in range(2):
+        if sink == "interbotix":
+            group, single = harness.messages(names[2 * arm]), harness.messages(names[2 * arm + 1])
+            out.append(([t for t, _ in group], [list(m.cmd) for _, m in group], [m.cmd for _, m in single]))
+        elif sink == "forward":
+            group, single = harness.messages(names[2 * arm]), harness.messages(names[2 * arm + 1])
+            out.append(([t for t, _ in group], [list(m.data) for _, m in group], [m.data[0] for _, m in single]))
+        else:
+            msgs = harness.messages(names[arm])
+            # The first point of each trajectory is the tick's command.
+            out.append(([t for t, _ in msgs], [list(m.points[0].positions[:6]) for _, m in msgs],
+                        [m.points[0].positions[6] for _, m in msgs]))
+    return out
+
+
+@pytest.mark.parametrize("sink", ["interbotix", "forward", "jtc"])
+def test_sim_and_policy_nodes_run_an_episode_through_each_sink(sink, nodes, harness, exported, tmp_path):
+    from std_msgs.msg import String
+
+    from ros_nodes.common import DIAGNOSTICS_TOPIC, EPISODE_TOPIC, EPISODES_QOS
+
+    names = _listen_to_sink(harness, sink)
+    harness.listen(String, DIAGNOSTICS_TOPIC)
+    harness.listen(String, EPISODE_TOPIC, EPISODES_QOS)
+    steps = 100
+    record = tmp_path / "run.mcap"
+    if sink == "jtc":
+        nodes.start("recorder", "ros_nodes.recorder", {"out": str(record), "sink": sink})
+    nodes.start("policy", "ros_nodes.policy_node", {"policy": str(exported("flow").path), "n": 4, "sink": sink})
+    # The sim's physics starts with the first command; make sure this test hears the policy node by then.
+    harness.wait(lambda: all(harness.node.count_publishers(t) for t in names), 60, "the policy node's publishers",
+                 nodes)
+    nodes.start("sim", "ros_nodes.sim_node", {"task": "transfer_cube", "sink": sink, "episodes": 1,
+                                              "max_steps": steps, "image_height": 48, "image_width": 64})
+    harness.wait(lambda: harness.messages(EPISODE_TOPIC), 90, "the episode to end", nodes)
+    summary = json.loads(harness.messages(EPISODE_TOPIC)[0][1].data)
+    assert summary["steps"] == steps and summary["rejected_commands"] == 0
+    assert summary["commanded_steps"] >= steps - 5  # commanded from (nearly) the first physics step on
+
+    for arm, (times, joints, grippers) in enumerate(_command_streams(harness, sink, names)):
+        assert len(joints) >= steps * 0.8, (f"{sink}: only {len(joints)} commands for arm {arm}; got "
+                                            f"{ {k: len(v) for k, v in harness.received.items()} }, {summary}")
+        _check_arm_stream(joints, arm, f"{sink} arm {arm}")
+        assert _gripper_ok(grippers), f"{sink}: gripper command out of range"
+        # The control rate: the median interval between commands is one tick (loaded CI machines jitter).
+        assert np.median(np.diff(times)) == pytest.approx(DT, rel=0.3)
+    if sink == "jtc":
+        _, msg = harness.messages(names[0])[-1]
+        offsets = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+        np.testing.assert_allclose(np.diff(offsets), DT, atol=1e-6)
+        _check_arm_stream([p.positions[:6] for p in msg.points], 0, "jtc trajectory points")
+    decisions = [d for d in harness.diagnostics() if d["decision"]]
+    assert decisions and all(d["n"] == 4 and d["timings_ms"]["total"] > 0 for d in decisions)
+    assert all(d["inference_errors"] == 0 for d in harness.diagnostics())
+    if sink == "jtc":
+        nodes.stop()
+        from mcap.reader import make_reader
+        from mcap_ros2.decoder import DecoderFactory
+
+        got = {}
+        with open(record, "rb") as f:
+            for _, channel, _, msg in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
+                got.setdefault(channel.topic, []).append(msg)
+        assert len(got["/left_arm_controller/joint_trajectory"]) > steps // 4
+        assert json.loads(got[EPISODE_TOPIC][0].data)["steps"] == steps
+        image = got["/cam_high/image_raw"][0]
+        assert (image.height, image.width, len(image.data)) == (48, 64, 48 * 64 * 3)
+
+
+def _set_parameter(harness, name, value):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    client = harness.node.create_client(SetParameters, "/taco_policy/set_parameters")
+    assert client.wait_for_service(timeout_sec=30)
+    request = SetParameters.Request(parameters=[Parameter(
+        name=name, value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value))])
+    future = client.call_async(request)
+    deadline = time.monotonic() + 30
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert future.done(), "set_parameters did not answer"
+    return future.result().results[0]
+
+
+def test_live_verifier_swap_and_a_bad_bundle_is_refused(nodes, harness, exported, tmp_path):
+    from std_msgs.msg import String
+
+    from ros_nodes.common import DIAGNOSTICS_TOPIC
+    from verifiers.bundle import write_verifier_bundle
+    from verifiers.synthetic import linear_verifier_onnx
+
+    flow = exported("flow")
+    f = flow.bundle.manifest.feature_dim
+    # Random weights: the feature is a LayerNorm output, so all-ones weights would score every candidate ~0.
+    weights = np.random.default_rng(0).normal(size=f)
+    good = write_verifier_bundle(linear_verifier_onnx(tmp_path / "good.onnx", weights), tmp_path / "good",
+                                 policy_fingerprint=flow.bundle.fingerprint, feature_dim=f, name="good-linear")
+    foreign = write_verifier_bundle(linear_verifier_onnx(tmp_path / "foreign.onnx", weights), tmp_path / "foreign",
+                                    policy_fingerprint="0" * 64, feature_dim=f, name="foreign")
+    harness.listen(String, DIAGNOSTICS_TOPIC)
+    nodes.start("sim", "ros_nodes.sim_node", {"task": "transfer_cube", "max_steps": 100000, "image_height": 48,
+                                              "image_width": 64})
+    nodes.start("policy", "ros_nodes.policy_node", {"policy": str(flow.path), "n": 4})
+    decided = lambda verifier: lambda: any(d["decision"] and d["verifier"] == verifier  # noqa: E731
+                                           for d in harness.diagnostics()[-5:])
+    harness.wait(decided(None), 60, "decisions without a verifier", nodes)
+
+    result = _set_parameter(harness, "verifier", str(good.path))
+    assert result.successful, result.reason
+    harness.wait(decided("good-linear"), 20, "decisions scored by the new verifier", nodes)
+    scored = [d for d in harness.diagnostics() if d["decision"] and d["verifier"] == "good-linear"][-1]
+    assert len(scored["scores"]) == 4 and scored["index"] == int(np.argmax(scored["scores"]))
+    assert np.ptp(scored["scores"]) > 0
+
+    for bad in (str(foreign.path), str(tmp_path / "missing")):
+        result = _set_parameter(harness, "verifier", bad)
+        assert not result.successful and result.reason
+    assert "fingerprint" in _set_parameter(harness, "verifier", str(foreign.path)).reason
+    count = len(harness.diagnostics())
+    harness.wait(lambda: len(harness.diagnostics()) > count + 3, 20, "more decisions", nodes)
+    assert all(d["verifier"] == "good-linear" for d in harness.diagnostics()[count:])
+    assert nodes.alive("policy")
+
+
+class FakeRobot:
+    """Publishes the robot's joint states and camera at 50 Hz from the test; `mode` breaks them on purpose."""
+
+    def __init__(self, harness, height=48, width=64):
+        from sensor_msgs.msg import Image, JointState
+
+        from ros_nodes.common import IMAGE_QOS, IMAGE_TOPIC, joint_state_topic
+
+        node = harness.node
+        self.node = node
+        self.states = [node.create_publisher(JointState, joint_state_topic(ns), 10) for ns in PROFILE.arm_namespaces]
+        self.image = node.create_publisher(Image, IMAGE_TOPIC.format(camera="cam_high"), IMAGE_QOS)
+        self.frame = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+        self.mode = "ok"
+        self.timer = node.create_timer(DT, self._tick)
+
+    def _tick(self):
+        from ros_nodes.convert import image_to_msg, joint_state_msg
+
+        now = self.node.get_clock().now().nanoseconds * 1e-9
+        stamp = now - 2.0 if self.mode == "stale" else now
+        names = [*PROFILE.arm_joint_names, PROFILE.gripper_state_joint, "right_finger"]
+        home = np.asarray(PROFILE.home)
+        for arm, pub in enumerate(self.states):
+            finger = float(PROFILE.gripper_state.to_joint(home[7 * arm + 6]))
+            positions = [*home[7 * arm: 7 * arm + 6], finger, -finger]
+            if self.mode == "nan":
+                positions[2] = float("nan")
+            msg = joint_state_msg(names[:5] if self.mode == "wrong_count" else names,
+                                  positions[:5] if self.mode == "wrong_count" else positions, stamp)
+            pub.publish(msg)
+        image = image_to_msg(self.frame, stamp)
+        if self.mode == "bad_image":
+            image.height += 1  # data no longer matches height x step
+        self.image.publish(image)
+
+
+def test_bad_messages_are_rejected_the_robot_holds_and_the_node_keeps_running(nodes, harness, exported):
+    from std_msgs.msg import Float64MultiArray, String
+
+    from ros_nodes.common import DIAGNOSTICS_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS
+
+    harness.listen(String, DIAGNOSTICS_TOPIC)
+    names = _listen_to_sink(harness, "forward")
+    robot = FakeRobot(harness)
+    harness.node.create_publisher(String, INSTRUCTION_TOPIC, LATCHED_QOS).publish(String(data="transfer the cube"))
+    nodes.start("policy", "ros_nodes.policy_node", {"policy": str(exported("flow").path), "n": 2, "sink": "forward"})
+    decisions = lambda: sum(d["decision"] for d in harness.diagnostics())  # noqa: E731
+    harness.wait(lambda: decisions() >= 3, 60, "decisions from valid observations", nodes)
+
+    for mode, rejected in [("wrong_count", True), ("nan", True), ("bad_image", True), ("stale", False)]:
+        before = harness.diagnostics()[-1]["rejected_messages"]
+        robot.mode = mode
+        time.sleep(1.0)  # well past the 0.2 s observation age: the robot must be holding by now
+        t_hold = time.monotonic() - 0.5
+        last = harness.diagnostics()[-1]
+        assert last["held"], (mode, last)
+        assert "stale" in (last["hold_reason"] or ""), (mode, last)
+        assert (last["rejected_messages"] > before) == rejected, (mode, last)
+        # Holding = the same safe command, tick after tick.
+        held = [m.data for t, m in harness.messages(names[0]) if t > t_hold]
+        assert len(held) > 10 and all(list(h) == list(held[0]) for h in held), mode
+        robot.mode = "ok"
+        count = decisions()
+        harness.wait(lambda: decisions() > count + 1, 20, f"decisions again after {mode}", nodes)
+        assert nodes.alive("policy")
+    assert "rejected" in nodes.log("policy")
