@@ -32,7 +32,7 @@ endif
 .PHONY: demo test test-slow artifacts bench ros install-core install-train install-dev install-all lock clean help
 
 help:
-	@echo "make demo    run the engine end to end on an example bundle (installs .venv)"
+	@echo "make demo    the main job: the sim suite on the shipped default policy, with and without its verifier"
 	@echo "make test    run the test suite, ROS tests included (installs .venv with every extra but gpu)"
 	@echo "make ros     install the ros extra and build the vendored ROS messages"
 	@echo "make bench   run the latency benchmark, writing build/bench.json"
@@ -67,7 +67,7 @@ $(VENV)/.built-msgs: $(MSG_SOURCES) scripts/build_ros_msgs.sh | $(VENV)/bin/pyth
 
 ros: $(VENV)/.installed-sim+ros $(VENV)/.built-msgs
 
-demo: $(VENV)/.installed-train
+demo: $(VENV)/.installed-sim
 	$(VENV)/bin/taco demo
 
 test: $(VENV)/.installed-$(TEST_EXTRAS) $(VENV)/.built-msgs

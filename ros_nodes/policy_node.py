@@ -252,24 +252,30 @@ class PolicyNode(LifecycleNode):
         if tick.new_decision:
             self.stats["decisions"] += 1
         if tick.new_decision or now - self._last_diagnostics >= self.diagnostics_period:
-            self._publish_diagnostics(tick.decision if tick.new_decision else None, now, report)
+            self._publish_diagnostics(tick if tick.new_decision else None, now, report)
 
     # Seconds between diagnostics when no new decision comes (so a holding node still reports why).
     diagnostics_period = 0.5
     # Most future points a trajectory sink sends.
     sink_horizon = 16
 
-    def _publish_diagnostics(self, decision, now: float, report) -> None:
+    def _publish_diagnostics(self, tick, now: float, report) -> None:
         self._last_diagnostics = now
         data = {"stamp": now, "held": report.held, "hold_reason": report.reason or self.last_hold_reason,
                 "clamped": report.clamped, "rate_limited": report.rate_limited,
                 "dropped_actions": self.executor_.dropped, "last_rejection": self.last_rejection,
                 "verifier": None if self.engine.verifier is None else self.engine.verifier.name, **self.stats}
-        if decision is not None:
+        if tick is not None:
+            decision, observed = tick.decision, float(tick.decision.times[0])
             data.update({
                 "decision": True,
-                "observation_stamp": float(decision.times[0]),
-                "latency_ms": round((now - float(decision.times[0])) * 1e3, 3),
+                "observation_stamp": observed,
+                # Observation -> this first command from it, and where that time went: waiting for the
+                # inference slot, inference (stages in timings_ms), waiting for the control tick.
+                "latency_ms": round((now - observed) * 1e3, 3),
+                "wait_for_inference_ms": round((tick.started_at - observed) * 1e3, 3),
+                "inference_ms": round((tick.finished_at - tick.started_at) * 1e3, 3),
+                "wait_for_tick_ms": round((now - tick.finished_at) * 1e3, 3),
                 "index": decision.index, "n": decision.n, "seed": decision.seed,
                 "scores": None if decision.scores is None else [float(s) for s in decision.scores],
                 "verifier": decision.verifier, "timings_ms": decision.timings,

@@ -21,6 +21,13 @@ def _ns(text: str) -> tuple[int, ...]:
     return values
 
 
+def _tasks(text: str) -> tuple[str, ...]:
+    """'all' or comma-separated task names."""
+    from sim.tasks import TASKS
+
+    return tuple(sorted(TASKS)) if text == "all" else tuple(t for t in text.split(",") if t)
+
+
 def cmd_export(args) -> int:
     from policies.config import make_config
     from policies.export import export_bundle
@@ -121,9 +128,8 @@ def cmd_bench(args) -> int:
 
 def cmd_eval(args) -> int:
     from sim.evaluate import EvalConfig, format_summary, run_suite
-    from sim.tasks import TASKS
 
-    tasks = tuple(sorted(TASKS)) if args.task == "all" else tuple(args.task.split(","))
+    tasks = _tasks(args.task)
     episodes = min(args.episodes, 2) if args.quick else args.episodes
     config = EvalConfig(policy=args.policy, verifier=args.verifier, n=args.n, tasks=tasks, episodes=episodes,
                         seed=args.seed, execute=args.execute, workers=args.workers, backend=args.backend,
@@ -142,7 +148,7 @@ def cmd_record(args) -> int:
     from sim.record import RecordConfig, record
     from sim.tasks import TASKS
 
-    tasks = tuple(sorted(TASKS)) if args.task == "all" else tuple(args.task.split(","))
+    tasks = _tasks(args.task)
     for task in tasks:
         if task not in TASKS:
             raise ValueError(f"task: unknown {task!r} (registered: {', '.join(sorted(TASKS))})")
@@ -202,9 +208,8 @@ def cmd_train_verifier(args) -> int:
 
 def cmd_artifacts(args) -> int:
     from sim.pipeline import ArtifactsConfig, build_artifacts
-    from sim.tasks import TASKS
 
-    tasks = tuple(sorted(TASKS)) if args.task == "all" else tuple(args.task.split(","))
+    tasks = _tasks(args.task)
     if args.quick:
         config = ArtifactsConfig(out=args.out, tasks=tasks, episodes=1, kinds=tuple(args.kinds.split(",")),
                                  size="tiny", steps=20, batch_size=8, k=4, stride=20, verifier_epochs=2)
@@ -221,9 +226,8 @@ def cmd_artifacts(args) -> int:
 def cmd_compare(args) -> int:
     from sim.compare import Arm, compare, format_compare
     from sim.evaluate import EvalConfig
-    from sim.tasks import TASKS
 
-    tasks = tuple(sorted(TASKS)) if args.task == "all" else tuple(args.task.split(","))
+    tasks = _tasks(args.task)
     arms = [Arm.parse(a) for a in args.arm]
     base = EvalConfig(policy=args.policy, tasks=tasks, episodes=min(args.episodes, 2) if args.quick else args.episodes,
                       seed=args.seed, execute=args.execute, workers=args.workers, max_steps=args.max_steps)
@@ -255,9 +259,23 @@ def cmd_list(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from runtime.demo import run_demo
+    if args.example:
+        from runtime.demo import run_demo
 
-    return run_demo(out=Path(args.out), n=args.n, quick=args.quick, seed=args.seed)
+        return run_demo(out=Path(args.out or "build/example"), n=args.n, quick=args.quick, seed=args.seed % 1000)
+    from sim.compare import format_compare
+    from sim.demo import DemoConfig, run_demo_suite
+
+    config = DemoConfig(policy=args.policy, verifier=args.verifier, n=args.n, tasks=_tasks(args.task),
+                        episodes=2 if args.quick else args.episodes, seed=args.seed, workers=args.workers,
+                        max_steps=150 if args.quick else None, out=args.out or "build/demo")
+    report = run_demo_suite(config)
+    print(format_compare(report))
+    print(f"report: {Path(config.out) / 'index.md'}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -419,11 +437,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ROS_AUTOMATIC_DISCOVERY_RANGE when not already set (default: this host only)")
     p.set_defaults(func=cmd_ros)
 
-    p = sub.add_parser("demo", help="run the engine end to end on an example bundle and print the decision")
-    p.add_argument("--out", default="build/example", help="where the example bundles are written")
-    p.add_argument("--n", type=int, default=16, help="candidates per step")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="tiny model, for tests")
+    p = sub.add_parser("demo", help="the main job: the sim suite on the shipped default policy with and without "
+                                    "its verifier, table + report (sim extra)")
+    p.add_argument("--policy", default="default", help="policy bundle path or 'default'")
+    p.add_argument("--verifier", default="cfn", help="the verifier arm: a shipped name or a bundle path")
+    p.add_argument("--n", type=int, default=16, help="candidates per step in the verifier arm")
+    p.add_argument("--task", default="transfer_cube", help="task name(s), comma-separated")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per task per arm (same seeds in both)")
+    p.add_argument("--seed", type=int, default=100_000, help="first evaluation seed")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default=None, help="report folder (default build/demo, or build/example with --example)")
+    p.add_argument("--json", default=None, help="also write the comparison (summary.success per arm) here")
+    p.add_argument("--quick", action="store_true", help="2 episodes of 150 steps per arm (for tests)")
+    p.add_argument("--example", action="store_true",
+                   help="no simulation: one decision of an example bundle with random weights, and its timings")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -35,6 +35,9 @@ class Tick:
     new_decision: bool
     # Seconds the inference now in flight has been running (0 when none is): the watchdog's input.
     inference_elapsed: float
+    # Clock times the decision's inference started and finished (None before the first decision).
+    started_at: float | None = None
+    finished_at: float | None = None
 
 
 class RealtimeExecutor:
@@ -59,6 +62,7 @@ class RealtimeExecutor:
         self._executed = 0
         self._wanted = True  # a new chunk is wanted
         self._started_at: float | None = None  # clock time the inference in flight started
+        self._span: tuple[float | None, float | None] = (None, None)  # of the current decision
         self._count = 0
         self._closed = False
         # Recent inference errors (e.g. an observation the bundle refuses); the node drains and logs them.
@@ -89,17 +93,18 @@ class RealtimeExecutor:
             self.dropped += stale
             self._next += stale
             new, self._fresh = self._fresh, False
+            span = self._span
             if self._next >= len(times):
                 self._wanted = True
                 self._wake.notify()
-                return Tick(None, decision, new, elapsed)
+                return Tick(None, decision, new, elapsed, *span)
             action = decision.chunk[self._next].astype(np.float64)
             self._next += 1
             self._executed += 1
             if self._executed >= self.config.execute and not self._wanted:
                 self._wanted = True
                 self._wake.notify()
-            return Tick(action, decision, new, elapsed)
+            return Tick(action, decision, new, elapsed, *span)
 
     def upcoming(self, limit: int) -> np.ndarray:
         """float64[K, A]: the actions after the one last handed out, at most `limit` (for trajectory sinks)."""
@@ -137,4 +142,5 @@ class RealtimeExecutor:
             with self._wake:
                 self._decision, self._fresh = decision, True
                 self._next, self._executed, self._wanted = 0, 0, False
+                self._span = (self._started_at, self._clock())
                 self._started_at = None

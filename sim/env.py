@@ -79,6 +79,7 @@ class AlohaSimEnv:
         self._qpos_index, self._object_qpos = self.task.qpos_indices(self.model)
         self.steps = 0
         self.best_stage = 0
+        self.final_streak, self.succeeded = 0, False
         # Episodes started so far (observations of an earlier episode are stale too).
         self.episode = 0
         self.object_poses: np.ndarray | None = None
@@ -92,6 +93,8 @@ class AlohaSimEnv:
         self.data.qpos[self._object_qpos] = self.object_poses
         mujoco.mj_forward(self.model, self.data)
         self.steps, self.best_stage = 0, 0
+        # Consecutive steps in the final stage so far, and whether it has held long enough (success).
+        self.final_streak, self.succeeded = 0, False
         self.episode += 1
         return self._observe()
 
@@ -110,9 +113,10 @@ class AlohaSimEnv:
         self.steps += 1
         stage = self.task.stage(self.model, self.data)
         self.best_stage = max(self.best_stage, stage)
-        success = stage == self.task.max_reward
-        done = self.steps >= self.spec.max_steps or (success and self.stop_on_success)
-        info = {"stage": stage, "success": self.best_stage == self.task.max_reward, "steps": self.steps}
+        self.final_streak = self.final_streak + 1 if stage == self.task.max_reward else 0
+        self.succeeded |= self.final_streak >= self.task.success_hold
+        done = self.steps >= self.spec.max_steps or (self.succeeded and self.stop_on_success)
+        info = {"stage": stage, "success": self.succeeded, "steps": self.steps}
         return self._observe(), float(stage), done, info
 
     def state(self) -> np.ndarray:

@@ -181,7 +181,7 @@ def _record_episode(dataset, env, controller, task: str, seed: int, keep_failure
         frame["next.success"] = np.array([reward == env.task.max_reward])
         frame["task"] = env.task.instruction
         dataset.add_frame(frame)
-    success = best == env.task.max_reward
+    success = env.succeeded
     if not success and not keep_failures:
         dataset.clear_episode_buffer()
         return None

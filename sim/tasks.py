@@ -49,6 +49,9 @@ class Task:
     max_steps: int = 500
     # Stage reward of a success.
     max_reward: int = 4
+    # Control steps the final stage must hold for an episode to count as a success (0.2 s at 50 Hz): a
+    # flailing arm that knocks the object into a gripper for one frame is not a transfer.
+    success_hold: int = 10
     # One line per stage, stage 1 first.
     stages: tuple[str, ...] = field(default_factory=tuple)
 

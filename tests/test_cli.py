@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from runtime.cli import main
@@ -91,10 +92,34 @@ def test_bad_candidate_list_is_a_usage_error():
         main(["bench", "--n", "1,zero"])
 
 
-def test_demo_quick_runs_end_to_end_as_a_console_script(tmp_path):
+def test_example_demo_runs_end_to_end_as_a_console_script(tmp_path):
     taco = [sys.executable, "-m", "runtime.cli"]
-    result = subprocess.run([*taco, "demo", "--quick", "--out", str(tmp_path / "example")],
+    result = subprocess.run([*taco, "demo", "--example", "--quick", "--out", str(tmp_path / "example")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "chosen candidate" in result.stdout and "verifier example" in result.stdout
     assert "median step latency" in result.stdout
+
+
+def test_demo_suite_compares_the_arms_on_the_same_seeds_and_writes_the_report(flow, tmp_path):
+    from verifiers.bundle import write_verifier_bundle
+    from verifiers.synthetic import linear_verifier_onnx
+
+    f = flow.bundle.manifest.feature_dim
+    verifier = write_verifier_bundle(linear_verifier_onnx(tmp_path / "v.onnx", np.linspace(-1, 1, f)),
+                                     tmp_path / "v", policy_fingerprint=flow.bundle.fingerprint, feature_dim=f)
+    out, summary = tmp_path / "demo", tmp_path / "demo.json"
+    assert main(["demo", "--quick", "--policy", str(flow.path), "--verifier", str(verifier.path), "--workers", "1",
+                 "--out", str(out), "--json", str(summary)]) == 0
+    report = json.loads(summary.read_text())
+    arms = [row["arm"] for row in report["arms"]]
+    assert arms == ["none", "v"]
+    assert set(report["summary"]["success"]) == set(arms)
+    for row in report["arms"]:
+        assert row["overall"]["episodes"] == 2 and 0.0 <= report["summary"]["success"][row["arm"]] <= 1.0
+    # Both arms ran the same seeds.
+    seeds = [[e["seed"] for e in json.loads((out / f"arm-{a}.json").read_text())["episodes"]] for a in arms]
+    assert seeds == [[100_000, 100_001]] * 2
+    assert (out / "success_by_arm.png").stat().st_size > 0
+    index = (out / "index.md").read_text()
+    assert "success_by_arm" in index and ("filmed" in index or "changed the outcome" in index)

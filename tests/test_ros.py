@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -343,7 +342,7 @@ class FakeRobot:
 
 
 def test_bad_messages_are_rejected_the_robot_holds_and_the_node_keeps_running(nodes, harness, exported):
-    from std_msgs.msg import Float64MultiArray, String
+    from std_msgs.msg import String
 
     from ros_nodes.common import DIAGNOSTICS_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS
 
