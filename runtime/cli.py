@@ -211,11 +211,14 @@ def cmd_artifacts(args) -> int:
 
     tasks = _tasks(args.task)
     if args.quick:
-        config = ArtifactsConfig(out=args.out, tasks=tasks, episodes=1, kinds=tuple(args.kinds.split(",")),
-                                 size="tiny", steps=20, batch_size=8, k=4, stride=20, verifier_epochs=2)
+        config = ArtifactsConfig(out=args.out, tasks=tasks, episodes=1, recovery_episodes=1, perturb=args.perturb,
+                                 kinds=tuple(args.kinds.split(",")), size="tiny", steps=20, finetune_steps=10,
+                                 batch_size=8, k=4, stride=20, verifier_epochs=2)
     else:
-        config = ArtifactsConfig(out=args.out, tasks=tasks, episodes=args.episodes, kinds=tuple(args.kinds.split(",")),
-                                 steps=args.steps, k=args.k, stride=args.stride)
+        config = ArtifactsConfig(out=args.out, tasks=tasks, episodes=args.episodes,
+                                 recovery_episodes=args.recovery_episodes, perturb=args.perturb,
+                                 kinds=tuple(args.kinds.split(",")), steps=args.steps,
+                                 finetune_steps=args.finetune_steps, k=args.k, stride=args.stride)
     built = build_artifacts(config)
     for name, path in built.items():
         size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
@@ -392,15 +395,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="3 epochs (for tests)")
     p.set_defaults(func=cmd_train_verifier)
 
-    p = sub.add_parser("artifacts", help="record -> train policies -> features -> verifiers (rerun to resume)")
+    p = sub.add_parser("artifacts", help="record -> train -> recovery data -> fine-tune -> features -> verifiers "
+                                         "(rerun to resume)")
     p.add_argument("--out", default="artifacts")
-    p.add_argument("--task", default="all")
-    p.add_argument("--episodes", type=int, default=60, help="scripted episodes per task")
+    p.add_argument("--task", default="transfer_cube")
+    p.add_argument("--episodes", type=int, default=60, help="scripted episodes per task (phase 1)")
+    p.add_argument("--recovery-episodes", type=int, default=100, help="DART-perturbed episodes per task (phase 2)")
+    p.add_argument("--perturb", type=float, default=0.03, help="perturbation std of the recovery episodes, rad")
     p.add_argument("--kinds", default="flow,diffusion")
-    p.add_argument("--steps", type=int, default=5000, help="policy training steps")
+    p.add_argument("--steps", type=int, default=5000, help="base training steps")
+    p.add_argument("--finetune-steps", type=int, default=3000)
     p.add_argument("--k", type=int, default=16)
-    p.add_argument("--stride", type=int, default=2)
-    p.add_argument("--quick", action="store_true", help="one episode per task, tiny models (for tests)")
+    p.add_argument("--stride", type=int, default=4)
+    p.add_argument("--quick", action="store_true", help="one clean + one recovery episode per task, tiny models")
     p.set_defaults(func=cmd_artifacts)
 
     p = sub.add_parser("compare", help="several verifier arms on the same episodes, with paired statistics")

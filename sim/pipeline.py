@@ -1,11 +1,22 @@
-"""`taco artifacts` (`make artifacts`): record -> train policies -> collect features -> train verifiers.
+"""`taco artifacts` (`make artifacts`): record -> train -> record recovery data -> fine-tune -> features -> verifiers.
+
+The recipe that made the shipped default (see artifacts/README.md):
+
+1. record `episodes` scripted episodes per task with the mixed behaviour modes;
+2. train each policy kind on them (`<kind>-base`);
+3. record `recovery_episodes` more per task with DART-style perturbation (executed joints perturbed by
+   `perturb` rad, clean labels recorded), into the same dataset: a policy trained on clean data alone
+   drifts off the demonstrations closed loop and was never shown the way back;
+4. fine-tune each kind on the whole dataset from its base weights (`<kind>`), the shipped policy;
+5. TACO's feature search on the whole dataset, then one verifier bundle per kind (cfn, rnd, knn, random).
 
 Every stage is skipped when its output exists and belongs to its inputs (dataset fingerprint, policy
-fingerprint), and resumes when interrupted (recording and training checkpoint themselves), so the
-same command can be rerun until everything is built. Outputs, under `--out`:
+fingerprint, the base run's final step), and resumes when interrupted (recording and training
+checkpoint themselves), so the same command can be rerun until everything is built. Outputs, under `--out`:
 
-    data/sim/                  the LeRobotDataset of scripted episodes (all tasks)
-    bundles/<kind>/            policy bundles (flow, diffusion)
+    data/sim/                  the LeRobotDataset of scripted episodes (clean, then recovery)
+    bundles/<kind>-base/       phase-1 policies (clean episodes only), checkpoints in <kind>-base.ckpt/
+    bundles/<kind>/            the fine-tuned policy bundles (flow, diffusion)
     features/<kind>.npz        TACO feature-search results
     bundles/<kind>-<verifier>/ verifier bundles (cfn, rnd, knn, random)
 """
@@ -23,16 +34,23 @@ from policies.errors import BundleError
 @dataclass(frozen=True)
 class ArtifactsConfig:
     out: str = "artifacts"
-    tasks: tuple[str, ...] = ("insertion", "lift_bar", "transfer_cube")
-    # Scripted episodes recorded per task.
+    tasks: tuple[str, ...] = ("transfer_cube",)
+    # Scripted episodes recorded per task (phase 1), then recovery episodes added (phase 2).
     episodes: int = 60
+    recovery_episodes: int = 100
+    # DART perturbation std of the recovery episodes, rad.
+    perturb: float = 0.03
     kinds: tuple[str, ...] = ("flow", "diffusion")
     size: str = "default"
     steps: int = 5000
     batch_size: int = 32
+    # Fine-tuning on the whole dataset from the base weights.
+    finetune_steps: int = 3000
+    finetune_lr: float = 2e-4
+    finetune_warmup: int = 100
     # Feature search: noises per frame and frame stride.
     k: int = 16
-    stride: int = 2
+    stride: int = 4
     verifiers: tuple[str, ...] = ("cfn", "rnd", "knn", "random")
     verifier_epochs: int = 40
     seed: int = 0
@@ -52,25 +70,55 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
     out = Path(config.out)
     built: dict[str, Path] = {}
     started = time.perf_counter()
-
     data = out / "data" / "sim"
-    log(f"[record] {config.episodes} episodes per task of {', '.join(config.tasks)} -> {data}")
-    record(RecordConfig(tasks=config.tasks, episodes=config.episodes, out=str(data), seed=config.seed),
-           progress=False)
+    total = config.episodes + config.recovery_episodes
+    every = lambda steps: max(1, min(250, steps))  # noqa: E731 - validation and checkpoint period
+
+    def train(kind: str, dest: Path, **overrides) -> None:
+        settings = dict(dataset=str(data), out=str(dest), kind=kind, size=config.size, steps=config.steps,
+                        batch_size=config.batch_size, seed=config.seed, val_every=every(config.steps),
+                        checkpoint_every=every(config.steps))
+        train_policy(TrainConfig(**{**settings, **overrides}), log=log)
+
+    def up_to_date(policy: Path, fingerprint: str):
+        bundle = _load_or_none(load_policy_bundle, policy)
+        return bundle if bundle and bundle.manifest.provenance.get("dataset_fingerprint") == fingerprint else None
+
+    final_fingerprint = dataset_fingerprint(data) if (data / "meta" / "info.json").is_file() else None
+    finished = final_fingerprint and all(up_to_date(out / "bundles" / kind, final_fingerprint) for kind in config.kinds)
+    if not finished:
+        # Phase 1: clean episodes and the base policies. A rerun after phase 2 started skips it: the base
+        # checkpoints are complete (their step counts are checked) and the dataset has grown past it.
+        base_done = all(_checkpoint_step(out / "bundles" / f"{kind}-base") >= config.steps for kind in config.kinds)
+        if not base_done:
+            log(f"[record] {config.episodes} episodes per task of {', '.join(config.tasks)} -> {data}")
+            record(RecordConfig(tasks=config.tasks, episodes=config.episodes, out=str(data), seed=config.seed),
+                   progress=False)
+            for kind in config.kinds:
+                log(f"[train {kind}-base] {config.steps} steps on the clean episodes (resumable)")
+                train(kind, out / "bundles" / f"{kind}-base")
+        if config.recovery_episodes:
+            log(f"[record] +{config.recovery_episodes} recovery episodes per task, perturbation "
+                f"{config.perturb} rad -> {data}")
+            record(RecordConfig(tasks=config.tasks, episodes=total, out=str(data), seed=config.seed,
+                                perturb=config.perturb), progress=False)
     built["dataset"] = data
     fingerprint = dataset_fingerprint(data)
 
     for kind in config.kinds:
         policy = out / "bundles" / kind
-        current = _load_or_none(load_policy_bundle, policy)
-        if current is not None and current.manifest.provenance.get("dataset_fingerprint") == fingerprint:
+        current = up_to_date(policy, fingerprint)
+        if current is not None:
             log(f"[train {kind}] up to date: {policy}")
         else:
-            log(f"[train {kind}] {config.steps} steps -> {policy} (checkpoints in {policy}.ckpt, resumable)")
-            train_policy(TrainConfig(dataset=str(data), out=str(policy), kind=kind, size=config.size,
-                                     steps=config.steps, batch_size=config.batch_size, seed=config.seed,
-                                     val_every=max(1, min(500, config.steps)),
-                                     checkpoint_every=max(1, min(500, config.steps))), log=log)
+            log(f"[train {kind}] fine-tune {config.finetune_steps} steps on all episodes -> {policy}")
+            base_ckpt = out / "bundles" / f"{kind}-base.ckpt" / "last.pt"
+            if config.recovery_episodes:
+                train(kind, policy, steps=config.finetune_steps, lr=config.finetune_lr,
+                      warmup_steps=config.finetune_warmup, init_from=str(base_ckpt),
+                      val_every=every(config.finetune_steps), checkpoint_every=every(config.finetune_steps))
+            else:
+                train(kind, policy)
             current = load_policy_bundle(policy)
         built[kind] = policy
 
@@ -94,6 +142,16 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
             built[f"{kind}-{vkind}"] = vpath
     log(f"artifacts complete in {time.perf_counter() - started:.0f} s")
     return built
+
+
+def _checkpoint_step(bundle: Path) -> int:
+    """The step of a training run's last checkpoint (0 when there is none)."""
+    ckpt = Path(str(bundle) + ".ckpt") / "last.pt"
+    if not ckpt.is_file():
+        return 0
+    import torch
+
+    return int(torch.load(ckpt, weights_only=False, map_location="cpu")["step"])
 
 
 def _load_or_none(loader, path: Path):

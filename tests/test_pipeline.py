@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from policies import load_policy_bundle
 from runtime.cli import main
 from verifiers import load_verifier
 from verifiers.features import FeatureSet
@@ -86,16 +87,22 @@ def test_taco_list_shows_plugins_from_entry_points(tmp_path, monkeypatch, capsys
 
 def test_taco_artifacts_quick_builds_everything_and_a_rerun_skips_it(tmp_path, capsys):
     out = tmp_path / "artifacts"
-    args = ["artifacts", "--quick", "--out", str(out), "--task", "lift_bar", "--kinds", "flow"]
+    args = ["artifacts", "--quick", "--out", str(out), "--task", "lift_bar", "--kinds", "flow", "--perturb", "0.005"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     for name in ("dataset", "flow", "flow-cfn", "flow-rnd", "flow-knn", "flow-random"):
         assert name in printed
+    # Two phases: the base run on the clean episode, the shipped policy fine-tuned from it on all episodes.
+    manifest = load_policy_bundle(out / "bundles" / "flow").manifest
+    assert manifest.provenance["training"]["init_from"] == str(out / "bundles" / "flow-base.ckpt" / "last.pt")
+    episodes = [json.loads(line) for line in (out / "data" / "sim" / "meta" / "taco_episodes.jsonl").open()]
+    assert [e["perturb"] for e in episodes] == [0.0, 0.005]
     policy_files = (out / "bundles" / "flow" / "manifest.json").read_text()
     fingerprint = load_verifier(out / "bundles" / "flow-cfn").policy_fingerprint
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "[train flow] up to date" in err and "[verifier flow-knn] up to date" in err
+    assert "[record]" not in err and "[train flow-base]" not in err
     assert (out / "bundles" / "flow" / "manifest.json").read_text() == policy_files
     assert load_verifier(out / "bundles" / "flow-cfn").policy_fingerprint == fingerprint
 
