@@ -53,8 +53,14 @@ def compare(policy: str, arms: list[Arm], base: EvalConfig, out_dir: str | Path,
     results = {}
     for arm in arms:
         config = dataclasses.replace(base, policy=policy, verifier=arm.verifier or arm.name, n=arm.n, report=None)
+        path = out / f"arm-{arm.name}.json"
+        done = _finished(path, config)
+        if done is not None:
+            log(f"arm {arm.name}: already complete in {path}")
+            results[arm.name] = done
+            continue
         log(f"arm {arm.name}: N={arm.n}, verifier {arm.verifier}")
-        results[arm.name] = run_suite(config, out / f"arm-{arm.name}.json", progress=log)
+        results[arm.name] = run_suite(config, path, progress=log)
     reference = arms[0].name
     table = []
     for arm in arms:
@@ -71,6 +77,18 @@ def compare(policy: str, arms: list[Arm], base: EvalConfig, out_dir: str | Path,
     return report
 
 
+def _finished(path: Path, config: EvalConfig) -> dict | None:
+    """A completed arm's report when it was run with exactly these settings (else None: run it)."""
+    if not path.is_file():
+        return None
+    try:
+        report = json.loads(path.read_text())
+        same = EvalConfig(**{**report["config"], "tasks": tuple(report["config"]["tasks"])}).fingerprint()
+    except (ValueError, KeyError, TypeError):
+        return None
+    return report if same == config.fingerprint() else None
+
+
 def _paired(reference: list[dict], other: list[dict]) -> dict:
     ref = {(e["task"], e["seed"]): e["success"] for e in reference}
     gained = [(e["task"], e["seed"]) for e in other if e["success"] and not ref[(e["task"], e["seed"])]]
@@ -81,7 +99,8 @@ def _paired(reference: list[dict], other: list[dict]) -> dict:
 
 def format_compare(report: dict) -> str:
     tasks = report["tasks"]
-    head = f"{'arm':<10} {'N':>3} " + " ".join(f"{t:>22}" for t in [*tasks, "overall"]) + "   vs " + report["reference"]
+    head = (f"{'arm':<10} {'N':>3} " + " ".join(f"{t:>22}" for t in [*tasks, "overall", "stage"])
+            + "   vs " + report["reference"])
     lines = [head]
     for row in report["arms"]:
         cells = []
@@ -92,6 +111,8 @@ def format_compare(report: dict) -> str:
         cells.append(f"{o['successes']:>3}/{o['episodes']:<3} [{o['wilson95'][0]:.2f},{o['wilson95'][1]:.2f}]")
         paired = row.get("paired_vs_" + report["reference"])
         extra = f"   +{paired['gained']} -{paired['lost']} (p={paired['p_value']:.3f})" if paired else ""
+        # Mean best stage: progress short of success (reached, grasped, handed over), for weak policies.
+        cells.append(f"{o['mean_stage_reward']:.2f}")
         lines.append(f"{row['arm']:<10} {row['n']:>3} " + " ".join(f"{c:>22}" for c in cells) + extra)
     return "\n".join(lines)
 

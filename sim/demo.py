@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ def run_demo_suite(config: DemoConfig, log=None) -> dict:
             video = out / "videos" / f"{task}-seed{seed}-{arm.name}.mp4"
             video.parent.mkdir(parents=True, exist_ok=True)
             Path(episode["video"]).replace(video)
+            shutil.rmtree(film.report)  # the one-episode report around the video is not needed
             videos.append({"arm": arm.name, "task": task, "seed": seed, "success": episode["success"],
                            "path": str(video)})
         log(f"filmed {task} seed {seed}, where the verifier {how} the episode: "
@@ -86,7 +88,7 @@ def _plot(report: dict, out: Path) -> list[Path]:
     ax.bar(names, rates, yerr=np.clip(np.stack([rates - ci[:, 0], ci[:, 1] - rates]), 0, None), capsize=8,
            color=["#8c8c8c", "#4c72b0", "#55a868", "#c44e52", "#8172b2"][: len(rows)])
     for i, r in enumerate(rows):
-        ax.text(i, 0.02, f"{r['overall']['successes']}/{r['overall']['episodes']}", ha="center", color="white")
+        ax.text(i, ci[i, 1] + 0.03, f"{r['overall']['successes']}/{r['overall']['episodes']}", ha="center")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate (Wilson 95%)")
     ax.set_title(f"{', '.join(report['tasks'])}: same {report['episodes']} seeds per arm")

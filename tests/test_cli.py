@@ -123,3 +123,17 @@ def test_demo_suite_compares_the_arms_on_the_same_seeds_and_writes_the_report(fl
     assert (out / "success_by_arm.png").stat().st_size > 0
     index = (out / "index.md").read_text()
     assert "success_by_arm" in index and ("filmed" in index or "changed the outcome" in index)
+
+
+def test_demo_quick_on_the_shipped_default_writes_success_per_arm(tmp_path):
+    """The README's main job in miniature, on the bundles committed under artifacts/."""
+    summary = tmp_path / "demo.json"
+    result = subprocess.run([sys.executable, "-m", "runtime.cli", "demo", "--quick", "--workers", "1",
+                             "--out", str(tmp_path / "demo"), "--json", str(summary)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(summary.read_text())
+    assert set(report["summary"]["success"]) == {"none", "cfn"}
+    assert all(0.0 <= v <= 1.0 for v in report["summary"]["success"].values())
+    assert report["policy"].endswith("artifacts/bundles/flow")
+    assert "cfn" in result.stdout and (tmp_path / "demo" / "index.md").is_file()

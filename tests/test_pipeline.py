@@ -118,6 +118,11 @@ def test_compare_pairs_arms_on_the_same_seeds(trained, tmp_path, capsys):
     paired = report["arms"][1]["paired_vs_none"]
     assert set(paired) >= {"gained", "lost", "p_value"} and paired["p_value"] == 1.0  # 12 steps: no successes
     assert "knn" in capsys.readouterr().out
+    # A rerun reuses completed arms run with the same settings (an N sweep adds arms to a comparison).
+    assert main(["compare", "--policy", str(policy), "--arm", "none:1", "--arm", f"knn2:2:{vdir}", "--task",
+                 "lift_bar", "--episodes", "2", "--max-steps", "12", "--workers", "1", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "arm none: already complete" in err and "arm knn2: N=2" in err
 
 
 def test_mcnemar_exact_values():
