@@ -96,6 +96,7 @@ class PolicyNode(LifecycleNode):
         self.last_rejection: str | None = None
         self._last_diagnostics = -np.inf
         self.reset_stamp = -np.inf
+        self.image_delay_ms = float("nan")
         self.sink = Sink(self, get("sink"), self.profile)
         self._pubs = [self.create_publisher(String, DIAGNOSTICS_TOPIC, 10)]
         sub = self.create_subscription
@@ -163,8 +164,10 @@ class PolicyNode(LifecycleNode):
 
     def _on_image(self, camera: str, msg: Image) -> None:
         try:
-            self.images[camera] = (image_from_msg(msg, IMAGE_TOPIC.format(camera=camera)),
-                                   to_seconds(msg.header.stamp))
+            stamp = to_seconds(msg.header.stamp)
+            self.images[camera] = (image_from_msg(msg, IMAGE_TOPIC.format(camera=camera)), stamp)
+            # How old frames are when this node gets to them (transport + executor queueing).
+            self.image_delay_ms = (self._now() - stamp) * 1e3
         except SpecError as exc:
             self._reject(str(exc))
 
@@ -276,6 +279,7 @@ class PolicyNode(LifecycleNode):
                 "wait_for_inference_ms": round((tick.started_at - observed) * 1e3, 3),
                 "inference_ms": round((tick.finished_at - tick.started_at) * 1e3, 3),
                 "wait_for_tick_ms": round((now - tick.finished_at) * 1e3, 3),
+                "image_delay_ms": round(self.image_delay_ms, 3),
                 "index": decision.index, "n": decision.n, "seed": decision.seed,
                 "scores": None if decision.scores is None else [float(s) for s in decision.scores],
                 "verifier": decision.verifier, "timings_ms": decision.timings,

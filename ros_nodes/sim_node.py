@@ -24,7 +24,7 @@ from hardware.interface import CameraConfig
 from hardware.profiles import get_profile
 from ros_nodes.common import (init_ros, EPISODE_TOPIC, EPISODES_QOS, IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS,
                               RESET_TOPIC, dumps, joint_state_topic)
-from ros_nodes.convert import image_to_msg, joint_state_msg, to_stamp
+from ros_nodes.convert import image_to_cdr, joint_state_msg, to_stamp
 from ros_nodes.sinks import CommandSource
 
 
@@ -86,7 +86,7 @@ class SimNode(Node):
             pub.publish(joint_state_msg(names, [*part[:-1], finger, -finger], now))
         if self.ticks % self.camera_every == 0:
             for camera, height, width in self.cameras:
-                self.image_pubs[camera].publish(image_to_msg(self.env.render(camera, height, width), now, camera))
+                self.image_pubs[camera].publish(image_to_cdr(self.env.render(camera, height, width), now, camera))
 
     def _tick(self) -> None:
         if self.finished:

@@ -371,3 +371,19 @@ def test_bad_messages_are_rejected_the_robot_holds_and_the_node_keeps_running(no
         harness.wait(lambda: decisions() > count + 1, 20, f"decisions again after {mode}", nodes)
         assert nodes.alive("policy")
     assert "rejected" in nodes.log("policy")
+
+
+@pytest.mark.parametrize("shape,frame_id", [((480, 640, 3), "cam_high"), ((3, 5, 3), ""), ((7, 3, 3), "ab")])
+def test_fast_image_serialisation_decodes_like_rclpy_own(shape, frame_id):
+    """image_to_cdr writes what rclpy's serializer writes (padding bytes aside, which CDR leaves undefined)."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import Image
+
+    from ros_nodes.convert import image_from_msg, image_to_cdr, image_to_msg
+
+    frame = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    ours = deserialize_message(image_to_cdr(frame, 12.345678, frame_id), Image)
+    theirs = deserialize_message(serialize_message(image_to_msg(frame, 12.345678, frame_id)), Image)
+    assert ours == theirs
+    np.testing.assert_array_equal(image_from_msg(ours, "cam"), frame)
+    assert (ours.header.stamp.sec, ours.header.stamp.nanosec) == (12, 345678000)
