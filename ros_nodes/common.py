@@ -46,3 +46,21 @@ def init_ros(args=None) -> None:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+
+
+def run_node(node, spin, release=None) -> int:
+    """Runs `spin()` until it returns, Ctrl-C/SIGTERM or an outside shutdown; then `release()`, destroys
+    the node and shuts rclpy down. Returns spin's exit code (0 when it returns None or is interrupted)."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    try:
+        return spin() or 0
+    except (KeyboardInterrupt, ExternalShutdownException):
+        return 0
+    finally:
+        if release is not None:
+            release()
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()

@@ -21,7 +21,6 @@ import sys
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
@@ -31,8 +30,9 @@ from hardware.profiles import get_profile
 from hardware.robot_io import StateAssembler, assemble_observation
 from hardware.safety import FilterReport, SafetyLayer, WatchdogConfig, preview
 from policies.errors import SpecError
-from ros_nodes.common import (init_ros, DIAGNOSTICS_TOPIC, ESTOP_RESET_TOPIC, ESTOP_TOPIC, IMAGE_QOS, IMAGE_TOPIC,
-                              INSTRUCTION_TOPIC, LATCHED_QOS, RESET_TOPIC, dumps, joint_state_topic)
+from ros_nodes.common import (DIAGNOSTICS_TOPIC, ESTOP_RESET_TOPIC, ESTOP_TOPIC, IMAGE_QOS, IMAGE_TOPIC,
+                              INSTRUCTION_TOPIC, LATCHED_QOS, RESET_TOPIC, dumps, init_ros, joint_state_topic,
+                              run_node)
 from ros_nodes.convert import image_from_msg, to_seconds
 from ros_nodes.sinks import SINKS, Sink
 from runtime.defaults import resolve_policy, resolve_verifier
@@ -293,21 +293,16 @@ def main(args=None) -> int:
     init_ros(args)
     node = PolicyNode()
     autostart = node.declare_parameter("autostart", True).value
-    try:
+
+    def spin() -> int:
         if autostart:
             if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
                 return 1
             node.trigger_activate()
         rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # Ctrl-C, SIGTERM, or the context shut down from outside
-    finally:
-        node._release()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+        return 0
 
+    return run_node(node, spin, node._release)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from mcap.writer import Writer
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-from ros_nodes.common import init_ros, EPISODE_TOPIC, EPISODES_QOS, IMAGE_QOS, INSTRUCTION_TOPIC, RESET_TOPIC
+from ros_nodes.common import (EPISODES_QOS, EPISODE_TOPIC, IMAGE_QOS, INSTRUCTION_TOPIC, RESET_TOPIC, init_ros,
+                              run_node)
 from ros_nodes.launcher import record_topics
 
 # Topics our nodes publish transient-local; recorded the same way so that earlier messages arrive too.
@@ -146,17 +146,7 @@ class Recorder(Node):
 def main(args=None) -> int:
     init_ros(args)
     node = Recorder()
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # Ctrl-C, SIGTERM, or the context shut down from outside
-    finally:
-        node.close()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
-
+    return run_node(node, lambda: rclpy.spin(node), node.close)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,15 +15,14 @@ import time
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header, String
 
 from hardware.interface import CameraConfig
 from hardware.profiles import get_profile
-from ros_nodes.common import (init_ros, EPISODE_TOPIC, EPISODES_QOS, IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS,
-                              RESET_TOPIC, dumps, joint_state_topic)
+from ros_nodes.common import (EPISODES_QOS, EPISODE_TOPIC, IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS,
+                              RESET_TOPIC, dumps, init_ros, joint_state_topic, run_node)
 from ros_nodes.convert import image_to_cdr, joint_state_msg, to_stamp
 from ros_nodes.sinks import CommandSource
 
@@ -121,22 +120,16 @@ class SimNode(Node):
 def main(args=None) -> int:
     init_ros(args)
     node = SimNode()
-    try:
+
+    def spin() -> None:
         while rclpy.ok() and not node.finished:
             rclpy.spin_once(node, timeout_sec=0.1)
         # Let the last episode summary reach late subscribers before the node goes away.
         end = time.monotonic() + 1.0
         while rclpy.ok() and time.monotonic() < end:
             rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass  # Ctrl-C, SIGTERM, or the context shut down from outside
-    finally:
-        node.env.close()
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
 
+    return run_node(node, spin, node.env.close)
 
 if __name__ == "__main__":
     sys.exit(main())

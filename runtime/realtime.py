@@ -110,11 +110,8 @@ class RealtimeExecutor:
         """float64[K, A]: the actions after the one last handed out, at most `limit` (for trajectory sinks)."""
         with self._wake:
             if self._decision is None:
-                return np.empty((0, self._decision_dim()))
+                return np.empty((0, len(self.engine.manifest.action_names)))
             return self._decision.chunk[self._next: self._next + limit].astype(np.float64)
-
-    def _decision_dim(self) -> int:
-        return len(self.engine.manifest.action_names)
 
     def close(self) -> None:
         with self._wake:
