@@ -83,18 +83,23 @@ def _finished(path: Path, config: EvalConfig) -> dict | None:
         return None
     try:
         report = json.loads(path.read_text())
-        same = EvalConfig(**{**report["config"], "tasks": tuple(report["config"]["tasks"])}).fingerprint()
-    except (ValueError, KeyError, TypeError):
+    except ValueError:
         return None
-    return report if same == config.fingerprint() else None
+    # The fingerprint recorded when the arm ran covers the bundles' contents: a bundle rebuilt at the same
+    # path since then (or a report from before fingerprints were recorded) means running the arm again.
+    return report if report.get("fingerprint") == config.fingerprint() else None
 
 
 def _paired(reference: list[dict], other: list[dict]) -> dict:
     ref = {(e["task"], e["seed"]): e["success"] for e in reference}
     gained = [(e["task"], e["seed"]) for e in other if e["success"] and not ref[(e["task"], e["seed"])]]
     lost = [(e["task"], e["seed"]) for e in other if not e["success"] and ref[(e["task"], e["seed"])]]
+    # Progress short of success: episodes whose best stage differs, the largest change first.
+    ref_stage = {(e["task"], e["seed"]): e["best_stage"] for e in reference}
+    staged = sorted(((e["task"], e["seed"], ref_stage[(e["task"], e["seed"])], e["best_stage"]) for e in other
+                     if e["best_stage"] != ref_stage[(e["task"], e["seed"])]), key=lambda x: -abs(x[3] - x[2]))
     return {"gained": len(gained), "lost": len(lost), "p_value": mcnemar_exact(len(gained), len(lost)),
-            "gained_episodes": gained[:20], "lost_episodes": lost[:20]}
+            "gained_episodes": gained[:20], "lost_episodes": lost[:20], "stage_changed_episodes": staged[:20]}
 
 
 def format_compare(report: dict) -> str:

@@ -5,7 +5,8 @@ and with its verifier, on the same seeds; prints the table and writes a report.
 
 The report folder holds `compare.json`, a success plot with Wilson intervals, the paired outcome
 (episodes the verifier won and lost), and the videos of one episode where the verifier changed the
-outcome, filmed in both arms (same seed, so the policy saw the same scene).
+outcome (or, when no success changed, the best stage reached), filmed in both arms (same seed, so the
+policy saw the same scene).
 """
 
 from __future__ import annotations
@@ -46,8 +47,12 @@ def run_demo_suite(config: DemoConfig, log=None) -> dict:
     report = compare(base.policy, arms, base, out, log=log)
     plots = _plot(report, out)
     paired = report["arms"][1]["paired_vs_none"]
-    changed = [(t, s, "gained") for t, s in paired["gained_episodes"]] + \
-              [(t, s, "lost") for t, s in paired["lost_episodes"]]
+    changed = [(t, s, "changed the outcome (gained)") for t, s in paired["gained_episodes"]] + \
+              [(t, s, "changed the outcome (lost)") for t, s in paired["lost_episodes"]]
+    if not changed:
+        # No success changed hands: film the episode whose best stage the verifier changed most.
+        changed = [(t, s, f"changed the best stage ({a} -> {b})") for t, s, a, b in
+                   paired.get("stage_changed_episodes", [])[:1]]
     videos = []
     if changed:
         task, seed, how = changed[0]
@@ -62,8 +67,8 @@ def run_demo_suite(config: DemoConfig, log=None) -> dict:
             Path(episode["video"]).replace(video)
             shutil.rmtree(film.report)  # the one-episode report around the video is not needed
             videos.append({"arm": arm.name, "task": task, "seed": seed, "success": episode["success"],
-                           "path": str(video)})
-        log(f"filmed {task} seed {seed}, where the verifier {how} the episode: "
+                           "best_stage": episode["best_stage"], "how": how, "path": str(video)})
+        log(f"filmed {task} seed {seed}, where the verifier {how}: "
             + ", ".join(f"{v['arm']} {'success' if v['success'] else 'failure'}" for v in videos))
     report["videos"] = videos
     report["summary"] = {"success": {row["arm"]: row["overall"]["success_rate"] for row in report["arms"]}}
@@ -103,9 +108,9 @@ def _write_index(report: dict, out: Path, plots: list[Path]) -> None:
     lines = ["# taco demo", "", f"policy `{report['policy']}`", "", "```", format_compare(report), "```", "",
              *[f"![{p.stem}]({p.name})" for p in plots], ""]
     if report["videos"]:
-        lines.append("Episode where the verifier changed the outcome (same seed in both arms):")
-        lines += [f"- {v['arm']}: {'success' if v['success'] else 'failure'} — {Path(v['path']).relative_to(out)}"
-                  for v in report["videos"]]
+        lines.append(f"Episode where the verifier {report['videos'][0]['how']} (same seed in both arms):")
+        lines += [f"- {v['arm']}: {'success' if v['success'] else 'failure'}, best stage {v['best_stage']} — "
+                  f"{Path(v['path']).relative_to(out)}" for v in report["videos"]]
     else:
-        lines.append("No episode changed outcome between the arms, so none was filmed.")
+        lines.append("No episode changed outcome or best stage between the arms, so none was filmed.")
     (out / "index.md").write_text("\n".join(lines) + "\n")

@@ -8,6 +8,7 @@ object poses are identical across policies and verifiers. Finished episodes are 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -75,11 +76,26 @@ class EvalConfig:
             raise ValueError("verifier and n apply to policy bundles, not to --policy scripted")
 
     def fingerprint(self) -> str:
-        """Identifies the episodes' settings (not workers, backend or report), for resuming."""
+        """Identifies the episodes' settings (not workers, backend or report), for resuming.
+
+        Includes what the policy and verifier paths hold, so results are not reused after a bundle is
+        rebuilt in place (e.g. a new shipped default under the same name).
+        """
         data = dataclasses.asdict(self)
         for key in ("workers", "backend", "report", "video_episodes"):
             data.pop(key)
+        data["policy_content"] = _content_id(self.policy)
+        data["verifier_content"] = _content_id(self.verifier)
         return canonical_hash(data)
+
+
+def _content_id(path: str | None) -> str | None:
+    """sha256 of a bundle's manifest (which lists every file's sha256) or of a bare file; None for names."""
+    if path is None:
+        return None
+    p = Path(path)
+    target = p / "manifest.json" if p.is_dir() else p
+    return hashlib.sha256(target.read_bytes()).hexdigest() if target.is_file() else None
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -220,6 +236,8 @@ def run_suite(config: EvalConfig, json_path: str | Path | None = None, progress=
     ordered = [records[(t, i)] for t in config.tasks for i in range(config.episodes)]
     report = {
         "config": dataclasses.asdict(config),
+        # Settings and bundle contents the episodes ran with (sim.compare reuses a report only if equal).
+        "fingerprint": fingerprint,
         "summary": summarize(ordered, config),
         "run": {"wall_s": wall, "episodes_run": total, "workers": config.workers, "backend": config.backend,
                 "episodes_per_minute": 60.0 * total / wall if total and wall > 0 else None},

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,7 +123,17 @@ def test_demo_suite_compares_the_arms_on_the_same_seeds_and_writes_the_report(fl
     assert seeds == [[100_000, 100_001]] * 2
     assert (out / "success_by_arm.png").stat().st_size > 0
     index = (out / "index.md").read_text()
-    assert "success_by_arm" in index and ("filmed" in index or "changed the outcome" in index)
+    assert "success_by_arm" in index
+    full = json.loads((out / "compare.json").read_text())
+    if full["videos"]:
+        # Filmed where the verifier changed the outcome or, failing that, the best stage: both arms, same seed.
+        assert [v["arm"] for v in full["videos"]] == arms and len({v["seed"] for v in full["videos"]}) == 1
+        assert all(Path(v["path"]).stat().st_size > 0 for v in full["videos"])
+        assert "changed the" in index
+        a, b = full["videos"]
+        assert (a["success"], a["best_stage"]) != (b["success"], b["best_stage"])
+    else:
+        assert "none was filmed" in index
 
 
 def test_demo_quick_on_the_shipped_default_writes_success_per_arm(tmp_path):

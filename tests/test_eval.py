@@ -65,6 +65,26 @@ def test_an_interrupted_suite_resumes(tmp_path):
     assert not partial.exists()
 
 
+def test_results_are_not_reused_after_a_bundle_is_rebuilt_in_place(flow, tmp_path):
+    """Same path, new contents (a rebuilt shipped default): the settings fingerprint must change."""
+    import shutil
+
+    from sim.compare import _finished
+
+    policy = tmp_path / "flow"
+    shutil.copytree(flow.path, policy)
+    config = EvalConfig(policy=str(policy), tasks=("lift_bar",), episodes=1, max_steps=5)
+    before = config.fingerprint()
+    assert EvalConfig(policy=str(policy), tasks=("lift_bar",), episodes=1, max_steps=5).fingerprint() == before
+    run_suite(config, tmp_path / "arm.json", progress=lambda m: None)
+    assert _finished(tmp_path / "arm.json", config) is not None  # taco compare would reuse it
+    manifest = json.loads((policy / "manifest.json").read_text())
+    manifest["name"] = "rebuilt"
+    (policy / "manifest.json").write_text(json.dumps(manifest))
+    assert config.fingerprint() != before
+    assert _finished(tmp_path / "arm.json", config) is None  # ... and now runs it again
+
+
 def test_report_has_plots_and_a_video(tmp_path):
     report_dir = tmp_path / "report"
     config = EvalConfig(policy="scripted", tasks=("transfer_cube",), episodes=2, workers=2, report=str(report_dir),
