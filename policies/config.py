@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from policies.manifest import ALOHA_JOINTS, POLICY_KINDS, CameraSpec
+from policies.manifest import ALOHA_JOINTS, FEATURES, POLICY_KINDS, CameraSpec
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,11 @@ class PolicyConfig:
     action_dt: float = 0.02
     # Pixels per image token side (the conv stem's total stride; a multiple of 4).
     patch_size: int = 16
+    # Spatial-softmax keypoints per camera (robomimic's and Diffusion Policy's image head): K learned
+    # 1x1-conv heat maps over the stem's stride-4 features, each reduced to its expected (x, y), projected
+    # to one extra prefix token per camera. Patch tokens alone let the policy ignore a cube 2-3 px wide
+    # and copy the arm's motion from the state instead; a keypoint reads its position directly. 0: none.
+    keypoints: int = 0
     # Width, depth and heads of the prefix encoder ("the VLM").
     enc_dim: int = 256
     enc_layers: int = 4
@@ -40,6 +45,10 @@ class PolicyConfig:
     expert_mlp_ratio: int = 2
     # Tokens per task instruction.
     max_text_len: int = 32
+    # Which expert output, at the final denoising step, is each candidate's verifier feature (see
+    # FEATURES in policies.manifest): "mean_tokens" averages the last-layer output over the chunk's H
+    # tokens; "first_token" takes the first action token's, as TACO's reference does for pi0.5.
+    feature: str = "mean_tokens"
     # Diffusion only: training timesteps of the cosine noise schedule.
     diffusion_train_steps: int = 100
     # Diffusion only: the DDIM x0 estimate is clipped to +-this, in normalised action units.
@@ -59,6 +68,10 @@ class PolicyConfig:
             dim, heads = getattr(self, f"{name}_dim"), getattr(self, f"{name}_heads")
             if dim % heads:
                 raise ValueError(f"{name}_dim: {dim} does not divide by {name}_heads {heads}")
+        if self.keypoints < 0:
+            raise ValueError(f"keypoints: must be >= 0, got {self.keypoints}")
+        if self.feature not in FEATURES:
+            raise ValueError(f"feature: must be one of {', '.join(FEATURES)}, got {self.feature!r}")
         if self.kind == "diffusion" and self.diffusion_train_steps % self.num_steps:
             raise ValueError(f"num_steps: {self.num_steps} must divide diffusion_train_steps {self.diffusion_train_steps}")
 
@@ -68,8 +81,8 @@ class PolicyConfig:
 
     @property
     def prefix_length(self) -> int:
-        """P: image tokens + one state token + text tokens."""
-        return self.image_tokens + 1 + self.max_text_len
+        """P: image tokens (+ one keypoint token per camera) + one state token + text tokens."""
+        return self.image_tokens + (len(self.cameras) if self.keypoints else 0) + 1 + self.max_text_len
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -93,6 +106,7 @@ SIZES = {
         chunk_length=8,
         num_steps=4,
         patch_size=8,
+        keypoints=4,
         enc_dim=32,
         enc_layers=1,
         enc_heads=2,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from policies.bundle import hash_files, load_policy_bundle, write_manifest
 from policies.extras import require
-from policies.manifest import SAMPLER_FILES, Normalization, PolicyManifest
+from policies.manifest import FEATURES, SAMPLER_FILES, Normalization, PolicyManifest
 
 torch = require("torch")
 require("onnx")
@@ -157,6 +157,7 @@ def export_bundle(
             chunk_length=cfg.chunk_length,
             num_steps=cfg.num_steps,
             feature_dim=cfg.expert_dim,
+            feature_description=FEATURES[cfg.feature],
             action_dt=cfg.action_dt,
             sampler=sampler,
             normalization=normalization,

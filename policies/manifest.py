@@ -35,10 +35,15 @@ ALOHA_JOINTS = tuple(
     for joint in ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper")
 )
 
-FEATURE_DESCRIPTION = (
-    "action expert last-layer output (after the final layer norm) at the first action token, "
-    "at the final denoising step"
-)
+# Verifier features a policy can export (PolicyConfig.feature), each as its manifest describes it.
+FEATURES = {
+    "first_token": "action expert last-layer output (after the final layer norm) at the first action token, "
+                   "at the final denoising step",
+    "mean_tokens": "action expert last-layer output (after the final layer norm) averaged over the chunk's "
+                   "action tokens, at the final denoising step",
+}
+# What bundles exported before PolicyConfig.feature existed carry.
+FEATURE_DESCRIPTION = FEATURES["first_token"]
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ class TrainConfig:
     kind: str = "flow"
     # Model size preset (policies.config.SIZES); cameras come from the dataset.
     size: str = "default"
+    # Spatial-softmax keypoints per camera; None keeps the size preset's (PolicyConfig.keypoints).
+    keypoints: int | None = None
     steps: int = 20_000
     batch_size: int = 32
     lr: float = 3e-4
@@ -54,6 +56,14 @@ class TrainConfig:
     checkpoint_every: int = 1000
     # Max random image shift, pixels (augmentation).
     shift: int = 4
+    # Std of Gaussian noise added to the normalised state input (training and validation batches).
+    # Against copycat behaviour: along a scripted expert's trajectory the arm's position already tells
+    # where the object is, so a policy can learn to continue the motion from the state and ignore the
+    # camera, which fails closed loop from the reset pose. The noise has to exceed the early
+    # between-episode spread of the state (0.1-0.2 normalised units on average at 0.2-0.8 s, up to 1 for
+    # the waist): at 0.2 the camera moved the chunk by 0.01-0.02 after 750 steps, at 0.5 by 0.08-0.40
+    # after 3000 (benchmarks/policy_inputs.py).
+    state_noise: float = 0.0
     seed: int = 0
     # Torch intra-op threads.
     threads: int = 2
@@ -66,6 +76,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
+        if self.state_noise < 0 or self.shift < 0:
+            raise ValueError(f"state_noise and shift must be >= 0, got {self.state_noise} and {self.shift}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
 
@@ -74,8 +86,9 @@ class Batcher:
     """Random training batches of (images, state, tokens, action chunk), normalised, as torch tensors."""
 
     def __init__(self, data: TrainingData, episodes: list[int], cfg: PolicyConfig, norm: Normalization,
-                 shift: int, rng: np.random.Generator):
+                 shift: int, rng: np.random.Generator, state_noise: float = 0.0):
         self.data, self.episodes, self.cfg, self.shift, self.rng = data, episodes, cfg, shift, rng
+        self.state_noise = state_noise
         self.s_mean, self.s_std = np.asarray(norm.state_mean, np.float32), np.asarray(norm.state_std, np.float32)
         self.a_mean, self.a_std = np.asarray(norm.action_mean, np.float32), np.asarray(norm.action_std, np.float32)
         self.i_mean = np.asarray(norm.image_mean, np.float32).reshape(1, 3, 1, 1)
@@ -103,7 +116,10 @@ class Batcher:
         as_t = torch.from_numpy
         img = [as_t(((np.stack(images[c.name]).transpose(0, 3, 1, 2) / np.float32(255.0)) - self.i_mean) / self.i_std)
                for c in self.cfg.cameras]
-        state = as_t((np.stack(states) - self.s_mean) / self.s_std)
+        state = (np.stack(states) - self.s_mean) / self.s_std
+        if self.state_noise > 0:
+            state = state + rng.normal(0.0, self.state_noise, state.shape).astype(np.float32)
+        state = as_t(state.astype(np.float32))
         action = as_t((np.stack(chunks) - self.a_mean) / self.a_std)
         return img, state, as_t(np.stack(tokens)), action
 
@@ -139,8 +155,9 @@ def train_policy(config: TrainConfig, log=None) -> Path:
 
     torch.set_num_threads(config.threads)
     data = load_dataset(config.dataset, progress=lambda i, n: log(f"decoded episode {i}/{n}") if i == n else None)
+    overrides = {} if config.keypoints is None else {"keypoints": config.keypoints}
     policy_cfg = make_config(config.size, config.kind, cameras=data.cameras, state_names=data.state_names,
-                             action_names=data.action_names, action_dt=1.0 / data.fps)
+                             action_names=data.action_names, action_dt=1.0 / data.fps, **overrides)
     norm = data.normalization()
     train_eps, val_eps = _split(len(data.episodes), config.val_fraction, config.seed)
     log(f"dataset {config.dataset}: {len(data.episodes)} episodes ({len(train_eps)} train, {len(val_eps)} val), "
@@ -158,7 +175,9 @@ def train_policy(config: TrainConfig, log=None) -> Path:
     settings = dataclasses.asdict(config)
     if ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
-        if state["config"] != settings or state["dataset_fingerprint"] != data.fingerprint:
+        # Settings added since the checkpoint was written count as their defaults.
+        saved = {**dataclasses.asdict(TrainConfig(dataset=config.dataset, out=config.out)), **state["config"]}
+        if saved != settings or state["dataset_fingerprint"] != data.fingerprint:
             raise ValueError(f"{ckpt} was made by another configuration or dataset; delete {ckpt_dir} to start over")
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
@@ -169,14 +188,24 @@ def train_policy(config: TrainConfig, log=None) -> Path:
         log(f"resuming from {ckpt} at step {step}")
     elif config.init_from:
         init = torch.load(config.init_from, weights_only=False)
-        if init["policy_config"] != policy_cfg.to_dict():
+        # Through from_dict, so a checkpoint written before a config field existed compares with its default.
+        init_cfg = PolicyConfig.from_dict(init["policy_config"])
+        # A run may add keypoints to a model that had none: those modules start fresh, the rest is loaded.
+        adds_keypoints = init_cfg.keypoints == 0 and policy_cfg.keypoints > 0
+        if dataclasses.replace(init_cfg, keypoints=policy_cfg.keypoints if adds_keypoints else init_cfg.keypoints) \
+                != policy_cfg:
             raise ValueError(f"init_from: {config.init_from} holds a {init['policy_config']['kind']} model of another "
                              f"size or layout than this run's")
-        model.load_state_dict(init["ema"])
-        ema.load_state_dict(init["ema"])
+        for target in (model, ema):
+            missing, unexpected = target.load_state_dict(init["ema"], strict=False)
+            if unexpected or any(not k.startswith("encoder.keypoint_") for k in missing):
+                raise ValueError(f"init_from: {config.init_from} does not fit this model (missing {missing}, "
+                                 f"unexpected {unexpected})")
+        if adds_keypoints:
+            log(f"init_from: the checkpoint has no keypoint head; {policy_cfg.keypoints} keypoints start fresh")
         log(f"initialised from the EMA weights of {config.init_from} (step {init['step']})")
-    batcher = Batcher(data, train_eps, policy_cfg, norm, config.shift, rng)
-    val_batcher = Batcher(data, val_eps, policy_cfg, norm, 0, np.random.default_rng(config.seed + 1))
+    batcher = Batcher(data, train_eps, policy_cfg, norm, config.shift, rng, config.state_noise)
+    val_batcher = Batcher(data, val_eps, policy_cfg, norm, 0, np.random.default_rng(config.seed + 1), config.state_noise)
     val_batches = [val_batcher.sample(config.batch_size, np.random.default_rng([config.seed, i])) for i in range(4)]
 
     def validate() -> float:

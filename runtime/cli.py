@@ -178,7 +178,8 @@ def cmd_train_policy(args) -> int:
                          val_every=args.val_every if not args.quick else 10,
                          checkpoint_every=args.checkpoint_every if not args.quick else 10, seed=args.seed,
                          threads=args.threads, sampler=args.sampler, warmup_steps=args.warmup,
-                         init_from=args.init_from)
+                         init_from=args.init_from, shift=args.shift, state_noise=args.state_noise,
+                         keypoints=args.keypoints)
     path = train_policy(config)
     print(f"wrote policy bundle {path}")
     return 0
@@ -213,12 +214,13 @@ def cmd_artifacts(args) -> int:
     if args.quick:
         config = ArtifactsConfig(out=args.out, tasks=tasks, episodes=1, recovery_episodes=1, perturb=args.perturb,
                                  kinds=tuple(args.kinds.split(",")), size="tiny", steps=20, finetune_steps=10,
-                                 batch_size=8, k=4, stride=20, verifier_epochs=2)
+                                 vision_steps=min(args.vision_steps, 10), batch_size=8, k=4, stride=20, verifier_epochs=2)
     else:
         config = ArtifactsConfig(out=args.out, tasks=tasks, episodes=args.episodes,
                                  recovery_episodes=args.recovery_episodes, perturb=args.perturb,
                                  kinds=tuple(args.kinds.split(",")), steps=args.steps,
-                                 finetune_steps=args.finetune_steps, k=args.k, stride=args.stride)
+                                 finetune_steps=args.finetune_steps, vision_steps=args.vision_steps, k=args.k,
+                                 stride=args.stride)
     built = build_artifacts(config)
     for name, path in built.items():
         size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
@@ -361,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=500, help="linear learning-rate warm-up steps")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="start from this checkpoint's EMA weights (fine-tune), e.g. an earlier run's OUT.ckpt/last.pt")
+    p.add_argument("--keypoints", type=int, default=None,
+                   help="spatial-softmax keypoints per camera (default: the size preset's; 0: none)")
+    p.add_argument("--shift", type=int, default=4, help="max random image shift in pixels (augmentation)")
+    p.add_argument("--state-noise", type=float, default=0.0,
+                   help="std of Gaussian noise on the normalised state input, so the policy must read the camera "
+                        "instead of continuing the arm's motion")
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--checkpoint-every", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2)
@@ -404,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perturb", type=float, default=0.03, help="perturbation std of the recovery episodes, rad")
     p.add_argument("--kinds", default="flow,diffusion")
     p.add_argument("--steps", type=int, default=5000, help="base training steps")
-    p.add_argument("--finetune-steps", type=int, default=3000)
+    p.add_argument("--finetune-steps", type=int, default=3000, help="recovery fine-tune steps")
+    p.add_argument("--vision-steps", type=int, default=0,
+                   help="steps of an extra fine-tune with a noised state input and no image shift (0: none)")
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--stride", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="one clean + one recovery episode per task, tiny models")

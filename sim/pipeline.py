@@ -7,8 +7,14 @@ The recipe that made the shipped default (see artifacts/README.md):
 3. record `recovery_episodes` more per task with DART-style perturbation (executed joints perturbed by
    `perturb` rad, clean labels recorded), into the same dataset: a policy trained on clean data alone
    drifts off the demonstrations closed loop and was never shown the way back;
-4. fine-tune each kind on the whole dataset from its base weights (`<kind>`), the shipped policy;
+4. fine-tune each kind on the whole dataset from its base weights (`<kind>`, the shipped policy);
 5. TACO's feature search on the whole dataset, then one verifier bundle per kind (cfn, rnd, knn, random).
+
+Optional (`vision_steps` > 0, off for the shipped default): step 4 writes `<kind>-recovery` and one more
+fine-tune with `vision_state_noise` on the state input and no image shift writes `<kind>`. Steps 2 and 4
+learn to continue the arm's motion from the state and ignore the camera (copycat, see
+benchmarks/policy_inputs.py); the vision fine-tune makes the camera move the actions, but on
+transfer_cube it did not raise closed-loop success (README, "Reproducing TACO's test-time scaling").
 
 Every stage is skipped when its output exists and belongs to its inputs (dataset fingerprint, policy
 fingerprint, the base run's final step), and resumes when interrupted (recording and training
@@ -16,7 +22,8 @@ checkpoint themselves), so the same command can be rerun until everything is bui
 
     data/sim/                  the LeRobotDataset of scripted episodes (clean, then recovery)
     bundles/<kind>-base/       phase-1 policies (clean episodes only), checkpoints in <kind>-base.ckpt/
-    bundles/<kind>/            the fine-tuned policy bundles (flow, diffusion)
+    bundles/<kind>-recovery/   with vision_steps > 0: the recovery fine-tune the vision one starts from
+    bundles/<kind>/            the shipped policy bundles (flow, diffusion)
     features/<kind>.npz        TACO feature-search results
     bundles/<kind>-<verifier>/ verifier bundles (cfn, rnd, knn, random)
 """
@@ -48,6 +55,11 @@ class ArtifactsConfig:
     finetune_steps: int = 3000
     finetune_lr: float = 2e-4
     finetune_warmup: int = 100
+    # Optional vision fine-tune after the recovery one (0: none): noised state, no image shift.
+    vision_steps: int = 0
+    vision_lr: float = 3e-4
+    vision_state_noise: float = 0.5
+    vision_shift: int = 0
     # Feature search: noises per frame and frame stride.
     k: int = 16
     stride: int = 4
@@ -111,14 +123,23 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
         if current is not None:
             log(f"[train {kind}] up to date: {policy}")
         else:
-            log(f"[train {kind}] fine-tune {config.finetune_steps} steps on all episodes -> {policy}")
-            base_ckpt = out / "bundles" / f"{kind}-base.ckpt" / "last.pt"
+            ckpt = out / "bundles" / f"{kind}-base.ckpt" / "last.pt"
             if config.recovery_episodes:
-                train(kind, policy, steps=config.finetune_steps, lr=config.finetune_lr,
-                      warmup_steps=config.finetune_warmup, init_from=str(base_ckpt),
+                recovery = out / "bundles" / f"{kind}-recovery" if config.vision_steps else policy
+                log(f"[train {recovery.name}] fine-tune {config.finetune_steps} steps on all episodes -> {recovery}")
+                train(kind, recovery, steps=config.finetune_steps, lr=config.finetune_lr,
+                      warmup_steps=config.finetune_warmup, init_from=str(ckpt),
                       val_every=every(config.finetune_steps), checkpoint_every=every(config.finetune_steps))
-            else:
+                ckpt = Path(str(recovery) + ".ckpt") / "last.pt"
+            elif not config.vision_steps:
                 train(kind, policy)
+            if config.vision_steps:
+                log(f"[train {kind}] vision fine-tune {config.vision_steps} steps (state noise "
+                    f"{config.vision_state_noise}, no image shift) -> {policy}")
+                train(kind, policy, steps=config.vision_steps, lr=config.vision_lr,
+                      warmup_steps=config.finetune_warmup, init_from=str(ckpt),
+                      state_noise=config.vision_state_noise, shift=config.vision_shift,
+                      val_every=every(config.vision_steps), checkpoint_every=every(config.vision_steps))
             current = load_policy_bundle(policy)
         built[kind] = policy
 

@@ -50,3 +50,37 @@ def test_candidates_are_independent_of_batch_size(flow):
     chunks, _ = engine.sample(prefix_kv, prefix_bias, noise)
     alone, _ = engine.sample(prefix_kv, prefix_bias, noise[5:6])
     np.testing.assert_allclose(alone[0], chunks[5], atol=1e-5)
+
+
+@pytest.mark.parametrize("feature", ["mean_tokens", "first_token"])
+def test_exported_feature_is_the_configured_readout(tmp_path, feature):
+    """The ONNX `features` are the expert's final-step tokens, averaged or the first, as the manifest says."""
+    from dataclasses import replace
+
+    from policies.config import make_config
+    from policies.export import export_bundle
+    from policies.manifest import FEATURES
+    from policies.models import build_policy
+    from conftest import nontrivial_normalization
+
+    cfg = make_config("tiny", "flow", feature=feature)
+    policy = build_policy(cfg)
+    bundle = export_bundle(policy, tmp_path / feature, normalization=nontrivial_normalization(cfg, 0))
+    assert bundle.manifest.feature_description == FEATURES[feature]
+    engine = Engine(bundle)
+    images, state, tokens, noise = example_inputs(cfg, n=5, seed=1)
+    feeds = {f"image_{c.name}": img.numpy() for c, img in zip(cfg.cameras, images)}
+    feeds.update(state=state.numpy(), tokens=tokens.numpy())
+    _, features = engine.sample(*engine.encode(feeds), noise.numpy())
+    captured = []
+    hook = policy.expert.norm.register_forward_hook(lambda mod, inputs, out: captured.append(out))
+    torch_reference(policy, feeds, engine.manifest.camera_names, noise.numpy())
+    hook.remove()
+    last = captured[-1].numpy()  # [N, H, D] at the final denoising step
+    expected = last.mean(1) if feature == "mean_tokens" else last[:, 0]
+    np.testing.assert_allclose(features, expected, atol=TOL)
+    # The two readouts differ, so the test tells them apart.
+    other = last[:, 0] if feature == "mean_tokens" else last.mean(1)
+    assert np.abs(features - other).max() > 1e-2
+    with pytest.raises(ValueError, match="feature"):
+        replace(cfg, feature="last_token")

@@ -85,16 +85,29 @@ def test_taco_list_shows_plugins_from_entry_points(tmp_path, monkeypatch, capsys
     assert "energy" in out and "cfn" in out and "lift_bar" in out
 
 
-def test_taco_artifacts_quick_builds_everything_and_a_rerun_skips_it(tmp_path, capsys):
+@pytest.mark.parametrize("vision_steps", [0, 10])
+def test_taco_artifacts_quick_builds_everything_and_a_rerun_skips_it(tmp_path, capsys, vision_steps):
     out = tmp_path / "artifacts"
-    args = ["artifacts", "--quick", "--out", str(out), "--task", "lift_bar", "--kinds", "flow", "--perturb", "0.005"]
+    args = ["artifacts", "--quick", "--out", str(out), "--task", "lift_bar", "--kinds", "flow", "--perturb", "0.005",
+            "--vision-steps", str(vision_steps)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     for name in ("dataset", "flow", "flow-cfn", "flow-rnd", "flow-knn", "flow-random"):
         assert name in printed
-    # Two phases: the base run on the clean episode, the shipped policy fine-tuned from it on all episodes.
+    # The base run on the clean episode, the recovery fine-tune from it on all episodes and, with
+    # --vision-steps, one more fine-tune from that with a noised state input.
     manifest = load_policy_bundle(out / "bundles" / "flow").manifest
-    assert manifest.provenance["training"]["init_from"] == str(out / "bundles" / "flow-base.ckpt" / "last.pt")
+    base = str(out / "bundles" / "flow-base.ckpt" / "last.pt")
+    if vision_steps:
+        recovery = load_policy_bundle(out / "bundles" / "flow-recovery").manifest
+        assert recovery.provenance["training"]["init_from"] == base
+        assert manifest.provenance["training"]["init_from"] == str(out / "bundles" / "flow-recovery.ckpt" / "last.pt")
+        assert manifest.provenance["training"]["state_noise"] == 0.5
+        assert manifest.provenance["training"]["shift"] == 0
+    else:
+        assert manifest.provenance["training"]["init_from"] == base
+        assert manifest.provenance["training"]["state_noise"] == 0.0
+        assert not (out / "bundles" / "flow-recovery").exists()
     episodes = [json.loads(line) for line in (out / "data" / "sim" / "meta" / "taco_episodes.jsonl").open()]
     assert [e["perturb"] for e in episodes] == [0.0, 0.005]
     policy_files = (out / "bundles" / "flow" / "manifest.json").read_text()
@@ -158,3 +171,17 @@ def test_shipped_names_resolve_to_the_artifacts_folder(trained, tmp_path, monkey
     monkeypatch.setenv("TACO_ARTIFACTS", str(tmp_path / "nowhere"))
     assert main(args) == 2
     assert "make artifacts" in capsys.readouterr().err
+
+
+def test_paired_outcomes_list_successes_and_stages_that_changed():
+    from sim.compare import _paired
+
+    def ep(seed, success, stage):
+        return {"task": "t", "seed": seed, "success": success, "best_stage": stage}
+
+    ref = [ep(0, False, 0), ep(1, True, 4), ep(2, False, 1), ep(3, False, 2)]
+    other = [ep(0, True, 4), ep(1, False, 2), ep(2, False, 1), ep(3, False, 3)]
+    paired = _paired(ref, other)
+    assert paired["gained_episodes"] == [("t", 0)] and paired["lost_episodes"] == [("t", 1)]
+    # Largest stage change first; the unchanged episode is not listed.
+    assert paired["stage_changed_episodes"] == [("t", 0, 0, 4), ("t", 1, 4, 2), ("t", 3, 2, 3)]

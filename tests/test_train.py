@@ -107,3 +107,52 @@ def test_init_from_starts_at_the_checkpoint_weights_and_refuses_another_model(da
     with pytest.raises(ValueError, match="init_from"):
         train_policy(TrainConfig(out=str(tmp_path / "bad"), steps=3, init_from=ckpt, kind="diffusion", **common),
                      log=lambda m: None)
+
+
+def test_state_noise_perturbs_only_the_state_input(dataset):
+    from policies.config import make_config
+    from policies.data import load_dataset
+    from policies.train import Batcher
+
+    data = load_dataset(dataset)
+    cfg = make_config("tiny", "flow", cameras=data.cameras, state_names=data.state_names,
+                      action_names=data.action_names)
+    norm = data.normalization()
+    eps = list(range(len(data.episodes)))
+    clean = Batcher(data, eps, cfg, norm, 0, None).sample(256, np.random.default_rng(3))
+    noisy = Batcher(data, eps, cfg, norm, 0, None, state_noise=0.5).sample(256, np.random.default_rng(3))
+    for a, b in zip(clean[0], noisy[0]):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(clean[2].numpy(), noisy[2].numpy())
+    np.testing.assert_array_equal(clean[3].numpy(), noisy[3].numpy())
+    diff = (noisy[1] - clean[1]).numpy()
+    assert abs(diff.std() - 0.5) < 0.05 and abs(diff.mean()) < 0.05
+    with pytest.raises(ValueError, match="state_noise"):
+        TrainConfig(dataset=str(dataset), out="x", state_noise=-1.0)
+
+
+def test_init_from_accepts_a_checkpoint_older_than_a_config_field(dataset, tmp_path):
+    """A checkpoint written before `PolicyConfig.feature` existed still initialises a run (with the default)."""
+    import torch
+
+    common = dict(dataset=str(dataset), size="tiny", batch_size=2, val_every=3, checkpoint_every=3, threads=1)
+    train_policy(TrainConfig(out=str(tmp_path / "old"), steps=3, **common), log=lambda m: None)
+    ckpt = tmp_path / "old.ckpt" / "last.pt"
+    state = torch.load(ckpt, weights_only=False)
+    del state["policy_config"]["feature"]
+    torch.save(state, ckpt)
+    messages = []
+    train_policy(TrainConfig(out=str(tmp_path / "new"), steps=3, init_from=str(ckpt), **common), log=messages.append)
+    assert any("initialised from" in m for m in messages)
+    # One without the keypoint head (as before `keypoints` existed): the head starts fresh, the rest loads.
+    del state["policy_config"]["keypoints"]
+    state["ema"] = {k: v for k, v in state["ema"].items() if not k.startswith("encoder.keypoint_")}
+    torch.save(state, ckpt)
+    messages = []
+    lr0 = train_policy(TrainConfig(out=str(tmp_path / "kp"), steps=2, lr=0.0, init_from=str(ckpt), **common),
+                       log=messages.append)
+    assert any("keypoints start fresh" in m for m in messages)
+    loaded = torch.load(tmp_path / "kp.ckpt" / "last.pt", weights_only=False)["ema"]
+    for k, v in state["ema"].items():
+        torch.testing.assert_close(loaded[k], v)
+    assert load_policy_bundle(lr0).manifest.model_config["keypoints"] == 4

@@ -6,7 +6,8 @@ Conventions (normalised units everywhere; the runtime normalises inputs and unno
 - diffusion: cosine-schedule DDPM training with epsilon prediction; sampling is deterministic DDIM over
   S evenly spaced "leading" timesteps (90, 80, ..., 0 for T=100, S=10) with precomputed constants.
 Both return, per candidate, the verifier feature: the expert's last-layer output (after the final
-norm) at the first action token at the final denoising step.
+norm) at the final denoising step, averaged over the action tokens ("mean_tokens") or at the first
+one ("first_token", TACO's choice for pi0.5); `PolicyConfig.feature` picks.
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ class PrefixEncoder(nn.Module):
             nn.Conv2d(32, d, kernel_size=cfg.patch_size // 4, stride=cfg.patch_size // 4),
         )
         self.camera_embed = nn.Parameter(torch.randn(len(cfg.cameras), d) * 0.02)
+        if cfg.keypoints:
+            self.keypoint_heat = nn.Conv2d(32, cfg.keypoints, kernel_size=1)
+            # Per-keypoint softmax sharpness (log scale), learned.
+            self.keypoint_scale = nn.Parameter(torch.zeros(cfg.keypoints))
+            self.keypoint_proj = nn.Linear(2 * cfg.keypoints, d)
+            for i, c in enumerate(cfg.cameras):
+                h, w = c.height // 4, c.width // 4
+                ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+                self.register_buffer(f"keypoint_grid_{i}", torch.stack([xs, ys], -1).reshape(h * w, 2),
+                                     persistent=False)
         self.image_pos = nn.ParameterList(
             [nn.Parameter(torch.randn((c.height // cfg.patch_size) * (c.width // cfg.patch_size), d) * 0.02)
              for c in cfg.cameras]
@@ -52,8 +63,11 @@ class PrefixEncoder(nn.Module):
         """
         parts = []
         for i, img in enumerate(images):
-            feat = self.stem(img).flatten(2).transpose(1, 2)  # [B, T, D]
+            low = self.stem[1](self.stem[0](img))  # [B, 32, H/4, W/4]
+            feat = self.stem[2](low).flatten(2).transpose(1, 2)  # [B, T, D]
             parts.append(feat + self.image_pos[i] + self.camera_embed[i])
+            if self.cfg.keypoints:
+                parts.append((self.keypoints(low, i) + self.camera_embed[i])[:, None])
         parts.append(self.state_proj(state)[:, None])
         parts.append(self.text_embed(tokens) + self.text_pos)
         x = torch.cat(parts, dim=1)
@@ -66,6 +80,13 @@ class PrefixEncoder(nn.Module):
         heads, hd = self.cfg.expert_heads, self.cfg.expert_dim // self.cfg.expert_heads
         kv = [proj(x).reshape(b, p, 2, heads, hd).permute(0, 2, 3, 1, 4) for proj in self.kv]
         return torch.stack(kv, dim=1), bias
+
+    def keypoints(self, low: torch.Tensor, camera: int) -> torch.Tensor:
+        """Stride-4 features [B, 32, h, w] -> one token [B, D] from K spatial-softmax (x, y) expectations."""
+        b = low.shape[0]
+        logits = self.keypoint_heat(low).flatten(2) * self.keypoint_scale.exp()[None, :, None]  # [B, K, h*w]
+        xy = logits.softmax(-1) @ getattr(self, f"keypoint_grid_{camera}")  # [B, K, 2] in [-1, 1]
+        return self.keypoint_proj(xy.reshape(b, -1))
 
 
 class ActionExpert(nn.Module):
@@ -92,7 +113,8 @@ class ActionExpert(nn.Module):
         for i, block in enumerate(self.blocks):
             tokens = block(tokens, prefix_kv[:, i, 0], prefix_kv[:, i, 1], prefix_bias)
         tokens = self.norm(tokens)
-        return self.action_out(tokens), tokens[:, 0]
+        features = tokens.mean(1) if self.cfg.feature == "mean_tokens" else tokens[:, 0]
+        return self.action_out(tokens), features
 
 
 class ChunkPolicy(nn.Module):
