@@ -30,20 +30,19 @@ def main() -> None:
 
     from runtime.defaults import resolve_policy
     from runtime.engine import Engine, EngineConfig
-    from sim.controllers import ScriptedController
     from sim.env import AlohaSimEnv
+    from sim.experts import ScriptedExpert
 
     engine = Engine(resolve_policy(args.policy), config=EngineConfig(return_candidates=True))
     h = engine.manifest.chunk_length
     env = AlohaSimEnv(args.task, cameras=engine.manifest.cameras)
+    expert = ScriptedExpert(args.task)
     rows = []
     for n in (int(v) for v in args.n.split(",")):
         successes, stages = 0, []
         for seed in range(args.seed, args.seed + args.episodes):
-            expert = ScriptedController(args.task, mode="clean")
             obs = env.reset(seed)
-            expert.reset(seed, env)
-            plan = expert._actions
+            plan, _ = expert.actions(env.object_poses, seed, "clean")
             done, t, chunk = False, 0, None
             while not done:
                 if t % args.execute == 0:

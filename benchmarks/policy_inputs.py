@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from policies.data import load_dataset
-    from policies.observation import Observation
     from runtime.defaults import resolve_policy
     from runtime.engine import Engine
 
@@ -45,13 +45,12 @@ def main() -> None:
     noise = engine.noise(args.noises, 0)
     h = m.chunk_length
 
-    def chunk(images, state, task):
-        obs = Observation(images, state, task, 0.0)
+    def chunk(obs):
         chunks, _ = engine.sample(*engine.encode(engine.preprocess(obs)), noise)
         return chunks.mean(0)
 
     def recorded(ep, t):
-        return (ep.action[np.minimum(np.arange(t, t + h), len(ep) - 1)] - a_mean) / a_std
+        return (ep.chunk(t, h) - a_mean) / a_std
 
     rows = []
     for t in (int(x) for x in args.times.split(",")):
@@ -60,13 +59,12 @@ def main() -> None:
             other = episodes[(i + 1) % len(episodes)]
             if t >= min(len(ep), len(other)):
                 continue
-            own_images = {c.name: ep.images[c.name][t] for c in m.cameras}
-            other_images = {c.name: other.images[c.name][t] for c in m.cameras}
-            base = chunk(own_images, ep.state[t], ep.task)
+            own, theirs = ep.observation(t, m.cameras), other.observation(t, m.cameras)
+            base = chunk(own)
             err.append(np.abs(base - recorded(ep, t)).mean())
             should.append(np.abs(recorded(other, t) - recorded(ep, t)).mean())
-            by_camera.append(np.abs(chunk(other_images, ep.state[t], ep.task) - base).mean())
-            by_state.append(np.abs(chunk(own_images, other.state[t], ep.task) - base).mean())
+            by_camera.append(np.abs(chunk(replace(own, images=theirs.images)) - base).mean())
+            by_state.append(np.abs(chunk(replace(own, state=theirs.state)) - base).mean())
         if err:
             rows.append({"t": t, "pairs": len(err), "error_vs_recorded": float(np.mean(err)),
                          "recorded_difference": float(np.mean(should)),

@@ -39,7 +39,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from policies.data import load_dataset
-    from policies.observation import Observation
     from runtime.defaults import resolve_policy, resolve_verifier
     from runtime.engine import Engine
     from verifiers import load_verifier
@@ -57,11 +56,10 @@ def main() -> None:
     uniform, oracle = [], []
     for ep in data.episodes:
         for t in range(0, len(ep), args.stride):
-            obs = Observation({c.name: ep.images[c.name][t] for c in m.cameras}, ep.state[t], ep.task, 0.0)
-            prefix_kv, prefix_bias = engine.encode(engine.preprocess(obs))
+            prefix_kv, prefix_bias = engine.encode(engine.preprocess(ep.observation(t, m.cameras)))
             noise = engine.noise(args.n, int(rng.integers(2**62)))
             chunks, features = engine.sample(prefix_kv, prefix_bias, noise)
-            target = (ep.action[np.minimum(np.arange(t, t + m.chunk_length), len(ep) - 1)] - a_mean) / a_std
+            target = (ep.chunk(t, m.chunk_length) - a_mean) / a_std
             dist = np.sqrt(((chunks - target) ** 2).sum(axis=2)).mean(axis=1)
             uniform.append(dist.mean())
             oracle.append(dist.min())

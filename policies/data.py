@@ -15,6 +15,7 @@ import numpy as np
 
 from policies.extras import require
 from policies.manifest import CameraSpec, Normalization
+from policies.observation import Observation
 
 IMAGE_PREFIX = "observation.images."
 
@@ -33,6 +34,15 @@ class Episode:
 
     def __len__(self) -> int:
         return len(self.state)
+
+    def chunk(self, t: int, length: int) -> np.ndarray:
+        """float32[length, A]: the recorded actions from frame t, past the end holding the last one."""
+        return self.action[np.minimum(np.arange(t, t + length), len(self) - 1)]
+
+    def observation(self, t: int, cameras) -> Observation:
+        """Frame t as the runtime's Observation, with the images of `cameras` (names or specs with .name)."""
+        names = [getattr(c, "name", c) for c in cameras]
+        return Observation({n: self.images[n][t] for n in names}, self.state[t], self.task, 0.0)
 
 
 @dataclass

@@ -107,8 +107,7 @@ class Batcher:
         for e in eps:
             ep = self.data.episodes[e]
             t = int(rng.integers(len(ep)))
-            idx = np.minimum(np.arange(t, t + h), len(ep) - 1)  # past the end: hold the last action
-            chunks.append(ep.action[idx])
+            chunks.append(ep.chunk(t, h))
             states.append(ep.state[t])
             tokens.append(self.tokens[e])
             for c in self.cfg.cameras:
@@ -192,8 +191,9 @@ def train_policy(config: TrainConfig, log=None) -> Path:
         init_cfg = PolicyConfig.from_dict(init["policy_config"])
         # A run may add keypoints to a model that had none: those modules start fresh, the rest is loaded.
         adds_keypoints = init_cfg.keypoints == 0 and policy_cfg.keypoints > 0
-        if dataclasses.replace(init_cfg, keypoints=policy_cfg.keypoints if adds_keypoints else init_cfg.keypoints) \
-                != policy_cfg:
+        if adds_keypoints:
+            init_cfg = dataclasses.replace(init_cfg, keypoints=policy_cfg.keypoints)
+        if init_cfg != policy_cfg:
             raise ValueError(f"init_from: {config.init_from} holds a {init['policy_config']['kind']} model of another "
                              f"size or layout than this run's")
         for target in (model, ema):

@@ -45,7 +45,7 @@ def test_feature_search_keeps_the_closest_candidate(trained, tiny_dataset):
     kv, bias = engine.encode(engine.preprocess(obs))
     chunks, feats = engine.sample(kv, bias, engine.noise(8, 0))
     norm = engine.manifest.normalization
-    target = (ep.action[np.minimum(np.arange(t, t + 8), len(ep) - 1)] - norm.action_mean) / norm.action_std
+    target = (ep.chunk(t, 8) - norm.action_mean) / norm.action_std
     dist = np.sqrt(((chunks - target) ** 2).sum(2)).mean(1)
     assert int(np.argmin(dist)) == fs.noise_index[3]
     np.testing.assert_allclose(feats[np.argmin(dist)], fs.features[3], atol=1e-5)

@@ -54,7 +54,6 @@ def collect_features(policy: str | Path, dataset: str | Path, k: int = 16, strid
                      progress=None) -> FeatureSet:
     """Runs the search over every `stride`-th frame of every episode."""
     from policies.data import load_dataset
-    from policies.observation import Observation
     from runtime.engine import Engine
 
     progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -74,10 +73,9 @@ def collect_features(policy: str | Path, dataset: str | Path, k: int = 16, strid
     done, started = 0, time.perf_counter()
     for ep in data.episodes:
         for t in range(0, len(ep), stride):
-            obs = Observation({c.name: ep.images[c.name][t] for c in m.cameras}, ep.state[t], ep.task, 0.0)
-            prefix_kv, prefix_bias = engine.encode(engine.preprocess(obs))
+            prefix_kv, prefix_bias = engine.encode(engine.preprocess(ep.observation(t, m.cameras)))
             chunks, features = engine.sample(prefix_kv, prefix_bias, noise)
-            target = (ep.action[np.minimum(np.arange(t, t + h), len(ep) - 1)] - a_mean) / a_std
+            target = (ep.chunk(t, h) - a_mean) / a_std
             dist = np.sqrt(((chunks - target) ** 2).sum(axis=2)).mean(axis=1)
             best = int(np.argmin(dist))
             out["features"].append(features[best])
