@@ -29,6 +29,12 @@ class ScriptedController:
         self._t = 0
 
     @property
+    def precision(self) -> np.ndarray:
+        """float[T]: per step of this episode, 0 in free motion and 1 where the expert works precisely
+        (grasps, handovers, insertion); DART recording calms its perturbation there."""
+        return self.expert.precision
+
+    @property
     def plan_length(self) -> int:
         return 0 if self._actions is None else len(self._actions)
 

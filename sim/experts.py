@@ -184,7 +184,9 @@ def plan_transfer_cube(home, objects, rng, mode) -> Plan:
             Waypoint(310 + shift, meet + np.array([0.02, 0, -0.02]), meet_left, 0.0),
             Waypoint(360 + shift, meet + np.array([-0.1, 0, -0.02]), np.array([1.0, 0, 0, 0]), 0.0),
             Waypoint(400 + shift, meet + np.array([-0.1, 0, -0.02]), np.array([1.0, 0, 0, 0]), 0.0)]
-    return Plan(left, right, mode)
+    # Steady hands from the grasp on: closing on the cube, carrying it and handing it over all fail when
+    # perturbed by more than ~0.01 rad; only the approach is free motion.
+    return Plan(left, right, mode, precise=[(110, 10**6)])
 
 
 def _both_grasp(home, right_xyz, left_xyz, times, depth, rng, mode):
@@ -242,7 +244,8 @@ def plan_lift_bar(home, objects, rng, mode) -> Plan:
         t += 40
     right += [Waypoint(t + 80, right_end + lift, pick_right, 0.0), Waypoint(t + 130, right_end + lift, pick_right, 0.0)]
     left += [Waypoint(t + 80, left_end + lift, pick_left, 0.0), Waypoint(t + 130, left_end + lift, pick_left, 0.0)]
-    return Plan(left, right, mode)
+    # Both hands hold one rigid bar from the grasp on: neither may drift away from the other.
+    return Plan(left, right, mode, precise=[(130, 10**6)])
 
 
 PLANNERS = {"transfer_cube": plan_transfer_cube, "insertion": plan_insertion, "lift_bar": plan_lift_bar}
@@ -261,6 +264,8 @@ class ScriptedExpert:
         self.substeps = round(1.0 / (CONTROL_HZ * PHYSICS_DT))
         self._qpos_index, self._object_qpos = self.task.qpos_indices(self.model)
         self._links = [self.model.body(f"vx300s_{side}/gripper_link").id for side in ("left", "right")]
+        # float[T] of the last `actions` call: 0 in free motion, 1 inside the plan's precise windows.
+        self.precision: np.ndarray | None = None
 
     def _reset(self, object_poses: np.ndarray):
         mujoco.mj_resetData(self.model, self.data)
@@ -314,21 +319,28 @@ class ScriptedExpert:
             q = self.data.qpos[self._qpos_index]
             out[t, 0:6], out[t, 7:13] = q[0:6], q[7:13]
             out[t, 6], out[t, 13] = lg, rg
+        # Kept for whoever perturbs this episode's execution (DART recording), which calms down here too.
+        self.precision = self._precision(plan)
         if self.config.action_noise > 0:
             noise = smoothed_arm_noise(plan.length, self.config.action_noise, self.config.noise_steps,
                                        np.random.default_rng([seed, 11]))
-            out += noise * self._noise_envelope(plan)[:, None]
+            out += noise * calm_scale(self.precision, PRECISE_NOISE_SCALE)[:, None]
         return out, plan.mode
 
     @staticmethod
-    def _noise_envelope(plan: Plan) -> np.ndarray:
-        """float[T]: 1 in free motion, PRECISE_NOISE_SCALE inside the plan's precise windows (20-step ramps)."""
+    def _precision(plan: Plan) -> np.ndarray:
+        """float[T]: 0 in free motion, 1 inside the plan's precise windows, with 20-step ramps in between."""
         t = np.arange(plan.length, dtype=np.float64)
         calm = np.zeros(plan.length)
         for start, end in plan.precise:
             inside = np.minimum(np.clip((t - start) / 20.0 + 1.0, 0, 1), np.clip((end - t) / 20.0 + 1.0, 0, 1))
             calm = np.maximum(calm, inside)
-        return 1.0 - (1.0 - PRECISE_NOISE_SCALE) * calm
+        return calm
+
+
+def calm_scale(precision: np.ndarray, scale: float) -> np.ndarray:
+    """float[T]: a noise multiplier, 1 in free motion and `scale` where `precision` (ScriptedExpert.precision) is 1."""
+    return 1.0 - (1.0 - scale) * precision
 
 
 def smoothed_arm_noise(length: int, std: float, steps: int, rng: np.random.Generator) -> np.ndarray:

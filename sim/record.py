@@ -23,6 +23,8 @@ from policies.manifest import ALOHA_JOINTS
 EPISODES_FILE = "meta/taco_episodes.jsonl"
 # Dropped (failed) expert episodes in a row after which recording stops instead of trying seeds forever.
 MAX_FAILURES_IN_A_ROW = 20
+# DART perturbation multiplier inside the expert's precise windows (ScriptedExpert.precision).
+PRECISE_PERTURB_SCALE = 0.1
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,9 @@ def _open(config: RecordConfig, fps: int):
     return dataset, False
 
 
-def _done_episodes(root: Path) -> list[dict]:
-    path = root / EPISODES_FILE
+def recorded_episodes(root: str | Path) -> list[dict]:
+    """The per-episode rows (task, seed, mode, success, ...) of a recording; [] when there is none."""
+    path = Path(root) / EPISODES_FILE
     if not path.exists():
         return []
     rows = []
@@ -105,7 +108,7 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
 
     root = Path(config.out)
     dataset, resumed = _open(config, CONTROL_HZ)
-    done = _done_episodes(root)
+    done = recorded_episodes(root)
     saved = dataset.meta.total_episodes
     if len(done) != saved:
         # The dataset holds episodes whose metadata line was lost (or the reverse): trust the dataset.
@@ -168,7 +171,13 @@ def _record_episode(dataset, env, controller, task: str, seed: int, keep_failure
                     perturb: float = 0.0) -> dict | None:
     obs = env.reset(seed)
     controller.reset(seed, env)
+    from sim.experts import calm_scale
+
+    # Perturbed mainly in free motion: grasps and handovers fail when pushed by more than ~0.01 rad, and
+    # the approach is where a policy must learn to steer by what it sees (the state alone already tells
+    # where a clean approach is heading).
     offsets = _perturbation(controller.plan_length, perturb, np.random.default_rng([seed, 23]))
+    offsets *= calm_scale(controller.precision, PRECISE_PERTURB_SCALE)[:, None]
     best = 0
     for t in range(controller.plan_length):
         action = controller.act(obs)

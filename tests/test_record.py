@@ -83,3 +83,26 @@ def test_recording_stops_when_the_expert_keeps_failing(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="failed 2 episodes in a row"):
         record(RecordConfig(tasks=("lift_bar",), episodes=1, out=str(tmp_path / "bad"), cameras=SMALL, mode="clean",
                             perturb=0.5), progress=False)
+
+
+def test_perturbation_calms_down_where_the_expert_works_precisely(tmp_path):
+    """Recovery data perturbs the free-motion approach; grasps and handovers get a tenth of it."""
+    from sim.env import AlohaSimEnv
+    from sim.experts import ExpertConfig, ScriptedExpert
+
+    root = tmp_path / "dart"
+    record(RecordConfig(tasks=("transfer_cube",), episodes=1, out=str(root), cameras=SMALL, mode="clean",
+                        perturb=0.1, keep_failures=True), progress=False)
+    ds = load(root)
+    env = AlohaSimEnv("transfer_cube", cameras=SMALL)
+    env.reset(0)
+    expert = ScriptedExpert("transfer_cube", ExpertConfig())
+    expected, _ = expert.actions(env.object_poses, 0, "clean")
+    env.close()
+    assert expert.precision[:90].max() == 0.0 and expert.precision[110:].min() == 1.0
+    states = np.stack([ds[i]["observation.state"].numpy() for i in range(len(expected))])
+    # Joint-space distance of the executed arms from the clean plan (one step behind: position control).
+    arms = np.r_[0:6, 7:13]
+    off = np.abs(states[1:, arms] - expected[:-1, arms]).max(axis=1)
+    approach, precise = off[30:90].mean(), off[150:350].mean()
+    assert approach > 0.05 and precise < approach / 4, (approach, precise)
