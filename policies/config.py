@@ -26,11 +26,19 @@ class PolicyConfig:
     action_dt: float = 0.02
     # Pixels per image token side (the conv stem's total stride; a multiple of 4).
     patch_size: int = 16
-    # Spatial-softmax keypoints per camera (robomimic's and Diffusion Policy's image head): K learned
-    # 1x1-conv heat maps over the stem's stride-4 features, each reduced to its expected (x, y), projected
-    # to one extra prefix token per camera. Patch tokens alone let the policy ignore a cube 2-3 px wide
-    # and copy the arm's motion from the state instead; a keypoint reads its position directly. 0: none.
+    # Spatial-softmax keypoints per camera (robomimic's and Diffusion Policy's image head): K heat maps
+    # from a small conv net at stride 2, each reduced to its expected (x, y) and projected to one extra
+    # prefix token per camera. A 3-pixel cube is one patch token among 48; a keypoint states where it is.
+    # 0: none.
     keypoints: int = 0
+    # Training only: control steps ahead at which a small head on the encoder predicts the robot's state
+    # (an auxiliary loss; the head is not exported). A 16-step chunk barely depends on where the object
+    # is once the arm moves, since the motion so far already points there, so the denoising loss alone
+    # never teaches the encoder to look; where the arm will be 1-3 s from now depends on it throughout
+    # the approach. Empty: no such head.
+    future_steps: tuple[int, ...] = ()
+    # Weight of that loss next to the denoising loss (both are MSEs in normalised units).
+    future_weight: float = 1.0
     # Width, depth and heads of the prefix encoder ("the VLM").
     enc_dim: int = 256
     enc_layers: int = 4
@@ -68,6 +76,9 @@ class PolicyConfig:
             dim, heads = getattr(self, f"{name}_dim"), getattr(self, f"{name}_heads")
             if dim % heads:
                 raise ValueError(f"{name}_dim: {dim} does not divide by {name}_heads {heads}")
+        if any(k < 1 for k in self.future_steps) or self.future_weight < 0:
+            raise ValueError(f"future_steps: must be >= 1 and future_weight >= 0, got {self.future_steps} "
+                             f"and {self.future_weight}")
         if self.keypoints < 0:
             raise ValueError(f"keypoints: must be >= 0, got {self.keypoints}")
         if self.feature not in FEATURES:
@@ -88,6 +99,7 @@ class PolicyConfig:
         data = asdict(self)
         data["cameras"] = [asdict(c) for c in self.cameras]
         data["state_names"], data["action_names"] = list(self.state_names), list(self.action_names)
+        data["future_steps"] = list(self.future_steps)
         return data
 
     @classmethod
@@ -95,18 +107,20 @@ class PolicyConfig:
         data = dict(data)
         data["cameras"] = tuple(CameraSpec(**c) for c in data["cameras"])
         data["state_names"], data["action_names"] = tuple(data["state_names"]), tuple(data["action_names"])
+        data["future_steps"] = tuple(data.get("future_steps", ()))
         return cls(**data)
 
 
 # Named sizes. "default" is what the benchmarks and shipped policies use; "tiny" keeps tests fast.
 SIZES = {
-    "default": PolicyConfig(),
+    "default": PolicyConfig(keypoints=16, future_steps=(25, 50, 100, 150)),
     "tiny": PolicyConfig(
         cameras=(CameraSpec("cam_high", 32, 32),),
         chunk_length=8,
         num_steps=4,
         patch_size=8,
         keypoints=4,
+        future_steps=(2, 4),
         enc_dim=32,
         enc_layers=1,
         enc_heads=2,

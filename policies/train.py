@@ -43,6 +43,8 @@ class TrainConfig:
     size: str = "default"
     # Spatial-softmax keypoints per camera; None keeps the size preset's (PolicyConfig.keypoints).
     keypoints: int | None = None
+    # Steps ahead of the auxiliary future-state loss; None keeps the size preset's (PolicyConfig.future_steps).
+    future_steps: tuple[int, ...] | None = None
     steps: int = 20_000
     batch_size: int = 32
     lr: float = 3e-4
@@ -54,16 +56,22 @@ class TrainConfig:
     val_fraction: float = 0.05
     val_every: int = 500
     checkpoint_every: int = 1000
-    # Max random image shift, pixels (augmentation).
-    shift: int = 4
+    # Max random image shift, pixels (augmentation). Off by default: the cameras are fixed, and a shift of
+    # 4 px at 96x128 moves a 3-pixel cube by about 5 cm, which is more than a grasp tolerates.
+    shift: int = 0
     # Std of Gaussian noise added to the normalised state input (training and validation batches).
     # Against copycat behaviour: along a scripted expert's trajectory the arm's position already tells
     # where the object is, so a policy can learn to continue the motion from the state and ignore the
-    # camera, which fails closed loop from the reset pose. The noise has to exceed the early
-    # between-episode spread of the state (0.1-0.2 normalised units on average at 0.2-0.8 s, up to 1 for
-    # the waist): at 0.2 the camera moved the chunk by 0.01-0.02 after 750 steps, at 0.5 by 0.08-0.40
-    # after 3000 (benchmarks/policy_inputs.py).
-    state_noise: float = 0.0
+    # camera, which fails closed loop from the reset pose. Large noise (0.5) makes the camera matter
+    # but blurs where the arm is; the recovery episodes and `start_fraction` do most of that work, so
+    # the default is light.
+    state_noise: float = 0.1
+    # Fraction of each batch drawn from the first `start_frames` frames of the episodes. Every episode
+    # starts from the same reset pose, so there only the camera tells episodes apart, and the first chunk
+    # sets the direction the arm then keeps (later the motion so far already points at the object): with
+    # frames drawn uniformly those are ~2% of a batch, too few for the encoder to learn to look.
+    start_fraction: float = 0.25
+    start_frames: int = 10
     seed: int = 0
     # Torch intra-op threads.
     threads: int = 2
@@ -78,6 +86,9 @@ class TrainConfig:
             raise ValueError("steps and batch_size must be >= 1")
         if self.state_noise < 0 or self.shift < 0:
             raise ValueError(f"state_noise and shift must be >= 0, got {self.state_noise} and {self.shift}")
+        if not 0 <= self.start_fraction <= 1 or self.start_frames < 1:
+            raise ValueError(f"start_fraction: must be in [0, 1] and start_frames >= 1, got {self.start_fraction} "
+                             f"and {self.start_frames}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
 
@@ -86,9 +97,10 @@ class Batcher:
     """Random training batches of (images, state, tokens, action chunk), normalised, as torch tensors."""
 
     def __init__(self, data: TrainingData, episodes: list[int], cfg: PolicyConfig, norm: Normalization,
-                 shift: int, rng: np.random.Generator, state_noise: float = 0.0):
+                 shift: int, rng: np.random.Generator, state_noise: float = 0.0, start_fraction: float = 0.0,
+                 start_frames: int = 10):
         self.data, self.episodes, self.cfg, self.shift, self.rng = data, episodes, cfg, shift, rng
-        self.state_noise = state_noise
+        self.state_noise, self.start_fraction, self.start_frames = state_noise, start_fraction, start_frames
         self.s_mean, self.s_std = np.asarray(norm.state_mean, np.float32), np.asarray(norm.state_std, np.float32)
         self.a_mean, self.a_std = np.asarray(norm.action_mean, np.float32), np.asarray(norm.action_std, np.float32)
         self.i_mean = np.asarray(norm.image_mean, np.float32).reshape(1, 3, 1, 1)
@@ -103,12 +115,15 @@ class Batcher:
         h = self.cfg.chunk_length
         eps = rng.choice(self.episodes, size=batch, p=self.p)
         images = {c.name: [] for c in self.cfg.cameras}
-        states, tokens, chunks = [], [], []
-        for e in eps:
+        states, tokens, chunks, futures = [], [], [], []
+        ahead = np.asarray(self.cfg.future_steps, np.int64)
+        starts = rng.random(batch) < self.start_fraction
+        for e, start in zip(eps, starts):
             ep = self.data.episodes[e]
-            t = int(rng.integers(len(ep)))
+            t = int(rng.integers(min(self.start_frames, len(ep)) if start else len(ep)))
             chunks.append(ep.chunk(t, h))
             states.append(ep.state[t])
+            futures.append(ep.state[np.minimum(t + ahead, len(ep) - 1)])
             tokens.append(self.tokens[e])
             for c in self.cfg.cameras:
                 images[c.name].append(self._shifted(ep.images[c.name][t], rng))
@@ -120,7 +135,9 @@ class Batcher:
             state = state + rng.normal(0.0, self.state_noise, state.shape).astype(np.float32)
         state = as_t(state.astype(np.float32))
         action = as_t((np.stack(chunks) - self.a_mean) / self.a_std)
-        return img, state, as_t(np.stack(tokens)), action
+        # The robot's state future_steps ahead (past the end: the last one), normalised, never noised.
+        future = as_t(((np.stack(futures) - self.s_mean) / self.s_std).astype(np.float32)) if len(ahead) else None
+        return img, state, as_t(np.stack(tokens)), action, future
 
     def _shifted(self, image: np.ndarray, rng) -> np.ndarray:
         if self.shift <= 0:
@@ -155,6 +172,8 @@ def train_policy(config: TrainConfig, log=None) -> Path:
     torch.set_num_threads(config.threads)
     data = load_dataset(config.dataset, progress=lambda i, n: log(f"decoded episode {i}/{n}") if i == n else None)
     overrides = {} if config.keypoints is None else {"keypoints": config.keypoints}
+    if config.future_steps is not None:
+        overrides["future_steps"] = tuple(config.future_steps)
     policy_cfg = make_config(config.size, config.kind, cameras=data.cameras, state_names=data.state_names,
                              action_names=data.action_names, action_dt=1.0 / data.fps, **overrides)
     norm = data.normalization()
@@ -189,22 +208,29 @@ def train_policy(config: TrainConfig, log=None) -> Path:
         init = torch.load(config.init_from, weights_only=False)
         # Through from_dict, so a checkpoint written before a config field existed compares with its default.
         init_cfg = PolicyConfig.from_dict(init["policy_config"])
+        init_steps = init_cfg.future_steps
         # A run may add keypoints to a model that had none: those modules start fresh, the rest is loaded.
         adds_keypoints = init_cfg.keypoints == 0 and policy_cfg.keypoints > 0
         if adds_keypoints:
             init_cfg = dataclasses.replace(init_cfg, keypoints=policy_cfg.keypoints)
+        # The future-state head is training-only: this run's settings apply, and a head it lacks starts fresh.
+        init_cfg = dataclasses.replace(init_cfg, future_steps=policy_cfg.future_steps,
+                                       future_weight=policy_cfg.future_weight)
         if init_cfg != policy_cfg:
             raise ValueError(f"init_from: {config.init_from} holds a {init['policy_config']['kind']} model of another "
                              f"size or layout than this run's")
         for target in (model, ema):
-            missing, unexpected = target.load_state_dict(init["ema"], strict=False)
-            if unexpected or any(not k.startswith("encoder.keypoint_") for k in missing):
+            weights = {k: v for k, v in init["ema"].items()
+                       if not k.startswith("future_head.") or policy_cfg.future_steps == init_steps}
+            missing, unexpected = target.load_state_dict(weights, strict=False)
+            if unexpected or any(not k.startswith(("encoder.keypoint_", "future_head.")) for k in missing):
                 raise ValueError(f"init_from: {config.init_from} does not fit this model (missing {missing}, "
                                  f"unexpected {unexpected})")
         if adds_keypoints:
             log(f"init_from: the checkpoint has no keypoint head; {policy_cfg.keypoints} keypoints start fresh")
         log(f"initialised from the EMA weights of {config.init_from} (step {init['step']})")
-    batcher = Batcher(data, train_eps, policy_cfg, norm, config.shift, rng, config.state_noise)
+    batcher = Batcher(data, train_eps, policy_cfg, norm, config.shift, rng, config.state_noise,
+                      config.start_fraction, config.start_frames)
     val_batcher = Batcher(data, val_eps, policy_cfg, norm, 0, np.random.default_rng(config.seed + 1), config.state_noise)
     val_batches = [val_batcher.sample(config.batch_size, np.random.default_rng([config.seed, i])) for i in range(4)]
 

@@ -131,6 +131,71 @@ def test_state_noise_perturbs_only_the_state_input(dataset):
         TrainConfig(dataset=str(dataset), out="x", state_noise=-1.0)
 
 
+def test_future_state_targets_and_loss(dataset):
+    """The auxiliary targets are the recorded states k steps ahead (the last one past the end), and only a
+    model built with future_steps pays the extra loss; the head is not part of what the runtime runs."""
+    import torch
+
+    from policies.config import make_config
+    from policies.data import load_dataset
+    from policies.models import build_policy
+    from policies.train import Batcher
+
+    data = load_dataset(dataset)
+    cfg = make_config("tiny", "flow", cameras=data.cameras, state_names=data.state_names,
+                      action_names=data.action_names, future_steps=(3, 1000))
+    norm = data.normalization()
+    batcher = Batcher(data, [0], cfg, norm, 0, None, state_noise=0.5)
+    images, state, tokens, actions, future = batcher.sample(64, np.random.default_rng(0))
+    ep = data.episodes[0]
+    s_mean, s_std = np.asarray(norm.state_mean, np.float32), np.asarray(norm.state_std, np.float32)
+    normalised = (ep.state - s_mean) / s_std
+    # Identify each sample's frame by its (clean) action chunk, then check its targets.
+    for i in range(64):
+        t = int(np.argmin([np.abs(ep.chunk(u, cfg.chunk_length) - (actions[i].numpy() * np.asarray(norm.action_std)
+                                                                      + np.asarray(norm.action_mean))).max()
+                           for u in range(len(ep))]))
+        np.testing.assert_allclose(future[i, 0].numpy(), normalised[min(t + 3, len(ep) - 1)], atol=1e-5)
+        np.testing.assert_allclose(future[i, 1].numpy(), normalised[-1], atol=1e-5)
+    model = build_policy(cfg).train()
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    with_aux = model.loss(images, state, tokens, actions, future, generator=g())
+    without = model.loss(images, state, tokens, actions, None, generator=g())
+    assert with_aux.item() > without.item()
+    with_aux.backward()
+    assert model.future_head[0].weight.grad.abs().sum() > 0
+    plain = make_config("tiny", "flow", cameras=data.cameras, state_names=data.state_names,
+                        action_names=data.action_names, future_steps=())
+    assert Batcher(data, [0], plain, norm, 0, None).sample(4, np.random.default_rng(0))[4] is None
+    assert not hasattr(build_policy(plain), "future_head")
+
+
+def test_start_fraction_draws_that_share_of_frames_from_the_episode_starts(dataset):
+    from policies.config import make_config
+    from policies.data import load_dataset
+    from policies.train import Batcher
+
+    data = load_dataset(dataset)
+    cfg = make_config("tiny", "flow", cameras=data.cameras, state_names=data.state_names,
+                      action_names=data.action_names)
+    norm = data.normalization()
+    ep = data.episodes[0]
+    s_mean, s_std = np.asarray(norm.state_mean, np.float32), np.asarray(norm.state_std, np.float32)
+    normalised = (ep.state - s_mean) / s_std
+
+    def frames(fraction):
+        state = Batcher(data, [0], cfg, norm, 0, None, start_fraction=fraction, start_frames=3).sample(
+            400, np.random.default_rng(1))[1].numpy()
+        return np.array([np.argmin(np.abs(normalised - s).max(axis=1)) for s in state])
+
+    assert frames(1.0).max() < 3
+    early = (frames(0.5) < 3).mean()
+    assert 0.4 < early < 0.6 + 3 / len(ep)
+    assert (frames(0.0) < 3).mean() < 0.1
+    with pytest.raises(ValueError, match="start_fraction"):
+        TrainConfig(dataset=str(dataset), out="x", start_fraction=1.5)
+
+
 def test_init_from_accepts_a_checkpoint_older_than_a_config_field(dataset, tmp_path):
     """A checkpoint written before `PolicyConfig.feature` existed still initialises a run (with the default)."""
     import torch

@@ -36,12 +36,21 @@ class PrefixEncoder(nn.Module):
         )
         self.camera_embed = nn.Parameter(torch.randn(len(cfg.cameras), d) * 0.02)
         if cfg.keypoints:
-            self.keypoint_heat = nn.Conv2d(32, cfg.keypoints, kernel_size=1)
-            # Per-keypoint softmax sharpness (log scale), learned.
-            self.keypoint_scale = nn.Parameter(torch.zeros(cfg.keypoints))
+            # Its own small conv net at stride 2 (the patch stem's stride-4 features quantise a 3-pixel
+            # cube to 4 px, about 5 cm on the table): 3x3 convs, then one 1x1-conv heat map per keypoint.
+            self.keypoint_conv = nn.Sequential(
+                nn.Conv2d(3, 16, kernel_size=3, stride=2, padding=1), nn.GELU(approximate="tanh"),
+                nn.Conv2d(16, 16, kernel_size=3, padding=1), nn.GELU(approximate="tanh"),
+                nn.Conv2d(16, cfg.keypoints, kernel_size=1),
+            )
+            # Per-keypoint softmax sharpness (log scale), learned. Each heat map is standardised over the
+            # image first, so the softmax starts peaked on the map's outliers (a small red cube on a grey
+            # table is one for most colour filters) instead of flat: a flat softmax barely moves when a
+            # filter changes, and the head did not learn (its keypoints moved 0.0007 between episodes).
+            self.keypoint_scale = nn.Parameter(torch.full((cfg.keypoints,), math.log(3.0)))
             self.keypoint_proj = nn.Linear(2 * cfg.keypoints, d)
             for i, c in enumerate(cfg.cameras):
-                h, w = c.height // 4, c.width // 4
+                h, w = (c.height + 1) // 2, (c.width + 1) // 2
                 ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
                 self.register_buffer(f"keypoint_grid_{i}", torch.stack([xs, ys], -1).reshape(h * w, 2),
                                      persistent=False)
@@ -61,13 +70,19 @@ class PrefixEncoder(nn.Module):
 
         Returns prefix_kv float[B, layers, 2, heads, P, head_dim] and prefix_bias float[B, P].
         """
+        prefix_kv, prefix_bias, _ = self.encode_with_summary(images, state, tokens)
+        return prefix_kv, prefix_bias
+
+    def encode_with_summary(self, images, state, tokens):
+        """As `forward`, plus summary float[B, D]: the state token's output, which has attended to the
+        whole observation (what the training-only future-state head reads)."""
         parts = []
         for i, img in enumerate(images):
-            low = self.stem[1](self.stem[0](img))  # [B, 32, H/4, W/4]
-            feat = self.stem[2](low).flatten(2).transpose(1, 2)  # [B, T, D]
+            feat = self.stem(img).flatten(2).transpose(1, 2)  # [B, T, D]
             parts.append(feat + self.image_pos[i] + self.camera_embed[i])
             if self.cfg.keypoints:
-                parts.append((self.keypoints(low, i) + self.camera_embed[i])[:, None])
+                parts.append((self.keypoints(img, i) + self.camera_embed[i])[:, None])
+        state_index = sum(p.shape[1] for p in parts)
         parts.append(self.state_proj(state)[:, None])
         parts.append(self.text_embed(tokens) + self.text_pos)
         x = torch.cat(parts, dim=1)
@@ -79,14 +94,18 @@ class PrefixEncoder(nn.Module):
         x = self.norm(x)
         heads, hd = self.cfg.expert_heads, self.cfg.expert_dim // self.cfg.expert_heads
         kv = [proj(x).reshape(b, p, 2, heads, hd).permute(0, 2, 3, 1, 4) for proj in self.kv]
-        return torch.stack(kv, dim=1), bias
+        return torch.stack(kv, dim=1), bias, x[:, state_index]
 
-    def keypoints(self, low: torch.Tensor, camera: int) -> torch.Tensor:
-        """Stride-4 features [B, 32, h, w] -> one token [B, D] from K spatial-softmax (x, y) expectations."""
-        b = low.shape[0]
-        logits = self.keypoint_heat(low).flatten(2) * self.keypoint_scale.exp()[None, :, None]  # [B, K, h*w]
-        xy = logits.softmax(-1) @ getattr(self, f"keypoint_grid_{camera}")  # [B, K, 2] in [-1, 1]
-        return self.keypoint_proj(xy.reshape(b, -1))
+    def keypoints(self, img: torch.Tensor, camera: int) -> torch.Tensor:
+        """Normalised image [B, 3, H, W] -> one token [B, D] from K spatial-softmax (x, y) expectations."""
+        return self.keypoint_proj(self.keypoint_xy(img, camera).flatten(1))
+
+    def keypoint_xy(self, img: torch.Tensor, camera: int) -> torch.Tensor:
+        """[B, K, 2]: each keypoint's expected (x, y) in [-1, 1] image coordinates (x right, y down)."""
+        heat = self.keypoint_conv(img).flatten(2)  # [B, K, h*w]
+        mean = heat.mean(-1, keepdim=True)
+        z = (heat - mean) / ((heat - mean).square().mean(-1, keepdim=True) + 1e-6).sqrt()
+        return (z * self.keypoint_scale.exp()[None, :, None]).softmax(-1) @ getattr(self, f"keypoint_grid_{camera}")
 
 
 class ActionExpert(nn.Module):
@@ -125,6 +144,11 @@ class ChunkPolicy(nn.Module):
         self.cfg = cfg
         self.encoder = PrefixEncoder(cfg)
         self.expert = ActionExpert(cfg)
+        if cfg.future_steps:
+            # Training only (never exported): the state the robot will be in `future_steps` from now.
+            d, s = cfg.enc_dim, len(cfg.state_names)
+            self.future_head = nn.Sequential(nn.Linear(d, d), nn.GELU(approximate="tanh"),
+                                             nn.Linear(d, len(cfg.future_steps) * s))
 
     def encode(self, images, state, tokens):
         return self.encoder(images, state, tokens)
@@ -140,8 +164,18 @@ class ChunkPolicy(nn.Module):
             x, features = self.step(prefix_kv, prefix_bias, x, k)
         return x, features
 
-    def loss(self, images, state, tokens, actions, generator=None):
-        """Training loss for a batch of normalised actions[B, H, A]."""
+    def loss(self, images, state, tokens, actions, future=None, generator=None):
+        """Training loss for a batch of normalised actions[B, H, A] and, with `cfg.future_steps`, the
+        normalised states future[B, len(future_steps), S] that far ahead (weighted by `cfg.future_weight`)."""
+        prefix_kv, prefix_bias, summary = self.encoder.encode_with_summary(images, state, tokens)
+        loss = self.denoising_loss(prefix_kv, prefix_bias, actions, generator)
+        if self.cfg.future_steps and future is not None:
+            predicted = self.future_head(summary).reshape(future.shape)
+            loss = loss + self.cfg.future_weight * ((predicted - future) ** 2).mean()
+        return loss
+
+    def denoising_loss(self, prefix_kv, prefix_bias, actions, generator=None):
+        """The kind's own loss (flow matching or epsilon prediction) given the encoded prefix."""
         raise NotImplementedError
 
 
@@ -153,9 +187,8 @@ class FlowPolicy(ChunkPolicy):
         v, features = self.expert(x, t, prefix_kv, prefix_bias)
         return x - v / s, features
 
-    def loss(self, images, state, tokens, actions, generator=None):
+    def denoising_loss(self, prefix_kv, prefix_bias, actions, generator=None):
         b = actions.shape[0]
-        prefix_kv, prefix_bias = self.encode(images, state, tokens)
         noise = torch.randn(actions.shape, generator=generator, device=actions.device)
         # pi0 samples t from Beta(1.5, 1) scaled to (0.001, 1): more weight on noisy times. Its CDF is
         # s^1.5, so s = u^(2/3) by inverse CDF, which keeps the draw on `generator`.
@@ -202,10 +235,9 @@ class DiffusionPolicy(ChunkPolicy):
         x_next = self.ddim_sqrt_aprev.index_select(0, k) * x0 + self.ddim_sqrt_1maprev.index_select(0, k) * eps
         return x_next, features
 
-    def loss(self, images, state, tokens, actions, generator=None):
+    def denoising_loss(self, prefix_kv, prefix_bias, actions, generator=None):
         b = actions.shape[0]
         T = self.cfg.diffusion_train_steps
-        prefix_kv, prefix_bias = self.encode(images, state, tokens)
         noise = torch.randn(actions.shape, generator=generator, device=actions.device)
         ts = torch.randint(0, T, (b,), generator=generator, device=actions.device)
         a = self.alphas_cumprod[ts][:, None, None]
