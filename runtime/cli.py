@@ -11,12 +11,20 @@ from policies.errors import SpecError
 from runtime.sessions import ProviderError
 
 
-def _ns(text: str) -> tuple[int, ...]:
+def _int_list(text: str) -> tuple[int, ...]:
+    """Comma-separated positive integers ('' for none)."""
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def _ns(text: str) -> tuple[int, ...]:
+    values = _int_list(text)
+    if not values:
         raise argparse.ArgumentTypeError(f"candidate counts must be >= 1, got {text!r}")
     return values
 
@@ -178,8 +186,10 @@ def cmd_train_policy(args) -> int:
                          val_every=args.val_every if not args.quick else 10,
                          checkpoint_every=args.checkpoint_every if not args.quick else 10, seed=args.seed,
                          threads=args.threads, sampler=args.sampler, warmup_steps=args.warmup,
-                         init_from=args.init_from, shift=args.shift, state_noise=args.state_noise,
-                         keypoints=args.keypoints)
+                         init_from=args.init_from, keypoints=args.keypoints, future_steps=args.future_steps,
+                         # Unset recipe flags keep TrainConfig's defaults (the recipe the shipped policy used).
+                         **{key: getattr(args, key) for key in ("shift", "state_noise", "start_fraction",
+                                                                 "start_frames") if getattr(args, key) is not None})
     path = train_policy(config)
     print(f"wrote policy bundle {path}")
     return 0
@@ -213,14 +223,12 @@ def cmd_artifacts(args) -> int:
     tasks = _tasks(args.task)
     if args.quick:
         config = ArtifactsConfig(out=args.out, tasks=tasks, episodes=1, recovery_episodes=1, perturb=args.perturb,
-                                 kinds=tuple(args.kinds.split(",")), size="tiny", steps=20, finetune_steps=10,
-                                 vision_steps=min(args.vision_steps, 10), batch_size=8, k=4, stride=20, verifier_epochs=2)
+                                 kinds=tuple(args.kinds.split(",")), size="tiny", steps=20, batch_size=8, k=4,
+                                 stride=20, verifier_epochs=2)
     else:
         config = ArtifactsConfig(out=args.out, tasks=tasks, episodes=args.episodes,
                                  recovery_episodes=args.recovery_episodes, perturb=args.perturb,
-                                 kinds=tuple(args.kinds.split(",")), steps=args.steps,
-                                 finetune_steps=args.finetune_steps, vision_steps=args.vision_steps, k=args.k,
-                                 stride=args.stride)
+                                 kinds=tuple(args.kinds.split(",")), steps=args.steps, k=args.k, stride=args.stride)
     built = build_artifacts(config)
     for name, path in built.items():
         size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
@@ -365,8 +373,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this checkpoint's EMA weights (fine-tune), e.g. an earlier run's OUT.ckpt/last.pt")
     p.add_argument("--keypoints", type=int, default=None,
                    help="spatial-softmax keypoints per camera (default: the size preset's; 0: none)")
-    p.add_argument("--shift", type=int, default=4, help="max random image shift in pixels (augmentation)")
-    p.add_argument("--state-noise", type=float, default=0.0,
+    p.add_argument("--start-fraction", type=float, default=None,
+                   help="fraction of each batch drawn from the episodes' first --start-frames frames, where only "
+                        "the camera tells episodes apart")
+    p.add_argument("--start-frames", type=int, default=None)
+    p.add_argument("--future-steps", type=_int_list, default=None, metavar="K,K,...",
+                   help="auxiliary loss: predict the robot state these control steps ahead from the encoder "
+                        "(default: the size preset's; '' for none)")
+    p.add_argument("--shift", type=int, default=None, help="max random image shift in pixels (augmentation)")
+    p.add_argument("--state-noise", type=float, default=None,
                    help="std of Gaussian noise on the normalised state input, so the policy must read the camera "
                         "instead of continuing the arm's motion")
     p.add_argument("--val-every", type=int, default=500)
@@ -407,14 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(rerun to resume)")
     p.add_argument("--out", default="artifacts")
     p.add_argument("--task", default="transfer_cube")
-    p.add_argument("--episodes", type=int, default=60, help="scripted episodes per task (phase 1)")
-    p.add_argument("--recovery-episodes", type=int, default=100, help="DART-perturbed episodes per task (phase 2)")
-    p.add_argument("--perturb", type=float, default=0.03, help="perturbation std of the recovery episodes, rad")
+    p.add_argument("--episodes", type=int, default=100, help="scripted episodes per task")
+    p.add_argument("--recovery-episodes", type=int, default=200, help="DART-perturbed episodes per task, added")
+    p.add_argument("--perturb", type=float, default=0.1,
+                   help="perturbation std of the recovery episodes in free motion, rad (a tenth while grasping)")
     p.add_argument("--kinds", default="flow,diffusion")
-    p.add_argument("--steps", type=int, default=5000, help="base training steps")
-    p.add_argument("--finetune-steps", type=int, default=3000, help="recovery fine-tune steps")
-    p.add_argument("--vision-steps", type=int, default=0,
-                   help="steps of an extra fine-tune with a noised state input and no image shift (0: none)")
+    p.add_argument("--steps", type=int, default=5000, help="training steps per policy")
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--stride", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="one clean + one recovery episode per task, tiny models")

@@ -1,29 +1,22 @@
-"""`taco artifacts` (`make artifacts`): record -> train -> record recovery data -> fine-tune -> features -> verifiers.
+"""`taco artifacts` (`make artifacts`): record -> train -> features -> verifiers.
 
 The recipe that made the shipped default (see artifacts/README.md):
 
-1. record `episodes` scripted episodes per task with the mixed behaviour modes;
-2. train each policy kind on them (`<kind>-base`);
-3. record `recovery_episodes` more per task with DART-style perturbation (executed joints perturbed by
-   `perturb` rad, clean labels recorded), into the same dataset: a policy trained on clean data alone
-   drifts off the demonstrations closed loop and was never shown the way back;
-4. fine-tune each kind on the whole dataset from its base weights (`<kind>`, the shipped policy);
-5. TACO's feature search on the whole dataset, then one verifier bundle per kind (cfn, rnd, knn, random).
-
-Optional (`vision_steps` > 0, off for the shipped default): step 4 writes `<kind>-recovery` and one more
-fine-tune with `vision_state_noise` on the state input and no image shift writes `<kind>`. Steps 2 and 4
-learn to continue the arm's motion from the state and ignore the camera (copycat, see
-benchmarks/policy_inputs.py); the vision fine-tune makes the camera move the actions, but on
-transfer_cube it did not raise closed-loop success (README, "Reproducing TACO's test-time scaling").
+1. record `episodes` scripted episodes per task with the mixed behaviour modes, then
+   `recovery_episodes` more with DART-style perturbation (executed joints pushed off the plan by
+   `perturb` rad in free motion, a tenth of it while grasping and handing over; the expert's plan is
+   what is recorded), into one dataset;
+2. train each policy kind on all of it (`bundles/<kind>`, the shipped policy), with the training
+   settings that make the policy look at the scene (policies.train.TrainConfig's defaults: a keypoint
+   head, the future-state loss, start frames oversampled, light state noise, no image shift);
+3. TACO's feature search on the whole dataset, then one verifier bundle per kind (cfn, rnd, knn, random).
 
 Every stage is skipped when its output exists and belongs to its inputs (dataset fingerprint, policy
-fingerprint, the base run's final step), and resumes when interrupted (recording and training
-checkpoint themselves), so the same command can be rerun until everything is built. Outputs, under `--out`:
+fingerprint), and resumes when interrupted (recording and training checkpoint themselves), so the same
+command can be rerun until everything is built. Outputs, under `--out`:
 
     data/sim/                  the LeRobotDataset of scripted episodes (clean, then recovery)
-    bundles/<kind>-base/       phase-1 policies (clean episodes only), checkpoints in <kind>-base.ckpt/
-    bundles/<kind>-recovery/   with vision_steps > 0: the recovery fine-tune the vision one starts from
-    bundles/<kind>/            the shipped policy bundles (flow, diffusion)
+    bundles/<kind>/            the shipped policy bundles (flow, diffusion); checkpoints in <kind>.ckpt/
     features/<kind>.npz        TACO feature-search results
     bundles/<kind>-<verifier>/ verifier bundles (cfn, rnd, knn, random)
 """
@@ -32,6 +25,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,24 +36,15 @@ from policies.errors import BundleError
 class ArtifactsConfig:
     out: str = "artifacts"
     tasks: tuple[str, ...] = ("transfer_cube",)
-    # Scripted episodes recorded per task (phase 1), then recovery episodes added (phase 2).
-    episodes: int = 60
-    recovery_episodes: int = 100
-    # DART perturbation std of the recovery episodes, rad.
-    perturb: float = 0.03
+    # Scripted episodes recorded per task, then recovery (perturbed) episodes added.
+    episodes: int = 100
+    recovery_episodes: int = 200
+    # DART perturbation std of the recovery episodes in free motion, rad.
+    perturb: float = 0.1
     kinds: tuple[str, ...] = ("flow", "diffusion")
     size: str = "default"
     steps: int = 5000
     batch_size: int = 32
-    # Fine-tuning on the whole dataset from the base weights.
-    finetune_steps: int = 3000
-    finetune_lr: float = 2e-4
-    finetune_warmup: int = 100
-    # Optional vision fine-tune after the recovery one (0: none): noised state, no image shift.
-    vision_steps: int = 0
-    vision_lr: float = 3e-4
-    vision_state_noise: float = 0.5
-    vision_shift: int = 0
     # Feature search: noises per frame and frame stride.
     k: int = 16
     stride: int = 4
@@ -74,7 +59,7 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
     from policies import load_policy_bundle
     from policies.data import dataset_fingerprint
     from policies.train import TrainConfig, train_policy
-    from sim.record import RecordConfig, record
+    from sim.record import RecordConfig, record, recorded_episodes
     from verifiers import load_verifier
     from verifiers.features import FeatureSet, collect_features
     from verifiers.train import VerifierTrainConfig, train_verifier
@@ -83,37 +68,24 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
     built: dict[str, Path] = {}
     started = time.perf_counter()
     data = out / "data" / "sim"
-    total = config.episodes + config.recovery_episodes
-    every = lambda steps: max(1, min(250, steps))  # noqa: E731 - validation and checkpoint period
-
-    def train(kind: str, dest: Path, **overrides) -> None:
-        settings = dict(dataset=str(data), out=str(dest), kind=kind, size=config.size, steps=config.steps,
-                        batch_size=config.batch_size, seed=config.seed, val_every=every(config.steps),
-                        checkpoint_every=every(config.steps))
-        train_policy(TrainConfig(**{**settings, **overrides}), log=log)
+    every = max(1, min(250, config.steps))  # validation and checkpoint period
 
     def up_to_date(policy: Path, fingerprint: str):
         bundle = _load_or_none(load_policy_bundle, policy)
         return bundle if bundle and bundle.manifest.provenance.get("dataset_fingerprint") == fingerprint else None
 
-    final_fingerprint = dataset_fingerprint(data) if (data / "meta" / "info.json").is_file() else None
-    finished = final_fingerprint and all(up_to_date(out / "bundles" / kind, final_fingerprint) for kind in config.kinds)
-    if not finished:
-        # Phase 1: clean episodes and the base policies. A rerun after phase 2 started skips it: the base
-        # checkpoints are complete (their step counts are checked) and the dataset has grown past it.
-        base_done = all(_checkpoint_step(out / "bundles" / f"{kind}-base") >= config.steps for kind in config.kinds)
-        if not base_done:
-            log(f"[record] {config.episodes} episodes per task of {', '.join(config.tasks)} -> {data}")
-            record(RecordConfig(tasks=config.tasks, episodes=config.episodes, out=str(data), seed=config.seed),
-                   progress=False)
-            for kind in config.kinds:
-                log(f"[train {kind}-base] {config.steps} steps on the clean episodes (resumable)")
-                train(kind, out / "bundles" / f"{kind}-base")
-        if config.recovery_episodes:
-            log(f"[record] +{config.recovery_episodes} recovery episodes per task, perturbation "
-                f"{config.perturb} rad -> {data}")
-            record(RecordConfig(tasks=config.tasks, episodes=total, out=str(data), seed=config.seed,
-                                perturb=config.perturb), progress=False)
+    # Recording resumes where it stopped (clean episodes first, then the recovery ones).
+    recorded = Counter(row["task"] for row in recorded_episodes(data))
+    if any(recorded[task] < config.episodes for task in config.tasks):
+        log(f"[record] {config.episodes} episodes per task of {', '.join(config.tasks)} -> {data}")
+        record(RecordConfig(tasks=config.tasks, episodes=config.episodes, out=str(data), seed=config.seed),
+               progress=False)
+    total = config.episodes + config.recovery_episodes
+    if any(recorded[task] < total for task in config.tasks):
+        log(f"[record] +{config.recovery_episodes} recovery episodes per task, perturbation "
+            f"{config.perturb} rad -> {data}")
+        record(RecordConfig(tasks=config.tasks, episodes=total, out=str(data), seed=config.seed,
+                            perturb=config.perturb), progress=False)
     built["dataset"] = data
     fingerprint = dataset_fingerprint(data)
 
@@ -123,23 +95,10 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
         if current is not None:
             log(f"[train {kind}] up to date: {policy}")
         else:
-            ckpt = out / "bundles" / f"{kind}-base.ckpt" / "last.pt"
-            if config.recovery_episodes:
-                recovery = out / "bundles" / f"{kind}-recovery" if config.vision_steps else policy
-                log(f"[train {recovery.name}] fine-tune {config.finetune_steps} steps on all episodes -> {recovery}")
-                train(kind, recovery, steps=config.finetune_steps, lr=config.finetune_lr,
-                      warmup_steps=config.finetune_warmup, init_from=str(ckpt),
-                      val_every=every(config.finetune_steps), checkpoint_every=every(config.finetune_steps))
-                ckpt = Path(str(recovery) + ".ckpt") / "last.pt"
-            elif not config.vision_steps:
-                train(kind, policy)
-            if config.vision_steps:
-                log(f"[train {kind}] vision fine-tune {config.vision_steps} steps (state noise "
-                    f"{config.vision_state_noise}, no image shift) -> {policy}")
-                train(kind, policy, steps=config.vision_steps, lr=config.vision_lr,
-                      warmup_steps=config.finetune_warmup, init_from=str(ckpt),
-                      state_noise=config.vision_state_noise, shift=config.vision_shift,
-                      val_every=every(config.vision_steps), checkpoint_every=every(config.vision_steps))
+            log(f"[train {kind}] {config.steps} steps on all episodes -> {policy} (resumable)")
+            train_policy(TrainConfig(dataset=str(data), out=str(policy), kind=kind, size=config.size,
+                                     steps=config.steps, batch_size=config.batch_size, seed=config.seed,
+                                     val_every=every, checkpoint_every=every), log=log)
             current = load_policy_bundle(policy)
         built[kind] = policy
 
@@ -163,16 +122,6 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
             built[f"{kind}-{vkind}"] = vpath
     log(f"artifacts complete in {time.perf_counter() - started:.0f} s")
     return built
-
-
-def _checkpoint_step(bundle: Path) -> int:
-    """The step of a training run's last checkpoint (0 when there is none)."""
-    ckpt = Path(str(bundle) + ".ckpt") / "last.pt"
-    if not ckpt.is_file():
-        return 0
-    import torch
-
-    return int(torch.load(ckpt, weights_only=False, map_location="cpu")["step"])
 
 
 def _load_or_none(loader, path: Path):
