@@ -34,6 +34,11 @@ class Arm:
             raise ValueError(f"arm: expected NAME:N[:VERIFIER], got {text!r}")
         return cls(parts[0], int(parts[1]), parts[2] if len(parts) == 3 else None)
 
+    @property
+    def verifier_name(self) -> str:
+        """What `taco eval --verifier` gets: the given verifier, else the arm's name (`none`, `cfn`, ...)."""
+        return self.verifier or self.name
+
 
 def mcnemar_exact(b: int, c: int) -> float:
     """Two-sided exact p-value of the sign test on b vs c discordant pairs."""
@@ -52,20 +57,20 @@ def compare(policy: str, arms: list[Arm], base: EvalConfig, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for arm in arms:
-        config = dataclasses.replace(base, policy=policy, verifier=arm.verifier or arm.name, n=arm.n, report=None)
+        config = dataclasses.replace(base, policy=policy, verifier=arm.verifier_name, n=arm.n, report=None)
         path = out / f"arm-{arm.name}.json"
         done = _finished(path, config)
         if done is not None:
             log(f"arm {arm.name}: already complete in {path}")
             results[arm.name] = done
             continue
-        log(f"arm {arm.name}: N={arm.n}, verifier {arm.verifier}")
+        log(f"arm {arm.name}: N={arm.n}, verifier {arm.verifier_name}")
         results[arm.name] = run_suite(config, path, progress=log)
     reference = arms[0].name
     table = []
     for arm in arms:
         summary = results[arm.name]["summary"]
-        row = {"arm": arm.name, "n": arm.n, "verifier": arm.verifier, "overall": summary["overall"],
+        row = {"arm": arm.name, "n": arm.n, "verifier": arm.verifier_name, "overall": summary["overall"],
                "per_task": {t: {k: s[k] for k in ("successes", "episodes", "success_rate", "wilson95")}
                             for t, s in summary["per_task"].items()}}
         if arm.name != reference:

@@ -58,7 +58,7 @@ def run_demo_suite(config: DemoConfig, log=None) -> dict:
         task, seed, how = changed[0]
         for arm in arms:
             film = dataclasses.replace(base, tasks=(task,), episodes=1, seed=seed, workers=1, n=arm.n,
-                                       verifier=arm.verifier or arm.name, report=str(out / f"film-{arm.name}"),
+                                       verifier=arm.verifier_name, report=str(out / f"film-{arm.name}"),
                                        video_episodes=1)
             record = run_suite(dataclasses.replace(film, policy=base.policy), None, progress=lambda m: None)
             episode = record["episodes"][0]

@@ -119,6 +119,7 @@ def test_compare_pairs_arms_on_the_same_seeds(trained, tmp_path, capsys):
                  "lift_bar", "--episodes", "2", "--max-steps", "12", "--workers", "1", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "compare.json").read_text())
     assert [a["arm"] for a in report["arms"]] == ["none", "knn"]
+    assert [a["verifier"] for a in report["arms"]] == ["none", str(vdir)]
     paired = report["arms"][1]["paired_vs_none"]
     assert set(paired) >= {"gained", "lost", "p_value"} and paired["p_value"] == 1.0  # 12 steps: no successes
     assert "knn" in capsys.readouterr().out
@@ -126,7 +127,7 @@ def test_compare_pairs_arms_on_the_same_seeds(trained, tmp_path, capsys):
     assert main(["compare", "--policy", str(policy), "--arm", "none:1", "--arm", f"knn2:2:{vdir}", "--task",
                  "lift_bar", "--episodes", "2", "--max-steps", "12", "--workers", "1", "--out", str(tmp_path)]) == 0
     err = capsys.readouterr().err
-    assert "arm none: already complete" in err and "arm knn2: N=2" in err
+    assert "arm none: already complete" in err and f"arm knn2: N=2, verifier {vdir}" in err
 
 
 def test_mcnemar_exact_values():
@@ -136,6 +137,7 @@ def test_mcnemar_exact_values():
     assert mcnemar_exact(10, 0) == pytest.approx(2 / 1024)
     assert mcnemar_exact(6, 4) == pytest.approx(0.7539, abs=1e-3)
     assert Arm.parse("cfn:16:a/b") == Arm("cfn", 16, "a/b")
+    assert Arm.parse("cfn:16").verifier_name == "cfn" and Arm.parse("cfn4:4:cfn").verifier_name == "cfn"
     with pytest.raises(ValueError):
         Arm.parse("cfn")
 
