@@ -219,9 +219,9 @@ def train_policy(config: TrainConfig, log=None) -> Path:
         if init_cfg != policy_cfg:
             raise ValueError(f"init_from: {config.init_from} holds a {init['policy_config']['kind']} model of another "
                              f"size or layout than this run's")
+        weights = {k: v for k, v in init["ema"].items()
+                   if not k.startswith("future_head.") or policy_cfg.future_steps == init_steps}
         for target in (model, ema):
-            weights = {k: v for k, v in init["ema"].items()
-                       if not k.startswith("future_head.") or policy_cfg.future_steps == init_steps}
             missing, unexpected = target.load_state_dict(weights, strict=False)
             if unexpected or any(not k.startswith(("encoder.keypoint_", "future_head.")) for k in missing):
                 raise ValueError(f"init_from: {config.init_from} does not fit this model (missing {missing}, "

@@ -171,13 +171,7 @@ def _record_episode(dataset, env, controller, task: str, seed: int, keep_failure
                     perturb: float = 0.0) -> dict | None:
     obs = env.reset(seed)
     controller.reset(seed, env)
-    from sim.experts import calm_scale
-
-    # Perturbed mainly in free motion: grasps and handovers fail when pushed by more than ~0.01 rad, and
-    # the approach is where a policy must learn to steer by what it sees (the state alone already tells
-    # where a clean approach is heading).
-    offsets = _perturbation(controller.plan_length, perturb, np.random.default_rng([seed, 23]))
-    offsets *= calm_scale(controller.precision, PRECISE_PERTURB_SCALE)[:, None]
+    offsets = _perturbation(controller.precision, perturb, np.random.default_rng([seed, 23]))
     best = 0
     for t in range(controller.plan_length):
         action = controller.act(obs)
@@ -199,13 +193,17 @@ def _record_episode(dataset, env, controller, task: str, seed: int, keep_failure
             "frames": controller.plan_length, "perturb": perturb}
 
 
-def _perturbation(length: int, std: float, rng: np.random.Generator) -> np.ndarray:
-    """float[T, 14]: smoothed offsets on the 12 arm joints (grippers untouched); zeros if std is 0."""
-    if std <= 0:
-        return np.zeros((length, 14))
-    from sim.experts import smoothed_arm_noise
+def _perturbation(precision: np.ndarray, std: float, rng: np.random.Generator) -> np.ndarray:
+    """float[T, 14]: smoothed offsets on the 12 arm joints (grippers untouched); zeros if std is 0.
 
-    return smoothed_arm_noise(length, std, 10, rng)
+    Scaled by PRECISE_PERTURB_SCALE where the expert works precisely (`precision`, float[T]): grasps and
+    handovers fail when pushed by more than ~0.01 rad, and the approach is where a policy must learn to
+    steer by what it sees (the state alone already tells where a clean approach is heading)."""
+    if std <= 0:
+        return np.zeros((len(precision), 14))
+    from sim.experts import calm_scale, smoothed_arm_noise
+
+    return smoothed_arm_noise(len(precision), std, 10, rng) * calm_scale(precision, PRECISE_PERTURB_SCALE)[:, None]
 
 
 def summarize_recording(rows: list[dict]) -> dict:
