@@ -1,6 +1,6 @@
 """Does a verifier's score pick the candidate closest to what the expert did? Offline, on fresh episodes.
 
-    .venv/bin/python benchmarks/verifier_quality.py --policy default --verifiers cfn,rnd,knn,random \
+    .venv/bin/python benchmarks/verifier_quality.py --policy default --verifiers cfn,rnd,knn,consensus,random \
         --dataset DIR --json build/verifier_quality.json
 
 For every `stride`-th frame of the dataset's episodes (record fresh ones the verifiers never saw, e.g.
@@ -30,7 +30,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--policy", default="default")
-    parser.add_argument("--verifiers", default="cfn,rnd,knn,random")
+    parser.add_argument("--verifiers", default="cfn,rnd,knn,consensus,random")
     parser.add_argument("--dataset", required=True, help="LeRobotDataset of episodes to score against")
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--stride", type=int, default=10)
@@ -64,7 +64,7 @@ def main() -> None:
             uniform.append(dist.mean())
             oracle.append(dist.min())
             for name, verifier in verifiers.items():
-                scores = verifier.score(features)
+                scores = verifier.score(features, chunks) if verifier.takes_chunks else verifier.score(features)
                 picks[name].append(dist[int(np.argmax(scores))])
                 rho[name].append(_spearman(scores, -dist))
     frames = len(uniform)

@@ -85,7 +85,12 @@ class _Naive:
             chunks, features = self.policy.sample(prefix_kv, prefix_bias, noise)
             t3 = time.perf_counter()
             features_np = features.numpy()
-        scores = self.verifier.score(features_np) if self.verifier is not None else None
+        if self.verifier is None:
+            scores = None
+        elif getattr(self.verifier, "takes_chunks", False):
+            scores = self.verifier.score(features_np, chunks.numpy())
+        else:
+            scores = self.verifier.score(features_np)
         t4 = time.perf_counter()
         index = int(np.argmax(scores)) if scores is not None else 0
         _ = chunks[index].numpy()

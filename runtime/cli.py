@@ -208,8 +208,16 @@ def cmd_collect_features(args) -> int:
 
 def cmd_train_verifier(args) -> int:
     from verifiers.features import FeatureSet
-    from verifiers.train import VerifierTrainConfig, train_verifier
+    from verifiers.train import VerifierTrainConfig, consensus_verifier, train_verifier
 
+    if (args.features is None) == (args.policy is None) or (args.policy is not None and args.kind != "consensus"):
+        raise SpecError("train-verifier", "give --features (any kind) or, for --kind consensus, --policy BUNDLE")
+    if args.policy is not None:
+        from runtime.defaults import resolve_policy
+
+        verifier = consensus_verifier(resolve_policy(args.policy), args.out, overwrite=args.overwrite)
+        print(f"wrote consensus verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")
+        return 0
     config = VerifierTrainConfig(kind=args.kind, hidden=args.hidden, blocks=args.blocks, epochs=3 if args.quick
                                  else args.epochs, k=args.knn_k, max_points=args.max_points, seed=args.seed)
     verifier = train_verifier(FeatureSet.load(args.features), config, args.out, overwrite=args.overwrite)
@@ -292,6 +300,8 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from verifiers.train import VERIFIER_KINDS
+
     parser = argparse.ArgumentParser(prog="taco", description=(
         "Verified policy runtime: best-of-N sampling of ONNX flow/diffusion policies scored by a verifier."))
     sub = parser.add_subparsers(dest="command", required=True)
@@ -329,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", required=True,
                    help="'scripted' (the tasks' experts), 'default' (the shipped policy) or a policy bundle")
     p.add_argument("--verifier", default=None,
-                   help="none|random|cfn|rnd|knn (the verifiers shipped for the policy) or a bundle / ONNX file")
+                   help="none|random|cfn|rnd|knn|consensus (the verifiers shipped for the policy) or a bundle / ONNX file")
     p.add_argument("--n", type=int, default=1, help="candidates per replanning step")
     p.add_argument("--task", default="all", help="task name, comma-separated names, or 'all'")
     p.add_argument("--episodes", type=int, default=20, help="episodes per task (episode i uses seed S+i)")
@@ -405,8 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_collect_features)
 
     p = sub.add_parser("train-verifier", help="train a verifier on collected features and write its bundle")
-    p.add_argument("--kind", choices=("cfn", "rnd", "knn", "random"), default="cfn")
-    p.add_argument("--features", required=True, help="features file from taco collect-features")
+    p.add_argument("--kind", choices=VERIFIER_KINDS, default="cfn")
+    p.add_argument("--features", default=None, help="features file from taco collect-features")
+    p.add_argument("--policy", default=None,
+                   help="consensus only (it needs no training data): the policy bundle to bind it to, or 'default'")
     p.add_argument("--out", required=True, help="verifier bundle folder")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--blocks", type=int, default=3)
@@ -454,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", choices=["sim", "robot", "record"],
                    help="sim: sim node + policy node; robot: policy node for a running robot; record: recorder only")
     p.add_argument("--policy", default="default", help="policy bundle path or 'default'")
-    p.add_argument("--verifier", default="none", help="none|random|cfn|rnd|knn or a verifier bundle path")
+    p.add_argument("--verifier", default="none", help="none|random|cfn|rnd|knn|consensus or a verifier bundle path")
     p.add_argument("--n", type=int, default=16, help="candidates per step")
     p.add_argument("--execute", type=int, default=8, help="actions executed per chunk before replanning")
     p.add_argument("--sink", default="interbotix", choices=["interbotix", "forward", "jtc"])

@@ -1,4 +1,4 @@
-"""Names of the shipped bundles: `--policy default` and `--verifier none|random|cfn|rnd|knn`.
+"""Names of the shipped bundles: `--policy default` and `--verifier none|random|cfn|rnd|knn|consensus`.
 
 The shipped bundles live in `artifacts/bundles/` of the repository (built by `make artifacts`), or in
 the folder named by the TACO_ARTIFACTS environment variable. A path is always accepted as well.
@@ -12,7 +12,7 @@ from pathlib import Path
 from policies.errors import BundleError
 
 DEFAULT_POLICY_KIND = "flow"
-VERIFIER_NAMES = ("none", "random", "cfn", "rnd", "knn")
+VERIFIER_NAMES = ("none", "random", "cfn", "rnd", "knn", "consensus")
 
 
 def artifacts_dir() -> Path:

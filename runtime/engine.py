@@ -182,14 +182,21 @@ class Engine:
         return x, features
 
     @staticmethod
-    def _score(verifier: Verifier, features: np.ndarray) -> np.ndarray:
-        """Runs a verifier (ONNX or Python plugin) and checks that it returned one number per candidate."""
-        scores = np.asarray(verifier.score(features))
-        if scores.shape != (features.shape[0],) or not np.issubdtype(scores.dtype, np.number):
+    def _score(verifier: Verifier, features: np.ndarray, chunks: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Runs a verifier (ONNX or Python plugin) on the valid candidates and checks that it returned one
+        number for each; invalid candidates score NaN (never chosen). A verifier that compares candidates
+        with each other so never sees a NaN one."""
+        scores = np.full(features.shape[0], np.nan, np.float32)
+        if not valid.any():
+            return scores
+        args = (features[valid], chunks[valid]) if getattr(verifier, "takes_chunks", False) else (features[valid],)
+        got = np.asarray(verifier.score(*args))
+        m = int(valid.sum())
+        if got.shape != (m,) or not np.issubdtype(got.dtype, np.number):
             raise BundleError(f"verifier {verifier.name!r}.scores",
-                              f"expected {features.shape[0]} numbers (shape [{features.shape[0]}]), "
-                              f"got {scores.dtype} of shape {list(scores.shape)}")
-        return scores.astype(np.float32)
+                              f"expected {m} numbers (shape [{m}]), got {got.dtype} of shape {list(got.shape)}")
+        scores[valid] = got
+        return scores
 
     def noise(self, n: int, seed: int) -> np.ndarray:
         """float32[N, H, A] standard normal noise from a PCG64 generator seeded with `seed`."""
@@ -227,12 +234,12 @@ class Engine:
         with timer.stage("sample"):
             chunks, features = self.sample(prefix_kv, prefix_bias, self.noise(int(n), seed))
         with timer.stage("score"):
-            scores = None if verifier is None else self._score(verifier, features)
-        with timer.stage("select"):
             valid = finite_candidates(chunks)
-            if scores is not None:
+            if verifier is not None:
                 # A NaN feature mapped to a finite score by a lenient verifier must not win either.
                 valid &= np.isfinite(features).all(axis=1)
+            scores = None if verifier is None else self._score(verifier, features, chunks, valid)
+        with timer.stage("select"):
             index = select(scores, valid)
             chunk = chunks[index] * self._action_std + self._action_mean
             if not np.isfinite(chunk).all():

@@ -31,7 +31,7 @@ class EvalConfig:
 
     # "scripted" (the tasks' scripted experts), "default" (the shipped policy) or a policy bundle path.
     policy: str = "scripted"
-    # None/"none", a shipped verifier name ("random", "cfn", "rnd", "knn"), or a verifier bundle/ONNX path.
+    # None/"none", a shipped verifier name ("random", "cfn", "rnd", "knn", "consensus"), or a verifier bundle/ONNX path.
     verifier: str | None = None
     # Candidates per replanning step.
     n: int = 1

@@ -48,7 +48,7 @@ class ArtifactsConfig:
     # Feature search: noises per frame and frame stride.
     k: int = 16
     stride: int = 4
-    verifiers: tuple[str, ...] = ("cfn", "rnd", "knn", "random")
+    verifiers: tuple[str, ...] = ("cfn", "rnd", "knn", "consensus", "random")
     verifier_epochs: int = 40
     seed: int = 0
 

@@ -109,6 +109,41 @@ def test_nan_scores_are_never_chosen(flow, observation):
         Engine(flow.bundle, verifier=FixedScores([np.nan] * 4)).infer(observation, 4, seed=0)
 
 
+class ChunkSpread:
+    """A Python plugin verifier that asks for the chunks and keeps what it was given."""
+
+    feature_dim = None
+    policy_fingerprint = None
+    takes_chunks = True
+    name = "spread"
+
+    def score(self, features, chunks):
+        self.features, self.chunks = features, chunks
+        return -np.abs(chunks - chunks.mean(0)).sum(axis=(1, 2))
+
+
+def test_a_verifier_sees_only_the_finite_candidates(flow, observation, monkeypatch):
+    verifier = ChunkSpread()
+    engine = Engine(flow.bundle, verifier=verifier, config=EngineConfig(return_candidates=True))
+    sample = engine.sample
+
+    def one_nan_candidate(prefix_kv, prefix_bias, noise):
+        chunks, features = sample(prefix_kv, prefix_bias, noise)
+        chunks = chunks.copy()
+        chunks[2, 3, 1] = np.nan
+        return chunks, features
+
+    monkeypatch.setattr(engine, "sample", one_nan_candidate)
+    decision = engine.infer(observation, n=6, seed=0)
+    # The NaN candidate would have made every comparison with the candidates' mean NaN.
+    assert verifier.chunks.shape[0] == verifier.features.shape[0] == 5 and np.isfinite(verifier.chunks).all()
+    assert np.isnan(decision.scores[2]) and np.isfinite(np.delete(decision.scores, 2)).all()
+    assert decision.index != 2 and decision.index == int(np.nanargmax(decision.scores))
+    m = flow.bundle.manifest.normalization
+    expected = (np.delete(decision.candidates, 2, axis=0) - np.asarray(m.action_mean)) / np.asarray(m.action_std)
+    np.testing.assert_allclose(verifier.chunks, expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("seed", [-1, 1.5, "7", 2**64])
 def test_bad_seed_is_an_error_naming_it(flow, observation, seed):
     with pytest.raises(SpecError) as info:

@@ -102,3 +102,41 @@ def test_feature_set_round_trips(tmp_path):
     again = FeatureSet.load(fs.save(tmp_path / "f.npz"))
     np.testing.assert_array_equal(again.features, fs.features)
     assert again.policy_fingerprint == fs.policy_fingerprint and again.k == 8
+
+
+def test_consensus_picks_the_candidate_nearest_the_others_and_needs_the_chunks(tmp_path):
+    from policies import BundleError
+
+    rng = np.random.default_rng(0)
+    centre = rng.standard_normal((8, 4))
+    chunks = (centre + 0.3 * rng.standard_normal((9, 8, 4))).astype(np.float32)
+    chunks[5] = centre + 0.01
+    features = rng.standard_normal((9, F)).astype(np.float32)
+    verifier = train_verifier(feature_set(features), VerifierTrainConfig(kind="consensus"), tmp_path / "c",
+                              log=lambda m: None)
+    assert verifier.takes_chunks and verifier.manifest.type == "consensus"
+    scores = verifier.score(features, chunks)
+    expected = -np.sqrt(((chunks - chunks.mean(0)) ** 2).sum(2)).mean(1)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+    assert int(np.argmax(scores)) == 5
+    # The features do not enter the score; the chunks must come with them.
+    np.testing.assert_allclose(verifier.score(-features, chunks), scores)
+    with pytest.raises(BundleError, match="chunks"):
+        verifier.score(features)
+
+
+def test_engine_passes_normalised_chunks_to_a_consensus_verifier(exported, tmp_path):
+    from policies import make_example_observation
+    from runtime import Engine, EngineConfig
+    from verifiers.train import consensus_verifier
+
+    flow = exported("flow")
+    verifier = consensus_verifier(flow.bundle.path, tmp_path / "consensus")
+    assert load_verifier(verifier.path).policy_fingerprint == flow.bundle.fingerprint
+    engine = Engine(flow.bundle, verifier=verifier.path, config=EngineConfig(return_candidates=True))
+    decision = engine.infer(make_example_observation(flow.bundle.manifest, seed=1, image_size=(64, 64)), n=8, seed=2)
+    m = flow.bundle.manifest.normalization
+    normalised = (decision.candidates - np.asarray(m.action_mean)) / np.asarray(m.action_std)
+    nearest = np.sqrt(((normalised - normalised.mean(0)) ** 2).sum(2)).mean(1)
+    np.testing.assert_allclose(decision.scores, -nearest, rtol=1e-3, atol=1e-4)
+    assert decision.index == int(np.argmin(nearest)) and decision.verifier == "consensus"

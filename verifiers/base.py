@@ -1,4 +1,4 @@
-"""The verifier interface: features of N candidates -> N scores, higher = more in-distribution."""
+"""The verifier interface: features (and, if it asks, chunks) of N candidates -> N scores, higher is better."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ class Verifier(Protocol):
         name: shown in decisions and diagnostics.
         feature_dim: F, the feature size it takes; None if it takes any.
         policy_fingerprint: the policy bundle whose features it was trained on; None if unbound.
+        takes_chunks: optional (False when absent): the engine then also passes the candidates' chunks,
+            float32[N, H, A] in the policy's normalised action units. Only valid (finite) candidates are
+            scored, so a verifier that compares candidates with each other never sees a NaN one.
     """
 
     name: str
     feature_dim: int | None
     policy_fingerprint: str | None
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """features: float32[N, F] -> scores: float32[N]; higher is better."""
+    def score(self, features: np.ndarray, chunks: np.ndarray | None = None) -> np.ndarray:
+        """features: float32[N, F] (and chunks: float32[N, H, A]) -> scores: float32[N]; higher is better."""
         ...

@@ -1,7 +1,9 @@
 """Verifier bundles: a folder with manifest.json and verifier.onnx (`features[N, F] -> scores[N]`).
 
 Any ONNX file with that signature is a verifier: wrap it in a bundle with `write_verifier_bundle`
-(which binds it to a policy's fingerprint), or load the bare file with `load_verifier(path)`.
+(which binds it to a policy's fingerprint), or load the bare file with `load_verifier(path)`. A graph
+may take a second input named `chunks`, float32[N, H, A]: the candidates' chunks in the policy's
+normalised action units (a verifier that scores the actions themselves, or compares the candidates).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 VERIFIER_SCHEMA_VERSION = 1
 VERIFIER_FILE = "verifier.onnx"
+# Name of the optional second graph input: the candidates' normalised chunks.
+CHUNKS_INPUT = "chunks"
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ class VerifierManifest:
 
 
 class OnnxVerifier:
-    """A verifier run by ONNX Runtime: `features: float32[N, F] -> scores: float32[N]`."""
+    """A verifier run by ONNX Runtime: `features: float32[N, F] (, chunks: float32[N, H, A]) -> scores: float32[N]`."""
 
     def __init__(self, session: ort.InferenceSession, name: str, feature_dim: int | None,
                  policy_fingerprint: str | None, path: Path | None = None, manifest: VerifierManifest | None = None):
@@ -88,10 +92,17 @@ class OnnxVerifier:
         self.policy_fingerprint = policy_fingerprint
         inputs, outputs = session.get_inputs(), session.get_outputs()
         where = f"verifier {name!r}"
-        if len(inputs) != 1 or len(outputs) != 1:
+        chunk_inputs = [i for i in inputs if i.name == CHUNKS_INPUT]
+        if len(inputs) - len(chunk_inputs) != 1 or len(outputs) != 1:
             raise BundleError(f"{where}.signature",
-                              f"expected one input and one output, got {len(inputs)} inputs and {len(outputs)} outputs")
-        (inp,), (out,) = inputs, outputs
+                              f"expected one features input (and optionally '{CHUNKS_INPUT}') and one output, got "
+                              f"inputs {[i.name for i in inputs]} and {len(outputs)} outputs")
+        (inp,), (out,) = [i for i in inputs if i.name != CHUNKS_INPUT], outputs
+        for c in chunk_inputs:
+            if c.type != "tensor(float)" or len(c.shape) != 3:
+                raise BundleError(f"{where}.inputs.{CHUNKS_INPUT}", f"expected float32[N, H, A], got {c.type} {c.shape}")
+        # Whether the engine must pass the candidates' chunks next to their features.
+        self.takes_chunks = bool(chunk_inputs)
         if inp.type != "tensor(float)" or len(inp.shape) != 2:
             raise BundleError(f"{where}.inputs.{inp.name}", f"expected float32[N, F], got {inp.type} {inp.shape}")
         if out.type != "tensor(float)" or len(out.shape) != 1:
@@ -102,11 +113,18 @@ class OnnxVerifier:
         self.feature_dim = feature_dim if feature_dim is not None else graph_f
         self._input, self._output = inp.name, out.name
 
-    def score(self, features: np.ndarray) -> np.ndarray:
+    def score(self, features: np.ndarray, chunks: np.ndarray | None = None) -> np.ndarray:
         if features.ndim != 2 or (self.feature_dim is not None and features.shape[1] != self.feature_dim):
             raise BundleError(f"verifier {self.name!r}.features",
                               f"expected [N, {self.feature_dim}], got {list(features.shape)}")
-        (scores,) = self.session.run([self._output], {self._input: np.ascontiguousarray(features, np.float32)})
+        feeds = {self._input: np.ascontiguousarray(features, np.float32)}
+        if self.takes_chunks:
+            if chunks is None or chunks.ndim != 3 or chunks.shape[0] != features.shape[0]:
+                got = None if chunks is None else list(chunks.shape)
+                raise BundleError(f"verifier {self.name!r}.chunks",
+                                  f"expected [{features.shape[0]}, H, A] next to the features, got {got}")
+            feeds[CHUNKS_INPUT] = np.ascontiguousarray(chunks, np.float32)
+        (scores,) = self.session.run([self._output], feeds)
         if scores.shape != (features.shape[0],):
             raise BundleError(f"verifier {self.name!r}.scores",
                               f"expected shape [{features.shape[0]}], got {list(scores.shape)}")

@@ -31,6 +31,8 @@ BUILTIN = {
     "rnd": VerifierKind("rnd", "random network distillation error, negated", trainer="verifiers.train:train_verifier"),
     "knn": VerifierKind("knn", "mean distance to the k nearest training features, negated",
                         trainer="verifiers.train:train_verifier"),
+    "consensus": VerifierKind("consensus", "the candidate whose chunk is nearest the mean of the N chunks (no training)",
+                              trainer="verifiers.train:train_verifier"),
 }
 
 

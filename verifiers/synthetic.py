@@ -13,13 +13,17 @@ import numpy as np
 from policies.extras import require
 
 
-def _save(nodes, inits: dict[str, np.ndarray], path: str | Path, feature_dim: int) -> Path:
-    """Writes a graph `features: float32[n, F] -> scores: float32[n]`; initializers keep their dtypes."""
+def _save(nodes, inits: dict[str, np.ndarray], path: str | Path, feature_dim: int, chunks: bool = False) -> Path:
+    """Writes a graph `features: float32[n, F] (, chunks: float32[n, h, a]) -> scores: float32[n]`;
+    initializers keep their dtypes."""
     onnx = require("onnx")
     helper, TP = onnx.helper, onnx.TensorProto
+    inputs = [helper.make_tensor_value_info("features", TP.FLOAT, ["n", feature_dim])]
+    if chunks:
+        inputs.append(helper.make_tensor_value_info("chunks", TP.FLOAT, ["n", "h", "a"]))
     graph = helper.make_graph(
         nodes, "verifier",
-        [helper.make_tensor_value_info("features", TP.FLOAT, ["n", feature_dim])],
+        inputs,
         [helper.make_tensor_value_info("scores", TP.FLOAT, ["n"])],
         initializer=[onnx.numpy_helper.from_array(v, k) for k, v in inits.items()],
     )
@@ -119,3 +123,25 @@ def knn_verifier_onnx(path: str | Path, points: np.ndarray, mean: np.ndarray, st
         helper.make_node("Neg", ["mean_dist"], ["scores"]),
     ]
     return _save(nodes, inits, path, len(mean))
+
+
+def consensus_verifier_onnx(path: str | Path, feature_dim: int) -> Path:
+    """score = -(distance of a candidate's chunk to the mean of the N candidates' chunks), per action
+    averaged over the chunk, in normalised action units: the candidate nearest the policy's consensus.
+
+    It needs no training: it ranks by the density of the policy's own samples around each candidate
+    rather than by the data's, which resolves the small differences between candidates of one
+    observation that a pseudo-count trained on dataset frames cannot (see the README's reproduction).
+    Takes `chunks` next to the (unused) features; with N=1 every score is 0.
+    """
+    helper = require("onnx").helper
+    nodes = [
+        helper.make_node("ReduceMean", ["chunks"], ["centre"], axes=[0], keepdims=1),  # opset 17: attribute
+        helper.make_node("Sub", ["chunks", "centre"], ["offset"]),
+        helper.make_node("Mul", ["offset", "offset"], ["sq"]),
+        helper.make_node("ReduceSum", ["sq", "axis_a"], ["d2"], keepdims=0),
+        helper.make_node("Sqrt", ["d2"], ["dist"]),
+        helper.make_node("ReduceMean", ["dist"], ["mean_dist"], axes=[1], keepdims=0),
+        helper.make_node("Neg", ["mean_dist"], ["scores"]),
+    ]
+    return _save(nodes, {"axis_a": np.array([2], np.int64)}, path, feature_dim, chunks=True)

@@ -7,6 +7,9 @@
   argmax count).
 - rnd: random network distillation; score = -||predictor(x) - target(x)||^2.
 - knn: score = -mean distance to the k nearest training features (brute force MatMul + TopK in ONNX).
+- consensus: needs no training; score = -distance of the candidate's chunk to the mean of the N
+  candidates' chunks (the graph takes `chunks` next to the features): the density of the policy's own
+  samples rather than the data's.
 - random: a deterministic pseudo-random score (a high-frequency hash of the feature): a uniform pick that
   ignores how in-distribution a candidate is. The baseline that best-of-N must beat.
 Features are standardised with the training set's mean and std inside every graph.
@@ -25,7 +28,7 @@ import numpy as np
 from policies.extras import require
 from verifiers.features import FeatureSet
 
-VERIFIER_KINDS = ("cfn", "rnd", "knn", "random")
+VERIFIER_KINDS = ("cfn", "rnd", "knn", "consensus", "random")
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,21 @@ def _fit(model, params, loss_fn, n: int, config: VerifierTrainConfig, log) -> li
     return history
 
 
+def consensus_verifier(policy: str | Path, out_dir: str | Path, overwrite: bool = False):
+    """The consensus verifier for a policy bundle: it needs no features, only the policy's fingerprint
+    and feature size to bind to."""
+    from policies.bundle import load_policy_bundle
+    from verifiers.bundle import write_verifier_bundle
+    from verifiers.synthetic import consensus_verifier_onnx
+
+    bundle = load_policy_bundle(policy)
+    onnx_path = consensus_verifier_onnx(Path(tempfile.mkdtemp(prefix="verifier-")) / "verifier.onnx",
+                                        bundle.manifest.feature_dim)
+    return write_verifier_bundle(onnx_path, out_dir, policy_fingerprint=bundle.fingerprint,
+                                 feature_dim=bundle.manifest.feature_dim, type="consensus", overwrite=overwrite,
+                                 provenance={"command": " ".join(["taco", *sys.argv[1:]]), "kind": "consensus"})
+
+
 def train_verifier(features: FeatureSet, config: VerifierTrainConfig, out_dir: str | Path, log=None,
                    overwrite: bool = False):
     """Trains one verifier on `features` and writes a bundle bound to the features' policy."""
@@ -202,6 +220,10 @@ def train_verifier(features: FeatureSet, config: VerifierTrainConfig, out_dir: s
         knn_verifier_onnx(onnx_path, z, mean, std, k=config.k, projection=projection)
         info["index_points"] = int(len(keep))
         info["index_dims"] = int(z.shape[1])
+    elif config.kind == "consensus":
+        from verifiers.synthetic import consensus_verifier_onnx
+
+        consensus_verifier_onnx(onnx_path, x.shape[1])
     else:
         torch, CFN, RND, RandomScore = _torch_nets()
         torch.set_num_threads(config.threads)
