@@ -148,3 +148,33 @@ def test_demo_quick_on_the_shipped_default_writes_success_per_arm(tmp_path):
     assert all(0.0 <= v <= 1.0 for v in report["summary"]["success"].values())
     assert report["policy"].endswith("artifacts/bundles/flow")
     assert "cfn" in result.stdout and (tmp_path / "demo" / "index.md").is_file()
+
+
+def test_every_shipped_verifier_loads_and_is_bound_to_its_shipped_policy():
+    """artifacts/bundles/<policy>-<verifier>: each validates (checksums) and each names its policy's fingerprint."""
+    from policies.bundle import load_policy_bundle
+    from runtime.defaults import VERIFIER_NAMES, artifacts_dir
+    from runtime.engine import Engine
+
+    bundles = artifacts_dir() / "bundles"
+    policies = [p for p in bundles.iterdir() if (p / "manifest.json").is_file() and "-" not in p.name]
+    assert "flow" in {p.name for p in policies}
+    for policy in policies:
+        fingerprint = load_policy_bundle(policy).fingerprint
+        shipped = [v for v in VERIFIER_NAMES if (bundles / f"{policy.name}-{v}" / "manifest.json").is_file()]
+        assert {"cfn", "rnd", "knn", "random", "consensus"} <= set(shipped), policy.name
+        engine = Engine(policy)
+        for name in shipped:
+            verifier = engine.load_verifier(bundles / f"{policy.name}-{name}")
+            assert verifier.policy_fingerprint == fingerprint
+
+
+def test_train_verifier_consensus_needs_only_the_policy(exported, tmp_path, capsys):
+    flow = exported("flow")
+    out = tmp_path / "flow-consensus"
+    assert main(["train-verifier", "--kind", "consensus", "--policy", str(flow.bundle.path), "--out", str(out)]) == 0
+    assert json.loads((out / "manifest.json").read_text())["policy_fingerprint"] == flow.bundle.fingerprint
+    capsys.readouterr()
+    # A kind that learns from features cannot be made from the policy alone.
+    assert main(["train-verifier", "--kind", "cfn", "--policy", str(flow.bundle.path), "--out", str(tmp_path / "c")]) == 2
+    assert "--features" in capsys.readouterr().err
