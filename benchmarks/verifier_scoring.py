@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/verifier_scoring.py --json build/verifier_scoring.json [--quick]
 
 Verifiers are trained briefly on random 96-d features (training quality is not measured here: only the
-cost of `score` inside a control step). p50/p99 over interleaved rounds.
+cost of `score` inside a control step); consensus also reads N random 16x14 chunks. p50/p99 over
+interleaved rounds.
 """
 
 from __future__ import annotations
@@ -31,21 +32,24 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     arms = {}
     for kind, size, extra in [("cfn", 20_000, {}), ("rnd", 20_000, {}), ("knn", 20_000, {}),
-                              ("knn", 100_000, {"max_points": 100_000})]:
+                              ("knn", 100_000, {"max_points": 100_000}), ("consensus", 1_000, {})]:
         x = rng.standard_normal((size, f)).astype(np.float32)
         fs = FeatureSet(x, np.zeros(size, np.int64), np.arange(size), np.zeros(size, np.float32),
                         np.zeros(size, np.int64), "p" * 64, "d" * 64, 16)
         cfg = VerifierTrainConfig(kind=kind, epochs=1, **extra)
-        name = f"{kind} ({size // 1000}k features)"
+        name = kind if kind == "consensus" else f"{kind} ({size // 1000}k features)"
         arms[name] = train_verifier(fs, cfg, tmp / f"{kind}-{size}", log=lambda m: None)
     query = rng.standard_normal((args.n, f)).astype(np.float32)
+    # consensus reads the candidates' chunks (H=16, A=14 as the shipped policy's) next to the features.
+    chunks = rng.standard_normal((args.n, 16, 14)).astype(np.float32)
+    inputs = {name: (query, chunks) if v.takes_chunks else (query,) for name, v in arms.items()}
     times = {name: [] for name in arms}
-    for v in arms.values():
-        v.score(query)
+    for name, v in arms.items():
+        v.score(*inputs[name])
     for _ in range(rounds):
         for name, v in arms.items():
             t0 = time.perf_counter()
-            v.score(query)
+            v.score(*inputs[name])
             times[name].append((time.perf_counter() - t0) * 1e3)
     rows = []
     print(f"{'verifier':<24} {'N':>3} {'p50 ms':>8} {'p99 ms':>8} {'bundle MB':>10}")
