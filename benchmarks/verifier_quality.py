@@ -42,6 +42,7 @@ def main() -> None:
     from runtime.defaults import resolve_policy, resolve_verifier
     from runtime.engine import Engine
     from verifiers import load_verifier
+    from verifiers.base import score_candidates
 
     policy = resolve_policy(args.policy)
     engine = Engine(policy)
@@ -64,7 +65,7 @@ def main() -> None:
             uniform.append(dist.mean())
             oracle.append(dist.min())
             for name, verifier in verifiers.items():
-                scores = verifier.score(features, chunks) if verifier.takes_chunks else verifier.score(features)
+                scores = score_candidates(verifier, features, chunks)
                 picks[name].append(dist[int(np.argmax(scores))])
                 rho[name].append(_spearman(scores, -dist))
     frames = len(uniform)

@@ -21,6 +21,7 @@ from policies.config import PolicyConfig
 from policies.flops import candidate_flops, encoder_flops
 from runtime.engine import Engine, EngineConfig
 from runtime.sessions import SessionConfig
+from verifiers.base import score_candidates
 
 STAGES = ("preprocess", "encode", "sample", "score", "select", "total")
 
@@ -85,12 +86,7 @@ class _Naive:
             chunks, features = self.policy.sample(prefix_kv, prefix_bias, noise)
             t3 = time.perf_counter()
             features_np = features.numpy()
-        if self.verifier is None:
-            scores = None
-        elif getattr(self.verifier, "takes_chunks", False):
-            scores = self.verifier.score(features_np, chunks.numpy())
-        else:
-            scores = self.verifier.score(features_np)
+        scores = None if self.verifier is None else score_candidates(self.verifier, features_np, chunks.numpy())
         t4 = time.perf_counter()
         index = int(np.argmax(scores)) if scores is not None else 0
         _ = chunks[index].numpy()

@@ -16,7 +16,7 @@ from runtime.select import finite_candidates, select
 from runtime.sessions import SessionConfig, make_session
 from runtime.timing import StageTimer
 from verifiers import check_verifier, load_verifier
-from verifiers.base import Verifier
+from verifiers.base import Verifier, score_candidates
 
 # Largest N accepted per step; more is almost surely a units mistake (and would exhaust memory).
 MAX_CANDIDATES = 4096
@@ -189,8 +189,7 @@ class Engine:
         scores = np.full(features.shape[0], np.nan, np.float32)
         if not valid.any():
             return scores
-        args = (features[valid], chunks[valid]) if getattr(verifier, "takes_chunks", False) else (features[valid],)
-        got = np.asarray(verifier.score(*args))
+        got = np.asarray(score_candidates(verifier, features[valid], chunks[valid]))
         m = int(valid.sum())
         if got.shape != (m,) or not np.issubdtype(got.dtype, np.number):
             raise BundleError(f"verifier {verifier.name!r}.scores",

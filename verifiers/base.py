@@ -27,3 +27,10 @@ class Verifier(Protocol):
     def score(self, features: np.ndarray, chunks: np.ndarray | None = None) -> np.ndarray:
         """features: float32[N, F] (and chunks: float32[N, H, A]) -> scores: float32[N]; higher is better."""
         ...
+
+
+def score_candidates(verifier: Verifier, features: np.ndarray, chunks: np.ndarray) -> np.ndarray:
+    """Calls `verifier.score` with the chunks too when it takes them (`takes_chunks`), else the features only."""
+    if getattr(verifier, "takes_chunks", False):
+        return verifier.score(features, chunks)
+    return verifier.score(features)

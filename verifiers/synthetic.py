@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from policies.extras import require
+from verifiers.bundle import CHUNKS_INPUT
 
 
 def _save(nodes, inits: dict[str, np.ndarray], path: str | Path, feature_dim: int, chunks: bool = False) -> Path:
@@ -20,7 +21,7 @@ def _save(nodes, inits: dict[str, np.ndarray], path: str | Path, feature_dim: in
     helper, TP = onnx.helper, onnx.TensorProto
     inputs = [helper.make_tensor_value_info("features", TP.FLOAT, ["n", feature_dim])]
     if chunks:
-        inputs.append(helper.make_tensor_value_info("chunks", TP.FLOAT, ["n", "h", "a"]))
+        inputs.append(helper.make_tensor_value_info(CHUNKS_INPUT, TP.FLOAT, ["n", "h", "a"]))
     graph = helper.make_graph(
         nodes, "verifier",
         inputs,
@@ -136,8 +137,8 @@ def consensus_verifier_onnx(path: str | Path, feature_dim: int) -> Path:
     """
     helper = require("onnx").helper
     nodes = [
-        helper.make_node("ReduceMean", ["chunks"], ["centre"], axes=[0], keepdims=1),  # opset 17: attribute
-        helper.make_node("Sub", ["chunks", "centre"], ["offset"]),
+        helper.make_node("ReduceMean", [CHUNKS_INPUT], ["centre"], axes=[0], keepdims=1),  # opset 17: attribute
+        helper.make_node("Sub", [CHUNKS_INPUT, "centre"], ["offset"]),
         helper.make_node("Mul", ["offset", "offset"], ["sq"]),
         helper.make_node("ReduceSum", ["sq", "axis_a"], ["d2"], keepdims=0),
         helper.make_node("Sqrt", ["d2"], ["dist"]),
