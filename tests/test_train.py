@@ -221,3 +221,26 @@ def test_init_from_accepts_a_checkpoint_older_than_a_config_field(dataset, tmp_p
     for k, v in state["ema"].items():
         torch.testing.assert_close(loaded[k], v)
     assert load_policy_bundle(lr0).manifest.model_config["keypoints"] == 4
+
+
+def test_load_dataset_reads_what_lerobot_reads(dataset):
+    """The training loader reads the parquet columns directly; every frame must equal LeRobot's own reading
+    (state, action, task, and the decoded camera frame), episode by episode."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from policies.data import load_dataset
+
+    data = load_dataset(dataset)
+    ds = LeRobotDataset(f"taco/{dataset.name}", root=dataset, video_backend="pyav")
+    assert len(data.episodes) == ds.num_episodes and sum(map(len, data.episodes)) == ds.num_frames
+    offset = 0
+    for ep in data.episodes:
+        for t in (0, len(ep) // 2, len(ep) - 1):
+            item = ds[offset + t]
+            assert int(item["episode_index"]) == ep.index and int(item["frame_index"]) == t
+            np.testing.assert_array_equal(ep.state[t], item["observation.state"].numpy())
+            np.testing.assert_array_equal(ep.action[t], item["action"].numpy())
+            assert ep.task == item["task"]
+            frame = (item["observation.images.cam_high"].numpy().transpose(1, 2, 0) * 255).round()
+            np.testing.assert_array_equal(ep.images["cam_high"][t], frame.astype(np.uint8))
+        offset += len(ep)
