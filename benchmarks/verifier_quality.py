@@ -9,6 +9,11 @@ chunk (L2 per action, normalised units) measures how expert-like it is. Per veri
 distance of its pick, next to a uniform pick (the mean over candidates) and the oracle (the closest),
 and the Spearman rank correlation between score and closeness within a frame, averaged over frames.
 A verifier that helps has a pick distance below the uniform one and a positive correlation.
+
+It also prints the regime the policy samples in: the spread of its N candidates within a frame (std over
+candidates, normalised units, root mean square over the chunk's entries) next to the spread of the
+recorded chunks across frames. TACO's pseudo-count can only tell candidates apart when the first is not
+negligible next to the second (its premise: some samples leave the data).
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     picks = {name: [] for name in names}
     rho = {name: [] for name in names}
-    uniform, oracle = [], []
+    uniform, oracle, spread, targets = [], [], [], []
     for ep in data.episodes:
         for t in range(0, len(ep), args.stride):
             prefix_kv, prefix_bias = engine.encode(engine.preprocess(ep.observation(t, m.cameras)))
@@ -63,18 +68,23 @@ def main() -> None:
             target = (ep.chunk(t, m.chunk_length) - a_mean) / a_std
             dist = np.sqrt(((chunks - target) ** 2).sum(axis=2)).mean(axis=1)
             uniform.append(dist.mean())
+            spread.append(np.sqrt(chunks.var(axis=0).mean()))
+            targets.append(target)
             oracle.append(dist.min())
             for name, verifier in verifiers.items():
                 scores = score_candidates(verifier, features, chunks)
                 picks[name].append(dist[int(np.argmax(scores))])
                 rho[name].append(_spearman(scores, -dist))
     frames = len(uniform)
+    data_spread = float(np.sqrt(np.stack(targets).var(axis=0).mean()))
     rows = [{"verifier": name, "pick_distance": float(np.mean(picks[name])),
              "spearman_score_vs_closeness": float(np.mean(rho[name])),
              "better_than_uniform_frames": float(np.mean(np.array(picks[name]) < np.array(uniform)))}
             for name in names]
     print(f"{frames} frames of {len(data.episodes)} episodes, N={args.n}; distance = L2 per action to the recorded "
           f"chunk (normalised)")
+    print(f"candidate spread within a frame {np.mean(spread):.3f}; recorded chunks' spread across frames "
+          f"{data_spread:.3f}")
     print(f"{'pick':<10} {'distance':>9} {'rho(score, closeness)':>22} {'frames better than uniform':>27}")
     print(f"{'uniform':<10} {np.mean(uniform):>9.3f}")
     print(f"{'oracle':<10} {np.mean(oracle):>9.3f}")
@@ -85,7 +95,9 @@ def main() -> None:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"policy": policy, "dataset": args.dataset, "n": args.n,
                                                "frames": frames, "uniform_distance": float(np.mean(uniform)),
-                                               "oracle_distance": float(np.mean(oracle)), "rows": rows}, indent=2))
+                                               "oracle_distance": float(np.mean(oracle)),
+                                               "candidate_spread": float(np.mean(spread)),
+                                               "data_spread": data_spread, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
