@@ -142,7 +142,7 @@ def cmd_eval(args) -> int:
     config = EvalConfig(policy=args.policy, verifier=args.verifier, n=args.n, tasks=tasks, episodes=episodes,
                         seed=args.seed, execute=args.execute, workers=args.workers, backend=args.backend,
                         max_steps=args.max_steps, expert_mode=args.mode, action_noise=args.action_noise,
-                        report=args.report, video_episodes=args.video_episodes)
+                        noise_stream=args.noise_stream, report=args.report, video_episodes=args.video_episodes)
     report = run_suite(config, json_path=args.json)
     print(format_summary(report))
     if args.json:
@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=20, help="episodes per task (episode i uses seed S+i)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--execute", type=int, default=8, help="actions executed per chunk before replanning")
+    p.add_argument("--noise-stream", type=int, default=0,
+                   help="policies only: which stream of sampling noises the seeds open (another draw of the same policy)")
     p.add_argument("--max-steps", type=int, default=None, help="steps per episode (default: the task's)")
     p.add_argument("--mode", default=None, help="scripted only: force an expert mode (default: the mix)")
     p.add_argument("--action-noise", type=float, default=None, help="scripted only: joint noise std, rad")
@@ -448,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="several verifier arms on the same episodes, with paired statistics")
     p.add_argument("--policy", required=True)
     p.add_argument("--arm", action="append", required=True,
-                   help="NAME:N[:VERIFIER], repeated; the first is the reference (e.g. none:1)")
+                   help="NAME:N[@STREAM][:VERIFIER], repeated; the first is the reference (e.g. none:1; "
+                        "none2:1@2:none is N=1 on noise stream 2)")
     p.add_argument("--task", default="all")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)

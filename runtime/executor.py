@@ -23,10 +23,22 @@ class ExecutorConfig:
     n: int = 1
     # Actions executed from each chunk before replanning (k); at most the chunk length.
     execute: int = 8
+    # Which stream of noises the episode seed opens (0: the default). Candidate 0 of any N draws the same
+    # noise as N=1, so a policy evaluated at N=1 is one stream; other streams give independent draws of
+    # the same policy on the same seeds (a reference averaged over streams, for a high-variance policy).
+    noise_stream: int = 0
 
     def __post_init__(self):
         if self.n < 1 or self.execute < 1:
             raise ValueError(f"n and execute must be >= 1, got n={self.n}, execute={self.execute}")
+        if isinstance(self.noise_stream, bool) or not isinstance(self.noise_stream, int) or self.noise_stream < 0:
+            raise ValueError(f"noise_stream: expected an integer >= 0, got {self.noise_stream!r}")
+
+
+def decision_seed(seed: int, index: int, stream: int = 0) -> int:
+    """The noise seed of replanning step `index` of an episode (or session) seeded `seed`, on `stream`."""
+    entropy = [int(seed), int(index)] + ([int(stream)] if stream else [])
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
 
 
 class ChunkExecutor:
@@ -57,7 +69,7 @@ class ChunkExecutor:
         self.dropped = 0
 
     def _replan(self, observation: Observation) -> None:
-        seed = int(np.random.SeedSequence([self._seed, len(self.decisions)]).generate_state(1, np.uint64)[0] >> 1)
+        seed = decision_seed(self._seed, len(self.decisions), self.config.noise_stream)
         decision = self.engine.infer(observation, n=self.config.n, seed=seed)
         self.decisions.append(decision)
         self._chunk, self._times, self._next, self._executed = decision.chunk, decision.times, 0, 0

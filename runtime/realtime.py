@@ -20,7 +20,7 @@ import numpy as np
 
 from policies.observation import Observation
 from runtime.engine import Decision, Engine
-from runtime.executor import ExecutorConfig
+from runtime.executor import ExecutorConfig, decision_seed
 
 
 @dataclass
@@ -127,7 +127,7 @@ class RealtimeExecutor:
                     return
                 observation, self._latest = self._latest, None
                 self._started_at = self._clock()
-                seed = int(np.random.SeedSequence([self._seed, self._count]).generate_state(1, np.uint64)[0] >> 1)
+                seed = decision_seed(self._seed, self._count, self.config.noise_stream)
                 self._count += 1
             try:
                 decision = self.engine.infer(observation, n=self.config.n, seed=seed)

@@ -25,14 +25,18 @@ class Arm:
     name: str
     n: int
     verifier: str | None = None
+    # Noise stream (0: the default; see runtime.executor.ExecutorConfig.noise_stream).
+    stream: int = 0
 
     @classmethod
     def parse(cls, text: str) -> Arm:
-        """NAME:N or NAME:N:VERIFIER_PATH, e.g. `none:1`, `cfn:16` (the shipped cfn) or `cfn:16:path/to/bundle`."""
+        """NAME:N[@STREAM][:VERIFIER_PATH], e.g. `none:1`, `cfn:16` (the shipped cfn), `cfn:16:path/to/bundle`,
+        or `none2:1@2:none` (N=1 on noise stream 2: another draw of the reference on the same seeds)."""
         parts = text.split(":", 2)
-        if len(parts) < 2 or not parts[1].isdigit():
-            raise ValueError(f"arm: expected NAME:N[:VERIFIER], got {text!r}")
-        return cls(parts[0], int(parts[1]), parts[2] if len(parts) == 3 else None)
+        count, at, stream = parts[1].partition("@") if len(parts) >= 2 else ("", "", "")
+        if len(parts) < 2 or not parts[0] or not count.isdigit() or (at and not stream.isdigit()):
+            raise ValueError(f"arm: expected NAME:N[@STREAM][:VERIFIER], got {text!r}")
+        return cls(parts[0], int(count), parts[2] if len(parts) == 3 else None, int(stream or 0))
 
     @property
     def verifier_name(self) -> str:
@@ -57,20 +61,23 @@ def compare(policy: str, arms: list[Arm], base: EvalConfig, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     results = {}
     for arm in arms:
-        config = dataclasses.replace(base, policy=policy, verifier=arm.verifier_name, n=arm.n, report=None)
+        config = dataclasses.replace(base, policy=policy, verifier=arm.verifier_name, n=arm.n,
+                                     noise_stream=arm.stream, report=None)
         path = out / f"arm-{arm.name}.json"
         done = _finished(path, config)
         if done is not None:
             log(f"arm {arm.name}: already complete in {path}")
             results[arm.name] = done
             continue
-        log(f"arm {arm.name}: N={arm.n}, verifier {arm.verifier_name}")
+        stream = f", noise stream {arm.stream}" if arm.stream else ""
+        log(f"arm {arm.name}: N={arm.n}, verifier {arm.verifier_name}{stream}")
         results[arm.name] = run_suite(config, path, progress=log)
     reference = arms[0].name
     table = []
     for arm in arms:
         summary = results[arm.name]["summary"]
-        row = {"arm": arm.name, "n": arm.n, "verifier": arm.verifier_name, "overall": summary["overall"],
+        row = {"arm": arm.name, "n": arm.n, "verifier": arm.verifier_name, "noise_stream": arm.stream,
+               "overall": summary["overall"],
                "per_task": {t: {k: s[k] for k in ("successes", "episodes", "success_rate", "wilson95")}
                             for t, s in summary["per_task"].items()}}
         if arm.name != reference:

@@ -42,6 +42,8 @@ class EvalConfig:
     seed: int = 0
     # Actions executed from each chunk before replanning.
     execute: int = 8
+    # Noise stream of the policy's samples (runtime.executor.ExecutorConfig.noise_stream; 0: the default).
+    noise_stream: int = 0
     # Worker processes (local) or Ray tasks in flight (ray).
     workers: int = 1
     backend: str = "local"
@@ -72,8 +74,10 @@ class EvalConfig:
             raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.episodes < 1 or self.workers < 1 or self.n < 1 or self.execute < 1:
             raise ValueError("episodes, workers, n and execute must be >= 1")
-        if self.policy == "scripted" and (self.verifier is not None or self.n != 1):
-            raise ValueError("verifier and n apply to policy bundles, not to --policy scripted")
+        if isinstance(self.noise_stream, bool) or not isinstance(self.noise_stream, int) or self.noise_stream < 0:
+            raise ValueError(f"noise_stream: expected an integer >= 0, got {self.noise_stream!r}")
+        if self.policy == "scripted" and (self.verifier is not None or self.n != 1 or self.noise_stream):
+            raise ValueError("verifier, n and noise_stream apply to policy bundles, not to --policy scripted")
 
     def fingerprint(self) -> str:
         """Identifies the episodes' settings (not workers, backend or report), for resuming.
@@ -84,6 +88,8 @@ class EvalConfig:
         data = dataclasses.asdict(self)
         for key in ("workers", "backend", "report", "video_episodes"):
             data.pop(key)
+        if not self.noise_stream:
+            data.pop("noise_stream")  # the default stream: results from before streams existed still resume
         data["policy_content"] = _content_id(self.policy)
         data["verifier_content"] = _content_id(self.verifier)
         return canonical_hash(data)
@@ -134,7 +140,8 @@ def _make(config: EvalConfig, task: str):
         from runtime.executor import ChunkExecutor, ExecutorConfig
 
         engine = Engine(config.policy, verifier=config.verifier)
-        controller = ChunkExecutor(engine, ExecutorConfig(n=config.n, execute=config.execute))
+        controller = ChunkExecutor(engine, ExecutorConfig(n=config.n, execute=config.execute,
+                                                          noise_stream=config.noise_stream))
         cameras = engine.manifest.cameras
     env = AlohaSimEnv(task, cameras=cameras, max_steps=config.max_steps)
     return env, controller

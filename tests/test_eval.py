@@ -1,6 +1,7 @@
 """`taco eval`: scripted experts reach their success bar, policy bundles run through the chunk executor,
 summaries carry Wilson intervals, interrupted suites resume, and the report has plots and a video."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -76,6 +77,10 @@ def test_results_are_not_reused_after_a_bundle_is_rebuilt_in_place(flow, tmp_pat
     config = EvalConfig(policy=str(policy), tasks=("lift_bar",), episodes=1, max_steps=5)
     before = config.fingerprint()
     assert EvalConfig(policy=str(policy), tasks=("lift_bar",), episodes=1, max_steps=5).fingerprint() == before
+    # Another noise stream is other episodes, so other results.
+    assert dataclasses.replace(config, noise_stream=1).fingerprint() != before
+    with pytest.raises(ValueError, match="noise_stream"):
+        EvalConfig(policy="scripted", noise_stream=1)
     run_suite(config, tmp_path / "arm.json", progress=lambda m: None)
     assert _finished(tmp_path / "arm.json", config) is not None  # taco compare would reuse it
     manifest = json.loads((policy / "manifest.json").read_text())
@@ -104,7 +109,7 @@ def test_report_has_plots_and_a_video(tmp_path):
 def test_bad_eval_settings_are_rejected(capsys):
     assert main(["eval", "--policy", "scripted", "--task", "fold_laundry", "--episodes", "1"]) == 2
     assert "fold_laundry" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="verifier and n"):
+    with pytest.raises(ValueError, match="verifier, n and noise_stream apply to policy bundles"):
         EvalConfig(policy="scripted", n=4)
 
 

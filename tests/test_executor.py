@@ -45,6 +45,31 @@ def test_same_episode_seed_same_actions(engine):
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
+def test_noise_streams_are_other_draws_and_stream_zero_is_the_default(engine):
+    obs = make_example_observation(engine.manifest)
+    dt = engine.manifest.action_dt
+
+    def run(n, stream):
+        ex = ChunkExecutor(engine, ExecutorConfig(n=n, execute=2, noise_stream=stream))
+        ex.reset(seed=9)
+        actions = np.array([ex.act(at(obs, i * dt)) for i in range(5)])
+        return actions, [d.seed for d in ex.decisions]
+
+    default, seeds = run(1, 0)
+    # Stream 0 keeps the seeds results were recorded with: SeedSequence([episode seed, decision index]).
+    assert seeds[0] == int(np.random.SeedSequence([9, 0]).generate_state(1, np.uint64)[0] >> 1)
+    other, other_seeds = run(1, 1)
+    assert set(seeds).isdisjoint(other_seeds) and not np.array_equal(default, other)
+    np.testing.assert_array_equal(run(1, 1)[0], other)
+    # The stream's N=1 action is its seed's chunk, and that noise is candidate 0 of any N on the same
+    # seed (what pairs the arms of a comparison episode for episode).
+    single = engine.infer(at(obs, 0.0), n=1, seed=other_seeds[0])
+    np.testing.assert_array_equal(single.chunk[0], other[0])
+    np.testing.assert_array_equal(engine.noise(4, other_seeds[0])[0], engine.noise(1, other_seeds[0])[0])
+    with pytest.raises(ValueError, match="noise_stream"):
+        ExecutorConfig(noise_stream=-1)
+
+
 def test_stale_actions_are_dropped_not_executed(engine):
     obs = make_example_observation(engine.manifest)
     dt = engine.manifest.action_dt

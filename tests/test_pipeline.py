@@ -138,8 +138,11 @@ def test_mcnemar_exact_values():
     assert mcnemar_exact(6, 4) == pytest.approx(0.7539, abs=1e-3)
     assert Arm.parse("cfn:16:a/b") == Arm("cfn", 16, "a/b")
     assert Arm.parse("cfn:16").verifier_name == "cfn" and Arm.parse("cfn4:4:cfn").verifier_name == "cfn"
-    with pytest.raises(ValueError):
-        Arm.parse("cfn")
+    assert Arm.parse("none2:1@2") == Arm("none2", 1, None, 2)
+    assert Arm.parse("cfn:16@3:a/b") == Arm("cfn", 16, "a/b", 3)
+    for bad in ("cfn", "cfn:x", "none:1@", "none:1@a", ":1"):
+        with pytest.raises(ValueError, match="NAME:N"):
+            Arm.parse(bad)
 
 
 def test_shipped_names_resolve_to_the_artifacts_folder(trained, tmp_path, monkeypatch, capsys):
