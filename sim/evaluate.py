@@ -60,6 +60,7 @@ class EvalConfig:
 
     def __post_init__(self):
         from runtime.defaults import resolve_policy, resolve_verifier
+        from runtime.executor import ExecutorConfig
         from sim.tasks import TASKS
 
         if self.policy != "scripted":
@@ -74,8 +75,7 @@ class EvalConfig:
             raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.episodes < 1 or self.workers < 1 or self.n < 1 or self.execute < 1:
             raise ValueError("episodes, workers, n and execute must be >= 1")
-        if isinstance(self.noise_stream, bool) or not isinstance(self.noise_stream, int) or self.noise_stream < 0:
-            raise ValueError(f"noise_stream: expected an integer >= 0, got {self.noise_stream!r}")
+        ExecutorConfig(noise_stream=self.noise_stream)  # the executor's own check of the stream
         if self.policy == "scripted" and (self.verifier is not None or self.n != 1 or self.noise_stream):
             raise ValueError("verifier, n and noise_stream apply to policy bundles, not to --policy scripted")
 
