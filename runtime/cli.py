@@ -252,7 +252,7 @@ def cmd_compare(args) -> int:
     arms = [Arm.parse(a) for a in args.arm]
     base = EvalConfig(policy=args.policy, tasks=tasks, episodes=min(args.episodes, 2) if args.quick else args.episodes,
                       seed=args.seed, execute=args.execute, workers=args.workers, max_steps=args.max_steps)
-    report = compare(args.policy, arms, base, args.out)
+    report = compare(args.policy, arms, base, args.out, reference_streams=args.reference_streams)
     print(format_compare(report))
     print(f"wrote {args.out}/compare.json")
     return 0
@@ -458,6 +458,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--execute", type=int, default=8)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--reference-streams", type=int, default=1, metavar="K",
+                   help="also run the reference on noise streams 1..K-1 (same seeds), pool them, and test every "
+                        "arm against the pooled rate too (one stream of a noisy policy can sit far off its mean)")
     p.add_argument("--out", required=True, help="folder for per-arm JSON (resumable) and compare.json")
     p.add_argument("--quick", action="store_true")
     p.set_defaults(func=cmd_compare)

@@ -4,6 +4,11 @@ Every arm runs the same tasks and seeds. Besides each arm's success (Wilson 95% 
 comparison against the reference arm (N=1, no verifier) is paired: for each seed, did the verifier
 turn a failure into a success or the reverse? An exact two-sided sign test (McNemar) on those
 discordant pairs says whether the difference could be chance.
+
+One N=1 noise stream is a single draw of the policy's sampling noise; on a high-variance policy it can sit
+several points off the policy's mean. With `reference_streams=K` the reference also runs on noise streams
+1..K-1 (same seeds), the streams are pooled, and every other arm is also tested against the pooled rate
+(Fisher's exact test: unpaired, since the pool has K outcomes per seed).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from sim.evaluate import EvalConfig, run_suite
+from sim.evaluate import EvalConfig, run_suite, wilson_interval
 
 
 @dataclass(frozen=True)
@@ -54,9 +59,41 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def compare(policy: str, arms: list[Arm], base: EvalConfig, out_dir: str | Path, log=None) -> dict:
-    """Runs every arm (each resumable) and writes `compare.json` and, with a report, the plots."""
+def fisher_exact(a: int, n1: int, b: int, n2: int) -> float:
+    """Two-sided exact p-value that a/n1 and b/n2 successes come from one rate (Fisher's exact test:
+    the tables with the same margins that are no more likely than the observed one)."""
+    if not (0 <= a <= n1 and 0 <= b <= n2):
+        raise ValueError(f"fisher_exact: successes must lie in [0, n], got {a}/{n1} and {b}/{n2}")
+    k, total = a + b, n1 + n2
+    if total == 0:
+        return 1.0
+    weights = {x: math.comb(n1, x) * math.comb(n2, k - x) for x in range(max(0, k - n2), min(k, n1) + 1)}
+    observed = weights[a]
+    # Exact integers: ties with the observed table count in full, with no floating-point tolerance needed.
+    return min(1.0, sum(w for w in weights.values() if w <= observed) / math.comb(total, k))
+
+
+def reference_stream_arms(arms: list[Arm], streams: int) -> list[Arm]:
+    """The arms with the reference (the first) repeated on noise streams 1..streams-1 right after it,
+    named `NAME@S`, unless an arm already runs the reference's N and verifier on that stream."""
+    if streams < 1:
+        raise ValueError(f"reference_streams: expected at least 1, got {streams}")
+    ref = arms[0]
+    have = {(a.n, a.verifier_name, a.stream) for a in arms}
+    extra = [Arm(f"{ref.name}@{s}", ref.n, ref.verifier_name, s) for s in range(1, streams)
+             if (ref.n, ref.verifier_name, s) not in have]
+    return [ref, *extra, *arms[1:]]
+
+
+def compare(policy: str, arms: list[Arm], base: EvalConfig, out_dir: str | Path, log=None,
+            reference_streams: int = 1) -> dict:
+    """Runs every arm (each resumable) and writes `compare.json`. The first arm is the reference; with
+    `reference_streams` > 1 it also runs on that many noise streams in all, pooled (see the module doc)."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    arms = reference_stream_arms(arms, reference_streams)
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"arm: names must differ (each names its result file), got {names}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -85,8 +122,37 @@ def compare(policy: str, arms: list[Arm], base: EvalConfig, out_dir: str | Path,
         table.append(row)
     report = {"policy": policy, "reference": reference, "tasks": list(base.tasks), "episodes": base.episodes,
               "seed": base.seed, "arms": table}
+    pooled = _pooled_reference(arms, results, list(base.tasks))
+    if pooled is not None:
+        report["pooled_reference"] = pooled
+        for row in table:
+            if row["arm"] not in pooled["arms"]:
+                row["vs_pooled_reference"] = {
+                    "p_value": fisher_exact(row["overall"]["successes"], row["overall"]["episodes"],
+                                            pooled["overall"]["successes"], pooled["overall"]["episodes"]),
+                    "per_task": {t: fisher_exact(row["per_task"][t]["successes"], row["per_task"][t]["episodes"],
+                                                 pooled["per_task"][t]["successes"], pooled["per_task"][t]["episodes"])
+                                 for t in base.tasks}}
     (out / "compare.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _pooled_reference(arms: list[Arm], results: dict, tasks: list[str]) -> dict | None:
+    """The reference's N and verifier pooled over every noise stream that ran (None with one stream)."""
+    ref = arms[0]
+    pool = [a for a in arms if (a.n, a.verifier_name) == (ref.n, ref.verifier_name)]
+    if len(pool) < 2:
+        return None
+
+    def group(key) -> dict:
+        wins = sum(key(results[a.name]["summary"])["successes"] for a in pool)
+        n = sum(key(results[a.name]["summary"])["episodes"] for a in pool)
+        return {"successes": wins, "episodes": n, "success_rate": wins / n if n else 0.0,
+                "wilson95": list(wilson_interval(wins, n))}
+
+    return {"arms": [a.name for a in pool], "streams": [a.stream for a in pool],
+            "overall": group(lambda s: s["overall"]),
+            "per_task": {t: group(lambda s, t=t: s["per_task"][t]) for t in tasks}}
 
 
 def _finished(path: Path, config: EvalConfig) -> dict | None:
@@ -116,21 +182,26 @@ def _paired(reference: list[dict], other: list[dict]) -> dict:
 
 def format_compare(report: dict) -> str:
     tasks = report["tasks"]
+    pooled = report.get("pooled_reference")
     head = (f"{'arm':<10} {'N':>3} " + " ".join(f"{t:>22}" for t in [*tasks, "overall", "stage"])
-            + "   vs " + report["reference"])
+            + "   vs " + report["reference"] + (f" (paired)   vs pooled {report['reference']}" if pooled else ""))
     lines = [head]
+
+    def cell(s: dict) -> str:
+        return f"{s['successes']:>3}/{s['episodes']:<3} [{s['wilson95'][0]:.2f},{s['wilson95'][1]:.2f}]"
+
     for row in report["arms"]:
-        cells = []
-        for t in tasks:
-            s = row["per_task"][t]
-            cells.append(f"{s['successes']:>3}/{s['episodes']:<3} [{s['wilson95'][0]:.2f},{s['wilson95'][1]:.2f}]")
-        o = row["overall"]
-        cells.append(f"{o['successes']:>3}/{o['episodes']:<3} [{o['wilson95'][0]:.2f},{o['wilson95'][1]:.2f}]")
+        cells = [cell(row["per_task"][t]) for t in tasks] + [cell(row["overall"])]
+        # Mean best stage: progress short of success (reached, grasped, handed over), for weak policies.
+        cells.append(f"{row['overall']['mean_stage_reward']:.2f}")
         paired = row.get("paired_vs_" + report["reference"])
         extra = f"   +{paired['gained']} -{paired['lost']} (p={paired['p_value']:.3f})" if paired else ""
-        # Mean best stage: progress short of success (reached, grasped, handed over), for weak policies.
-        cells.append(f"{o['mean_stage_reward']:.2f}")
+        if "vs_pooled_reference" in row:
+            extra = f"{extra:<24}   p={row['vs_pooled_reference']['p_value']:.3f}"
         lines.append(f"{row['arm']:<10} {row['n']:>3} " + " ".join(f"{c:>22}" for c in cells) + extra)
+        if pooled and row["arm"] == pooled["arms"][-1]:
+            cells = [cell(pooled["per_task"][t]) for t in tasks] + [cell(pooled["overall"]), ""]
+            name = f"{report['reference']} x{len(pooled['arms'])}"
+            lines.append(f"{name:<10} {row['n']:>3} " + " ".join(f"{c:>22}" for c in cells)
+                         + f"   (noise streams {', '.join(map(str, pooled['streams']))} pooled)")
     return "\n".join(lines)
-
-

@@ -123,11 +123,22 @@ def test_compare_pairs_arms_on_the_same_seeds(trained, tmp_path, capsys):
     paired = report["arms"][1]["paired_vs_none"]
     assert set(paired) >= {"gained", "lost", "p_value"} and paired["p_value"] == 1.0  # 12 steps: no successes
     assert "knn" in capsys.readouterr().out
-    # A rerun reuses completed arms run with the same settings (an N sweep adds arms to a comparison).
+    # A rerun reuses completed arms run with the same settings (an N sweep adds arms to a comparison);
+    # a second reference stream runs N=1 again on other noise and pools it with the first.
     assert main(["compare", "--policy", str(policy), "--arm", "none:1", "--arm", f"knn2:2:{vdir}", "--task",
-                 "lift_bar", "--episodes", "2", "--max-steps", "12", "--workers", "1", "--out", str(tmp_path)]) == 0
-    err = capsys.readouterr().err
-    assert "arm none: already complete" in err and f"arm knn2: N=2, verifier {vdir}" in err
+                 "lift_bar", "--episodes", "2", "--max-steps", "12", "--workers", "1", "--reference-streams", "2",
+                 "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "arm none: already complete" in captured.err and f"arm knn2: N=2, verifier {vdir}" in captured.err
+    assert "arm none@1: N=1, verifier none, noise stream 1" in captured.err
+    report = json.loads((tmp_path / "compare.json").read_text())
+    assert [a["arm"] for a in report["arms"]] == ["none", "none@1", "knn2"]
+    assert report["pooled_reference"]["arms"] == ["none", "none@1"]
+    assert report["pooled_reference"]["overall"]["episodes"] == 4
+    assert report["arms"][2]["vs_pooled_reference"]["p_value"] == 1.0 and "pooled" in captured.out
+    assert main(["compare", "--policy", str(policy), "--arm", "none:1", "--arm", "none:2", "--task", "lift_bar",
+                 "--out", str(tmp_path)]) == 2
+    assert "names must differ" in capsys.readouterr().err
 
 
 def test_mcnemar_exact_values():
@@ -143,6 +154,55 @@ def test_mcnemar_exact_values():
     for bad in ("cfn", "cfn:x", "none:1@", "none:1@a", ":1"):
         with pytest.raises(ValueError, match="NAME:N"):
             Arm.parse(bad)
+
+
+def test_fisher_exact_values():
+    from sim.compare import fisher_exact
+
+    # The lady tasting tea (3 of 4 cups right): 17/35; symmetric in the two groups.
+    assert fisher_exact(3, 4, 1, 4) == pytest.approx(17 / 35)
+    assert fisher_exact(1, 4, 3, 4) == pytest.approx(17 / 35)
+    # 54/100 against 200/300 (scipy.stats.fisher_exact: 0.03052); equal rates are no evidence at all.
+    assert fisher_exact(54, 100, 200, 300) == pytest.approx(0.03052, abs=1e-5)
+    assert fisher_exact(10, 100, 50, 500) == 1.0 and fisher_exact(0, 0, 0, 0) == 1.0
+    assert fisher_exact(100, 100, 0, 100) < 1e-50
+    with pytest.raises(ValueError, match="fisher_exact"):
+        fisher_exact(5, 4, 1, 4)
+
+
+def test_reference_streams_add_the_reference_on_other_noise_streams():
+    from sim.compare import Arm, reference_stream_arms
+
+    arms = [Arm("none", 1), Arm("cfn", 16, "b/cfn")]
+    assert reference_stream_arms(arms, 1) == arms
+    assert reference_stream_arms(arms, 3) == [Arm("none", 1), Arm("none@1", 1, "none", 1), Arm("none@2", 1, "none", 2),
+                                              Arm("cfn", 16, "b/cfn")]
+    # A stream the user already asked for is not run twice.
+    mine = [Arm("none", 1), Arm("cfn", 16), Arm("none2", 1, "none", 2)]
+    assert [a.name for a in reference_stream_arms(mine, 3)] == ["none", "none@1", "cfn", "none2"]
+    with pytest.raises(ValueError, match="reference_streams"):
+        reference_stream_arms(arms, 0)
+
+
+def test_pooled_reference_sums_the_reference_streams_and_tests_each_arm_against_them():
+    from sim.compare import Arm, _pooled_reference
+    from sim.evaluate import wilson_interval
+
+    def result(wins_a, wins_b):
+        per = {"a": {"successes": wins_a, "episodes": 100}, "b": {"successes": wins_b, "episodes": 100}}
+        return {"summary": {"per_task": per, "overall": {"successes": wins_a + wins_b, "episodes": 200}}}
+
+    arms = [Arm("none", 1), Arm("none@1", 1, "none", 1), Arm("knn", 16, "k"), Arm("none2", 1, "none", 2),
+            Arm("cfn1", 1, "cfn")]
+    results = {"none": result(66, 1), "none@1": result(65, 1), "knn": result(83, 2), "none2": result(69, 3),
+               "cfn1": result(70, 0)}
+    pooled = _pooled_reference(arms, results, ["a", "b"])
+    # N=1 with a verifier (cfn1) is not the reference: only `none` at N=1 pools, whatever the arm's name.
+    assert pooled["arms"] == ["none", "none@1", "none2"] and pooled["streams"] == [0, 1, 2]
+    assert pooled["per_task"]["a"]["successes"] == 200 and pooled["per_task"]["a"]["episodes"] == 300
+    assert pooled["overall"] == {"successes": 205, "episodes": 600, "success_rate": 205 / 600,
+                                 "wilson95": pytest.approx(list(wilson_interval(205, 600)))}
+    assert _pooled_reference(arms[:1] + arms[2:3], results, ["a", "b"]) is None
 
 
 def test_shipped_names_resolve_to_the_artifacts_folder(trained, tmp_path, monkeypatch, capsys):
