@@ -63,7 +63,8 @@ def main() -> None:
     for ep in data.episodes:
         for t in range(0, len(ep), args.stride):
             prefix_kv, prefix_bias = engine.encode(engine.preprocess(ep.observation(t, m.cameras)))
-            noise = engine.noise(args.n, int(rng.integers(2**62)))
+            seed = int(rng.integers(2**62))
+            noise = engine.noise(args.n, seed)
             chunks, features = engine.sample(prefix_kv, prefix_bias, noise)
             target = (ep.chunk(t, m.chunk_length) - a_mean) / a_std
             dist = np.sqrt(((chunks - target) ** 2).sum(axis=2)).mean(axis=1)
@@ -72,7 +73,7 @@ def main() -> None:
             targets.append(target)
             oracle.append(dist.min())
             for name, verifier in verifiers.items():
-                scores = score_candidates(verifier, features, chunks)
+                scores = score_candidates(verifier, features, chunks, seed)
                 picks[name].append(dist[int(np.argmax(scores))])
                 rho[name].append(_spearman(scores, -dist))
     frames = len(uniform)

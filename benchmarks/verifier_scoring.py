@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from verifiers.base import score_candidates
 from verifiers.features import FeatureSet
 from verifiers.train import VerifierTrainConfig, train_verifier
 
@@ -42,14 +43,13 @@ def main() -> None:
     query = rng.standard_normal((args.n, f)).astype(np.float32)
     # consensus reads the candidates' chunks (H=16, A=14 as the shipped policy's) next to the features.
     chunks = rng.standard_normal((args.n, 16, 14)).astype(np.float32)
-    inputs = {name: (query, chunks) if v.takes_chunks else (query,) for name, v in arms.items()}
     times = {name: [] for name in arms}
     for name, v in arms.items():
-        v.score(*inputs[name])
+        score_candidates(v, query, chunks)
     for _ in range(rounds):
         for name, v in arms.items():
             t0 = time.perf_counter()
-            v.score(*inputs[name])
+            score_candidates(v, query, chunks)
             times[name].append((time.perf_counter() - t0) * 1e3)
     rows = []
     print(f"{'verifier':<24} {'N':>3} {'p50 ms':>8} {'p99 ms':>8} {'bundle MB':>10}")

@@ -208,15 +208,18 @@ def cmd_collect_features(args) -> int:
 
 def cmd_train_verifier(args) -> int:
     from verifiers.features import FeatureSet
-    from verifiers.train import VerifierTrainConfig, consensus_verifier, train_verifier
+    from verifiers.train import UNTRAINED_KINDS, VerifierTrainConfig, train_verifier, untrained_verifier
 
-    if (args.features is None) == (args.policy is None) or (args.policy is not None and args.kind != "consensus"):
-        raise SpecError("train-verifier", "give --features (any kind) or, for --kind consensus, --policy BUNDLE")
-    if args.policy is not None:
+    untrained = args.policy is not None
+    if (args.features is None) != untrained or (untrained and args.kind not in UNTRAINED_KINDS):
+        raise SpecError("train-verifier", f"give --features (any kind) or, for --kind {'|'.join(UNTRAINED_KINDS)}, "
+                                          "--policy BUNDLE")
+    if untrained:
         from runtime.defaults import resolve_policy
 
-        verifier = consensus_verifier(resolve_policy(args.policy), args.out, overwrite=args.overwrite)
-        print(f"wrote consensus verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")
+        verifier = untrained_verifier(args.kind, resolve_policy(args.policy), args.out, overwrite=args.overwrite,
+                                      seed=args.seed)
+        print(f"wrote {args.kind} verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")
         return 0
     config = VerifierTrainConfig(kind=args.kind, hidden=args.hidden, blocks=args.blocks, epochs=3 if args.quick
                                  else args.epochs, k=args.knn_k, max_points=args.max_points, seed=args.seed)
@@ -420,7 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=VERIFIER_KINDS, default="cfn")
     p.add_argument("--features", default=None, help="features file from taco collect-features")
     p.add_argument("--policy", default=None,
-                   help="consensus only (it needs no training data): the policy bundle to bind it to, or 'default'")
+                   help="consensus or random (they need no training data): the policy bundle to bind it to, or 'default'")
     p.add_argument("--out", required=True, help="verifier bundle folder")
     p.add_argument("--hidden", type=int, default=512)
     p.add_argument("--blocks", type=int, default=3)

@@ -182,14 +182,14 @@ class Engine:
         return x, features
 
     @staticmethod
-    def _score(verifier: Verifier, features: np.ndarray, chunks: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    def _score(verifier: Verifier, features: np.ndarray, chunks: np.ndarray, valid: np.ndarray, seed: int) -> np.ndarray:
         """Runs a verifier (ONNX or Python plugin) on the valid candidates and checks that it returned one
         number for each; invalid candidates score NaN (never chosen). A verifier that compares candidates
         with each other so never sees a NaN one."""
         scores = np.full(features.shape[0], np.nan, np.float32)
         if not valid.any():
             return scores
-        got = np.asarray(score_candidates(verifier, features[valid], chunks[valid]))
+        got = np.asarray(score_candidates(verifier, features[valid], chunks[valid], seed))
         m = int(valid.sum())
         if got.shape != (m,) or not np.issubdtype(got.dtype, np.number):
             raise BundleError(f"verifier {verifier.name!r}.scores",
@@ -237,7 +237,7 @@ class Engine:
             if verifier is not None:
                 # A NaN feature mapped to a finite score by a lenient verifier must not win either.
                 valid &= np.isfinite(features).all(axis=1)
-            scores = None if verifier is None else self._score(verifier, features, chunks, valid)
+            scores = None if verifier is None else self._score(verifier, features, chunks, valid, seed)
         with timer.stage("select"):
             index = select(scores, valid)
             chunk = chunks[index] * self._action_std + self._action_mean

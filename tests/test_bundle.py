@@ -160,6 +160,19 @@ def test_verifier_with_wrong_signature_is_refused(tmp_path):
     onnx.save(model, tmp_path / "bad.onnx")
     with pytest.raises(BundleError, match=r"float32\[N\]"):
         load_verifier(tmp_path / "bad.onnx")
+    # A `seed` input must be the int64 scalar the engine feeds.
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["features"], ["s"], keepdims=0),
+         helper.make_node("Add", ["s", "seed"], ["scores"])], "bad_seed",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["n", 4]),
+         helper.make_tensor_value_info("seed", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "bad_seed.onnx")
+    with pytest.raises(BundleError, match="int64 scalar") as info:
+        load_verifier(tmp_path / "bad_seed.onnx")
+    assert info.value.field.endswith("inputs.seed")
 
 
 def test_invalid_verifier_swap_keeps_the_old_one(flow, exported, tmp_path):

@@ -122,6 +122,27 @@ class ChunkSpread:
         return -np.abs(chunks - chunks.mean(0)).sum(axis=(1, 2))
 
 
+class SeedEcho:
+    """A Python plugin verifier that asks for the decision's seed and prefers slot seed % N."""
+
+    feature_dim = None
+    policy_fingerprint = None
+    takes_seed = True
+    name = "seed-echo"
+
+    def score(self, features, seed):
+        self.seed = seed
+        return -np.abs(np.arange(len(features)) - seed % len(features)).astype(np.float32)
+
+
+def test_a_verifier_that_takes_the_seed_gets_the_decisions_seed(flow, observation):
+    verifier = SeedEcho()
+    engine = Engine(flow.bundle, verifier=verifier)
+    for seed in (5, 2**62 + 3):
+        decision = engine.infer(observation, n=4, seed=seed)
+        assert verifier.seed == seed == decision.seed and decision.index == seed % 4
+
+
 def test_a_verifier_sees_only_the_finite_candidates(flow, observation, monkeypatch):
     verifier = ChunkSpread()
     engine = Engine(flow.bundle, verifier=verifier, config=EngineConfig(return_candidates=True))

@@ -47,13 +47,31 @@ def test_in_distribution_scores_higher(kind, clouds, tmp_path):
     assert auc(scores_near, scores_far) > 0.9
 
 
-def test_random_verifier_ignores_the_data(clouds, tmp_path):
+def test_random_verifier_never_looks_at_the_candidates_and_picks_uniformly(clouds, tmp_path):
+    from policies import BundleError
+
     train, near, far = clouds
     verifier = train_verifier(feature_set(train), VerifierTrainConfig(kind="random"), tmp_path / "r", log=lambda m: None)
-    a = auc(verifier.score(near.astype(np.float32)), verifier.score(far.astype(np.float32)))
-    assert 0.35 < a < 0.65
-    picks = [int(np.argmax(verifier.score(near[i:i + 8].astype(np.float32)))) for i in range(0, 200, 8)]
-    assert len(set(picks)) >= 4  # it does not always pick the same slot
+    assert verifier.takes_seed and not verifier.takes_chunks
+    x = near[:8].astype(np.float32)
+    # The score depends on the seed and the slot only: other features, even these ones reversed, change nothing.
+    np.testing.assert_array_equal(verifier.score(x, seed=7), verifier.score(far[:8].astype(np.float32), seed=7))
+    np.testing.assert_array_equal(verifier.score(x[::-1].copy(), seed=7), verifier.score(x, seed=7))
+    assert not np.array_equal(verifier.score(x, seed=7), verifier.score(x, seed=8))
+    # Over decision seeds (as the executor draws them) every slot is picked equally often.
+    seeds = np.random.default_rng(0).integers(0, 2**63, 4000)
+    picks = np.array([int(np.argmax(verifier.score(x, seed=int(s)))) for s in seeds])
+    counts = np.bincount(picks, minlength=8)
+    assert ((counts - 500) ** 2 / 500).sum() < 30  # chi-square, 7 dof: p < 1e-4 for a fair pick
+    # `--seed` salts it: another random arm, not the same picks.
+    salted = train_verifier(feature_set(train), VerifierTrainConfig(kind="random", seed=1), tmp_path / "r1",
+                            log=lambda m: None)
+    other = np.array([int(np.argmax(salted.score(x, seed=int(s)))) for s in seeds[:800]])
+    assert 0.06 < np.mean(other == picks[:800]) < 0.2  # 1/8 by chance
+    with pytest.raises(BundleError, match="seed"):
+        verifier.score(x)
+    with pytest.raises(BundleError, match="seed"):
+        verifier.score(x, seed=-1)
 
 
 def test_cfn_counts_visits(tmp_path):

@@ -1,4 +1,5 @@
-"""The verifier interface: features (and, if it asks, chunks) of N candidates -> N scores, higher is better."""
+"""The verifier interface: features (and, if it asks, chunks and the decision's seed) of N candidates -> N
+scores, higher is better."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ class Verifier(Protocol):
         takes_chunks: optional (False when absent): the engine then also passes the candidates' chunks,
             float32[N, H, A] in the policy's normalised action units. Only valid (finite) candidates are
             scored, so a verifier that compares candidates with each other never sees a NaN one.
+        takes_seed: optional (False when absent): the engine then also passes `seed=`, the decision's noise
+            seed (an int in [0, 2**63)), for a pick that is reproducible yet independent of the candidates.
     """
 
     name: str
@@ -29,8 +32,9 @@ class Verifier(Protocol):
         ...
 
 
-def score_candidates(verifier: Verifier, features: np.ndarray, chunks: np.ndarray) -> np.ndarray:
-    """Calls `verifier.score` with the chunks too when it takes them (`takes_chunks`), else the features only."""
-    if getattr(verifier, "takes_chunks", False):
-        return verifier.score(features, chunks)
-    return verifier.score(features)
+def score_candidates(verifier: Verifier, features: np.ndarray, chunks: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Calls `verifier.score` with the chunks (`takes_chunks`) and the seed (`takes_seed`) when it takes them."""
+    args = (features, chunks) if getattr(verifier, "takes_chunks", False) else (features,)
+    if getattr(verifier, "takes_seed", False):
+        return verifier.score(*args, seed=seed)
+    return verifier.score(*args)

@@ -3,7 +3,9 @@
 Any ONNX file with that signature is a verifier: wrap it in a bundle with `write_verifier_bundle`
 (which binds it to a policy's fingerprint), or load the bare file with `load_verifier(path)`. A graph
 may take a second input named `chunks`, float32[N, H, A]: the candidates' chunks in the policy's
-normalised action units (a verifier that scores the actions themselves, or compares the candidates).
+normalised action units (a verifier that scores the actions themselves, or compares the candidates),
+and an input named `seed`, int64 scalar: the decision's noise seed (a reproducible pick that must not
+depend on the candidates at all: the `random` baseline).
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ log = logging.getLogger(__name__)
 
 VERIFIER_SCHEMA_VERSION = 1
 VERIFIER_FILE = "verifier.onnx"
-# Name of the optional second graph input: the candidates' normalised chunks.
+# Names of the optional extra graph inputs: the candidates' normalised chunks; the decision's noise seed.
 CHUNKS_INPUT = "chunks"
+SEED_INPUT = "seed"
+OPTIONAL_INPUTS = (CHUNKS_INPUT, SEED_INPUT)
 
 
 @dataclass(frozen=True)
@@ -84,7 +88,8 @@ class VerifierManifest:
 
 
 class OnnxVerifier:
-    """A verifier run by ONNX Runtime: `features: float32[N, F] (, chunks: float32[N, H, A]) -> scores: float32[N]`."""
+    """A verifier run by ONNX Runtime: `features: float32[N, F] (, chunks: float32[N, H, A]) (, seed: int64)
+    -> scores: float32[N]`."""
 
     def __init__(self, session: ort.InferenceSession, name: str, feature_dim: int | None,
                  policy_fingerprint: str | None, path: Path | None = None, manifest: VerifierManifest | None = None):
@@ -92,17 +97,21 @@ class OnnxVerifier:
         self.policy_fingerprint = policy_fingerprint
         inputs, outputs = session.get_inputs(), session.get_outputs()
         where = f"verifier {name!r}"
-        chunk_inputs = [i for i in inputs if i.name == CHUNKS_INPUT]
-        if len(inputs) - len(chunk_inputs) != 1 or len(outputs) != 1:
+        extra = {i.name: i for i in inputs if i.name in OPTIONAL_INPUTS}
+        if len(inputs) - len(extra) != 1 or len(outputs) != 1:
             raise BundleError(f"{where}.signature",
-                              f"expected one features input (and optionally '{CHUNKS_INPUT}') and one output, got "
-                              f"inputs {[i.name for i in inputs]} and {len(outputs)} outputs")
-        (inp,), (out,) = [i for i in inputs if i.name != CHUNKS_INPUT], outputs
-        for c in chunk_inputs:
-            if c.type != "tensor(float)" or len(c.shape) != 3:
-                raise BundleError(f"{where}.inputs.{CHUNKS_INPUT}", f"expected float32[N, H, A], got {c.type} {c.shape}")
-        # Whether the engine must pass the candidates' chunks next to their features.
-        self.takes_chunks = bool(chunk_inputs)
+                              f"expected one features input (and optionally {' / '.join(map(repr, OPTIONAL_INPUTS))}) "
+                              f"and one output, got inputs {[i.name for i in inputs]} and {len(outputs)} outputs")
+        (inp,), (out,) = [i for i in inputs if i.name not in OPTIONAL_INPUTS], outputs
+        c = extra.get(CHUNKS_INPUT)
+        if c is not None and (c.type != "tensor(float)" or len(c.shape) != 3):
+            raise BundleError(f"{where}.inputs.{CHUNKS_INPUT}", f"expected float32[N, H, A], got {c.type} {c.shape}")
+        c = extra.get(SEED_INPUT)
+        if c is not None and (c.type != "tensor(int64)" or len(c.shape) != 0):
+            raise BundleError(f"{where}.inputs.{SEED_INPUT}", f"expected an int64 scalar, got {c.type} {c.shape}")
+        # Whether the engine must pass the candidates' chunks / the decision's seed next to their features.
+        self.takes_chunks = CHUNKS_INPUT in extra
+        self.takes_seed = SEED_INPUT in extra
         if inp.type != "tensor(float)" or len(inp.shape) != 2:
             raise BundleError(f"{where}.inputs.{inp.name}", f"expected float32[N, F], got {inp.type} {inp.shape}")
         if out.type != "tensor(float)" or len(out.shape) != 1:
@@ -113,7 +122,7 @@ class OnnxVerifier:
         self.feature_dim = feature_dim if feature_dim is not None else graph_f
         self._input, self._output = inp.name, out.name
 
-    def score(self, features: np.ndarray, chunks: np.ndarray | None = None) -> np.ndarray:
+    def score(self, features: np.ndarray, chunks: np.ndarray | None = None, seed: int | None = None) -> np.ndarray:
         if features.ndim != 2 or (self.feature_dim is not None and features.shape[1] != self.feature_dim):
             raise BundleError(f"verifier {self.name!r}.features",
                               f"expected [N, {self.feature_dim}], got {list(features.shape)}")
@@ -124,6 +133,11 @@ class OnnxVerifier:
                 raise BundleError(f"verifier {self.name!r}.chunks",
                                   f"expected [{features.shape[0]}, H, A] next to the features, got {got}")
             feeds[CHUNKS_INPUT] = np.ascontiguousarray(chunks, np.float32)
+        if self.takes_seed:
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+                raise BundleError(f"verifier {self.name!r}.seed", f"expected the decision's seed, an integer in "
+                                                                  f"[0, 2**63), got {seed!r}")
+            feeds[SEED_INPUT] = np.array(seed, np.int64)
         (scores,) = self.session.run([self._output], feeds)
         if scores.shape != (features.shape[0],):
             raise BundleError(f"verifier {self.name!r}.scores",

@@ -25,7 +25,7 @@ class VerifierKind:
 
 BUILTIN = {
     "none": VerifierKind("none", "no verifier: N=1, the policy's own sample"),
-    "random": VerifierKind("random", "uniform pick among N (pseudo-random score)", trainer="verifiers.train:train_verifier"),
+    "random": VerifierKind("random", "uniform pick among N, from the decision's seed (never looks at the candidates)", trainer="verifiers.train:train_verifier"),
     "cfn": VerifierKind("cfn", "Coin Flipping Network pseudo-count with a frozen random prior (TACO)",
                         trainer="verifiers.train:train_verifier"),
     "rnd": VerifierKind("rnd", "random network distillation error, negated", trainer="verifiers.train:train_verifier"),

@@ -11,17 +11,20 @@ from pathlib import Path
 import numpy as np
 
 from policies.extras import require
-from verifiers.bundle import CHUNKS_INPUT
+from verifiers.bundle import CHUNKS_INPUT, SEED_INPUT
 
 
-def _save(nodes, inits: dict[str, np.ndarray], path: str | Path, feature_dim: int, chunks: bool = False) -> Path:
-    """Writes a graph `features: float32[n, F] (, chunks: float32[n, h, a]) -> scores: float32[n]`;
+def _save(nodes, inits: dict[str, np.ndarray], path: str | Path, feature_dim: int, chunks: bool = False,
+          seed: bool = False) -> Path:
+    """Writes a graph `features: float32[n, F] (, chunks: float32[n, h, a]) (, seed: int64) -> scores: float32[n]`;
     initializers keep their dtypes."""
     onnx = require("onnx")
     helper, TP = onnx.helper, onnx.TensorProto
     inputs = [helper.make_tensor_value_info("features", TP.FLOAT, ["n", feature_dim])]
     if chunks:
         inputs.append(helper.make_tensor_value_info(CHUNKS_INPUT, TP.FLOAT, ["n", "h", "a"]))
+    if seed:
+        inputs.append(helper.make_tensor_value_info(SEED_INPUT, TP.INT64, []))
     graph = helper.make_graph(
         nodes, "verifier",
         inputs,
@@ -146,3 +149,52 @@ def consensus_verifier_onnx(path: str | Path, feature_dim: int) -> Path:
         helper.make_node("Neg", ["mean_dist"], ["scores"]),
     ]
     return _save(nodes, {"axis_a": np.array([2], np.int64)}, path, feature_dim, chunks=True)
+
+
+# The random verifier's integer hash: a prime modulus below 2**31 (so x * x fits in int64), MINSTD's multiplier.
+_HASH_PRIME = 2_147_483_647
+_HASH_MULTIPLIER = 48_271
+
+
+def random_verifier_onnx(path: str | Path, feature_dim: int, salt: int = 0) -> Path:
+    """A uniform pick among the N candidates that never looks at them: score i is a hash of (the decision's
+    seed, i, salt), so the pick is reproducible and, the candidates being i.i.d., it is the N=1 policy in
+    distribution. (A hash of the features would tie candidates that are nearly alike to nearly alike
+    scores, so which one wins would depend on what the candidates are.)
+
+    x = (seed + 40503 i + salt + 1) mod p, then three rounds of x <- (x * 48271) mod p, x <- (x * x + 12345)
+    mod p; score = (x mod 2**24) / 2**24, exact in float32.
+    """
+    if not 0 <= salt < 2**31:
+        raise ValueError(f"salt: expected an integer in [0, 2**31), got {salt}")
+    helper = require("onnx").helper
+    nodes = [
+        helper.make_node("Shape", ["features"], ["shape"]),
+        helper.make_node("Gather", ["shape", "zero"], ["n"], axis=0),
+        helper.make_node("Range", ["zero", "n", "one"], ["index"]),
+        helper.make_node("Mul", ["index", "stride"], ["spread"]),
+        helper.make_node("Mod", [SEED_INPUT, "prime"], ["seed_mod"]),
+        helper.make_node("Add", ["spread", "seed_mod"], ["x0a"]),
+        helper.make_node("Add", ["x0a", "offset"], ["x0b"]),
+        helper.make_node("Mod", ["x0b", "prime"], ["x0"]),
+    ]
+    x = "x0"
+    for r in range(3):
+        nodes += [
+            helper.make_node("Mul", [x, "multiplier"], [f"m{r}"]),
+            helper.make_node("Mod", [f"m{r}", "prime"], [f"l{r}"]),
+            helper.make_node("Mul", [f"l{r}", f"l{r}"], [f"q{r}"]),
+            helper.make_node("Add", [f"q{r}", "increment"], [f"qa{r}"]),
+            helper.make_node("Mod", [f"qa{r}", "prime"], [f"x{r + 1}"]),
+        ]
+        x = f"x{r + 1}"
+    nodes += [
+        helper.make_node("Mod", [x, "mantissa"], ["low"]),
+        helper.make_node("Cast", ["low"], ["lowf"], to=1),  # FLOAT
+        helper.make_node("Div", ["lowf", "mantissa_f"], ["scores"]),
+    ]
+    i64 = lambda v: np.array(v, np.int64)  # noqa: E731
+    inits = {"zero": i64(0), "one": i64(1), "stride": i64(40_503), "prime": i64(_HASH_PRIME),
+             "offset": i64(salt + 1), "multiplier": i64(_HASH_MULTIPLIER), "increment": i64(12_345),
+             "mantissa": i64(2**24), "mantissa_f": np.array(2**24, np.float32)}
+    return _save(nodes, inits, path, feature_dim, seed=True)

@@ -10,8 +10,9 @@
 - consensus: needs no training; score = -distance of the candidate's chunk to the mean of the N
   candidates' chunks (the graph takes `chunks` next to the features): the density of the policy's own
   samples rather than the data's.
-- random: a deterministic pseudo-random score (a high-frequency hash of the feature): a uniform pick that
-  ignores how in-distribution a candidate is. The baseline that best-of-N must beat.
+- random: a uniform pick that never looks at the candidates (a hash of the decision's seed and the
+  candidate's index; `--seed` salts it): reproducible, and the N=1 policy in distribution. The baseline
+  that best-of-N must beat. (An earlier version hashed the features; see `random_verifier_onnx`.)
 Features are standardised with the training set's mean and std inside every graph.
 """
 
@@ -128,17 +129,7 @@ def _torch_nets():
         def forward(self, x):
             return -self.error(x)
 
-    class RandomScore(nn.Module):
-        def __init__(self, mean, std, seed):
-            super().__init__()
-            g = torch.Generator().manual_seed(seed)
-            self.norm = Standardise(mean, std)
-            self.register_buffer("w", torch.randn(len(mean), generator=g))
-
-        def forward(self, x):
-            return torch.sin(self.norm(x) @ self.w * 1000.0)
-
-    return torch, CFN, RND, RandomScore
+    return torch, CFN, RND
 
 
 def _export_torch(module, feature_dim: int, path: Path) -> Path:
@@ -178,19 +169,35 @@ def _fit(model, params, loss_fn, n: int, config: VerifierTrainConfig, log) -> li
     return history
 
 
-def consensus_verifier(policy: str | Path, out_dir: str | Path, overwrite: bool = False):
-    """The consensus verifier for a policy bundle: it needs no features, only the policy's fingerprint
-    and feature size to bind to."""
+# Kinds that need no training data: only the policy's fingerprint and feature size to bind to.
+UNTRAINED_KINDS = ("consensus", "random")
+
+
+def untrained_verifier(kind: str, policy: str | Path, out_dir: str | Path, overwrite: bool = False, seed: int = 0):
+    """The consensus or random verifier for a policy bundle, which needs no features (`seed` salts random)."""
     from policies.bundle import load_policy_bundle
     from verifiers.bundle import write_verifier_bundle
-    from verifiers.synthetic import consensus_verifier_onnx
+    from verifiers.synthetic import consensus_verifier_onnx, random_verifier_onnx
 
+    if kind not in UNTRAINED_KINDS:
+        raise ValueError(f"kind: {kind!r} learns from features; without them only {', '.join(UNTRAINED_KINDS)}")
     bundle = load_policy_bundle(policy)
-    onnx_path = consensus_verifier_onnx(Path(tempfile.mkdtemp(prefix="verifier-")) / "verifier.onnx",
-                                        bundle.manifest.feature_dim)
-    return write_verifier_bundle(onnx_path, out_dir, policy_fingerprint=bundle.fingerprint,
-                                 feature_dim=bundle.manifest.feature_dim, type="consensus", overwrite=overwrite,
-                                 provenance={"command": " ".join(["taco", *sys.argv[1:]]), "kind": "consensus"})
+    f = bundle.manifest.feature_dim
+    path = Path(tempfile.mkdtemp(prefix="verifier-")) / "verifier.onnx"
+    if kind == "consensus":
+        consensus_verifier_onnx(path, f)
+    else:
+        random_verifier_onnx(path, f, salt=seed)
+    provenance = {"command": " ".join(["taco", *sys.argv[1:]]), "kind": kind}
+    if kind == "random":
+        provenance["seed"] = seed
+    return write_verifier_bundle(path, out_dir, policy_fingerprint=bundle.fingerprint, feature_dim=f, type=kind,
+                                 overwrite=overwrite, provenance=provenance)
+
+
+def consensus_verifier(policy: str | Path, out_dir: str | Path, overwrite: bool = False):
+    """The consensus verifier for a policy bundle (see `untrained_verifier`)."""
+    return untrained_verifier("consensus", policy, out_dir, overwrite=overwrite)
 
 
 def train_verifier(features: FeatureSet, config: VerifierTrainConfig, out_dir: str | Path, log=None,
@@ -224,8 +231,12 @@ def train_verifier(features: FeatureSet, config: VerifierTrainConfig, out_dir: s
         from verifiers.synthetic import consensus_verifier_onnx
 
         consensus_verifier_onnx(onnx_path, x.shape[1])
+    elif config.kind == "random":
+        from verifiers.synthetic import random_verifier_onnx
+
+        random_verifier_onnx(onnx_path, x.shape[1], salt=config.seed)
     else:
-        torch, CFN, RND, RandomScore = _torch_nets()
+        torch, CFN, RND = _torch_nets()
         torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
         xt = torch.from_numpy(x)
@@ -240,13 +251,11 @@ def train_verifier(features: FeatureSet, config: VerifierTrainConfig, out_dir: s
             history = _fit(model, model.net.parameters(),
                            lambda idx: ((model.output(xt[idx]) - coins[idx]) ** 2).sum(-1).mean(), len(x), config, log)
             info["loss_history"] = history
-        elif config.kind == "rnd":
+        else:  # rnd
             model = RND(mean, std, config.hidden, config.blocks, config.out_dim)
             history = _fit(model, model.predictor.parameters(), lambda idx: model.error(xt[idx]).mean(), len(x),
                            config, log)
             info["loss_history"] = history
-        else:
-            model = RandomScore(mean, std, config.seed)
         _export_torch(model, x.shape[1], onnx_path)
     info["train_seconds"] = time.perf_counter() - started
     verifier = write_verifier_bundle(onnx_path, out_dir, policy_fingerprint=features.policy_fingerprint,
