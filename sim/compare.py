@@ -139,8 +139,11 @@ def compare(policy: str, arms: list[Arm], base: EvalConfig, out_dir: str | Path,
 
 def _pooled_reference(arms: list[Arm], results: dict, tasks: list[str]) -> dict | None:
     """The reference's N and verifier pooled over every noise stream that ran (None with one stream)."""
-    ref = arms[0]
-    pool = [a for a in arms if (a.n, a.verifier_name) == (ref.n, ref.verifier_name)]
+    ref, pool, streams = arms[0], [], set()
+    for a in arms:  # one arm per stream: the same stream twice is the same draw, not more evidence
+        if (a.n, a.verifier_name) == (ref.n, ref.verifier_name) and a.stream not in streams:
+            pool.append(a)
+            streams.add(a.stream)
     if len(pool) < 2:
         return None
 

@@ -203,6 +203,9 @@ def test_pooled_reference_sums_the_reference_streams_and_tests_each_arm_against_
     assert pooled["overall"] == {"successes": 205, "episodes": 600, "success_rate": 205 / 600,
                                  "wilson95": pytest.approx(list(wilson_interval(205, 600)))}
     assert _pooled_reference(arms[:1] + arms[2:3], results, ["a", "b"]) is None
+    # The same stream twice is one draw: pooled once.
+    again = [*arms, Arm("none0", 1, "none", 0)]
+    assert _pooled_reference(again, {**results, "none0": result(66, 1)}, ["a", "b"])["arms"] == pooled["arms"]
 
 
 def test_shipped_names_resolve_to_the_artifacts_folder(trained, tmp_path, monkeypatch, capsys):
