@@ -45,11 +45,11 @@ def main() -> None:
     chunks = rng.standard_normal((args.n, 16, 14)).astype(np.float32)
     times = {name: [] for name in arms}
     for name, v in arms.items():
-        score_candidates(v, query, chunks)
+        score_candidates(v, query, chunks, seed=0)
     for _ in range(rounds):
         for name, v in arms.items():
             t0 = time.perf_counter()
-            score_candidates(v, query, chunks)
+            score_candidates(v, query, chunks, seed=0)
             times[name].append((time.perf_counter() - t0) * 1e3)
     rows = []
     print(f"{'verifier':<24} {'N':>3} {'p50 ms':>8} {'p99 ms':>8} {'bundle MB':>10}")

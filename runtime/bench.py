@@ -86,7 +86,7 @@ class _Naive:
             chunks, features = self.policy.sample(prefix_kv, prefix_bias, noise)
             t3 = time.perf_counter()
             features_np = features.numpy()
-        scores = None if self.verifier is None else score_candidates(self.verifier, features_np, chunks.numpy())
+        scores = None if self.verifier is None else score_candidates(self.verifier, features_np, chunks.numpy(), seed)
         t4 = time.perf_counter()
         index = int(np.argmax(scores)) if scores is not None else 0
         _ = chunks[index].numpy()

@@ -146,10 +146,10 @@ def test_consensus_picks_the_candidate_nearest_the_others_and_needs_the_chunks(t
 def test_engine_passes_normalised_chunks_to_a_consensus_verifier(exported, tmp_path):
     from policies import make_example_observation
     from runtime import Engine, EngineConfig
-    from verifiers.train import consensus_verifier
+    from verifiers.train import untrained_verifier
 
     flow = exported("flow")
-    verifier = consensus_verifier(flow.bundle.path, tmp_path / "consensus")
+    verifier = untrained_verifier("consensus", flow.bundle.path, tmp_path / "consensus")
     assert load_verifier(verifier.path).policy_fingerprint == flow.bundle.fingerprint
     engine = Engine(flow.bundle, verifier=verifier.path, config=EngineConfig(return_candidates=True))
     decision = engine.infer(make_example_observation(flow.bundle.manifest, seed=1, image_size=(64, 64)), n=8, seed=2)

@@ -32,7 +32,7 @@ class Verifier(Protocol):
         ...
 
 
-def score_candidates(verifier: Verifier, features: np.ndarray, chunks: np.ndarray, seed: int = 0) -> np.ndarray:
+def score_candidates(verifier: Verifier, features: np.ndarray, chunks: np.ndarray, seed: int) -> np.ndarray:
     """Calls `verifier.score` with the chunks (`takes_chunks`) and the seed (`takes_seed`) when it takes them."""
     args = (features, chunks) if getattr(verifier, "takes_chunks", False) else (features,)
     if getattr(verifier, "takes_seed", False):

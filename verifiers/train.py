@@ -173,31 +173,30 @@ def _fit(model, params, loss_fn, n: int, config: VerifierTrainConfig, log) -> li
 UNTRAINED_KINDS = ("consensus", "random")
 
 
+def _untrained_onnx(kind: str, path: Path, feature_dim: int, seed: int) -> Path:
+    """The graph of a kind that needs no training data (see UNTRAINED_KINDS)."""
+    from verifiers.synthetic import consensus_verifier_onnx, random_verifier_onnx
+
+    if kind == "consensus":
+        return consensus_verifier_onnx(path, feature_dim)
+    return random_verifier_onnx(path, feature_dim, salt=seed)
+
+
 def untrained_verifier(kind: str, policy: str | Path, out_dir: str | Path, overwrite: bool = False, seed: int = 0):
     """The consensus or random verifier for a policy bundle, which needs no features (`seed` salts random)."""
     from policies.bundle import load_policy_bundle
     from verifiers.bundle import write_verifier_bundle
-    from verifiers.synthetic import consensus_verifier_onnx, random_verifier_onnx
 
     if kind not in UNTRAINED_KINDS:
         raise ValueError(f"kind: {kind!r} learns from features; without them only {', '.join(UNTRAINED_KINDS)}")
     bundle = load_policy_bundle(policy)
     f = bundle.manifest.feature_dim
-    path = Path(tempfile.mkdtemp(prefix="verifier-")) / "verifier.onnx"
-    if kind == "consensus":
-        consensus_verifier_onnx(path, f)
-    else:
-        random_verifier_onnx(path, f, salt=seed)
+    path = _untrained_onnx(kind, Path(tempfile.mkdtemp(prefix="verifier-")) / "verifier.onnx", f, seed)
     provenance = {"command": " ".join(["taco", *sys.argv[1:]]), "kind": kind}
     if kind == "random":
         provenance["seed"] = seed
     return write_verifier_bundle(path, out_dir, policy_fingerprint=bundle.fingerprint, feature_dim=f, type=kind,
                                  overwrite=overwrite, provenance=provenance)
-
-
-def consensus_verifier(policy: str | Path, out_dir: str | Path, overwrite: bool = False):
-    """The consensus verifier for a policy bundle (see `untrained_verifier`)."""
-    return untrained_verifier("consensus", policy, out_dir, overwrite=overwrite)
 
 
 def train_verifier(features: FeatureSet, config: VerifierTrainConfig, out_dir: str | Path, log=None,
@@ -227,14 +226,8 @@ def train_verifier(features: FeatureSet, config: VerifierTrainConfig, out_dir: s
         knn_verifier_onnx(onnx_path, z, mean, std, k=config.k, projection=projection)
         info["index_points"] = int(len(keep))
         info["index_dims"] = int(z.shape[1])
-    elif config.kind == "consensus":
-        from verifiers.synthetic import consensus_verifier_onnx
-
-        consensus_verifier_onnx(onnx_path, x.shape[1])
-    elif config.kind == "random":
-        from verifiers.synthetic import random_verifier_onnx
-
-        random_verifier_onnx(onnx_path, x.shape[1], salt=config.seed)
+    elif config.kind in UNTRAINED_KINDS:
+        _untrained_onnx(config.kind, onnx_path, x.shape[1], config.seed)
     else:
         torch, CFN, RND = _torch_nets()
         torch.set_num_threads(config.threads)
