@@ -435,15 +435,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="3 epochs (for tests)")
     p.set_defaults(func=cmd_train_verifier)
 
-    p = sub.add_parser("artifacts", help="record -> train -> recovery data -> fine-tune -> features -> verifiers "
-                                         "(rerun to resume)")
+    p = sub.add_parser("artifacts", help="record (clean + DART recovery episodes) -> train policies -> features -> "
+                                         "verifiers (rerun to resume)")
     p.add_argument("--out", default="artifacts")
-    p.add_argument("--task", default="transfer_cube")
+    p.add_argument("--task", default="transfer_cube", help="task or comma-separated tasks to record and train on")
     p.add_argument("--episodes", type=int, default=100, help="scripted episodes per task")
     p.add_argument("--recovery-episodes", type=int, default=200, help="DART-perturbed episodes per task, added")
     p.add_argument("--perturb", type=float, default=0.1,
                    help="perturbation std of the recovery episodes in free motion, rad (a tenth while grasping)")
-    p.add_argument("--kinds", default="flow,diffusion")
+    p.add_argument("--kinds", default="flow,diffusion", help="policy kinds to train, comma-separated")
     p.add_argument("--steps", type=int, default=5000, help="training steps per policy")
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--stride", type=int, default=4)
