@@ -79,13 +79,13 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
     if any(recorded[task] < config.episodes for task in config.tasks):
         log(f"[record] {config.episodes} episodes per task of {', '.join(config.tasks)} -> {data}")
         record(RecordConfig(tasks=config.tasks, episodes=config.episodes, out=str(data), seed=config.seed),
-               progress=False)
+               progress=log)
     total = config.episodes + config.recovery_episodes
     if any(recorded[task] < total for task in config.tasks):
         log(f"[record] +{config.recovery_episodes} recovery episodes per task, perturbation "
             f"{config.perturb} rad -> {data}")
         record(RecordConfig(tasks=config.tasks, episodes=total, out=str(data), seed=config.seed,
-                            perturb=config.perturb), progress=False)
+                            perturb=config.perturb), progress=log)
     built["dataset"] = data
     fingerprint = dataset_fingerprint(data)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,8 +100,11 @@ def recorded_episodes(root: str | Path) -> list[dict]:
     return rows
 
 
-def record(config: RecordConfig, progress: bool = True) -> dict:
-    """Records the episodes still missing from `config.out`; returns counts per task and mode."""
+def record(config: RecordConfig, progress: bool | Callable[[str], None] = True) -> dict:
+    """Records the episodes still missing from `config.out`; returns counts per task and mode.
+
+    `progress`: a tqdm bar on stderr (True), nothing (False), or a log function that gets a line every
+    twentieth of the run (how `taco artifacts` reports, its log being a file more often than a terminal)."""
     from sim.assets import CONTROL_HZ
     from sim.controllers import ScriptedController
     from sim.env import AlohaSimEnv
@@ -149,9 +153,9 @@ def record(config: RecordConfig, progress: bool = True) -> dict:
                         f.write(json.dumps(row) + "\n")
                     kept.append(row)
                     done.append(row)
-                    bar.update(1)
                     bar.set_postfix_str(f"{task} seed {row['seed']} {row['mode']} "
                                         f"{'ok' if row['success'] else 'failed'}")
+                    bar.update(1)
             finally:
                 env.close()
     except KeyboardInterrupt:
@@ -228,7 +232,25 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, initial: int, enabled: bool):
+class _LogBar(_NoBar):
+    """Logs `[record] n/total episodes (last one)` every twentieth of the run and at its end."""
+
+    def __init__(self, log: Callable[[str], None], total: int, initial: int):
+        self.log, self.total, self.n, self.postfix = log, total, initial, ""
+        self.every = max(1, total // 20)
+
+    def update(self, n):
+        self.n += n
+        if self.n % self.every == 0 or self.n == self.total:
+            self.log(f"[record] {self.n}/{self.total} episodes ({self.postfix})")
+
+    def set_postfix_str(self, s):
+        self.postfix = s
+
+
+def _progress(total: int, initial: int, enabled: bool | Callable[[str], None]):
+    if callable(enabled):
+        return _LogBar(enabled, total, initial)
     if not enabled:
         return _NoBar()
     from tqdm import tqdm

@@ -93,6 +93,8 @@ def test_taco_artifacts_quick_builds_everything_and_a_rerun_skips_it(tmp_path, c
     for name in ("dataset", "flow", "flow-cfn", "flow-rnd", "flow-knn", "flow-random"):
         assert name in first.out
     assert "[record]" in first.err and "[train flow] 20 steps" in first.err
+    # Recording reports progress in the log (clean episode, then the recovery one on top of it).
+    assert "[record] 1/1 episodes (lift_bar seed " in first.err and "[record] 2/2 episodes (lift_bar seed" in first.err
     # One run from scratch on the clean and the recovery episodes, with the training recipe's defaults.
     training = load_policy_bundle(out / "bundles" / "flow").manifest.provenance["training"]
     recipe = TrainConfig(dataset="d", out="o")
