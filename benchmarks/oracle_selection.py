@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    from runtime.defaults import resolve_policy
+    from policies.shipped import resolve_policy
     from runtime.engine import Engine, EngineConfig
     from sim.env import AlohaSimEnv
     from sim.experts import ScriptedExpert

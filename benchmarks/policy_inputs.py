@@ -32,25 +32,24 @@ def main() -> None:
     args = parser.parse_args()
 
     from policies.data import load_dataset
-    from runtime.defaults import resolve_policy
-    from runtime.engine import Engine
+    from policies.sampler import PolicySampler
+    from policies.shipped import resolve_policy
 
     policy = resolve_policy(args.policy)
-    engine = Engine(policy)
-    m = engine.manifest
-    a_mean, a_std = (np.asarray(v, np.float32) for v in (m.normalization.action_mean, m.normalization.action_std))
+    sampler = PolicySampler(policy)
+    m = sampler.manifest
     episodes = load_dataset(args.dataset).episodes
     if len(episodes) < 2:
         raise SystemExit(f"dataset: {args.dataset} has {len(episodes)} episode(s); the swap test needs two or more")
-    noise = engine.noise(args.noises, 0)
+    noise = sampler.noise(args.noises, 0)
     h = m.chunk_length
 
     def chunk(obs):
-        chunks, _ = engine.sample(*engine.encode(engine.preprocess(obs)), noise)
+        chunks, _ = sampler.candidates(obs, noise)
         return chunks.mean(0)
 
     def recorded(ep, t):
-        return (ep.chunk(t, h) - a_mean) / a_std
+        return (ep.chunk(t, h) - sampler.action_mean) / sampler.action_std
 
     rows = []
     for t in (int(x) for x in args.times.split(",")):

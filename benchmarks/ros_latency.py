@@ -51,7 +51,7 @@ def main() -> None:
                                   joint_state_topic)
     from ros_nodes.convert import image_to_cdr, joint_state_msg
     from ros_nodes.launcher import node_command
-    from runtime.defaults import resolve_policy
+    from policies.shipped import resolve_policy
 
     policy = resolve_policy(args.policy)
     rclpy.init()

@@ -44,17 +44,17 @@ def main() -> None:
     args = parser.parse_args()
 
     from policies.data import load_dataset
-    from runtime.defaults import resolve_policy, resolve_verifier
-    from runtime.engine import Engine
+    from policies.sampler import PolicySampler
+    from policies.shipped import resolve_policy
     from verifiers import load_verifier
     from verifiers.base import score_candidates
+    from verifiers.shipped import resolve_verifier
 
     policy = resolve_policy(args.policy)
-    engine = Engine(policy)
+    sampler = PolicySampler(policy)
     names = args.verifiers.split(",")
     verifiers = {name: load_verifier(resolve_verifier(name, policy)) for name in names}
-    m = engine.manifest
-    a_mean, a_std = (np.asarray(v, np.float32) for v in (m.normalization.action_mean, m.normalization.action_std))
+    m = sampler.manifest
     data = load_dataset(args.dataset)
     rng = np.random.default_rng(args.seed)
     picks = {name: [] for name in names}
@@ -62,11 +62,9 @@ def main() -> None:
     uniform, oracle, spread, targets = [], [], [], []
     for ep in data.episodes:
         for t in range(0, len(ep), args.stride):
-            prefix_kv, prefix_bias = engine.encode(engine.preprocess(ep.observation(t, m.cameras)))
             seed = int(rng.integers(2**62))
-            noise = engine.noise(args.n, seed)
-            chunks, features = engine.sample(prefix_kv, prefix_bias, noise)
-            target = (ep.chunk(t, m.chunk_length) - a_mean) / a_std
+            chunks, features = sampler.candidates(ep.observation(t, m.cameras), sampler.noise(args.n, seed))
+            target = (ep.chunk(t, m.chunk_length) - sampler.action_mean) / sampler.action_std
             dist = np.sqrt(((chunks - target) ** 2).sum(axis=2)).mean(axis=1)
             uniform.append(dist.mean())
             spread.append(np.sqrt(chunks.var(axis=0).mean()))

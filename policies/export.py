@@ -77,7 +77,7 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes, m
 
 
 def graph_metadata(cfg, graph: str) -> dict[str, str]:
-    """ONNX metadata_props recorded in every exported graph (checked by runtime.engine.check_graph_signatures)."""
+    """ONNX metadata_props recorded in every exported graph (checked by policies.sampler.check_graph_signatures)."""
     return {
         "taco.graph": graph,
         "taco.kind": cfg.kind,

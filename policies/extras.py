@@ -1,19 +1,24 @@
-"""Imports of optional heavy packages, with an error that names the extra to install."""
+"""The optional extras of the `taco-runtime` distribution: which modules each brings, and imports of
+them with an error that names the extra to install."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
-# Which extra of the `taco-runtime` distribution installs each optional module.
-_EXTRA_OF = {
-    "torch": "train",
-    "onnx": "train",
-    "onnxscript": "train",
-    "lerobot": "train",
-    "mujoco": "sim",
-    "rclpy": "ros",
+# Extra -> the top-level modules it installs (pyproject.toml's optional-dependencies).
+EXTRA_MODULES = {
+    "train": ("torch", "onnx", "onnxscript", "lerobot"),
+    "sim": ("mujoco", "gym_aloha", "matplotlib"),
+    "ray": ("ray",),
+    "ros": ("rclpy", "mcap", "mcap_ros2"),
 }
+_EXTRA_OF = {module: extra for extra, modules in EXTRA_MODULES.items() for module in modules}
+
+
+def install_hint(extra: str) -> str:
+    return f"pip install -e '.[{extra}]'"
 
 
 def require(module: str) -> ModuleType:
@@ -25,9 +30,19 @@ def require(module: str) -> ModuleType:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        top = module.split(".")[0]
-        extra = _EXTRA_OF.get(top, "all")
-        raise ImportError(
-            f"{module!r} is needed here but is not installed; "
-            f"install the '{extra}' extra: pip install -e '.[{extra}]' (or `make install-{extra}`)"
-        ) from err
+        extra = _EXTRA_OF.get(module.split(".")[0], "all")
+        raise ImportError(f"{module!r} is needed here but is not installed; install the '{extra}' extra: "
+                          f"{install_hint(extra)}") from err
+
+
+def missing_extras(extras: tuple[str, ...]) -> dict[str, str]:
+    """Extra -> the first of its modules that is not installed, for each extra of `extras` that is missing.
+
+    Looks the modules up without importing them, so listing commands stays fast on a core-only install.
+    """
+    missing = {}
+    for extra in extras:
+        absent = next((m for m in EXTRA_MODULES[extra] if importlib.util.find_spec(m) is None), None)
+        if absent is not None:
+            missing[extra] = absent
+    return missing

@@ -30,16 +30,17 @@ from hardware.profiles import get_profile
 from hardware.robot_io import StateAssembler, assemble_observation
 from hardware.safety import FilterReport, SafetyLayer, WatchdogConfig, preview
 from policies.errors import SpecError
+from policies.shipped import resolve_policy
 from ros_nodes.common import (DIAGNOSTICS_TOPIC, ESTOP_RESET_TOPIC, ESTOP_TOPIC, IMAGE_QOS, IMAGE_TOPIC,
                               INSTRUCTION_TOPIC, LATCHED_QOS, RESET_TOPIC, dumps, init_ros, joint_state_topic,
                               run_node)
 from ros_nodes.convert import image_from_msg, to_seconds
 from ros_nodes.sinks import SINKS, Sink
-from runtime.defaults import resolve_policy, resolve_verifier
 from runtime.engine import Engine, EngineConfig
 from runtime.executor import ExecutorConfig
 from runtime.realtime import RealtimeExecutor
 from runtime.sessions import SessionConfig
+from verifiers.shipped import resolve_verifier
 
 
 class PolicyNode(LifecycleNode):

@@ -74,7 +74,7 @@ class _Naive:
         torch = self.torch
         ms = {}
         t0 = time.perf_counter()
-        feeds = self.engine.preprocess(observation)
+        feeds = self.engine.policy.preprocess(observation)
         images = [torch.from_numpy(feeds[f"image_{c}"]).repeat(n, 1, 1, 1) for c in self.cams]
         state = torch.from_numpy(feeds["state"]).repeat(n, 1)
         tokens = torch.from_numpy(feeds["tokens"]).repeat(n, 1)
@@ -82,7 +82,7 @@ class _Naive:
         with torch.inference_mode():
             prefix_kv, prefix_bias = self.policy.encode(images, state, tokens)
             t2 = time.perf_counter()
-            noise = torch.from_numpy(self.engine.noise(n, seed))
+            noise = torch.from_numpy(self.engine.policy.noise(n, seed))
             chunks, features = self.policy.sample(prefix_kv, prefix_bias, noise)
             t3 = time.perf_counter()
             features_np = features.numpy()

@@ -1,5 +1,7 @@
 """Evaluation suites: episodes of one or more tasks run by worker processes (local or Ray).
 
+This is the driver side; `sim.episodes` is what each worker runs.
+
 Every arm of a comparison uses the same seeds: episode i of a task starts from seed `seed + i`, so
 object poses are identical across policies and verifiers. Finished episodes are appended to a
 `.partial.jsonl` file next to the JSON output, and a rerun with the same settings resumes from it.
@@ -19,10 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from policies.schema import canonical_hash
+from sim.episodes import init_worker, run_item
 
 BACKENDS = ("local", "ray")
-# Camera and size of the report videos.
-VIDEO_CAMERA, VIDEO_SIZE = "cam_low", (240, 320)
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,10 @@ class EvalConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        from runtime.defaults import resolve_policy, resolve_verifier
+        from policies.shipped import resolve_policy
         from runtime.executor import ExecutorConfig
         from sim.tasks import TASKS
+        from verifiers.shipped import resolve_verifier
 
         if self.policy != "scripted":
             # Names of shipped bundles ("default", "cfn", ...) become paths, so records show what ran.
@@ -113,89 +115,6 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
 
-
-# ------------------------------------------------------------------------------------------------
-# Worker side: one environment and controller per task, made on first use and kept.
-
-_WORKER: dict = {}
-
-
-def _worker_init(config: EvalConfig) -> None:
-    _WORKER.clear()
-    _WORKER["config"] = config
-
-
-def _make(config: EvalConfig, task: str):
-    from sim.env import AlohaSimEnv
-
-    if config.policy == "scripted":
-        from sim.controllers import ScriptedController
-        from sim.experts import ExpertConfig
-
-        expert = ExpertConfig() if config.action_noise is None else ExpertConfig(action_noise=config.action_noise)
-        controller = ScriptedController(task, expert, mode=config.expert_mode)
-        cameras = ()
-    else:
-        from runtime.engine import Engine
-        from runtime.executor import ChunkExecutor, ExecutorConfig
-
-        engine = Engine(config.policy, verifier=config.verifier)
-        controller = ChunkExecutor(engine, ExecutorConfig(n=config.n, execute=config.execute,
-                                                          noise_stream=config.noise_stream))
-        cameras = engine.manifest.cameras
-    env = AlohaSimEnv(task, cameras=cameras, max_steps=config.max_steps)
-    return env, controller
-
-
-def run_episode(task: str, index: int) -> dict:
-    """Runs episode `index` of `task` in this process and returns its record."""
-    config: EvalConfig = _WORKER["config"]
-    if task not in _WORKER:
-        _WORKER[task] = _make(config, task)
-    env, controller = _WORKER[task]
-    seed = config.seed + index
-    film = config.report is not None and index < config.video_episodes
-    started = time.perf_counter()
-    obs = env.reset(seed)
-    controller.reset(seed, env)
-    frames, stages, done, info = [], [], False, {"success": False}
-    while not done:
-        action = controller.act(obs)
-        obs, reward, done, info = env.step(action)
-        stages.append(int(reward))
-        if film:
-            frames.append(env.render(VIDEO_CAMERA, *VIDEO_SIZE))
-    record = {
-        "task": task, "episode": index, "seed": seed, "success": bool(info["success"]),
-        "best_stage": int(env.best_stage), "max_stage": env.task.max_reward, "steps": env.steps,
-        "wall_s": time.perf_counter() - started, "latency_ms": [round(v, 3) for v in controller.latencies_ms],
-        "mode": getattr(controller, "mode", None), "stages": stages,
-    }
-    decisions = getattr(controller, "decisions", [])
-    if decisions:
-        record["chosen_index"] = [d.index for d in decisions]
-        record["dropped_actions"] = controller.dropped
-    if film:
-        record["video"] = _write_video(frames, Path(config.report) / "videos" / f"{task}-ep{index:03d}.mp4")
-    return record
-
-
-def _write_video(frames: list[np.ndarray], path: Path) -> str:
-    import imageio.v2 as imageio
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(path, fps=50, codec="libx264", quality=7, macro_block_size=8) as writer:
-        for frame in frames:
-            writer.append_data(frame)
-    return str(path)
-
-
-def _run_item(item: tuple[str, int]) -> dict:
-    return run_episode(*item)
-
-
-# ------------------------------------------------------------------------------------------------
-# Driver side.
 
 def _partial_path(json_path: Path | None) -> Path | None:
     return None if json_path is None else json_path.with_name(json_path.name + ".partial.jsonl")
@@ -270,15 +189,15 @@ def _execute(config: EvalConfig, items: list[tuple[str, int]]):
 
         yield from run_on_ray(config, items)
     elif config.workers == 1:
-        _worker_init(config)
+        init_worker(config)
         for item in items:
-            yield _run_item(item)
+            yield run_item(item)
     else:
         import multiprocessing as mp
 
         # spawn: a fork would share MuJoCo GL contexts and ONNX Runtime thread pools with the parent.
-        with mp.get_context("spawn").Pool(config.workers, initializer=_worker_init, initargs=(config,)) as pool:
-            yield from pool.imap_unordered(_run_item, items)
+        with mp.get_context("spawn").Pool(config.workers, initializer=init_worker, initargs=(config,)) as pool:
+            yield from pool.imap_unordered(run_item, items)
 
 
 def _group_summary(records: list[dict]) -> dict:

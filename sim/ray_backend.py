@@ -16,7 +16,7 @@ from policies.extras import require
 def run_on_ray(config, items):
     """Yields episode records as they finish."""
     ray = require("ray")
-    from sim.evaluate import _worker_init, run_episode
+    from sim.episodes import init_worker, run_episode
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -30,7 +30,7 @@ def run_on_ray(config, items):
     @ray.remote(num_cpus=1)
     class EpisodeWorker:
         def __init__(self, cfg):
-            _worker_init(cfg)
+            init_worker(cfg)
 
         def run(self, task, index):
             return run_episode(task, index)

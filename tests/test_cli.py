@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.cli import main
+from taco.cli import main
 
 
 def test_export_then_inspect(tmp_path, capsys):
@@ -94,7 +94,7 @@ def test_bad_candidate_list_is_a_usage_error():
 
 
 def test_example_demo_runs_end_to_end_as_a_console_script(tmp_path):
-    taco = [sys.executable, "-m", "runtime.cli"]
+    taco = [sys.executable, "-m", "taco"]
     result = subprocess.run([*taco, "demo", "--example", "--quick", "--out", str(tmp_path / "example")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -139,7 +139,7 @@ def test_demo_suite_compares_the_arms_on_the_same_seeds_and_writes_the_report(fl
 def test_demo_quick_on_the_shipped_default_writes_success_per_arm(tmp_path):
     """The README's main job in miniature, on the bundles committed under artifacts/."""
     summary = tmp_path / "demo.json"
-    result = subprocess.run([sys.executable, "-m", "runtime.cli", "demo", "--quick", "--workers", "1",
+    result = subprocess.run([sys.executable, "-m", "taco", "demo", "--quick", "--workers", "1",
                              "--out", str(tmp_path / "demo"), "--json", str(summary)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -153,7 +153,8 @@ def test_demo_quick_on_the_shipped_default_writes_success_per_arm(tmp_path):
 def test_every_shipped_verifier_loads_and_is_bound_to_its_shipped_policy():
     """artifacts/bundles/<policy>-<verifier>: each validates (checksums) and each names its policy's fingerprint."""
     from policies.bundle import load_policy_bundle
-    from runtime.defaults import VERIFIER_NAMES, artifacts_dir
+    from policies.shipped import artifacts_dir
+    from verifiers.shipped import VERIFIER_NAMES
     from runtime.engine import Engine
 
     bundles = artifacts_dir() / "bundles"

@@ -50,11 +50,11 @@ def test_n1_without_verifier_returns_the_policys_sample_in_robot_units(exported,
     engine = Engine(ex.bundle)
     decision = engine.infer(observation, n=1, seed=5)
     assert decision.index == 0 and decision.scores is None and decision.verifier is None
-    feeds = engine.preprocess(observation)
+    feeds = engine.policy.preprocess(observation)
     with torch.no_grad():
         kv, bias = ex.policy.encode([torch.from_numpy(feeds["image_cam_high"])], torch.from_numpy(feeds["state"]),
                                     torch.from_numpy(feeds["tokens"]))
-        chunk, _ = ex.policy.sample(kv, bias, torch.from_numpy(engine.noise(1, 5)))
+        chunk, _ = ex.policy.sample(kv, bias, torch.from_numpy(engine.policy.noise(1, 5)))
     norm = ex.normalization
     expected = chunk[0].numpy() * np.array(norm.action_std, np.float32) + np.array(norm.action_mean, np.float32)
     np.testing.assert_allclose(decision.chunk, expected, atol=1e-4)
@@ -146,7 +146,7 @@ def test_a_verifier_that_takes_the_seed_gets_the_decisions_seed(flow, observatio
 def test_a_verifier_sees_only_the_finite_candidates(flow, observation, monkeypatch):
     verifier = ChunkSpread()
     engine = Engine(flow.bundle, verifier=verifier, config=EngineConfig(return_candidates=True))
-    sample = engine.sample
+    sample = engine.policy.sample
 
     def one_nan_candidate(prefix_kv, prefix_bias, noise):
         chunks, features = sample(prefix_kv, prefix_bias, noise)
@@ -154,7 +154,7 @@ def test_a_verifier_sees_only_the_finite_candidates(flow, observation, monkeypat
         chunks[2, 3, 1] = np.nan
         return chunks, features
 
-    monkeypatch.setattr(engine, "sample", one_nan_candidate)
+    monkeypatch.setattr(engine.policy, "sample", one_nan_candidate)
     decision = engine.infer(observation, n=6, seed=0)
     # The NaN candidate would have made every comparison with the candidates' mean NaN.
     assert verifier.chunks.shape[0] == verifier.features.shape[0] == 5 and np.isfinite(verifier.chunks).all()

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from runtime.cli import main
+from taco.cli import main
 from sim.evaluate import EvalConfig, run_suite, wilson_interval
 
 

@@ -65,7 +65,7 @@ def test_noise_streams_are_other_draws_and_stream_zero_is_the_default(engine):
     # seed (what pairs the arms of a comparison episode for episode).
     single = engine.infer(at(obs, 0.0), n=1, seed=other_seeds[0])
     np.testing.assert_array_equal(single.chunk[0], other[0])
-    np.testing.assert_array_equal(engine.noise(4, other_seeds[0])[0], engine.noise(1, other_seeds[0])[0])
+    np.testing.assert_array_equal(engine.policy.noise(4, other_seeds[0])[0], engine.policy.noise(1, other_seeds[0])[0])
     with pytest.raises(ValueError, match="noise_stream"):
         ExecutorConfig(noise_stream=-1)
 

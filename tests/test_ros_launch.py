@@ -95,7 +95,7 @@ def test_node_command_formats_ros_parameters():
 
 
 def test_taco_ros_refuses_a_missing_policy_before_starting_nodes(tmp_path, capsys):
-    from runtime.cli import main
+    from taco.cli import main
 
     assert main(["ros", "sim", "--policy", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err

@@ -58,7 +58,7 @@ def test_training_resumes_exactly_and_exports_a_working_bundle(dataset, tmp_path
 
 
 def test_a_checkpoint_exports_to_the_same_bundle_as_the_run(dataset, tmp_path):
-    from runtime.cli import main
+    from taco.cli import main
 
     common = dict(dataset=str(dataset), out=str(tmp_path / "run"), size="tiny", steps=6, batch_size=2, val_every=3,
                   checkpoint_every=3, threads=1)

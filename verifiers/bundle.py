@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from policies.errors import BundleError
+from policies.sampler import cpu_session
 from policies.schema import Reader, check_files, read_manifest, sha256_file
 
 log = logging.getLogger(__name__)
@@ -145,13 +146,6 @@ class OnnxVerifier:
         return scores
 
 
-def _cpu_session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def load_verifier(path: str | Path, session_factory: Callable[[Path], ort.InferenceSession] | None = None) -> OnnxVerifier:
     """Loads a verifier bundle folder, or a bare `.onnx` file with the verifier signature.
 
@@ -161,7 +155,7 @@ def load_verifier(path: str | Path, session_factory: Callable[[Path], ort.Infere
     A bundle's checksum and manifest are validated here; whether it belongs to a given policy is checked
     by the engine (`check_verifier`). A bare ONNX file is unbound: only its feature size can be checked.
     """
-    make_session = session_factory or _cpu_session
+    make_session = session_factory or cpu_session
     path = Path(path)
     if not path.exists():
         raise BundleError("verifier", f"{path} does not exist")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from policies.sampler import PolicySampler, SessionFactory
+
 
 @dataclass(frozen=True)
 class FeatureSet:
@@ -51,31 +53,31 @@ class FeatureSet:
 
 
 def collect_features(policy: str | Path, dataset: str | Path, k: int = 16, stride: int = 1, seed: int = 0,
-                     progress=None) -> FeatureSet:
-    """Runs the search over every `stride`-th frame of every episode."""
+                     progress=None, session_factory: SessionFactory | None = None) -> FeatureSet:
+    """Runs the search over every `stride`-th frame of every episode.
+
+    The policy runs as a bare `PolicySampler` (one CPU thread unless `session_factory` says otherwise):
+    the search needs the candidates for fixed noises, not the serving engine's selection.
+    """
     from policies.data import load_dataset
-    from runtime.engine import Engine
 
     progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    engine = Engine(policy)
-    m = engine.manifest
+    sampler = PolicySampler(policy, session_factory)
+    m = sampler.manifest
     data = load_dataset(dataset)
     for cam in m.cameras:
         have = next((c for c in data.cameras if c.name == cam.name), None)
         if have is None:
             raise ValueError(f"dataset: has no camera {cam.name!r} that the policy takes")
-    noise = engine.noise(k, seed)  # the K fixed noises, shared by every frame
-    a_mean = np.asarray(m.normalization.action_mean, np.float32)
-    a_std = np.asarray(m.normalization.action_std, np.float32)
+    noise = sampler.noise(k, seed)  # the K fixed noises, shared by every frame
     h = m.chunk_length
     out = {key: [] for key in ("features", "episode", "frame", "distance", "noise_index")}
     total = sum(len(range(0, len(e), stride)) for e in data.episodes)
     done, started = 0, time.perf_counter()
     for ep in data.episodes:
         for t in range(0, len(ep), stride):
-            prefix_kv, prefix_bias = engine.encode(engine.preprocess(ep.observation(t, m.cameras)))
-            chunks, features = engine.sample(prefix_kv, prefix_bias, noise)
-            target = (ep.chunk(t, h) - a_mean) / a_std
+            chunks, features = sampler.candidates(ep.observation(t, m.cameras), noise)
+            target = (ep.chunk(t, h) - sampler.action_mean) / sampler.action_std
             dist = np.sqrt(((chunks - target) ** 2).sum(axis=2)).mean(axis=1)
             best = int(np.argmin(dist))
             out["features"].append(features[best])
@@ -90,4 +92,4 @@ def collect_features(policy: str | Path, dataset: str | Path, k: int = 16, strid
                          f"mean best distance {np.mean(out['distance']):.3f}")
     return FeatureSet(np.asarray(out["features"], np.float32), np.asarray(out["episode"], np.int64),
                       np.asarray(out["frame"], np.int64), np.asarray(out["distance"], np.float32),
-                      np.asarray(out["noise_index"], np.int64), engine.bundle.fingerprint, data.fingerprint, k)
+                      np.asarray(out["noise_index"], np.int64), sampler.bundle.fingerprint, data.fingerprint, k)

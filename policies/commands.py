@@ -1,0 +1,106 @@
+"""`taco` subcommands of the policies part: export a policy, train one on a LeRobotDataset.
+
+Registered by the command line (`taco.cli`); arguments become `policies.train.TrainConfig` and friends.
+Only argparse is imported here, so `taco --help` lists these on a core-only install.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """Comma-separated positive integers ('' for none)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
+def cmd_export(args) -> int:
+    from policies.config import make_config
+    from policies.describe import describe_policy
+    from policies.export import export_bundle
+    from policies.models import build_policy
+
+    cfg = make_config(args.size, args.kind)
+    policy = build_policy(cfg, seed=args.seed)
+    bundle = export_bundle(policy, args.out, sampler=args.sampler, name=args.name, overwrite=args.overwrite,
+                           provenance={"weights": f"random init, seed {args.seed} (untrained)"})
+    print(f"wrote {bundle.manifest.kind} bundle {bundle.path} (fingerprint {bundle.fingerprint[:16]})")
+    print(describe_policy(bundle))
+    return 0
+
+
+def cmd_train_policy(args) -> int:
+    from policies.train import TrainConfig, export_checkpoint, train_policy
+
+    if args.export_checkpoint:
+        bundle = export_checkpoint(args.export_checkpoint, args.out, sampler=args.sampler)
+        print(f"exported {bundle.manifest.provenance['weights']} to {bundle.path}")
+        return 0
+    if args.dataset is None:
+        raise ValueError("dataset: --dataset is required to train (or pass --export-checkpoint)")
+    steps = args.steps if not args.quick else min(args.steps, 30)
+    config = TrainConfig(dataset=args.dataset, out=args.out, kind=args.kind, size=args.size, steps=steps,
+                         batch_size=args.batch_size if not args.quick else min(args.batch_size, 8), lr=args.lr,
+                         val_every=args.val_every if not args.quick else 10,
+                         checkpoint_every=args.checkpoint_every if not args.quick else 10, seed=args.seed,
+                         threads=args.threads, sampler=args.sampler, warmup_steps=args.warmup,
+                         init_from=args.init_from, keypoints=args.keypoints, future_steps=args.future_steps,
+                         # Unset recipe flags keep TrainConfig's defaults (the recipe the shipped policy used).
+                         **{key: getattr(args, key) for key in ("shift", "state_noise", "start_fraction",
+                                                                 "start_frames") if getattr(args, key) is not None})
+    path = train_policy(config)
+    print(f"wrote policy bundle {path}")
+    return 0
+
+
+def register(cli) -> None:
+    p = cli.add("export", "build a policy with random weights and write its bundle (manifest.json + ONNX graphs)",
+                run=cmd_export, extras=("train",))
+    p.add_argument("--kind", choices=("flow", "diffusion"), default="flow")
+    p.add_argument("--size", choices=("default", "tiny"), default="default")
+    p.add_argument("--sampler", choices=("unrolled", "stepped"), default="unrolled",
+                   help="unrolled: all denoising steps in one graph; stepped: the runtime loops over a step graph")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation")
+    p.add_argument("--name", default=None)
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = cli.add("train-policy", "train a policy on a LeRobotDataset and export its bundle", run=cmd_train_policy,
+                extras=("train",))
+    p.add_argument("--dataset", default=None, help="LeRobotDataset v3 folder (e.g. from taco record)")
+    p.add_argument("--kind", choices=("flow", "diffusion"), default="flow")
+    p.add_argument("--size", choices=("default", "tiny"), default="default")
+    p.add_argument("--out", required=True, help="bundle folder; checkpoints go to OUT.ckpt/ (rerun to resume)")
+    p.add_argument("--steps", type=int, default=20_000)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=500, help="linear learning-rate warm-up steps")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start from this checkpoint's EMA weights (fine-tune), e.g. an earlier run's OUT.ckpt/last.pt")
+    p.add_argument("--keypoints", type=int, default=None,
+                   help="spatial-softmax keypoints per camera (default: the size preset's; 0: none)")
+    p.add_argument("--start-fraction", type=float, default=None,
+                   help="fraction of each batch drawn from the episodes' first --start-frames frames, where only "
+                        "the camera tells episodes apart")
+    p.add_argument("--start-frames", type=int, default=None)
+    p.add_argument("--future-steps", type=int_list, default=None, metavar="K,K,...",
+                   help="auxiliary loss: predict the robot state these control steps ahead from the encoder "
+                        "(default: the size preset's; '' for none)")
+    p.add_argument("--shift", type=int, default=None, help="max random image shift in pixels (augmentation)")
+    p.add_argument("--state-noise", type=float, default=None,
+                   help="std of Gaussian noise on the normalised state input, so the policy must read the camera "
+                        "instead of continuing the arm's motion")
+    p.add_argument("--val-every", type=int, default=500)
+    p.add_argument("--checkpoint-every", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=("unrolled", "stepped"), default="unrolled")
+    p.add_argument("--export-checkpoint", default=None, metavar="CKPT",
+                   help="only export the EMA weights of this checkpoint (e.g. OUT.ckpt/last.pt) to --out")
+    p.add_argument("--quick", action="store_true", help="30 steps of batch 8 (for tests)")

@@ -1,0 +1,63 @@
+"""`taco ros`: the ROS 2 nodes started as processes (no `launch` needed), registered by `taco.cli`.
+
+Only the standard library is imported here, so `taco --help` lists it on a core-only install.
+"""
+
+from __future__ import annotations
+
+
+def cmd_ros(args) -> int:
+    from policies.bundle import load_policy_bundle
+    from policies.shipped import resolve_policy
+    from ros_nodes.launcher import Launch, node_command, ros_env
+    from verifiers.bundle import check_verifier, load_verifier
+    from verifiers.shipped import resolve_verifier
+
+    # Refuse a bad policy or a verifier that does not belong to it here, before any node starts.
+    policy = resolve_policy(args.policy)
+    bundle = load_policy_bundle(policy)
+    verifier = resolve_verifier(args.verifier, policy)
+    if verifier is not None:
+        check_verifier(load_verifier(verifier), bundle.manifest.feature_dim, bundle.fingerprint)
+    commands = {}
+    if args.target in ("sim", "robot"):
+        params = {"policy": policy, "verifier": args.verifier, "n": args.n, "execute": args.execute,
+                  "sink": args.sink, "profile": args.profile, "seed": args.seed}
+        if args.target == "robot":
+            params["task"] = args.task
+        commands["policy"] = node_command("ros_nodes.policy_node", params)
+    if args.target == "sim":
+        commands["sim"] = node_command("ros_nodes.sim_node", {"task": args.task, "sink": args.sink,
+                                                              "profile": args.profile, "episodes": args.episodes,
+                                                              "seed": args.seed})
+    record = args.record or ("taco_run.mcap" if args.target == "record" else None)
+    if record:
+        commands["recorder"] = node_command("ros_nodes.recorder", {"out": record, "profile": args.profile,
+                                                                    "sink": args.sink})
+    launch = Launch(commands, env=ros_env(args.discovery), until="sim" if args.target == "sim" and args.episodes else None)
+    launch.start()
+    return launch.wait()
+
+
+def _ros_needs(args) -> tuple[str, ...]:
+    return ("ros", "sim") if args.target == "sim" else ("ros",)
+
+
+def register(cli) -> None:
+    p = cli.add("ros", "start the ROS 2 nodes without `launch`: sim, robot, or a recorder", run=cmd_ros,
+                extras=("ros",), needs=_ros_needs)
+    p.add_argument("target", choices=["sim", "robot", "record"],
+                   help="sim: sim node + policy node (also the sim extra); robot: policy node for a running robot; "
+                        "record: recorder only")
+    p.add_argument("--policy", default="default", help="policy bundle path or 'default'")
+    p.add_argument("--verifier", default="none", help="none|random|cfn|rnd|knn|consensus or a verifier bundle path")
+    p.add_argument("--n", type=int, default=16, help="candidates per step")
+    p.add_argument("--execute", type=int, default=8, help="actions executed per chunk before replanning")
+    p.add_argument("--sink", default="interbotix", choices=["interbotix", "forward", "jtc"])
+    p.add_argument("--profile", default="aloha_viperx")
+    p.add_argument("--task", default="transfer_cube", help="sim task (sim) or instruction (robot)")
+    p.add_argument("--episodes", type=int, default=0, help="sim: stop after this many episodes (0: run until Ctrl-C)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--record", default=None, metavar="PATH.mcap", help="also record the run to MCAP")
+    p.add_argument("--discovery", default="LOCALHOST", choices=["LOCALHOST", "SUBNET", "SYSTEM_DEFAULT", "OFF"],
+                   help="ROS_AUTOMATIC_DISCOVERY_RANGE when not already set (default: this host only)")

@@ -1,0 +1,90 @@
+"""`taco` subcommands of the runtime part: validate and describe a bundle, benchmark the engine.
+
+Registered by the command line (`taco.cli`); arguments become `runtime.bench.BenchConfig`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def candidate_counts(text: str) -> tuple[int, ...]:
+    """Comma-separated candidate counts, each >= 1."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"candidate counts must be >= 1, got {text!r}")
+    return values
+
+
+def cmd_inspect(args) -> int:
+    from policies import load_policy_bundle
+    from policies.describe import describe_policy, graph_signatures
+    from policies.schema import read_manifest
+    from runtime.sessions import SessionConfig, make_session
+    from verifiers import load_verifier
+
+    session = lambda path: make_session(path, SessionConfig())  # noqa: E731 (the engine's default settings)
+    path = Path(args.bundle)
+    is_verifier = path.suffix == ".onnx" or (path.is_dir() and read_manifest(path).get("kind") == "verifier")
+    if is_verifier:
+        v = load_verifier(path, session)
+        info = {"verifier": str(path), "name": v.name, "feature_dim": v.feature_dim,
+                "policy_fingerprint": v.policy_fingerprint,
+                "type": v.manifest.type if v.manifest else "onnx (bare file)",
+                "provenance": v.manifest.provenance if v.manifest else {}}
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            for key, value in info.items():
+                print(f"{key:<18} {value}")
+            folder, files = (path.parent, [path.name]) if path.is_file() else (path, ["verifier.onnx"])
+            print("\n".join(graph_signatures(folder, files, session)[0]))
+        return 0
+    bundle = load_policy_bundle(path)
+    text = describe_policy(bundle, session)  # validates the graphs against the manifest too
+    if args.json:
+        print(json.dumps({"path": str(bundle.path), "fingerprint": bundle.fingerprint, **bundle.manifest.to_dict()},
+                         indent=2))
+    else:
+        print(text)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from runtime.bench import BenchConfig, format_table, run_bench, write_report
+
+    iters, warmup = (args.iters or 10, 2) if args.quick else (args.iters or 50, 5)
+    config = BenchConfig(ns=args.n, iters=iters, warmup=warmup, bundle=args.bundle, kind=args.kind, size=args.size,
+                         provider=args.provider, threads=args.threads, naive=not args.no_naive)
+    report = run_bench(config, progress=lambda msg: print(msg, file=sys.stderr))
+    print(format_table(report))
+    if args.json:
+        write_report(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def register(cli) -> None:
+    p = cli.add("inspect", "validate a policy or verifier bundle (checksums, graphs) and print it", run=cmd_inspect)
+    p.add_argument("bundle")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    # train: the benchmark's verifier is an ONNX graph built with `onnx`, the baseline runs in PyTorch.
+    p = cli.add("bench", "per-stage latency of the runtime vs a naive PyTorch baseline", run=cmd_bench,
+                extras=("train",))
+    p.add_argument("--bundle", default=None, help="policy bundle (default: a fresh default-size flow policy)")
+    p.add_argument("--kind", choices=("flow", "diffusion"), default="flow")
+    p.add_argument("--size", choices=("default", "tiny"), default="default")
+    p.add_argument("--n", type=candidate_counts, default=(1, 4, 16, 64), help="candidate counts, e.g. 1,4,16,64")
+    p.add_argument("--iters", type=int, default=None, help="timed rounds (default 50, 10 with --quick)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime and torch intra-op threads")
+    p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt", "auto"), default="cpu")
+    p.add_argument("--no-naive", action="store_true", help="skip the PyTorch baseline")
+    p.add_argument("--json", default=None, help="write every row and the summary to this file")
+    p.add_argument("--quick", action="store_true", help="fewer rounds: under a minute")

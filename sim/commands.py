@@ -1,0 +1,203 @@
+"""`taco` subcommands of the simulation part: evaluation suites, recording, comparisons, the main job
+(`taco demo`) and the whole artifacts pipeline.
+
+Registered by the command line (`taco.cli`); arguments become `sim.evaluate.EvalConfig`,
+`sim.record.RecordConfig`, `sim.demo.DemoConfig` and `sim.pipeline.ArtifactsConfig`. Only the standard
+library is imported here, so `taco --help` lists these on a core-only install.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def tasks(text: str) -> tuple[str, ...]:
+    """'all' or comma-separated task names; unknown names are refused naming the registered ones."""
+    from sim.tasks import TASKS
+
+    names = tuple(sorted(TASKS)) if text == "all" else tuple(t for t in text.split(",") if t)
+    for task in names:
+        if task not in TASKS:
+            raise ValueError(f"task: unknown {task!r} (registered: {', '.join(sorted(TASKS))})")
+    return names
+
+
+def cmd_eval(args) -> int:
+    from sim.evaluate import EvalConfig, format_summary, run_suite
+
+    episodes = min(args.episodes, 2) if args.quick else args.episodes
+    config = EvalConfig(policy=args.policy, verifier=args.verifier, n=args.n, tasks=tasks(args.task), episodes=episodes,
+                        seed=args.seed, execute=args.execute, workers=args.workers, backend=args.backend,
+                        max_steps=args.max_steps, expert_mode=args.mode, action_noise=args.action_noise,
+                        noise_stream=args.noise_stream, report=args.report, video_episodes=args.video_episodes)
+    report = run_suite(config, json_path=args.json)
+    print(format_summary(report))
+    if args.json:
+        print(f"wrote {args.json}")
+    if args.report:
+        print(f"wrote the report to {args.report} (index.md, plots, videos)")
+    return 0
+
+
+def cmd_record(args) -> int:
+    from sim.record import RecordConfig, record
+
+    config = RecordConfig(tasks=tasks(args.task), episodes=2 if args.quick else args.episodes, out=args.out,
+                          seed=args.seed, keep_failures=args.keep_failures, mode=args.mode,
+                          action_noise=args.action_noise, perturb=args.perturb)
+    summary = record(config, progress=not args.no_progress)
+    for task, s in summary.items():
+        modes = ", ".join(f"{m} {c}" for m, c in sorted(s["modes"].items()))
+        print(f"{task:<16} {s['episodes']} episodes ({s['successes']} successful), {s['frames']} frames; modes: {modes}")
+    print(f"dataset: {args.out} (LeRobotDataset v3; per-episode seed, mode and success in meta/taco_episodes.jsonl)")
+    return 0
+
+
+def cmd_artifacts(args) -> int:
+    from sim.pipeline import ArtifactsConfig, build_artifacts
+
+    kinds = tuple(args.kinds.split(","))
+    if args.quick:
+        config = ArtifactsConfig(out=args.out, tasks=tasks(args.task), episodes=1, recovery_episodes=1,
+                                 perturb=args.perturb, kinds=kinds, size="tiny", steps=20, batch_size=8, k=4,
+                                 stride=20, verifier_epochs=2)
+    else:
+        config = ArtifactsConfig(out=args.out, tasks=tasks(args.task), episodes=args.episodes,
+                                 recovery_episodes=args.recovery_episodes, perturb=args.perturb, kinds=kinds,
+                                 steps=args.steps, k=args.k, stride=args.stride)
+    built = build_artifacts(config)
+    for name, path in built.items():
+        size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
+        print(f"{name:<22} {path}  ({size:.1f} MB)")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from sim.compare import Arm, compare, format_compare
+    from sim.evaluate import EvalConfig
+
+    arms = [Arm.parse(a) for a in args.arm]
+    base = EvalConfig(policy=args.policy, tasks=tasks(args.task),
+                      episodes=min(args.episodes, 2) if args.quick else args.episodes, seed=args.seed,
+                      execute=args.execute, workers=args.workers, max_steps=args.max_steps)
+    report = compare(args.policy, arms, base, args.out, reference_streams=args.reference_streams)
+    print(format_compare(report))
+    print(f"wrote {args.out}/compare.json")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    if args.example:
+        from runtime.demo import run_demo
+
+        return run_demo(out=Path(args.out or "build/example"), n=args.n, quick=args.quick, seed=args.seed % 1000)
+    from sim.compare import format_compare
+    from sim.demo import DemoConfig, run_demo_suite
+
+    config = DemoConfig(policy=args.policy, verifier=args.verifier, n=args.n, tasks=tasks(args.task),
+                        episodes=2 if args.quick else args.episodes, seed=args.seed, workers=args.workers,
+                        max_steps=150 if args.quick else None, out=args.out or "build/demo")
+    report = run_demo_suite(config)
+    print(format_compare(report))
+    print(f"report: {Path(config.out) / 'index.md'}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def _eval_needs(args) -> tuple[str, ...]:
+    return ("sim", "ray") if args.backend == "ray" else ("sim",)
+
+
+def _demo_needs(args) -> tuple[str, ...]:
+    # --example runs no simulation; it exports its example bundle with torch when there is none yet.
+    return ("train",) if args.example else ("sim",)
+
+
+def register(cli) -> None:
+    p = cli.add("eval", "run an evaluation suite in simulation", run=cmd_eval, extras=("sim",),
+                needs=_eval_needs)
+    p.add_argument("--policy", required=True,
+                   help="'scripted' (the tasks' experts), 'default' (the shipped policy) or a policy bundle")
+    p.add_argument("--verifier", default=None,
+                   help="none|random|cfn|rnd|knn|consensus (the verifiers shipped for the policy) or a bundle / ONNX file")
+    p.add_argument("--n", type=int, default=1, help="candidates per replanning step")
+    p.add_argument("--task", default="all", help="task name, comma-separated names, or 'all'")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per task (episode i uses seed S+i)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--execute", type=int, default=8, help="actions executed per chunk before replanning")
+    p.add_argument("--noise-stream", type=int, default=0,
+                   help="policies only: which stream of sampling noises the seeds open (another draw of the same policy)")
+    p.add_argument("--max-steps", type=int, default=None, help="steps per episode (default: the task's)")
+    p.add_argument("--mode", default=None, help="scripted only: force an expert mode (default: the mix)")
+    p.add_argument("--action-noise", type=float, default=None, help="scripted only: joint noise std, rad")
+    p.add_argument("--json", default=None, help="write per-episode records and the summary here")
+    p.add_argument("--report", default=None, help="write plots and videos to this folder")
+    p.add_argument("--video-episodes", type=int, default=1, help="episodes per task filmed for the report")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="ray: the ray extra")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--quick", action="store_true", help="at most 2 episodes per task (for tests)")
+
+    p = cli.add("record", "record scripted-expert episodes as a LeRobotDataset v3", run=cmd_record,
+                extras=("sim", "train"))
+    p.add_argument("--task", required=True, help="task name, comma-separated names, or 'all'")
+    p.add_argument("--episodes", type=int, required=True, help="episodes to keep per task")
+    p.add_argument("--out", required=True, help="dataset folder; an existing one is resumed")
+    p.add_argument("--seed", type=int, default=0, help="first episode seed")
+    p.add_argument("--mode", default=None, help="force one expert mode (default: the configured mix)")
+    p.add_argument("--action-noise", type=float, default=None, help="expert joint noise std, rad")
+    p.add_argument("--keep-failures", action="store_true", help="keep episodes the expert failed (marked)")
+    p.add_argument("--perturb", type=float, default=0.0,
+                   help="DART-style: perturb executed joints by this std (rad), record the unperturbed actions")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quick", action="store_true", help="2 episodes per task (for tests)")
+
+    p = cli.add("artifacts", "record (clean + DART recovery episodes) -> train policies -> features -> verifiers "
+                             "(rerun to resume)", run=cmd_artifacts, extras=("sim", "train"))
+    p.add_argument("--out", default="artifacts")
+    p.add_argument("--task", default="transfer_cube", help="task or comma-separated tasks to record and train on")
+    p.add_argument("--episodes", type=int, default=100, help="scripted episodes per task")
+    p.add_argument("--recovery-episodes", type=int, default=200, help="DART-perturbed episodes per task, added")
+    p.add_argument("--perturb", type=float, default=0.1,
+                   help="perturbation std of the recovery episodes in free motion, rad (a tenth while grasping)")
+    p.add_argument("--kinds", default="flow,diffusion", help="policy kinds to train, comma-separated")
+    p.add_argument("--steps", type=int, default=5000, help="training steps per policy")
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--stride", type=int, default=4)
+    p.add_argument("--quick", action="store_true", help="one clean + one recovery episode per task, tiny models")
+
+    p = cli.add("compare", "several verifier arms on the same episodes, with paired statistics", run=cmd_compare,
+                extras=("sim",))
+    p.add_argument("--policy", required=True)
+    p.add_argument("--arm", action="append", required=True,
+                   help="NAME:N[@STREAM][:VERIFIER], repeated; the first is the reference (e.g. none:1; "
+                        "none2:1@2:none is N=1 on noise stream 2)")
+    p.add_argument("--task", default="all")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--execute", type=int, default=8)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--reference-streams", type=int, default=1, metavar="K",
+                   help="also run the reference on noise streams 1..K-1 (same seeds), pool them, and test every "
+                        "arm against the pooled rate too (one stream of a noisy policy can sit far off its mean)")
+    p.add_argument("--out", required=True, help="folder for per-arm JSON (resumable) and compare.json")
+    p.add_argument("--quick", action="store_true")
+
+    p = cli.add("demo", "the main job: the sim suite on the shipped default policy with and without its verifier, "
+                        "table + report", run=cmd_demo, extras=("sim",), needs=_demo_needs)
+    p.add_argument("--policy", default="default", help="policy bundle path or 'default'")
+    p.add_argument("--verifier", default="cfn", help="the verifier arm: a shipped name or a bundle path")
+    p.add_argument("--n", type=int, default=16, help="candidates per step in the verifier arm")
+    p.add_argument("--task", default="transfer_cube", help="task name(s), comma-separated")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per task per arm (same seeds in both)")
+    p.add_argument("--seed", type=int, default=100_000, help="first evaluation seed")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", default=None, help="report folder (default build/demo, or build/example with --example)")
+    p.add_argument("--json", default=None, help="also write the comparison (summary.success per arm) here")
+    p.add_argument("--quick", action="store_true", help="2 episodes of 150 steps per arm (for tests)")
+    p.add_argument("--example", action="store_true",
+                   help="no simulation: one decision of an example bundle with random weights, and its timings "
+                        "(the train extra)")

@@ -1,0 +1,96 @@
+"""The worker side of an evaluation suite: runs single episodes and returns their records.
+
+A worker process (a local pool process or a Ray actor) is initialised once with the suite's
+`EvalConfig` (`init_worker`), then runs episodes by (task, index) (`run_episode`). It makes one
+environment and controller per task on first use and keeps them. `sim.evaluate` drives the workers;
+this module does not import it, so the local and the Ray backends both depend on it alone.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+# Camera and size of the report videos.
+VIDEO_CAMERA, VIDEO_SIZE = "cam_low", (240, 320)
+
+# This process's suite config ("config") and, per task, its (environment, controller).
+_WORKER: dict = {}
+
+
+def init_worker(config) -> None:
+    """Called once per worker process with the suite's `sim.evaluate.EvalConfig`."""
+    _WORKER.clear()
+    _WORKER["config"] = config
+
+
+def _make(config, task: str):
+    from sim.env import AlohaSimEnv
+
+    if config.policy == "scripted":
+        from sim.controllers import ScriptedController
+        from sim.experts import ExpertConfig
+
+        expert = ExpertConfig() if config.action_noise is None else ExpertConfig(action_noise=config.action_noise)
+        controller = ScriptedController(task, expert, mode=config.expert_mode)
+        cameras = ()
+    else:
+        from runtime.engine import Engine
+        from runtime.executor import ChunkExecutor, ExecutorConfig
+
+        engine = Engine(config.policy, verifier=config.verifier)
+        controller = ChunkExecutor(engine, ExecutorConfig(n=config.n, execute=config.execute,
+                                                          noise_stream=config.noise_stream))
+        cameras = engine.manifest.cameras
+    env = AlohaSimEnv(task, cameras=cameras, max_steps=config.max_steps)
+    return env, controller
+
+
+def run_episode(task: str, index: int) -> dict:
+    """Runs episode `index` of `task` (seed `config.seed + index`) in this process and returns its record."""
+    config = _WORKER["config"]
+    if task not in _WORKER:
+        _WORKER[task] = _make(config, task)
+    env, controller = _WORKER[task]
+    seed = config.seed + index
+    film = config.report is not None and index < config.video_episodes
+    started = time.perf_counter()
+    obs = env.reset(seed)
+    controller.reset(seed, env)
+    frames, stages, done, info = [], [], False, {"success": False}
+    while not done:
+        action = controller.act(obs)
+        obs, reward, done, info = env.step(action)
+        stages.append(int(reward))
+        if film:
+            frames.append(env.render(VIDEO_CAMERA, *VIDEO_SIZE))
+    record = {
+        "task": task, "episode": index, "seed": seed, "success": bool(info["success"]),
+        "best_stage": int(env.best_stage), "max_stage": env.task.max_reward, "steps": env.steps,
+        "wall_s": time.perf_counter() - started, "latency_ms": [round(v, 3) for v in controller.latencies_ms],
+        "mode": getattr(controller, "mode", None), "stages": stages,
+    }
+    decisions = getattr(controller, "decisions", [])
+    if decisions:
+        record["chosen_index"] = [d.index for d in decisions]
+        record["dropped_actions"] = controller.dropped
+    if film:
+        record["video"] = _write_video(frames, Path(config.report) / "videos" / f"{task}-ep{index:03d}.mp4")
+    return record
+
+
+def run_item(item: tuple[str, int]) -> dict:
+    """`run_episode` on a (task, index) pair, for pool maps."""
+    return run_episode(*item)
+
+
+def _write_video(frames: list[np.ndarray], path: Path) -> str:
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with imageio.get_writer(path, fps=50, codec="libx264", quality=7, macro_block_size=8) as writer:
+        for frame in frames:
+            writer.append_data(frame)
+    return str(path)

@@ -1,0 +1,71 @@
+"""`taco` subcommands of the verifiers part: TACO's feature search, and verifier training.
+
+Registered by the command line (`taco.cli`); arguments become `verifiers.train.VerifierTrainConfig`.
+Nothing beyond numpy is imported here, so `taco --help` lists these on a core-only install.
+"""
+
+from __future__ import annotations
+
+from policies.errors import SpecError
+from verifiers.train import VERIFIER_KINDS
+
+
+def cmd_collect_features(args) -> int:
+    from verifiers.features import collect_features
+
+    stride = max(args.stride, 25) if args.quick else args.stride
+    features = collect_features(args.policy, args.dataset, k=args.k, stride=stride, seed=args.seed)
+    path = features.save(args.out)
+    print(f"wrote {len(features.features)} features ({features.features.shape[1]}-d, K={args.k}) to {path}; "
+          f"mean best distance {features.distance.mean():.3f} (normalised action units)")
+    return 0
+
+
+def cmd_train_verifier(args) -> int:
+    from verifiers.features import FeatureSet
+    from verifiers.train import UNTRAINED_KINDS, VerifierTrainConfig, train_verifier, untrained_verifier
+
+    untrained = args.policy is not None
+    if (args.features is None) != untrained or (untrained and args.kind not in UNTRAINED_KINDS):
+        raise SpecError("train-verifier", f"give --features (any kind) or, for --kind {'|'.join(UNTRAINED_KINDS)}, "
+                                          "--policy BUNDLE")
+    if untrained:
+        from policies.shipped import resolve_policy
+
+        verifier = untrained_verifier(args.kind, resolve_policy(args.policy), args.out, overwrite=args.overwrite,
+                                      seed=args.seed)
+        print(f"wrote {args.kind} verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")
+        return 0
+    config = VerifierTrainConfig(kind=args.kind, hidden=args.hidden, blocks=args.blocks, epochs=3 if args.quick
+                                 else args.epochs, k=args.knn_k, max_points=args.max_points, seed=args.seed)
+    verifier = train_verifier(FeatureSet.load(args.features), config, args.out, overwrite=args.overwrite)
+    print(f"wrote {args.kind} verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")
+    return 0
+
+
+def register(cli) -> None:
+    p = cli.add("collect-features", "TACO's high-fidelity feature search over a policy's training dataset",
+                run=cmd_collect_features, extras=("train",))
+    p.add_argument("--policy", required=True, help="policy bundle")
+    p.add_argument("--dataset", required=True, help="the LeRobotDataset the policy was trained on")
+    p.add_argument("--k", type=int, default=16, help="fixed noises tried per frame")
+    p.add_argument("--stride", type=int, default=1, help="use every STRIDE-th frame")
+    p.add_argument("--seed", type=int, default=0, help="seed of the K fixed noises")
+    p.add_argument("--out", required=True, help="features file (.npz)")
+    p.add_argument("--quick", action="store_true", help="every 25th frame at most (for tests)")
+
+    p = cli.add("train-verifier", "train a verifier on collected features and write its bundle",
+                run=cmd_train_verifier, extras=("train",))
+    p.add_argument("--kind", choices=VERIFIER_KINDS, default="cfn")
+    p.add_argument("--features", default=None, help="features file from taco collect-features")
+    p.add_argument("--policy", default=None,
+                   help="consensus or random (they need no training data): the policy bundle to bind it to, or 'default'")
+    p.add_argument("--out", required=True, help="verifier bundle folder")
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--blocks", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--knn-k", type=int, default=5)
+    p.add_argument("--max-points", type=int, default=100_000, help="kNN index size (random subset beyond)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quick", action="store_true", help="3 epochs (for tests)")
