@@ -26,11 +26,12 @@ def cmd_ros(args) -> int:
         if args.target == "robot":
             params["task"] = args.task
         commands["policy"] = node_command("ros_nodes.policy_node", params)
+    record = args.record or ("taco_run.mcap" if args.target == "record" else None)
     if args.target == "sim":
+        # With a recorder, the sim's first step waits until the recorder has matched every topic of the run.
         commands["sim"] = node_command("ros_nodes.sim_node", {"task": args.task, "sink": args.sink,
                                                               "profile": args.profile, "episodes": args.episodes,
-                                                              "seed": args.seed})
-    record = args.record or ("taco_run.mcap" if args.target == "record" else None)
+                                                              "seed": args.seed, "wait_for_recorder": bool(record)})
     if record:
         commands["recorder"] = node_command("ros_nodes.recorder", {"out": record, "profile": args.profile,
                                                                     "sink": args.sink})

@@ -12,6 +12,8 @@ ESTOP_TOPIC = "/taco/estop"
 ESTOP_RESET_TOPIC = "/taco/estop_reset"
 DIAGNOSTICS_TOPIC = "/taco/diagnostics"
 EPISODE_TOPIC = "/taco/sim/episode"
+# The recorder's state (JSON, latched): {"out": path, "matched": {topic: publishers matched}}.
+RECORDER_STATUS_TOPIC = "/taco/recorder/status"
 IMAGE_TOPIC = "/{camera}/image_raw"
 
 # Cameras: newest frame only, never a queue of old ones (as robot camera drivers publish).

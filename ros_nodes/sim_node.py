@@ -5,7 +5,10 @@ drivers do, takes commands through the same sinks, and runs episodes back to bac
 
 Per episode it publishes a std_msgs/Header on /taco/reset (frame_id = episode number) when it starts and
 a JSON summary on /taco/sim/episode when it ends. Physics waits for the first command, so a policy node
-that is still loading does not lose the first episode.
+that is still loading does not lose the first episode; with `wait_for_recorder` it also waits until the
+recorder has matched every topic of the run (its /taco/recorder/status), so the recording holds the
+episode from its first step, and before exiting it waits until every matched subscriber has
+acknowledged the episode summaries.
 """
 
 from __future__ import annotations
@@ -13,8 +16,11 @@ from __future__ import annotations
 import sys
 import time
 
+import json
+
 import numpy as np
 import rclpy
+from rclpy.duration import Duration
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header, String
@@ -22,9 +28,9 @@ from std_msgs.msg import Header, String
 from hardware.interface import CameraConfig
 from hardware.profiles import get_profile
 from ros_nodes.common import (EPISODES_QOS, EPISODE_TOPIC, IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS,
-                              RESET_TOPIC, dumps, init_ros, joint_state_topic, run_node)
+                              RECORDER_STATUS_TOPIC, RESET_TOPIC, dumps, init_ros, joint_state_topic, run_node)
 from ros_nodes.convert import image_to_cdr, joint_state_msg, to_stamp
-from ros_nodes.sinks import CommandSource
+from ros_nodes.sinks import CommandSource, topics
 
 
 class SimNode(Node):
@@ -41,6 +47,8 @@ class SimNode(Node):
         self.camera_every = max(1, round(self.rate / float(p("camera_hz", 25.0).value)))
         self.max_steps = int(p("max_steps", 0).value) or None
         self.wait_for_commands = bool(p("wait_for_commands", True).value)
+        # Start the first episode only once the recorder has matched every topic of the run.
+        self.wait_for_recorder = bool(p("wait_for_recorder", False).value)
         sink = p("sink", "interbotix").value
 
         from sim.env import AlohaSimEnv  # mujoco stays out of the import path of the other nodes
@@ -56,11 +64,32 @@ class SimNode(Node):
         self.episode_pub = self.create_publisher(String, EPISODE_TOPIC, EPISODES_QOS)
         instruction = self.create_publisher(String, INSTRUCTION_TOPIC, LATCHED_QOS)
         instruction.publish(String(data=self.env.task.instruction))
+        # Topics the recorder must have matched before the first step: ours, and the policy's commands.
+        self.run_topics = [*(joint_state_topic(ns) for ns in self.profile.arm_namespaces),
+                           *(IMAGE_TOPIC.format(camera=c) for c in cameras), RESET_TOPIC, EPISODE_TOPIC,
+                           *(topics(sink, self.profile) if self.wait_for_commands else ())]
+        self.recorder_matched: dict[str, int] = {}
+        if self.wait_for_recorder:
+            self.create_subscription(String, RECORDER_STATUS_TOPIC, self._on_recorder_status, LATCHED_QOS)
         self.episode = -1
         self.finished = False
         self.started = False
         self._start_episode()
         self.timer = self.create_timer(1.0 / self.rate, self._tick)
+
+    def _on_recorder_status(self, msg: String) -> None:
+        self.recorder_matched = json.loads(msg.data)["matched"]
+
+    def recorder_waits_for(self) -> list[str]:
+        """Topics of the run the recorder records but has not matched a publisher on yet (all of them
+        until its status arrives)."""
+        if not self.recorder_matched:
+            return list(self.run_topics)
+        return [t for t in self.run_topics if t in self.recorder_matched and not self.recorder_matched[t]]
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Waits until every matched subscriber has acknowledged the episode summaries."""
+        return self.episode_pub.wait_for_all_acked(Duration(seconds=timeout_s))
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -92,8 +121,11 @@ class SimNode(Node):
             return
         now = self._now()
         command = self.source.command(now)
-        if command is None and self.wait_for_commands and not self.started:
-            self._publish_observation(now)  # keep the observation fresh while the policy comes up
+        unrecorded = self.recorder_waits_for() if self.wait_for_recorder and not self.started else []
+        if unrecorded:
+            self.get_logger().info(f"waiting for the recorder to match {unrecorded}", throttle_duration_sec=5.0)
+        if ((command is None and self.wait_for_commands) or unrecorded) and not self.started:
+            self._publish_observation(now)  # keep the observation fresh while the policy and recorder come up
             self.ticks += 1
             return
         self.started = True
@@ -124,7 +156,9 @@ def main(args=None) -> int:
     def spin() -> None:
         while rclpy.ok() and not node.finished:
             rclpy.spin_once(node, timeout_sec=0.1)
-        # Let the last episode summary reach late subscribers before the node goes away.
+        if not node.flush():
+            node.get_logger().warning("a subscriber did not acknowledge the episode summaries within 10 s")
+        # Subscribers not matched yet get the latched summaries if they match within this second.
         end = time.monotonic() + 1.0
         while rclpy.ok() and time.monotonic() < end:
             rclpy.spin_once(node, timeout_sec=0.1)

@@ -58,10 +58,10 @@ class Nodes:
     def log(self, name):
         return (self.tmp_path / f"{name}.log").read_text()
 
-    def stop(self):
+    def stop(self, sig=signal.SIGINT):
         for proc, _ in self.procs.values():
             if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(sig)
         for name, (proc, log) in self.procs.items():
             try:
                 proc.wait(10)
@@ -212,7 +212,8 @@ def test_sim_and_policy_nodes_run_an_episode_through_each_sink(sink, nodes, harn
     harness.wait(lambda: all(harness.node.count_publishers(t) for t in names), 60, "the policy node's publishers",
                  nodes)
     nodes.start("sim", "ros_nodes.sim_node", {"task": "transfer_cube", "sink": sink, "episodes": 1,
-                                              "max_steps": steps, "image_height": 48, "image_width": 64})
+                                              "max_steps": steps, "image_height": 48, "image_width": 64,
+                                              "wait_for_recorder": sink == "jtc"})
     harness.wait(lambda: harness.messages(EPISODE_TOPIC), 90, "the episode to end", nodes)
     summary = json.loads(harness.messages(EPISODE_TOPIC)[0][1].data)
     assert summary["steps"] == steps and summary["rejected_commands"] == 0
@@ -235,17 +236,64 @@ def test_sim_and_policy_nodes_run_an_episode_through_each_sink(sink, nodes, harn
     assert all(d["inference_errors"] == 0 for d in harness.diagnostics())
     if sink == "jtc":
         nodes.stop()
-        from mcap.reader import make_reader
-        from mcap_ros2.decoder import DecoderFactory
-
-        got = {}
-        with open(record, "rb") as f:
-            for _, channel, _, msg in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
-                got.setdefault(channel.topic, []).append(msg)
-        assert len(got["/left_arm_controller/joint_trajectory"]) > steps // 4
-        assert json.loads(got[EPISODE_TOPIC][0].data)["steps"] == steps
+        got = _read_mcap(record)
+        # The sim waited for the recorder, so the recording holds the episode from its first step:
+        # a state per arm per physics step (and the reset's), and a camera frame every second step.
+        assert len(got["/left_arm_controller/joint_trajectory"]) >= summary["commanded_steps"]
+        for ns in PROFILE.arm_namespaces:
+            assert len(got[f"/{ns}/joint_states"]) >= steps + 1, {k: len(v) for k, v in got.items()}
+        assert len(got["/cam_high/image_raw"]) >= steps // 2
+        assert json.loads(got[EPISODE_TOPIC][0].data) == summary
         image = got["/cam_high/image_raw"][0]
         assert (image.height, image.width, len(image.data)) == (48, 64, 48 * 64 * 3)
+
+
+def _read_mcap(path) -> dict[str, list]:
+    """Topic -> decoded messages of an MCAP file (which must be complete: the reader needs its footer)."""
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    got = {}
+    with open(path, "rb") as f:
+        for _, channel, _, msg in make_reader(f, decoder_factories=[DecoderFactory()]).iter_decoded_messages():
+            got.setdefault(channel.topic, []).append(msg)
+    return got
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_the_recorder_keeps_a_burst_published_right_before_it_stops(stop_signal, nodes, harness, tmp_path):
+    from rclpy.duration import Duration
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import String
+
+    from ros_nodes.common import DIAGNOSTICS_TOPIC, LATCHED_QOS, RECORDER_STATUS_TOPIC
+
+    burst = 400  # per topic; the recorder queues up to 1000 per topic while it catches up
+    topics = {DIAGNOSTICS_TOPIC: String, "/follower_left/joint_states": JointState}
+    qos = QoSProfile(depth=burst, reliability=ReliabilityPolicy.RELIABLE)
+    pubs = {topic: harness.node.create_publisher(kind, topic, qos) for topic, kind in topics.items()}
+    harness.listen(String, RECORDER_STATUS_TOPIC, LATCHED_QOS)
+    record = tmp_path / "burst.mcap"
+    nodes.start("recorder", "ros_nodes.recorder", {"out": str(record)})
+
+    def matched():
+        status = [json.loads(m.data)["matched"] for _, m in harness.messages(RECORDER_STATUS_TOPIC)]
+        return bool(status) and all(status[-1].get(topic, 0) > 0 for topic in topics)
+
+    harness.wait(matched, 60, "the recorder to match our publishers", nodes)
+    for i in range(burst):
+        pubs[DIAGNOSTICS_TOPIC].publish(String(data=json.dumps({"i": i})))
+        pubs["/follower_left/joint_states"].publish(JointState(name=["j"], position=[float(i)]))
+    # Delivered: every message is in the recorder's subscriptions (a burst the transport dropped is
+    # resent at the publisher's next heartbeat), though the recorder has likely not written them all yet.
+    assert all(pub.wait_for_all_acked(Duration(seconds=30)) for pub in pubs.values())
+    nodes.stop(stop_signal)
+    assert nodes.procs["recorder"][0].returncode == 0, nodes.log("recorder")
+    got = _read_mcap(record)
+    assert [json.loads(m.data)["i"] for m in got[DIAGNOSTICS_TOPIC]] == list(range(burst))
+    assert [m.position[0] for m in got["/follower_left/joint_states"]] == list(range(burst))
+    assert f"'{DIAGNOSTICS_TOPIC}': {burst}" in nodes.log("recorder")
 
 
 def _set_parameter(harness, name, value):
