@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import textwrap
 from collections.abc import Callable
@@ -53,19 +54,25 @@ class Registry:
         self._sub = subparsers
         self.commands: dict[str, Command] = {}
         self._part = ""
+        self._plugin = False
 
     def add(self, name: str, help: str, run: Callable[[argparse.Namespace], int], extras: tuple[str, ...] = (),
             needs: Callable[[argparse.Namespace], tuple[str, ...]] | None = None) -> argparse.ArgumentParser:
         if name in self.commands:
-            raise ValueError(f"taco command {name!r} is registered twice ({self.commands[name].part}, {self._part})")
+            clash = f"taco command {name!r} is registered twice ({self.commands[name].part}, {self._part})"
+            if not self._plugin:
+                raise ValueError(clash)
+            # A plugin cannot shadow a command; its arguments go to a parser nobody reads.
+            print(f"taco: ignoring a plugin's command: {clash}", file=sys.stderr)
+            return argparse.ArgumentParser(add_help=False)
         command = Command(name, help, run, tuple(extras), needs, self._part)
         parser = self._sub.add_parser(name, description=help)
         parser.set_defaults(command=command)
         self.commands[name] = command
         return parser
 
-    def register(self, part: str, register: Callable[[Registry], None]) -> None:
-        self._part = part
+    def register(self, part: str, register: Callable[[Registry], None], plugin: bool = False) -> None:
+        self._part, self._plugin = part, plugin
         register(self)
 
 
@@ -107,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     for module in BUILTIN_PARTS:
         registry.register(module, importlib.import_module(module).register)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        registry.register(f"{ep.name} ({ep.value})", ep.load())
+        try:
+            register = ep.load()
+        except Exception as err:  # a broken plugin must not take the other commands down with it
+            print(f"taco: ignoring the plugin {ep.name} ({ep.value}): {type(err).__name__}: {err}", file=sys.stderr)
+            continue
+        registry.register(f"{ep.name} ({ep.value})", register, plugin=True)
     registry.register("taco.cli", _register_list)
     parser.set_defaults(registry=registry)
     parser.epilog = format_commands(registry.commands.values())
@@ -142,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     try:
         return command.run(args)
+    except BrokenPipeError:  # the reader went away (`taco inspect B | head`): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (SpecError, FileExistsError, FileNotFoundError, ValueError, KeyError, RuntimeError) as err:
         print(f"taco {command.name}: error: {err}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from taco.cli import main
+from taco.cli import build_parser, main
 
 
 def test_export_then_inspect(tmp_path, capsys):
@@ -179,3 +179,30 @@ def test_train_verifier_consensus_needs_only_the_policy(exported, tmp_path, caps
     # A kind that learns from features cannot be made from the policy alone.
     assert main(["train-verifier", "--kind", "cfn", "--policy", str(flow.bundle.path), "--out", str(tmp_path / "c")]) == 2
     assert "--features" in capsys.readouterr().err
+
+
+def test_a_plugin_package_adds_its_own_command_and_cannot_shadow_one(tmp_path, monkeypatch, capsys):
+    dist = tmp_path / "taco_cmd_example-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: taco-cmd-example\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[taco.commands]\nhello = taco_cmd_example:register\n"
+                                           "broken = no_such_module_xyz:register\n")
+    (tmp_path / "taco_cmd_example.py").write_text(
+        "def register(cli):\n"
+        "    p = cli.add('hello', 'say hello (example plugin)', run=lambda args: print('hello', args.name) or 0,\n"
+        "                extras=('sim',))\n"
+        "    p.add_argument('--name', default='robot')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["hello", "--name", "aloha"]) == 0
+    out = capsys.readouterr()
+    assert out.out == "hello aloha\n"
+    assert "ignoring the plugin broken (no_such_module_xyz:register): ModuleNotFoundError" in out.err
+    assert main(["list"]) == 0
+    assert "hello              hello (taco_cmd_example:register)  [sim]" in capsys.readouterr().out
+
+    (tmp_path / "taco_cmd_example.py").write_text(
+        "def register(cli):\n    cli.add('eval', 'a second eval', run=lambda args: 0).add_argument('--x')\n")
+    monkeypatch.delitem(sys.modules, "taco_cmd_example", raising=False)
+    assert main(["list"]) == 0
+    assert "ignoring a plugin's command: taco command 'eval' is registered twice" in capsys.readouterr().err
+    assert build_parser().get_default("registry").commands["eval"].part == "sim.commands"
