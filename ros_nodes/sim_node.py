@@ -13,10 +13,9 @@ acknowledged the episode summaries.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-
-import json
 
 import numpy as np
 import rclpy
