@@ -13,6 +13,21 @@ A policy bundle is a folder holding `manifest.json` and the ONNX files it lists:
 - sampler `stepped` -> `step.onnx`: one denoising step, driven by the runtime for k = 0..num_steps-1.
   inputs  `prefix_kv`, `prefix_bias`, `x: float32[N, H, A]`, `step: int64[]`;
   outputs `x_next: float32[N, H, A]`, `features: float32[N, F]`.
+
+Schema 2 (bundles imported from other frameworks, e.g. `taco import lerobot`) generalises three things,
+each with schema 1's meaning as its default:
+
+- `prefix`: the names of the encoder outputs the sampler takes, passed by name (a KV cache with its
+  mask, or one conditioning vector `global_cond: float32[B, D]`);
+- `noise`: the shape one candidate's noise has, `[Hn, D]`, which may differ from the chunk `[H, A]` the
+  sampler returns (VLAs sample 32-wide padded noise; a diffusion policy samples `horizon` steps and
+  returns the `H` it executes), and whether the sampler also takes `step_noise: float32[S-1, N, Hn, D]`
+  (DDPM's fresh noise at every step but the last);
+- `history`: observations per encoder call; above 1 the encoder's image and state inputs gain a time
+  axis after the batch (`float32[B, T, 3, H, W]`, `float32[B, T, S]`, oldest first);
+- `tokenizer` may be `{"type": "none"}`: no instruction, no `tokens` input;
+- `image.resize`: `pad_center` (schema 1) or `pad_left_top`;
+- `source`: where the weights come from (framework, version, policy type, checkpoint checksum).
 """
 
 from __future__ import annotations
@@ -21,9 +36,14 @@ from dataclasses import asdict, dataclass, field
 
 from policies.errors import BundleError
 from policies.schema import Reader, canonical_hash
-from policies.tokenizer import ByteTokenizer
+from policies.tokenizer import ByteTokenizer, NoTokenizer
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema versions this runtime reads; schema 1 bundles load unchanged (and keep their fingerprint).
+SCHEMA_VERSIONS = (1, 2)
+# Schema 1's sampler prefix: a KV cache and the additive attention bias of its padding.
+KV_PREFIX = ("prefix_kv", "prefix_bias")
+IMAGE_RESIZE = ("pad_center", "pad_left_top")
 POLICY_KINDS = ("flow", "diffusion")
 SAMPLER_MODES = ("unrolled", "stepped")
 SAMPLER_FILES = {"unrolled": "sampler.onnx", "stepped": "step.onnx"}
@@ -125,7 +145,7 @@ class PolicyManifest:
     # How the denoising loop is run: "unrolled" in one graph, or "stepped" by the runtime.
     sampler: str
     normalization: Normalization
-    tokenizer: ByteTokenizer
+    tokenizer: ByteTokenizer | NoTokenizer
     # File name -> sha256 of every ONNX file of the bundle.
     files: dict[str, str]
     # What the verifier feature is.
@@ -134,6 +154,20 @@ class PolicyManifest:
     model_config: dict = field(default_factory=dict)
     # How the bundle was made: command line, dataset fingerprint, versions. Not part of the fingerprint.
     provenance: dict = field(default_factory=dict)
+    # Schema 2 (see the module docstring); their defaults are schema 1's meaning.
+    # Names of the encoder outputs the sampler takes.
+    prefix: tuple[str, ...] = KV_PREFIX
+    # [Hn, D]: one candidate's noise; None: [chunk_length, action_dim].
+    noise_shape: tuple[int, int] | None = None
+    # Whether the sampler takes DDPM's per-step noise `step_noise: float32[S-1, N, Hn, D]`.
+    step_noise: bool = False
+    # Observations per encoder call (the current one and history - 1 before it, one control step apart).
+    history: int = 1
+    # How camera images are fitted to the encoder's size: keep the aspect ratio and pad, centred or at the
+    # left/top.
+    image_resize: str = "pad_center"
+    # Where the weights come from: framework, version, policy type, checkpoint checksum. In the fingerprint.
+    source: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -148,6 +182,18 @@ class PolicyManifest:
         names = [c.name for c in self.cameras]
         if len(set(names)) != len(names):
             raise BundleError("cameras", f"camera names must be unique, got {names}")
+        schema2 = (self.prefix != KV_PREFIX or self.noise_dims != (self.chunk_length, self.action_dim)
+                   or self.step_noise or self.history != 1 or self.image_resize != "pad_center" or self.source
+                   or isinstance(self.tokenizer, NoTokenizer))
+        if self.schema_version == 1 and schema2:
+            raise BundleError("schema_version", "prefix, noise, history, image, source and a tokenizer of type "
+                                                "'none' need schema_version 2")
+        if self.history < 1:
+            raise BundleError("history", f"must be >= 1, got {self.history}")
+        if self.image_resize not in IMAGE_RESIZE:
+            raise BundleError("image.resize", f"must be one of {', '.join(IMAGE_RESIZE)}; got {self.image_resize!r}")
+        if self.step_noise and self.sampler != "unrolled":
+            raise BundleError("noise.step_noise", "per-step noise needs the unrolled sampler")
 
     @property
     def state_dim(self) -> int:
@@ -166,6 +212,11 @@ class PolicyManifest:
         return SAMPLER_FILES[self.sampler]
 
     @property
+    def noise_dims(self) -> tuple[int, int]:
+        """[Hn, D]: the shape of one candidate's noise."""
+        return self.noise_shape or (self.chunk_length, self.action_dim)
+
+    @property
     def fingerprint(self) -> str:
         """sha256 over everything that changes what the bundle computes (all but provenance)."""
         data = self.to_dict()
@@ -174,7 +225,7 @@ class PolicyManifest:
         return canonical_hash(data)
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "schema_version": self.schema_version,
             "kind": self.kind,
             "name": self.name,
@@ -192,14 +243,20 @@ class PolicyManifest:
             "model_config": self.model_config,
             "provenance": self.provenance,
         }
+        if self.schema_version == 1:
+            return data  # exactly schema 1's fields, so a schema 1 bundle keeps its fingerprint
+        return {**data, "prefix": list(self.prefix),
+                "noise": {"shape": list(self.noise_dims), "step_noise": self.step_noise},
+                "history": self.history, "image": {"resize": self.image_resize}, "source": self.source}
 
     @classmethod
     def from_dict(cls, data: dict) -> PolicyManifest:
         """Validates a manifest; raises BundleError naming the first bad field."""
         r = Reader(data, "")
         version = r.int("schema_version")
-        if version != SCHEMA_VERSION:
-            raise BundleError("schema_version", f"this runtime reads version {SCHEMA_VERSION}, got {version}")
+        if version not in SCHEMA_VERSIONS:
+            raise BundleError("schema_version", f"this runtime reads versions {', '.join(map(str, SCHEMA_VERSIONS))}, "
+                                                f"got {version}; re-export or re-import the bundle with this version")
         cameras = []
         for c in r.list("cameras"):
             cameras.append(CameraSpec(c.str("name"), c.int("height", minimum=1), c.int("width", minimum=1)))
@@ -213,8 +270,28 @@ class PolicyManifest:
             if len(value) != 64 or any(ch not in "0123456789abcdef" for ch in value):
                 raise BundleError(f"files.{name}", "expected a sha256 hex digest")
             files[name] = value
-        tok.str("type", choices=("bytes",))
-        tokenizer = ByteTokenizer(max_length=tok.int("max_length", minimum=3))
+        if tok.str("type", choices=("bytes", "none") if version >= 2 else ("bytes",)) == "bytes":
+            tokenizer = ByteTokenizer(max_length=tok.int("max_length", minimum=3))
+        else:
+            tokenizer = NoTokenizer()
+        v2 = {}
+        if version >= 2:
+            noise, image = r.obj("noise"), r.obj("image")
+            shape = noise.raw("shape")
+            if (not isinstance(shape, list) or len(shape) != 2
+                    or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)):
+                raise BundleError("noise.shape", f"expected [steps, width], two positive integers, got {shape!r}")
+            prefix = r.strs("prefix")
+            if not prefix:
+                raise BundleError("prefix", "expected the names of one or more encoder outputs")
+            source = r.raw("source", {})
+            if not isinstance(source, dict):
+                raise BundleError("source", f"expected an object, got {source!r}")
+            v2 = dict(prefix=prefix, noise_shape=tuple(shape), step_noise=bool(noise.raw("step_noise", False)),
+                      history=r.int("history", minimum=1), image_resize=image.str("resize", choices=IMAGE_RESIZE),
+                      source=source)
+            noise.finish()
+            image.finish()
         manifest = cls(
             kind=r.str("kind", choices=POLICY_KINDS),
             name=r.str("name"),
@@ -233,7 +310,9 @@ class PolicyManifest:
             model_config=r.raw("model_config", {}),
             provenance=r.raw("provenance", {}),
             schema_version=version,
+            **v2,
         )
         for sub in (state, action, feature, tok, r):
             sub.finish()
         return manifest
+

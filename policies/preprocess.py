@@ -62,10 +62,12 @@ def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(cols.reshape(height, c, width).transpose(0, 2, 1))
 
 
-def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_with_pad(image: np.ndarray, height: int, width: int, align: str = "pad_center") -> np.ndarray:
     """Resizes keeping the aspect ratio, then pads with black to [height, width, 3] (float32, 0..255).
 
-    Images whose aspect ratio already matches (640x480 -> 128x96) are resized without padding.
+    Images whose aspect ratio already matches (640x480 -> 128x96) are resized without padding. The image
+    sits in the middle (`pad_center`, as openpi and pi0) or at the bottom right, the padding left and top
+    (`pad_left_top`, as SmolVLA).
     """
     h, w, _ = image.shape
     scale = min(height / h, width / w)
@@ -74,7 +76,10 @@ def resize_with_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
     if (new_h, new_w) == (height, width):
         return resized
     out = np.zeros((height, width, 3), np.float32)
-    top, left = (height - new_h) // 2, (width - new_w) // 2
+    if align == "pad_left_top":
+        top, left = height - new_h, width - new_w
+    else:
+        top, left = (height - new_h) // 2, (width - new_w) // 2
     out[top: top + new_h, left: left + new_w] = resized
     return out
 
@@ -112,7 +117,9 @@ class Preprocessor:
         feeds["state"] = self._state(observation.state)
         if not isinstance(observation.task, str):
             raise ObservationError("task", f"expected str, got {type(observation.task).__name__}")
-        feeds["tokens"] = self.manifest.tokenizer.encode(observation.task)[None]
+        tokens = self.manifest.tokenizer.encode(observation.task)
+        if tokens is not None:
+            feeds["tokens"] = tokens[None]
         stamp = observation.stamp
         if isinstance(stamp, bool) or not isinstance(stamp, (int, float, np.floating)) or not math.isfinite(stamp):
             raise ObservationError("stamp", f"expected finite seconds, got {stamp!r}")
@@ -127,7 +134,7 @@ class Preprocessor:
             raise ObservationError(field, f"expected shape [H, W, 3] (RGB channels last), got {list(image.shape)}")
         if image.shape[0] < 1 or image.shape[1] < 1:
             raise ObservationError(field, f"empty image of shape {list(image.shape)}")
-        pixels = resize_with_pad(image, height, width)  # [h, w, 3] float32 0..255
+        pixels = resize_with_pad(image, height, width, self.manifest.image_resize)  # [h, w, 3] float32 0..255
         chw = np.ascontiguousarray(pixels.transpose(2, 0, 1))
         chw *= self._img_scale
         chw -= self._img_shift

@@ -7,14 +7,16 @@ with the same fixed noises for every dataset frame. Needs numpy and onnxruntime 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from policies.bundle import PolicyBundle, load_policy_bundle
-from policies.errors import BundleError
+from policies.errors import BundleError, ObservationError
 from policies.manifest import PolicyManifest
 from policies.observation import Observation
 from policies.preprocess import Preprocessor
@@ -40,19 +42,30 @@ def check_graph_signatures(manifest: PolicyManifest, encoder, sampler) -> None:
     (kind, denoising steps, chunk length, feature size). Raises BundleError naming the manifest field.
     """
     m = manifest
-    expected = {f"image_{c.name}": ("tensor(float)", [3, c.height, c.width], f"cameras[{i}]")
+    history = [m.history] if m.history > 1 else []
+    expected = {f"image_{c.name}": ("tensor(float)", [*history, 3, c.height, c.width], f"cameras[{i}]")
                 for i, c in enumerate(m.cameras)}
-    expected["state"] = ("tensor(float)", [m.state_dim], "state.names")
-    expected["tokens"] = ("tensor(int64)", [m.tokenizer.max_length], "tokenizer.max_length")
+    expected["state"] = ("tensor(float)", [*history, m.state_dim], "state.names")
+    if m.tokenizer.max_length:
+        expected["tokens"] = ("tensor(int64)", [m.tokenizer.max_length], "tokenizer.max_length")
     _check_inputs(encoder, "encoder.onnx", expected, unknown_field="cameras")
-    step_inputs = {"prefix_kv": ("tensor(float)", None, "files.encoder.onnx"),
-                   "prefix_bias": ("tensor(float)", None, "files.encoder.onnx")}
+    produced = {o.name for o in encoder.get_outputs()}
+    for name in m.prefix:
+        if name not in produced:
+            raise BundleError("prefix", f"encoder.onnx has no output {name!r} (it produces {', '.join(sorted(produced))})")
+    step_inputs = {name: ("tensor(float)", None, "prefix") for name in m.prefix}
+    noise_dims = list(m.noise_dims)
     if m.sampler == "unrolled":
-        step_inputs["noise"] = ("tensor(float)", [m.chunk_length, m.action_dim], "chunk_length/action.names")
+        step_inputs["noise"] = ("tensor(float)", noise_dims, "noise.shape")
+        if m.step_noise:
+            step_inputs["step_noise"] = ("tensor(float)", None, "noise.step_noise")
     else:
-        step_inputs["x"] = ("tensor(float)", [m.chunk_length, m.action_dim], "chunk_length/action.names")
+        step_inputs["x"] = ("tensor(float)", noise_dims, "noise.shape")
         step_inputs["step"] = ("tensor(int64)", None, "sampler")
     _check_inputs(sampler, m.sampler_file, step_inputs, unknown_field="sampler")
+    if m.step_noise:
+        dims = next(i.shape for i in sampler.get_inputs() if i.name == "step_noise")
+        _check_dims(dims[2:], noise_dims, "noise.step_noise", f"{m.sampler_file} input step_noise [steps-1, n, ...]")
     outputs = {o.name: o.shape for o in sampler.get_outputs()}
     chunk_name = "chunks" if m.sampler == "unrolled" else "x_next"
     for name in (chunk_name, "features"):
@@ -110,37 +123,126 @@ class PolicySampler:
         self.encoder = make_session(self.bundle.file("encoder.onnx"))
         self.sampler = make_session(self.bundle.file(self.manifest.sampler_file))
         check_graph_signatures(self.manifest, self.encoder, self.sampler)
+        self._prefix = list(self.manifest.prefix)
         norm = self.manifest.normalization
         # float32[A]: normalised action units -> robot units (radians, gripper opening).
         self.action_mean = np.asarray(norm.action_mean, np.float32)
         self.action_std = np.asarray(norm.action_std, np.float32)
 
     def noise(self, n: int, seed: int) -> np.ndarray:
-        """float32[N, H, A] standard normal noise from a PCG64 generator seeded with `seed`."""
-        shape = (n, self.manifest.chunk_length, self.manifest.action_dim)
-        return np.random.Generator(np.random.PCG64(seed)).standard_normal(shape, dtype=np.float32)
+        """float32[N, Hn, D] standard normal noise from a PCG64 generator seeded with `seed`."""
+        return self.draw(n, seed)[0]
 
-    def encode(self, feeds: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Preprocessed feeds -> (prefix_kv, prefix_bias), batch 1."""
-        prefix_kv, prefix_bias = self.encoder.run(None, dict(feeds))
-        return prefix_kv, prefix_bias
+    def draw(self, n: int, seed: int, noise: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The noise of one decision seeded `seed`: (noise float32[N, Hn, D], step_noise float32[S-1, N, Hn, D]
+        or None when the sampler takes none). Both come from one PCG64 generator, the initial noise first;
+        a given `noise` replaces the initial draw (the per-step noise stays the seed's)."""
+        shape = (n, *self.manifest.noise_dims)
+        rng = np.random.Generator(np.random.PCG64(seed))
+        drawn = rng.standard_normal(shape, dtype=np.float32)
+        if noise is not None:
+            if noise.shape != shape:
+                raise ObservationError("noise", f"expected shape {list(shape)}, got {list(noise.shape)}")
+            if noise.dtype != np.float32 or not np.isfinite(noise).all():
+                raise ObservationError("noise", f"expected finite float32, got {noise.dtype}")
+            drawn = noise
+        step = None
+        if self.manifest.step_noise:
+            step = rng.standard_normal((self.manifest.num_steps - 1, *shape), dtype=np.float32)
+        return drawn, step
 
-    def sample(self, prefix_kv: np.ndarray, prefix_bias: np.ndarray, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Shared prefix + noise[N, H, A] -> (chunks[N, H, A] in normalised action units, features[N, F])."""
+    def encode(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Preprocessed feeds (batch 1) -> the prefix the sampler takes, by name."""
+        values = self.encoder.run(self._prefix, dict(feeds))
+        return dict(zip(self._prefix, values))
+
+    def sample(self, prefix: Mapping[str, np.ndarray], noise: np.ndarray,
+               step_noise: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Shared prefix + noise[N, Hn, D] -> (chunks[N, H, A] in normalised action units, features[N, F])."""
+        feeds = dict(prefix)
         if self.manifest.sampler == "unrolled":
-            chunks, features = self.sampler.run(None, {"prefix_kv": prefix_kv, "prefix_bias": prefix_bias,
-                                                       "noise": noise})
+            feeds["noise"] = noise
+            if self.manifest.step_noise:
+                feeds["step_noise"] = step_noise
+            chunks, features = self.sampler.run(["chunks", "features"], feeds)
             return chunks, features
         x, features = noise, None
         for k in range(self.manifest.num_steps):
-            x, features = self.sampler.run(None, {"prefix_kv": prefix_kv, "prefix_bias": prefix_bias, "x": x,
-                                                  "step": np.array(k, dtype=np.int64)})
+            x, features = self.sampler.run(["x_next", "features"], {**feeds, "x": x, "step": np.array(k, dtype=np.int64)})
         return x, features
 
-    def candidates(self, observation: Observation, noise: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One observation and noise[N, H, A] -> (chunks[N, H, A] normalised, features[N, F])."""
-        return self.sample(*self.encode(self.preprocess(observation)), noise)
+    def history(self) -> History:
+        """An empty observation history for this policy (one per episode or robot session)."""
+        return History(self.manifest.history, self.preprocess)
+
+    def candidates(self, observations: Observation | Sequence[Observation], noise: np.ndarray,
+                   step_noise: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One observation (or the last ones, oldest first, for a policy with history) and noise[N, Hn, D]
+        -> (chunks[N, H, A] normalised, features[N, F])."""
+        frames = [observations] if isinstance(observations, Observation) else list(observations)
+        feeds = stack_history([self.preprocess(f) for f in frames[-self.manifest.history:]], self.manifest.history)
+        if step_noise is None and self.manifest.step_noise:
+            raise ObservationError("step_noise", "this policy samples with per-step noise; pass it (see draw)")
+        return self.sample(self.encode(feeds), noise, step_noise)
 
     def unnormalize(self, chunks: np.ndarray) -> np.ndarray:
         """Normalised action units -> robot units, for one chunk [H, A] or a batch [N, H, A]."""
         return chunks * self.action_std + self.action_mean
+
+
+class History:
+    """The observations a policy with `history` > 1 encodes together: the current one and those of the
+    control steps before it. Pushed once per control step (`Engine.observe`, `Engine.infer`), emptied at
+    an episode start. Until `steps` have been pushed the oldest is repeated, as LeRobot fills its queues."""
+
+    def __init__(self, steps: int, preprocess: Preprocessor):
+        self.steps = steps
+        self._preprocess = preprocess
+        self._frames: deque[dict[str, np.ndarray]] = deque(maxlen=steps)
+        self._stamps: deque[float] = deque(maxlen=steps)
+        self._lock = threading.Lock()
+
+    def push(self, observation: Observation | Mapping) -> dict[str, np.ndarray]:
+        """Validates and preprocesses one observation and keeps it; returns its feeds. The same
+        observation pushed twice (same stamp: observed, then inferred on) is kept once."""
+        if isinstance(observation, Mapping):
+            observation = Observation.from_dict(observation)
+        feeds = self._preprocess(observation)
+        stamp = observation.stamp
+        with self._lock:
+            if self._frames and self._stamps[-1] == stamp:
+                self._frames[-1] = feeds
+            else:
+                self._frames.append(feeds)
+                self._stamps.append(stamp)
+        return feeds
+
+    def clear(self) -> None:
+        with self._lock:
+            self._frames.clear()
+            self._stamps.clear()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The encoder's feeds for the observations kept (see `stack_history`)."""
+        with self._lock:
+            frames = list(self._frames)
+        if not frames:
+            raise ObservationError("observation", "no observation has been pushed yet")
+        return stack_history(frames, self.steps)
+
+
+def stack_history(frames: list[dict[str, np.ndarray]], steps: int) -> dict[str, np.ndarray]:
+    """Per-observation feeds (oldest first) -> the encoder's feeds: for one step the last observation's;
+    else images [1, T, 3, H, W] and state [1, T, S], the oldest repeated until there are T, and the other
+    inputs (tokens) from the last observation."""
+    if steps == 1:
+        return frames[-1]
+    frames = [frames[0]] * (steps - len(frames)) + frames[-steps:]
+    out = dict(frames[-1])
+    for name in frames[-1]:
+        if name.startswith("image_") or name == "state":
+            out[name] = np.stack([f[name] for f in frames], axis=1)
+    return out

@@ -37,3 +37,16 @@ class ByteTokenizer:
 
     def to_dict(self) -> dict:
         return {"type": "bytes", "max_length": self.max_length}
+
+
+@dataclass(frozen=True)
+class NoTokenizer:
+    """For policies that take no instruction (LeRobot's Diffusion Policy): the encoder has no `tokens` input."""
+
+    max_length: int = 0
+
+    def encode(self, text: str) -> None:
+        return None
+
+    def to_dict(self) -> dict:
+        return {"type": "none"}

@@ -63,8 +63,10 @@ class Decision:
 class Engine:
     """Serves one policy bundle and, optionally, one verifier: best-of-N around the policy's sampler.
 
-    `infer` is called once per replanning step by the chunk executor, the policy server or a ROS node.
-    `set_verifier` may be called from another thread between steps; a step always uses one verifier.
+    `infer` is called once per replanning step by the chunk executor, the policy server or a ROS node;
+    for a policy that encodes several past observations (`manifest.history` > 1) the executor also calls
+    `observe` on the control steps in between, and `reset` at an episode start. `set_verifier` may be
+    called from another thread between steps; a step always uses one verifier.
     """
 
     def __init__(self, policy: str | Path | PolicyBundle, verifier: str | Path | Verifier | None = None,
@@ -74,6 +76,8 @@ class Engine:
         self.policy = PolicySampler(policy, lambda path: make_session(path, self.config.session))
         self.bundle = self.policy.bundle
         self.manifest = self.policy.manifest
+        # The observations the policy encodes together (one for most policies).
+        self.history = self.policy.history()
         self._seeds = np.random.SeedSequence()
         self._lock = threading.Lock()
         self._verifier: Verifier | None = None
@@ -98,6 +102,16 @@ class Engine:
             self._verifier = new
         return new
 
+    def observe(self, observation: Observation | Mapping) -> None:
+        """Keeps an observation of a control step without inferring (policies with history only; a no-op
+        for the others). Raises ObservationError naming the bad field."""
+        if self.manifest.history > 1:
+            self.history.push(observation)
+
+    def reset(self) -> None:
+        """Forgets the observation history: the next observation starts an episode."""
+        self.history.clear()
+
     @staticmethod
     def _score(verifier: Verifier, features: np.ndarray, chunks: np.ndarray, valid: np.ndarray, seed: int) -> np.ndarray:
         """Runs a verifier (ONNX or Python plugin) on the valid candidates and checks that it returned one
@@ -114,18 +128,30 @@ class Engine:
         scores[valid] = got
         return scores
 
-    def infer(self, observation: Observation | Mapping, n: int = 1, seed: int | None = None) -> Decision:
+    def infer(self, observation: Observation | Mapping, n: int | None = None, seed: int | None = None,
+              noise: np.ndarray | None = None) -> Decision:
         """Samples N candidate chunks from one observation, scores them, and returns the best.
 
         Args:
             observation: the robot's observation (see `policies.Observation`).
-            n: number of candidates; with no verifier the first (finite) candidate is returned.
+            n: number of candidates (default 1, or noise's first axis); with no verifier the first
+                (finite) candidate is returned.
             seed: seeds the candidates' noise; drawn from the engine's own sequence when None.
+            noise: float32[N, Hn, D] (`manifest.noise_dims`), the candidates' initial noise instead of
+                the seed's draw: what LeRobot's `predict_action_chunk(batch, noise=...)` takes, to
+                reproduce a run. The seed still draws any per-step noise.
 
         Raises:
-            ObservationError: naming the bad field of the observation.
+            ObservationError: naming the bad field of the observation (or of n, seed, noise).
             SpecError: if every candidate is non-finite.
         """
+        if noise is not None:
+            if not isinstance(noise, np.ndarray) or noise.ndim != 3:
+                raise ObservationError("noise", f"expected float32[N, {', '.join(map(str, self.manifest.noise_dims))}]")
+            if n is not None and n != noise.shape[0]:
+                raise ObservationError("n", f"n={n} but the given noise holds {noise.shape[0]} candidates")
+            n = noise.shape[0]
+        n = 1 if n is None else n
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_CANDIDATES:
             raise ObservationError("n", f"expected an integer in [1, {MAX_CANDIDATES}], got {n!r}")
         if seed is None:
@@ -138,12 +164,14 @@ class Engine:
         with timer.stage("preprocess"):
             if isinstance(observation, Mapping):
                 observation = Observation.from_dict(observation)
-            feeds = self.policy.preprocess(observation)
+            self.history.push(observation)
+            feeds = self.history.feeds()
             stamp = float(observation.stamp)
+            initial, step_noise = self.policy.draw(int(n), seed, noise)
         with timer.stage("encode"):
-            prefix_kv, prefix_bias = self.policy.encode(feeds)
+            prefix = self.policy.encode(feeds)
         with timer.stage("sample"):
-            chunks, features = self.policy.sample(prefix_kv, prefix_bias, self.policy.noise(int(n), seed))
+            chunks, features = self.policy.sample(prefix, initial, step_noise)
         with timer.stage("score"):
             valid = finite_candidates(chunks)
             if verifier is not None:

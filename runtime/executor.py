@@ -67,6 +67,7 @@ class ChunkExecutor:
         self.decisions = []
         # Actions skipped because their time had passed before they could be executed.
         self.dropped = 0
+        self.engine.reset()
 
     def _replan(self, observation: Observation) -> None:
         seed = decision_seed(self._seed, len(self.decisions), self.config.noise_stream)
@@ -83,6 +84,8 @@ class ChunkExecutor:
         h = 0 if self._chunk is None else len(self._chunk)
         if self._chunk is None or self._executed >= self.config.execute or self._next >= h:
             self._replan(observation)
+        else:
+            self.engine.observe(observation)  # a policy with history sees every control step
         action = self._chunk[self._next].astype(np.float64)
         self._next += 1
         self._executed += 1

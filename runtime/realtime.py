@@ -72,7 +72,14 @@ class RealtimeExecutor:
         self._worker.start()
 
     def observe(self, observation: Observation) -> None:
-        """Makes `observation` the one the next inference uses."""
+        """Makes `observation` the one the next inference uses (and, for a policy with history, one
+        of those it encodes together)."""
+        try:
+            self.engine.observe(observation)
+        except Exception as exc:  # noqa: BLE001 - reported to the node like an inference error
+            with self._wake:
+                self.errors.append(exc)
+            return
         with self._wake:
             self._latest = observation
             self._wake.notify()
@@ -81,6 +88,7 @@ class RealtimeExecutor:
         """Forgets the current chunk (e.g. at an episode start or after an e-stop reset)."""
         with self._wake:
             self._decision, self._latest, self._wanted = None, None, True
+        self.engine.reset()
 
     def action(self, now: float) -> Tick:
         with self._wake:

@@ -148,8 +148,8 @@ def test_a_verifier_sees_only_the_finite_candidates(flow, observation, monkeypat
     engine = Engine(flow.bundle, verifier=verifier, config=EngineConfig(return_candidates=True))
     sample = engine.policy.sample
 
-    def one_nan_candidate(prefix_kv, prefix_bias, noise):
-        chunks, features = sample(prefix_kv, prefix_bias, noise)
+    def one_nan_candidate(prefix, noise, step_noise=None):
+        chunks, features = sample(prefix, noise, step_noise)
         chunks = chunks.copy()
         chunks[2, 3, 1] = np.nan
         return chunks, features

@@ -27,10 +27,11 @@ def test_onnx_matches_torch(exported, kind, sampler, size):
     images, state, tokens, _ = example_inputs(cfg, seed=7)
     feeds = {f"image_{c.name}": img.numpy() for c, img in zip(cfg.cameras, images)}
     feeds.update(state=state.numpy(), tokens=tokens.numpy())
-    prefix_kv, prefix_bias = engine.policy.encode(feeds)
+    prefix = engine.policy.encode(feeds)
+    prefix_kv = prefix["prefix_kv"]
     for n in (1, 7, 16):
         noise = engine.policy.noise(n, seed=n)
-        chunks, features = engine.policy.sample(prefix_kv, prefix_bias, noise)
+        chunks, features = engine.policy.sample(prefix, noise)
         ref_kv, ref_chunks, ref_features = torch_reference(ex.policy, feeds, engine.manifest.camera_names, noise)
         assert chunks.shape == (n, cfg.chunk_length, len(cfg.action_names))
         assert features.shape == (n, cfg.expert_dim)
@@ -45,10 +46,10 @@ def test_candidates_are_independent_of_batch_size(flow):
     """Candidate i gets the same chunk whether sampled alone or among 16 (the prefix is shared, not mixed)."""
     engine = Engine(flow.bundle)
     feeds = engine.policy.preprocess(__import__("policies").make_example_observation(engine.manifest))
-    prefix_kv, prefix_bias = engine.policy.encode(feeds)
+    prefix = engine.policy.encode(feeds)
     noise = engine.policy.noise(16, seed=3)
-    chunks, _ = engine.policy.sample(prefix_kv, prefix_bias, noise)
-    alone, _ = engine.policy.sample(prefix_kv, prefix_bias, noise[5:6])
+    chunks, _ = engine.policy.sample(prefix, noise)
+    alone, _ = engine.policy.sample(prefix, noise[5:6])
     np.testing.assert_allclose(alone[0], chunks[5], atol=1e-5)
 
 
@@ -71,7 +72,7 @@ def test_exported_feature_is_the_configured_readout(tmp_path, feature):
     images, state, tokens, noise = example_inputs(cfg, n=5, seed=1)
     feeds = {f"image_{c.name}": img.numpy() for c, img in zip(cfg.cameras, images)}
     feeds.update(state=state.numpy(), tokens=tokens.numpy())
-    _, features = engine.policy.sample(*engine.policy.encode(feeds), noise.numpy())
+    _, features = engine.policy.sample(engine.policy.encode(feeds), noise.numpy())
     captured = []
     hook = policy.expert.norm.register_forward_hook(lambda mod, inputs, out: captured.append(out))
     torch_reference(policy, feeds, engine.manifest.camera_names, noise.numpy())

@@ -42,8 +42,7 @@ def test_feature_search_keeps_the_closest_candidate(trained, tiny_dataset):
     engine = Engine(policy)
     ep, t = data.episodes[int(fs.episode[3])], int(fs.frame[3])
     obs = Observation({"cam_high": ep.images["cam_high"][t]}, ep.state[t], ep.task, 0.0)
-    kv, bias = engine.policy.encode(engine.policy.preprocess(obs))
-    chunks, feats = engine.policy.sample(kv, bias, engine.policy.noise(8, 0))
+    chunks, feats = engine.policy.candidates(obs, engine.policy.noise(8, 0))
     norm = engine.manifest.normalization
     target = (ep.chunk(t, 8) - norm.action_mean) / norm.action_std
     dist = np.sqrt(((chunks - target) ** 2).sum(2)).mean(1)

@@ -69,14 +69,19 @@ def collect_features(policy: str | Path, dataset: str | Path, k: int = 16, strid
         have = next((c for c in data.cameras if c.name == cam.name), None)
         if have is None:
             raise ValueError(f"dataset: has no camera {cam.name!r} that the policy takes")
-    noise = sampler.noise(k, seed)  # the K fixed noises, shared by every frame
+    # The K fixed noises (and a policy's per-step noise), shared by every frame.
+    noise, step_noise = sampler.draw(k, seed)
+    history = m.history
     h = m.chunk_length
     out = {key: [] for key in ("features", "episode", "frame", "distance", "noise_index")}
     total = sum(len(range(0, len(e), stride)) for e in data.episodes)
     done, started = 0, time.perf_counter()
     for ep in data.episodes:
         for t in range(0, len(ep), stride):
-            chunks, features = sampler.candidates(ep.observation(t, m.cameras), noise)
+            # A policy with history sees the frames before t too (the first one repeated at the start, as
+            # LeRobot pads an episode's first frames).
+            frames = [ep.observation(max(t - back, 0), m.cameras) for back in range(history - 1, -1, -1)]
+            chunks, features = sampler.candidates(frames, noise, step_noise)
             target = (ep.chunk(t, h) - sampler.action_mean) / sampler.action_std
             dist = np.sqrt(((chunks - target) ** 2).sum(axis=2)).mean(axis=1)
             best = int(np.argmin(dist))
