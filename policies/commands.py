@@ -59,6 +59,22 @@ def cmd_train_policy(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    from policies.describe import describe_policy
+    from policies.lerobot import import_lerobot
+    from policies.manifest import ALOHA_JOINTS
+
+    joints = None
+    if args.joint_names:
+        joints = ALOHA_JOINTS if args.joint_names == "aloha" else tuple(n for n in args.joint_names.split(",") if n)
+    bundle = import_lerobot(args.checkpoint, args.out, joint_names=joints, fps=args.fps, dataset=args.dataset,
+                            name=args.name, overwrite=args.overwrite)
+    print(f"imported {bundle.manifest.source['policy_type']} from {args.checkpoint} as {bundle.path} "
+          f"(fingerprint {bundle.fingerprint[:16]})")
+    print(describe_policy(bundle))
+    return 0
+
+
 def register(cli) -> None:
     p = cli.add("export", "build a policy with random weights and write its bundle (manifest.json + ONNX graphs)",
                 run=cmd_export, extras=("train",))
@@ -69,6 +85,19 @@ def register(cli) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the weight initialisation")
     p.add_argument("--name", default=None)
     p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = cli.add("import", "import a policy trained elsewhere (a LeRobot checkpoint folder) as a bundle",
+                run=cmd_import, extras=("train",))
+    p.add_argument("framework", choices=("lerobot",), help="where the checkpoint comes from")
+    p.add_argument("checkpoint", help="the folder save_pretrained wrote (config.json, model.safetensors, "
+                                      "policy_preprocessor.json, policy_postprocessor.json and their state files)")
+    p.add_argument("--out", required=True, help="bundle folder to write")
+    p.add_argument("--dataset", default=None, help="the LeRobotDataset it was trained on: joint names and fps")
+    p.add_argument("--joint-names", default=None,
+                   help="comma-separated state/action names (or 'aloha'), when there is no --dataset")
+    p.add_argument("--fps", type=float, default=None, help="control rate, Hz, when there is no --dataset")
+    p.add_argument("--name", default=None)
     p.add_argument("--overwrite", action="store_true")
 
     p = cli.add("train-policy", "train a policy on a LeRobotDataset and export its bundle", run=cmd_train_policy,

@@ -9,7 +9,7 @@ from types import ModuleType
 
 # Extra -> the top-level modules it installs (pyproject.toml's optional-dependencies).
 EXTRA_MODULES = {
-    "train": ("torch", "onnx", "onnxscript", "lerobot"),
+    "train": ("torch", "onnx", "onnxscript", "lerobot", "diffusers"),
     "sim": ("mujoco", "gym_aloha", "matplotlib"),
     "ray": ("ray",),
     "ros": ("rclpy", "mcap", "mcap_ros2"),

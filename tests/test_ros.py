@@ -296,6 +296,39 @@ def test_the_recorder_keeps_a_burst_published_right_before_it_stops(stop_signal,
     assert f"'{DIAGNOSTICS_TOPIC}': {burst}" in nodes.log("recorder")
 
 
+def test_an_imported_lerobot_diffusion_policy_drives_the_sim_through_the_nodes(nodes, harness, tmp_path):
+    """A LeRobot Diffusion Policy (two cameras, two observations of history) imported as a bundle: the policy
+    node feeds it every observation, replans, and the sim runs an episode on its commands."""
+    from std_msgs.msg import String
+
+    from lerobot_checkpoints import diffusion_checkpoint
+    from policies.lerobot import import_lerobot
+    from policies.manifest import ALOHA_JOINTS
+    from ros_nodes.common import DIAGNOSTICS_TOPIC, EPISODE_TOPIC, EPISODES_QOS
+
+    bundle = import_lerobot(diffusion_checkpoint(tmp_path / "ck"), tmp_path / "bundle", joint_names=ALOHA_JOINTS,
+                            fps=PROFILE.control_hz)
+    assert bundle.manifest.history == 2 and len(bundle.manifest.cameras) == 2
+    names = _listen_to_sink(harness, "interbotix")
+    harness.listen(String, DIAGNOSTICS_TOPIC)
+    harness.listen(String, EPISODE_TOPIC, EPISODES_QOS)
+    nodes.start("policy", "ros_nodes.policy_node", {"policy": str(bundle.path), "n": 4, "sink": "interbotix"})
+    harness.wait(lambda: all(harness.node.count_publishers(t) for t in names), 60, "the policy node's publishers",
+                 nodes)
+    steps = 60
+    nodes.start("sim", "ros_nodes.sim_node", {"task": "transfer_cube", "sink": "interbotix", "episodes": 1,
+                                              "max_steps": steps, "image_height": 48, "image_width": 64,
+                                              "cameras": ["cam_high", "cam_low"]})
+    harness.wait(lambda: harness.messages(EPISODE_TOPIC), 90, "the episode to end", nodes)
+    summary = json.loads(harness.messages(EPISODE_TOPIC)[0][1].data)
+    assert summary["steps"] == steps and summary["commanded_steps"] >= steps - 5
+    decisions = [d for d in harness.diagnostics() if d["decision"]]
+    assert len(decisions) >= 3 and all(d["n"] == 4 for d in decisions)
+    assert all(d["inference_errors"] == 0 for d in harness.diagnostics())
+    for arm, (_, joints, _) in enumerate(_command_streams(harness, "interbotix", names)):
+        _check_arm_stream(joints, arm, f"imported diffusion arm {arm}")
+
+
 def _set_parameter(harness, name, value):
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters

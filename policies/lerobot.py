@@ -1,0 +1,464 @@
+"""`taco import lerobot`: a LeRobot checkpoint (`save_pretrained` of a policy and its processors) as a bundle.
+
+The checkpoint folder is read with json and safetensors first, and everything LeRobot would pass over in
+silence is refused with an `ImportRefused` naming what was wrong: a policy type that is not a flow or
+diffusion sampler, a processor step this importer does not know, missing normalisation statistics, weights
+that do not account for every key of the model, feature names that do not match. Then the model is built
+with LeRobot's own classes (offline: no hub, no pretrained backbone download), wrapped in two graphs that
+call LeRobot's own code, and exported:
+
+- `encoder.onnx`: the observation (history) -> the prefix the sampler takes (Diffusion Policy: the global
+  conditioning vector, `global_cond: float32[B, D]`; image normalisation is inside the graph);
+- `sampler.onnx`: the prefix shared by N candidates + their noise -> the chunk the robot executes and the
+  verifier feature per candidate.
+
+Needs the `train` extra (torch, lerobot with its diffusion dependencies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from policies.bundle import hash_files, load_policy_bundle, write_manifest
+from policies.errors import BundleError
+from policies.extras import require
+from policies.manifest import CameraSpec, Normalization, PolicyManifest
+from policies.tokenizer import NoTokenizer
+
+# The LeRobot release whose code and checkpoint format this importer reads.
+LEROBOT_VERSION = "0.6.1"
+# Policy types that sample actions from noise, and those this importer exports so far.
+SAMPLER_TYPES = ("diffusion", "pi0", "pi05", "smolvla")
+SUPPORTED_TYPES = ("diffusion",)
+IMAGE_PREFIX = "observation.images."
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+# Processor steps that change nothing the bundle must reproduce (batching, device placement).
+NEUTRAL_STEPS = {"to_batch_processor", "device_processor"}
+DIFFUSION_STEPS = {"pre": NEUTRAL_STEPS | {"rename_observations_processor", "normalizer_processor"},
+                   "post": NEUTRAL_STEPS | {"unnormalizer_processor"}}
+# LeRobot's normalisation modes (lerobot/processor/normalize_processor.py) and the statistics each needs.
+MODE_STATS = {"MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"), "QUANTILES": ("q01", "q99"),
+              "QUANTILE10": ("q10", "q90"), "IDENTITY": ()}
+
+
+class ImportRefused(BundleError):
+    """The checkpoint is not one this importer can turn into a bundle that computes what LeRobot computes."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A LeRobot checkpoint folder as read from disk, before any model is built."""
+
+    path: Path
+    # config.json: the policy config with its "type".
+    config: dict
+    # The steps of policy_preprocessor.json / policy_postprocessor.json: [{"registry_name", "config", "state_file"?}].
+    pre_steps: list[dict]
+    post_steps: list[dict]
+    # "<feature>.<stat>" -> array, from the normaliser step's state file.
+    stats: dict[str, np.ndarray]
+    # sha256 of model.safetensors.
+    weights_sha256: str
+
+    @property
+    def type(self) -> str:
+        return self.config["type"]
+
+    @property
+    def norm_map(self) -> dict[str, str]:
+        """Feature type (VISUAL, STATE, ACTION) -> LeRobot normalisation mode."""
+        step = _step(self.pre_steps, "normalizer_processor", "policy_preprocessor.json")
+        return dict(step["config"].get("norm_map") or self.config.get("normalization_mapping") or {})
+
+    @property
+    def eps(self) -> float:
+        """The normaliser's guard against a zero spread (added to std, or replacing a zero range)."""
+        return float(_step(self.pre_steps, "normalizer_processor", "policy_preprocessor.json")["config"]
+                     .get("eps", 1e-8))
+
+    def affine(self, key: str, kind: str, inverse: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """LeRobot's normalisation of feature `key` (of type `kind`) as x_norm = (x - mean) / std, exactly:
+        MEAN_STD divides by std + eps going in and multiplies by std coming back; the range modes map
+        [lo, hi] to [-1, 1] with a zero range replaced by eps. Arrays keep the statistic's shape (IDENTITY: [1])."""
+        mode = self.norm_map[kind]
+        if mode == "IDENTITY":
+            return np.zeros(1), np.ones(1)  # broadcast by the caller
+        lo, hi = (self.stats[f"{key}.{s}"].astype(np.float64) for s in MODE_STATS[mode])
+        if mode == "MEAN_STD":
+            return lo, (hi if inverse else hi + self.eps)
+        span = np.where(hi - lo == 0, self.eps, hi - lo)
+        return lo + span / 2, span / 2
+
+    @property
+    def cameras(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(camera name, [3, H, W]) in the order the policy stacks them (its input_features order)."""
+        return [(key[len(IMAGE_PREFIX):], tuple(f["shape"])) for key, f in self.config["input_features"].items()
+                if f["type"] == "VISUAL"]
+
+
+def _read_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise ImportRefused(what, f"missing from {path.parent} (a LeRobot save_pretrained folder holds it)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ImportRefused(what, f"not valid JSON ({err})") from err
+
+
+def _step(steps: list[dict], name: str, where: str) -> dict:
+    found = [s for s in steps if s.get("registry_name") == name]
+    if not found:
+        raise ImportRefused(where, f"has no {name!r} step")
+    return found[0]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """Reads and checks a checkpoint folder with json and safetensors only; refuses what cannot be imported."""
+    safetensors_numpy = require("safetensors.numpy")
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ImportRefused("checkpoint", f"{folder} is not a folder")
+    config = _read_json(folder / "config.json", "config.json")
+    kind = config.get("type")
+    if kind not in SAMPLER_TYPES:
+        raise ImportRefused("config.json.type", f"{kind!r} is not a flow or diffusion sampler "
+                                                f"(importable types: {', '.join(SAMPLER_TYPES)})")
+    if kind not in SUPPORTED_TYPES:
+        raise ImportRefused("config.json.type", f"{kind!r} is not supported by this version of the importer yet "
+                                                f"(supported: {', '.join(SUPPORTED_TYPES)})")
+    pre = _read_json(folder / "policy_preprocessor.json", "policy_preprocessor.json").get("steps", [])
+    post = _read_json(folder / "policy_postprocessor.json", "policy_postprocessor.json").get("steps", [])
+    for steps, side, where in ((pre, "pre", "policy_preprocessor.json"), (post, "post", "policy_postprocessor.json")):
+        for i, step in enumerate(steps):
+            name = step.get("registry_name")
+            if name not in DIFFUSION_STEPS[side]:
+                raise ImportRefused(f"{where}.steps[{i}]", f"unknown processor step {name!r}: its effect would be "
+                                                           f"missing from the bundle")
+    rename = _step(pre, "rename_observations_processor", "policy_preprocessor.json")["config"].get("rename_map") \
+        if any(s.get("registry_name") == "rename_observations_processor" for s in pre) else {}
+    if rename:
+        raise ImportRefused("policy_preprocessor.json.rename_observations_processor",
+                            f"renames observations ({rename}); name the cameras as the policy does instead")
+    norm = _step(pre, "normalizer_processor", "policy_preprocessor.json")
+    if "state_file" not in norm or not (folder / norm["state_file"]).is_file():
+        raise ImportRefused("policy_preprocessor.json.normalizer_processor.state_file",
+                            "missing: the checkpoint has no normalisation statistics")
+    stats = safetensors_numpy.load_file(str(folder / norm["state_file"]))
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise ImportRefused("model.safetensors", f"missing from {folder}")
+    checkpoint = Checkpoint(folder, config, pre, post, stats, _sha256(weights))
+    _check_features(checkpoint)
+    return checkpoint
+
+
+def _check_features(ck: Checkpoint) -> None:
+    inputs, outputs = ck.config.get("input_features", {}), ck.config.get("output_features", {})
+    if STATE_KEY not in inputs:
+        raise ImportRefused("config.json.input_features", f"has no {STATE_KEY!r}")
+    if ACTION_KEY not in outputs:
+        raise ImportRefused("config.json.output_features", f"has no {ACTION_KEY!r}")
+    for key, feature in inputs.items():
+        if key != STATE_KEY and not key.startswith(IMAGE_PREFIX):
+            raise ImportRefused(f"config.json.input_features.{key}", "only camera images and the state are supported")
+        if key.startswith(IMAGE_PREFIX) and feature["type"] != "VISUAL":
+            raise ImportRefused(f"config.json.input_features.{key}", f"expected VISUAL, got {feature['type']}")
+    if not ck.cameras:
+        raise ImportRefused("config.json.input_features", "has no camera (observation.images.*)")
+    modes = ck.norm_map
+    norm_features = _step(ck.pre_steps, "normalizer_processor", "policy_preprocessor.json")["config"].get("features", {})
+    for key, feature in {**inputs, **outputs}.items():
+        if norm_features and key not in norm_features:
+            raise ImportRefused("policy_preprocessor.json.normalizer_processor.features",
+                                f"does not name {key!r}, which the policy takes")
+        mode = modes.get(feature["type"])
+        if mode not in MODE_STATS:
+            raise ImportRefused(f"normalization_mapping.{feature['type']}", f"unknown mode {mode!r}")
+        for stat in MODE_STATS[mode]:
+            if f"{key}.{stat}" not in ck.stats:
+                raise ImportRefused(f"stats.{key}.{stat}", f"missing: {mode} normalisation of {key} needs it "
+                                                           f"(LeRobot would pass {key} through unnormalised)")
+
+
+def normalization(ck: Checkpoint) -> Normalization:
+    """The bundle's state and action statistics from the checkpoint's normaliser (images are normalised inside
+    the encoder graph, per camera as LeRobot does)."""
+    state_dim = int(np.prod(ck.config["input_features"][STATE_KEY]["shape"]))
+    action_dim = int(np.prod(ck.config["output_features"][ACTION_KEY]["shape"]))
+    s_mean, s_std = (np.broadcast_to(v.reshape(-1), (state_dim,)) for v in ck.affine(STATE_KEY, "STATE"))
+    a_mean, a_std = (np.broadcast_to(v.reshape(-1), (action_dim,)) for v in ck.affine(ACTION_KEY, "ACTION", True))
+    # A constant action dimension (std 0) is unnormalised to its mean; the manifest needs a positive std.
+    a_std = np.where(a_std > 0, a_std, 1e-12)
+    return Normalization(tuple(map(float, s_mean)), tuple(map(float, s_std)), tuple(map(float, a_mean)),
+                         tuple(map(float, a_std)), image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0))
+
+
+# ------------------------------------------------------------------------------------------------
+# Building LeRobot's model offline, and the graphs around it.
+
+def build_policy(ck: Checkpoint):
+    """LeRobot's policy with the checkpoint's weights; refuses unless every key is accounted for."""
+    torch = require("torch")
+    require("lerobot")
+    safetensors_torch = require("safetensors.torch")
+    from lerobot.configs.policies import PreTrainedConfig
+
+    with _offline():
+        if ck.type == "diffusion":
+            from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy  # registers its config
+
+            config = PreTrainedConfig.from_pretrained(ck.path)
+
+            # Otherwise torchvision downloads ImageNet weights, which the checkpoint overwrites anyway.
+            config.pretrained_backbone_weights = None
+            config.device = "cpu"
+            policy = DiffusionPolicy(config)
+    state = safetensors_torch.load_file(str(ck.path / "model.safetensors"))
+    model_keys = set(policy.state_dict())
+    missing, unexpected = sorted(model_keys - set(state)), sorted(set(state) - model_keys)
+    if missing or unexpected:
+        raise ImportRefused("model.safetensors", f"does not match the model: {len(missing)} missing keys "
+                                                 f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}")
+    for key, value in policy.state_dict().items():
+        if tuple(value.shape) != tuple(state[key].shape):
+            raise ImportRefused(f"model.safetensors.{key}", f"shape {list(state[key].shape)}, the model has "
+                                                            f"{list(value.shape)}")
+    policy.load_state_dict(state, strict=True)
+    return policy.eval().to(torch.float32)
+
+
+@contextlib.contextmanager
+def _offline():
+    """No hub access while LeRobot reads the checkpoint: everything it needs is in the folder."""
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _diffusion_graphs(policy, ck: Checkpoint):
+    """The encoder and sampler modules of a LeRobot Diffusion Policy, calling its own code."""
+    torch = require("torch")
+    nn = torch.nn
+    model = policy.diffusion
+    cfg = policy.config
+
+    class CenterCrop(nn.Module):
+        """torchvision's CenterCrop as a constant slice (its rounding does not trace)."""
+
+        def __init__(self, height: int, width: int, crop: tuple[int, int]):
+            super().__init__()
+            self.top, self.left = int(round((height - crop[0]) / 2.0)), int(round((width - crop[1]) / 2.0))
+            self.crop = crop
+
+        def forward(self, x):
+            return x[..., self.top: self.top + self.crop[0], self.left: self.left + self.crop[1]]
+
+    if cfg.crop_shape is not None:
+        (_, (_, h, w)) = ck.cameras[0]
+        if cfg.resize_shape is not None:
+            h, w = cfg.resize_shape
+        encoders = model.rgb_encoder if isinstance(model.rgb_encoder, nn.ModuleList) else [model.rgb_encoder]
+        for encoder in encoders:
+            encoder.center_crop = CenterCrop(h, w, tuple(cfg.crop_shape))
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+            for i, (name, _) in enumerate(ck.cameras):
+                mean, std = ck.affine(f"{IMAGE_PREFIX}{name}", "VISUAL")
+                self.register_buffer(f"mean_{i}", torch.tensor(np.broadcast_to(mean, (3, 1, 1)), dtype=torch.float32))
+                self.register_buffer(f"std_{i}", torch.tensor(np.broadcast_to(std, (3, 1, 1)), dtype=torch.float32))
+
+        def forward(self, *inputs):
+            *images, state = inputs
+            if cfg.n_obs_steps == 1:
+                images, state = [x.unsqueeze(1) for x in images], state.unsqueeze(1)
+            # Images arrive in [0, 1]; each camera is normalised with its own statistics, as LeRobot's
+            # normaliser does, then stacked in the policy's camera order: [B, T, cameras, 3, H, W].
+            normed = [(x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}") for i, x in enumerate(images)]
+            batch = {STATE_KEY: state, "observation.images": torch.stack(normed, dim=2)}
+            return self.model._prepare_global_conditioning(batch)
+
+    class Sampler(nn.Module):
+        def __init__(self, step_noise: bool):
+            super().__init__()
+            self.model = model
+            self.step_noise = step_noise
+
+        def forward(self, global_cond, noise, step_noise=None):
+            captured = []
+            hook = self.model.unet.mid_modules[-1].register_forward_hook(lambda m, i, out: captured.append(out))
+            try:
+                with _replayed_step_noise(step_noise):
+                    sample = self.model.conditional_sample(noise.shape[0], global_cond=global_cond.expand(
+                        noise.shape[0], -1), noise=noise)
+            finally:
+                hook.remove()
+            start = cfg.n_obs_steps - 1
+            chunks = sample[:, start: start + cfg.n_action_steps]
+            # The UNet bottleneck at the final denoising step, averaged over time: [N, down_dims[-1]].
+            features = captured[-1].mean(dim=-1)
+            return chunks, features
+
+    return Encoder(), Sampler(cfg.noise_scheduler_type == "DDPM")
+
+
+@contextlib.contextmanager
+def _replayed_step_noise(step_noise):
+    """DDPM's per-step noise taken from `step_noise[k]` instead of torch's global generator."""
+    if step_noise is None:
+        yield
+        return
+    import diffusers.schedulers.scheduling_ddpm as ddpm
+
+    draws = iter(range(step_noise.shape[0]))
+    original = ddpm.randn_tensor
+    ddpm.randn_tensor = lambda shape, **kwargs: step_noise[next(draws)]
+    try:
+        yield
+    finally:
+        ddpm.randn_tensor = original
+
+
+# ------------------------------------------------------------------------------------------------
+# The bundle.
+
+def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tuple[str, ...] | None = None,
+                   fps: float | None = None, dataset: str | Path | None = None, name: str | None = None,
+                   overwrite: bool = False):
+    """Imports a LeRobot checkpoint folder as a validated policy bundle at `out` (returned loaded).
+
+    Joint names and the control rate come from `dataset` (a LeRobotDataset folder: meta/info.json) or from
+    `joint_names` and `fps`; LeRobot checkpoints do not store them.
+    """
+    torch = require("torch")
+    from policies.export import OPSET, _export
+
+    ck = read_checkpoint(checkpoint)
+    names, rate = _names_and_rate(ck, joint_names, fps, dataset)
+    out = Path(out)
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        shutil.rmtree(out)
+    policy = build_policy(ck)
+    cfg = policy.config
+    encoder, sampler = _diffusion_graphs(policy, ck)
+    history = int(cfg.n_obs_steps)
+    horizon, action_dim = int(cfg.horizon), len(names["action"])
+    num_steps = int(policy.diffusion.num_inference_steps)
+    feature_dim = int(cfg.down_dims[-1])
+    facts = {"taco.kind": "diffusion", "taco.num_steps": str(num_steps), "taco.chunk_length": str(cfg.n_action_steps),
+             "taco.feature_dim": str(feature_dim), "taco.source": f"lerobot {LEROBOT_VERSION} {ck.type}"}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        g = torch.Generator().manual_seed(0)
+        t_axis = [history] if history > 1 else []
+        images = [torch.rand(1, *t_axis, *shape, generator=g) for _, shape in ck.cameras]
+        state = torch.randn(1, *t_axis, len(names["state"]), generator=g)
+        cam_inputs = [f"image_{c}" for c, _ in ck.cameras]
+        n = 2
+        noise = torch.randn(n, horizon, action_dim, generator=g)
+        with torch.no_grad():
+            global_cond = encoder(*images, state)
+            _export(encoder, (*images, state), tmp / "encoder.onnx", [*cam_inputs, "state"], ["global_cond"],
+                    {k: {0: "batch"} for k in [*cam_inputs, "state", "global_cond"]},
+                    {"taco.graph": "encoder", **facts})
+            args, inputs = (global_cond, noise), ["global_cond", "noise"]
+            axes = {"noise": {0: "n"}, "chunks": {0: "n"}, "features": {0: "n"}}
+            if sampler.step_noise:
+                args += (torch.randn(num_steps - 1, n, horizon, action_dim, generator=g),)
+                inputs.append("step_noise")
+                axes["step_noise"] = {1: "n"}
+            _export(sampler, args, tmp / "sampler.onnx", inputs, ["chunks", "features"], axes,
+                    {"taco.graph": "sampler", **facts})
+        manifest = PolicyManifest(
+            kind="diffusion",
+            name=name or out.name,
+            cameras=tuple(CameraSpec(c, shape[1], shape[2]) for c, shape in ck.cameras),
+            state_names=names["state"],
+            action_names=names["action"],
+            chunk_length=int(cfg.n_action_steps),
+            num_steps=num_steps,
+            feature_dim=feature_dim,
+            feature_description="UNet bottleneck (output of the last mid block) at the final denoising step, "
+                                "averaged over time",
+            action_dt=1.0 / rate,
+            sampler="unrolled",
+            normalization=normalization(ck),
+            tokenizer=NoTokenizer(),
+            files=hash_files(tmp, ["encoder.onnx", "sampler.onnx"]),
+            model_config={"lerobot_config": ck.config},
+            provenance={"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                        "checkpoint": str(Path(checkpoint).resolve()), "torch": torch.__version__, "opset": OPSET},
+            prefix=("global_cond",),
+            noise_shape=(horizon, action_dim),
+            step_noise=sampler.step_noise,
+            history=history,
+            source={"framework": "lerobot", "version": LEROBOT_VERSION, "policy_type": ck.type,
+                    "checkpoint_sha256": ck.weights_sha256, "noise_scheduler": cfg.noise_scheduler_type,
+                    "normalization": dict(ck.norm_map)},
+        )
+        write_manifest(tmp, manifest)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_policy_bundle(out)
+
+
+def _names_and_rate(ck: Checkpoint, joint_names, fps, dataset) -> tuple[dict[str, tuple[str, ...]], float]:
+    state_dim = int(np.prod(ck.config["input_features"][STATE_KEY]["shape"]))
+    action_dim = int(np.prod(ck.config["output_features"][ACTION_KEY]["shape"]))
+    names: dict[str, tuple[str, ...]] = {}
+    if dataset is not None:
+        info = _read_json(Path(dataset) / "meta" / "info.json", "dataset meta/info.json")
+        features = info.get("features", {})
+        for key, which in ((STATE_KEY, "state"), (ACTION_KEY, "action")):
+            got = features.get(key, {}).get("names")
+            if isinstance(got, dict):  # {"motors": [...]} in some datasets
+                got = next(iter(got.values()))
+            if not got:
+                raise ImportRefused(f"dataset.features.{key}.names", "missing; pass --joint-names instead")
+            names[which] = tuple(got)
+        fps = fps or info.get("fps")
+    elif joint_names is not None:
+        names = {"state": tuple(joint_names), "action": tuple(joint_names)}
+    else:
+        raise ImportRefused("joint names", "LeRobot checkpoints do not store them: pass --dataset DIR (the dataset "
+                                           "it was trained on) or --joint-names")
+    for which, dim in (("state", state_dim), ("action", action_dim)):
+        if len(names[which]) != dim:
+            raise ImportRefused(f"{which} names", f"{len(names[which])} given, the policy's {which} has {dim} entries")
+    if not fps or fps <= 0:
+        raise ImportRefused("fps", "unknown control rate: pass --fps or --dataset")
+    return names, float(fps)

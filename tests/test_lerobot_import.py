@@ -1,0 +1,246 @@
+"""`taco import lerobot`: a LeRobot checkpoint becomes a bundle that computes what LeRobot computes.
+
+The reference is LeRobot itself, loaded from the checkpoint folder: its preprocessor, then
+`predict_action_chunk(batch, noise=...)` one candidate at a time, then its postprocessor; the bundle runs in
+the Engine with the same noise (and, for DDPM, the same per-step noise replayed into LeRobot's scheduler).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from lerobot_checkpoints import diffusion_checkpoint
+from policies import Observation
+from runtime import Engine, EngineConfig
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lerobot")
+    return {
+        "ddim": diffusion_checkpoint(root / "ddim", scheduler="DDIM", n_obs_steps=2, cameras=("cam_high", "cam_low")),
+        "ddpm": diffusion_checkpoint(root / "ddpm", scheduler="DDPM", n_obs_steps=1, cameras=("cam_high",), seed=1),
+    }
+
+
+@pytest.fixture(scope="module")
+def imported(checkpoints, tmp_path_factory):
+    from policies.lerobot import import_lerobot
+    from policies.manifest import ALOHA_JOINTS
+
+    root = tmp_path_factory.mktemp("imported")
+    return {name: import_lerobot(path, root / name, joint_names=ALOHA_JOINTS, fps=50)
+            for name, path in checkpoints.items()}
+
+
+def lerobot_reference(checkpoint, frames, states, noise, step_noise):
+    """LeRobot's chunks (robot units) and UNet-bottleneck features for each candidate's noise."""
+    import torch
+
+    from lerobot.policies.factory import make_pre_post_processors
+    from policies.lerobot import _replayed_step_noise, build_policy, read_checkpoint
+
+    policy = build_policy(read_checkpoint(checkpoint))
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(checkpoint))
+    cams = [k for k in policy.config.input_features if k.startswith("observation.images.")]
+    batch = {k: torch.stack([torch.from_numpy(f[k.split(".")[-1]]).permute(2, 0, 1).float() / 255 for f in frames])[None]
+             for k in cams}
+    batch["observation.state"] = torch.from_numpy(np.stack(states))[None]  # [1, T, S]: LeRobot's history axis
+    captured = []
+    policy.diffusion.unet.mid_modules[-1].register_forward_hook(lambda m, i, out: captured.append(out))
+    chunks, features = [], []
+    for i in range(noise.shape[0]):
+        policy.reset()
+        step = None if step_noise is None else torch.from_numpy(step_noise[:, i:i + 1])
+        with torch.no_grad(), _replayed_step_noise(step):
+            actions = policy.predict_action_chunk(pre(dict(batch)), noise=torch.from_numpy(noise[i:i + 1]))
+        chunks.append(post(actions)[0].numpy())
+        features.append(captured[-1].mean(-1)[0].numpy())
+    return np.stack(chunks), np.stack(features)
+
+
+def _observations(manifest, rng):
+    frames = [{c.name: rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8) for c in manifest.cameras}
+              for _ in range(manifest.history)]
+    states = [rng.uniform(-1.0, 1.0, manifest.state_dim).astype(np.float32) for _ in range(manifest.history)]
+    return frames, states
+
+
+@pytest.mark.parametrize("name", ["ddim", "ddpm"])
+def test_imported_diffusion_policy_matches_lerobot(name, checkpoints, imported):
+    bundle = imported[name]
+    m = bundle.manifest
+    assert m.source["policy_type"] == "diffusion" and m.prefix == ("global_cond",)
+    assert m.noise_dims == (16, 14) and m.chunk_length == 8 and m.step_noise == (name == "ddpm")
+    engine = Engine(bundle, config=EngineConfig(return_candidates=True))
+    rng = np.random.default_rng(3)
+    frames, states = _observations(m, rng)
+    for n in (1, 4, 16):
+        engine.reset()
+        for t in range(m.history - 1):  # the earlier observation of a two-step history
+            engine.observe(Observation(frames[t], states[t], "unused", stamp=0.02 * t))
+        noise = rng.standard_normal((n, *m.noise_dims)).astype(np.float32)
+        decision = engine.infer(Observation(frames[-1], states[-1], "unused", stamp=0.02 * (m.history - 1)),
+                                noise=noise, seed=11)
+        step_noise = engine.policy.draw(n, 11, noise)[1]
+        chunks, features = lerobot_reference(checkpoints[name], frames, states, noise, step_noise)
+        assert decision.candidates.shape == chunks.shape == (n, 8, 14)
+        assert np.abs(decision.candidates - chunks).max() < TOL, f"{name} N={n}"
+        assert np.abs(decision.features - features).max() < TOL, f"{name} N={n}"
+    # The chunks depend on the inputs: parity on a constant would prove nothing.
+    assert np.ptp(decision.candidates, axis=0).max() > 1e-2
+
+
+def test_ddpm_draws_its_per_step_noise_from_the_seed(imported):
+    engine = Engine(imported["ddpm"])
+    frames, states = _observations(engine.manifest, np.random.default_rng(0))
+    obs = Observation(frames[0], states[0], "unused")
+    noise = np.random.default_rng(1).standard_normal((2, *engine.manifest.noise_dims)).astype(np.float32)
+    a, b, c = (engine.infer(obs, noise=noise, seed=s).chunk for s in (1, 1, 2))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3  # same initial noise, other per-step noise
+
+
+def test_history_repeats_the_first_observation_until_it_is_full(imported):
+    """At an episode start LeRobot fills its queues with the first observation; so does the engine."""
+    engine = Engine(imported["ddim"])
+    frames, states = _observations(engine.manifest, np.random.default_rng(0))
+    first, second = (Observation(f, s, "unused", stamp=0.02 * i) for i, (f, s) in enumerate(zip(frames, states)))
+    noise = np.random.default_rng(2).standard_normal((1, *engine.manifest.noise_dims)).astype(np.float32)
+    fresh = engine.infer(first, noise=noise).chunk
+    engine.reset()
+    engine.observe(first)
+    engine.observe(first)  # the same observation twice is kept once
+    again = engine.infer(first, noise=noise).chunk
+    np.testing.assert_array_equal(fresh, again)
+    moved = engine.infer(second, noise=noise).chunk
+    assert np.abs(moved - fresh).max() > 1e-4
+    engine.reset()
+    assert len(engine.history) == 0
+
+
+def _copy(checkpoint, tmp_path):
+    return shutil.copytree(checkpoint, tmp_path / "ck")
+
+
+def _edit_json(path, edit):
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def test_refusals_name_what_is_wrong(checkpoints, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from policies.lerobot import ImportRefused, import_lerobot, read_checkpoint
+
+    good = checkpoints["ddpm"]
+    cases = {
+        "config.json.type": lambda d: _edit_json(d / "config.json", lambda c: c.update(type="act")),
+        "policy_preprocessor.json.steps[1]": lambda d: _edit_json(
+            d / "policy_preprocessor.json", lambda c: c["steps"][1].update(registry_name="mystery_processor")),
+        "stats.action.min": lambda d: save_file(
+            {k: v for k, v in load_file(d / "policy_preprocessor_step_3_normalizer_processor.safetensors").items()
+             if k != "action.min"}, d / "policy_preprocessor_step_3_normalizer_processor.safetensors"),
+        "config.json.input_features": lambda d: _edit_json(
+            d / "config.json", lambda c: c["input_features"].pop("observation.state")),
+    }
+    for field, damage in cases.items():
+        ck = shutil.copytree(good, tmp_path / field)
+        damage(ck)
+        with pytest.raises(ImportRefused) as err:
+            read_checkpoint(ck)
+        assert err.value.field == field, (field, str(err.value))
+    assert "not a flow or diffusion sampler" in str(pytest.raises(ImportRefused, read_checkpoint,
+                                                                  tmp_path / "config.json.type").value)
+
+    # Weights that do not load are refused, not replaced by random ones.
+    ck = shutil.copytree(good, tmp_path / "weights")
+    weights = load_file(ck / "model.safetensors")
+    weights["diffusion.unet.renamed"] = weights.pop(sorted(weights)[0])
+    save_file(weights, ck / "model.safetensors")
+    with pytest.raises(ImportRefused, match="1 missing keys .* 1 unexpected"):
+        import_lerobot(ck, tmp_path / "out-weights", joint_names=tuple("abcdefghijklmn"), fps=50)
+    # Joint names are required, and must fit the policy.
+    with pytest.raises(ImportRefused, match="--dataset DIR"):
+        import_lerobot(good, tmp_path / "out", fps=50)
+    with pytest.raises(ImportRefused, match="3 given"):
+        import_lerobot(good, tmp_path / "out", joint_names=("a", "b", "c"), fps=50)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out-weights").exists()
+
+
+def test_taco_import_then_eval_in_simulation(checkpoints, tmp_path, capsys):
+    from taco.cli import main
+
+    out = tmp_path / "bundle"
+    assert main(["import", "lerobot", str(checkpoints["ddim"]), "--out", str(out), "--joint-names", "aloha",
+                 "--fps", "50"]) == 0
+    assert "imported diffusion" in capsys.readouterr().out
+    assert main(["inspect", str(out)]) == 0
+    assert "global_cond" in capsys.readouterr().out
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--policy", str(out), "--n", "4", "--task", "transfer_cube", "--episodes", "1",
+                 "--max-steps", "24", "--json", str(report)]) == 0
+    episode = json.loads(report.read_text())["episodes"][0]
+    assert episode["steps"] == 24 and len(episode["chosen_index"]) == 3  # replanned every 8 of 24 steps
+
+
+def test_feature_search_and_a_verifier_through_an_imported_bundle(tiny_dataset, tmp_path):
+    """TACO's feature search runs on the imported policy (two frames of history from the dataset, the DDPM
+    per-step noise fixed with the K noises), and the verifier it trains scores that policy's candidates."""
+    from policies.lerobot import import_lerobot
+    from verifiers.features import FeatureSet, collect_features
+    from verifiers.train import VerifierTrainConfig, train_verifier
+
+    checkpoint = diffusion_checkpoint(tmp_path / "ck", cameras=("cam_high",), scheduler="DDPM", image_hw=(32, 32))
+    bundle = import_lerobot(checkpoint, tmp_path / "bundle", dataset=tiny_dataset)
+    assert bundle.manifest.action_dt == pytest.approx(0.02)  # the dataset's 50 fps
+    features = collect_features(bundle.path, tiny_dataset, k=4, stride=40, seed=0, progress=lambda msg: None)
+    assert features.features.shape[1] == bundle.manifest.feature_dim and len(features.features) >= 4
+    assert np.isfinite(features.features).all() and features.policy_fingerprint == bundle.fingerprint
+    again = collect_features(bundle.path, tiny_dataset, k=4, stride=40, seed=0, progress=lambda msg: None)
+    np.testing.assert_array_equal(features.features, again.features)
+    path = features.save(tmp_path / "features.npz")
+    verifier = train_verifier(FeatureSet.load(path), VerifierTrainConfig(kind="knn"), tmp_path / "knn")
+    engine = Engine(bundle, verifier=verifier.path)
+    frames, states = _observations(bundle.manifest, np.random.default_rng(0))
+    decision = engine.infer(Observation(frames[0], states[0], "lift"), n=8, seed=0)
+    assert decision.verifier == "knn" and np.isfinite(decision.scores).all() and np.ptp(decision.scores) > 0
+
+
+@pytest.mark.parametrize("mode", ["MEAN_STD", "MIN_MAX", "QUANTILES", "QUANTILE10", "IDENTITY"])
+def test_normalisation_modes_convert_exactly(mode):
+    """Each LeRobot normalisation mode becomes the manifest's (x - mean) / std, both ways, a constant
+    dimension (zero spread) included."""
+    import torch
+
+    from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
+    from lerobot.processor.normalize_processor import NormalizerProcessorStep
+    from policies.lerobot import Checkpoint
+
+    rng = np.random.default_rng(0)
+    lo = rng.uniform(-1, 0, 6).astype(np.float32)
+    stats = {"mean": lo + 0.5, "std": rng.uniform(0.1, 1, 6).astype(np.float32), "min": lo, "max": lo + 2.0,
+             "q01": lo + 0.1, "q99": lo + 1.9, "q10": lo + 0.3, "q90": lo + 1.7}
+    stats["std"][5] = 0.0  # dimension 5 has no spread
+    for high, low in (("max", "min"), ("q99", "q01"), ("q90", "q10")):
+        stats[high][5] = stats[low][5]
+    step = NormalizerProcessorStep(features={"observation.state": PolicyFeature(FeatureType.STATE, (6,))},
+                                   norm_map={FeatureType.STATE: NormalizationMode(mode)},
+                                   stats={"observation.state": {k: torch.from_numpy(v) for k, v in stats.items()}})
+    ck = Checkpoint(path=None, config={}, pre_steps=[{"registry_name": "normalizer_processor",
+                                                      "config": {"norm_map": {"STATE": mode}, "eps": 1e-8}}],
+                    post_steps=[], stats={f"observation.state.{k}": v for k, v in stats.items()}, weights_sha256="")
+    x = rng.uniform(-2, 2, (10, 6)).astype(np.float32)
+    theirs = step._apply_transform(torch.from_numpy(x), "observation.state", FeatureType.STATE).numpy()
+    mean, std = ck.affine("observation.state", "STATE")
+    np.testing.assert_allclose((x - mean) / std, theirs, rtol=1e-5, atol=1e-3 if mode == "MEAN_STD" else 1e-4)
+    back = step._apply_transform(torch.from_numpy(theirs), "observation.state", FeatureType.STATE, inverse=True)
+    mean, std = ck.affine("observation.state", "STATE", inverse=True)
+    np.testing.assert_allclose(theirs * std + mean, back.numpy(), rtol=1e-5, atol=1e-4)
