@@ -8,7 +8,11 @@ the Engine with the same noise (and, for DDPM, the same per-step noise replayed 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +248,29 @@ def test_normalisation_modes_convert_exactly(mode):
     back = step._apply_transform(torch.from_numpy(theirs), "observation.state", FeatureType.STATE, inverse=True)
     mean, std = ck.affine("observation.state", "STATE", inverse=True)
     np.testing.assert_allclose(theirs * std + mean, back.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_lerobot_train_on_a_taco_dataset_then_import_and_eval(tiny_dataset, tmp_path, capsys):
+    """LeRobot's own trainer on a dataset `taco record` wrote, a few steps, then the checkpoint it leaves is
+    imported (names and rate from the dataset) and evaluated in simulation."""
+    from taco.cli import main
+
+    trainer = Path(sys.executable).parent / "lerobot-train"
+    out = tmp_path / "train"
+    result = subprocess.run(
+        [str(trainer), "--policy.type=diffusion", "--dataset.repo_id=taco/lift", f"--dataset.root={tiny_dataset}",
+         "--dataset.video_backend=pyav", "--steps=2", "--batch_size=2", f"--output_dir={out}",
+         "--policy.push_to_hub=false", "--wandb.enable=false", "--policy.device=cpu", "--num_workers=0",
+         "--policy.pretrained_backbone_weights=null", "--policy.use_group_norm=true", "--save_freq=2",
+         "--policy.down_dims=[16,32]", "--policy.crop_shape=[24,24]", "--policy.num_inference_steps=3",
+         "--policy.noise_scheduler_type=DDIM", "--policy.horizon=16", "--policy.n_action_steps=8"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = out / "checkpoints" / "last" / "pretrained_model"
+    bundle = tmp_path / "bundle"
+    assert main(["import", "lerobot", str(checkpoint), "--dataset", str(tiny_dataset), "--out", str(bundle)]) == 0
+    assert "left_waist" in capsys.readouterr().out  # joint names from the dataset
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--policy", str(bundle), "--task", "lift_bar", "--episodes", "1", "--max-steps", "16",
+                 "--json", str(report)]) == 0
+    assert len(json.loads(report.read_text())["episodes"][0]["chosen_index"]) == 2
