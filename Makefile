@@ -9,7 +9,7 @@ CONSTRAINTS := constraints.txt
 # Test markers CI runs by default; `make test-slow` adds the long suites.
 TEST_MARKERS ?= not slow and not gpu and not hardware
 # Extras the test install carries: everything but gpu (the ROS tests run in CI too).
-TEST_EXTRAS := train+sim+ray+ros+dev
+TEST_EXTRAS := train+sim+ray+ros+vla+dev
 
 # A Python 3.12 interpreter: PATH first, then pyenv's installs; pyenv shims fail unless a version is
 # selected, so each candidate must actually run.
@@ -87,7 +87,7 @@ bench: $(VENV)/.installed-train
 lock:
 	rm -rf build/lock-venv
 	"$$( $(find_python) )" -m venv build/lock-venv
-	build/lock-venv/bin/pip install -q -e ".[train,sim,ray,ros,dev]"
+	build/lock-venv/bin/pip install -q -e ".[train,sim,ray,ros,vla,dev]"
 	build/lock-venv/bin/python scripts/freeze.py > $(CONSTRAINTS)
 	rm -rf build/lock-venv
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from policies.manifest import PolicyManifest
 from policies.schema import check_files, read_manifest, sha256_file
+from policies.tokenizer import TextTokenizer
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ def load_policy_bundle(path: str | Path) -> PolicyBundle:
     folder = Path(path)
     manifest = PolicyManifest.from_dict(read_manifest(folder))
     check_files(folder, manifest.files)
+    if isinstance(manifest.tokenizer, TextTokenizer):  # its file is read from the bundle folder
+        manifest = replace(manifest, tokenizer=replace(manifest.tokenizer, folder=str(folder)))
     return PolicyBundle(folder, manifest)
 
 

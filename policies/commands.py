@@ -68,7 +68,7 @@ def cmd_import(args) -> int:
     if args.joint_names:
         joints = ALOHA_JOINTS if args.joint_names == "aloha" else tuple(n for n in args.joint_names.split(",") if n)
     bundle = import_lerobot(args.checkpoint, args.out, joint_names=joints, fps=args.fps, dataset=args.dataset,
-                            name=args.name, overwrite=args.overwrite)
+                            tokenizer=args.tokenizer, name=args.name, overwrite=args.overwrite)
     print(f"imported {bundle.manifest.source['policy_type']} from {args.checkpoint} as {bundle.path} "
           f"(fingerprint {bundle.fingerprint[:16]})")
     print(describe_policy(bundle))
@@ -97,6 +97,9 @@ def register(cli) -> None:
     p.add_argument("--joint-names", default=None,
                    help="comma-separated state/action names (or 'aloha'), when there is no --dataset")
     p.add_argument("--fps", type=float, default=None, help="control rate, Hz, when there is no --dataset")
+    p.add_argument("--tokenizer", default=None, metavar="DIR",
+                   help="pi0/pi05: a local folder with the PaliGemma tokenizer's tokenizer.json; smolvla: the local "
+                        "SmolVLM folder (config, processor, tokenizer) when config.json names one that is not local")
     p.add_argument("--name", default=None)
     p.add_argument("--overwrite", action="store_true")
 

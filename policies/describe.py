@@ -41,7 +41,8 @@ def describe_policy(bundle: PolicyBundle, session_factory: SessionFactory | None
     for name, digest in sorted(m.files.items()):
         size = bundle.file(name).stat().st_size
         lines.append(f"file            {name:<14} {size / 1e6:7.2f} MB  sha256 {digest[:16]}... ok")
-    graphs, sessions = graph_signatures(bundle.path, sorted(m.files), session_factory)
+    graphs, sessions = graph_signatures(bundle.path, sorted(f for f in m.files if f.endswith(".onnx")),
+                                        session_factory)
     check_graph_signatures(m, sessions["encoder.onnx"], sessions[m.sampler_file])
     lines += graphs
     lines.append("graphs          match the manifest (names, dtypes, sizes, steps)")

@@ -9,10 +9,12 @@ from types import ModuleType
 
 # Extra -> the top-level modules it installs (pyproject.toml's optional-dependencies).
 EXTRA_MODULES = {
-    "train": ("torch", "onnx", "onnxscript", "lerobot", "diffusers"),
+    "train": ("torch", "onnx", "onnxscript", "lerobot", "diffusers", "transformers"),
     "sim": ("mujoco", "gym_aloha", "matplotlib"),
     "ray": ("ray",),
     "ros": ("rclpy", "mcap", "mcap_ros2"),
+    # Bundles that ship a Hugging Face tokenizer (imported VLAs); the inference path needs nothing else.
+    "vla": ("tokenizers",),
 }
 _EXTRA_OF = {module: extra for extra, modules in EXTRA_MODULES.items() for module in modules}
 

@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sys
@@ -40,14 +41,23 @@ from policies.tokenizer import NoTokenizer
 LEROBOT_VERSION = "0.6.1"
 # Policy types that sample actions from noise, and those this importer exports so far.
 SAMPLER_TYPES = ("diffusion", "pi0", "pi05", "smolvla")
-SUPPORTED_TYPES = ("diffusion",)
+SUPPORTED_TYPES = SAMPLER_TYPES
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 # Processor steps that change nothing the bundle must reproduce (batching, device placement).
-NEUTRAL_STEPS = {"to_batch_processor", "device_processor"}
-DIFFUSION_STEPS = {"pre": NEUTRAL_STEPS | {"rename_observations_processor", "normalizer_processor"},
-                   "post": NEUTRAL_STEPS | {"unnormalizer_processor"}}
+NEUTRAL_STEPS = {"to_batch_processor", "device_processor", "rename_observations_processor"}
+# Processor steps each family's bundle reproduces (the tokenizer and the prompt steps by the bundle's
+# tokenizer; relative actions only when disabled).
+KNOWN_STEPS = {
+    "diffusion": ({"normalizer_processor"}, {"unnormalizer_processor"}),
+    "pi0": ({"normalizer_processor", "pi0_new_line_processor", "tokenizer_processor", "relative_actions_processor"},
+            {"unnormalizer_processor", "absolute_actions_processor"}),
+    "pi05": ({"normalizer_processor", "pi05_prepare_state_tokenizer_processor_step", "tokenizer_processor",
+              "relative_actions_processor"}, {"unnormalizer_processor", "absolute_actions_processor"}),
+    "smolvla": ({"normalizer_processor", "smolvla_new_line_processor", "tokenizer_processor"},
+                {"unnormalizer_processor"}),
+}
 # LeRobot's normalisation modes (lerobot/processor/normalize_processor.py) and the statistics each needs.
 MODE_STATS = {"MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"), "QUANTILES": ("q01", "q99"),
               "QUANTILE10": ("q10", "q90"), "IDENTITY": ()}
@@ -148,12 +158,16 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
                                                 f"(supported: {', '.join(SUPPORTED_TYPES)})")
     pre = _read_json(folder / "policy_preprocessor.json", "policy_preprocessor.json").get("steps", [])
     post = _read_json(folder / "policy_postprocessor.json", "policy_postprocessor.json").get("steps", [])
-    for steps, side, where in ((pre, "pre", "policy_preprocessor.json"), (post, "post", "policy_postprocessor.json")):
+    for steps, known, where in ((pre, KNOWN_STEPS[kind][0], "policy_preprocessor.json"),
+                                (post, KNOWN_STEPS[kind][1], "policy_postprocessor.json")):
         for i, step in enumerate(steps):
             name = step.get("registry_name")
-            if name not in DIFFUSION_STEPS[side]:
+            if name not in NEUTRAL_STEPS | known:
                 raise ImportRefused(f"{where}.steps[{i}]", f"unknown processor step {name!r}: its effect would be "
                                                            f"missing from the bundle")
+            if name in ("relative_actions_processor", "absolute_actions_processor") and \
+                    (step.get("config") or {}).get("enabled", False):
+                raise ImportRefused(f"{where}.steps[{i}]", "relative actions are not supported yet")
     rename = _step(pre, "rename_observations_processor", "policy_preprocessor.json")["config"].get("rename_map") \
         if any(s.get("registry_name") == "rename_observations_processor" for s in pre) else {}
     if rename:
@@ -216,8 +230,11 @@ def normalization(ck: Checkpoint) -> Normalization:
 # ------------------------------------------------------------------------------------------------
 # Building LeRobot's model offline, and the graphs around it.
 
-def build_policy(ck: Checkpoint):
-    """LeRobot's policy with the checkpoint's weights; refuses unless every key is accounted for."""
+def build_policy(ck: Checkpoint, vlm: str | Path | None = None):
+    """LeRobot's policy with the checkpoint's weights; refuses unless every key is accounted for.
+
+    `vlm`: for SmolVLA, a local folder with its VLM's config and processor (instead of the name saved).
+    """
     torch = require("torch")
     require("lerobot")
     safetensors_torch = require("safetensors.torch")
@@ -233,7 +250,42 @@ def build_policy(ck: Checkpoint):
             config.pretrained_backbone_weights = None
             config.device = "cpu"
             policy = DiffusionPolicy(config)
+        elif ck.type == "smolvla":
+            from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
+
+            config = PreTrainedConfig.from_pretrained(ck.path)
+            config.device = "cpu"
+            # The checkpoint holds every weight; the VLM folder gives only its config and processor.
+            config.load_vlm_weights = False
+            if vlm is not None:
+                config.vlm_model_name = str(vlm)
+            if not (Path(config.vlm_model_name) / "config.json").is_file():
+                raise ImportRefused("config.json.vlm_model_name",
+                                    f"{config.vlm_model_name!r} is not a local folder with the VLM's config.json "
+                                    f"(it is not downloaded): pass --tokenizer DIR, the VLM's folder")
+            for flag in ("adapt_to_pi_aloha",):
+                if getattr(config, flag):
+                    raise ImportRefused(f"config.json.{flag}", "not supported yet")
+            if not config.use_cache:
+                raise ImportRefused("config.json.use_cache", "the bundle runs the prefix once: a KV cache is needed")
+            policy = SmolVLAPolicy(config)
+        else:
+            if ck.type == "pi0":
+                from lerobot.policies.pi0.modeling_pi0 import PI0Policy as Policy
+            else:
+                from lerobot.policies.pi05.modeling_pi05 import PI05Policy as Policy
+            config = PreTrainedConfig.from_pretrained(ck.path)
+            config.device = "cpu"
+            policy = Policy(config)
     state = safetensors_torch.load_file(str(ck.path / "model.safetensors"))
+    if ck.type in ("pi0", "pi05"):
+        # The key fixes LeRobot's own loader applies (openpi's older names), then its "model." prefix.
+        logging.disable(logging.WARNING)  # it warns about every patch-embedding key it leaves alone
+        try:
+            state = {k if k.startswith("model.") else f"model.{k}": v
+                     for k, v in policy._fix_pytorch_state_dict_keys(state, policy.config).items()}
+        finally:
+            logging.disable(logging.NOTSET)
     model_keys = set(policy.state_dict())
     missing, unexpected = sorted(model_keys - set(state)), sorted(set(state) - model_keys)
     if missing or unexpected:
@@ -262,8 +314,35 @@ def _offline():
                 os.environ[k] = v
 
 
-def _diffusion_graphs(policy, ck: Checkpoint):
-    """The encoder and sampler modules of a LeRobot Diffusion Policy, calling its own code."""
+def _camera_normalizer(ck: Checkpoint):
+    """A module holding each camera's LeRobot normalisation (images arrive in [0, 1], as LeRobot's do)."""
+    torch = require("torch")
+
+    class CameraNormalizer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for i, (name, _) in enumerate(ck.cameras):
+                mean, std = ck.affine(f"{IMAGE_PREFIX}{name}", "VISUAL")
+                self.register_buffer(f"mean_{i}", torch.tensor(np.broadcast_to(mean, (3, 1, 1)), dtype=torch.float32))
+                self.register_buffer(f"std_{i}", torch.tensor(np.broadcast_to(std, (3, 1, 1)), dtype=torch.float32))
+
+        def forward(self, images):
+            return [(x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}") for i, x in enumerate(images)]
+
+    return CameraNormalizer()
+
+
+def _example_observation(ck: Checkpoint, names, history: int = 1):
+    torch = require("torch")
+    g = torch.Generator().manual_seed(0)
+    t_axis = [history] if history > 1 else []
+    images = [torch.rand(1, *t_axis, *shape, generator=g) for _, shape in ck.cameras]
+    state = torch.rand(1, *t_axis, len(names["state"]), generator=g) * 2 - 1
+    return images, state
+
+
+def _diffusion_plan(policy, ck: Checkpoint, names) -> Plan:
+    """The encoder and sampler of a LeRobot Diffusion Policy, calling its own code."""
     torch = require("torch")
     nn = torch.nn
     model = policy.diffusion
@@ -292,10 +371,7 @@ def _diffusion_graphs(policy, ck: Checkpoint):
         def __init__(self):
             super().__init__()
             self.model = model
-            for i, (name, _) in enumerate(ck.cameras):
-                mean, std = ck.affine(f"{IMAGE_PREFIX}{name}", "VISUAL")
-                self.register_buffer(f"mean_{i}", torch.tensor(np.broadcast_to(mean, (3, 1, 1)), dtype=torch.float32))
-                self.register_buffer(f"std_{i}", torch.tensor(np.broadcast_to(std, (3, 1, 1)), dtype=torch.float32))
+            self.normalize = _camera_normalizer(ck)
 
         def forward(self, *inputs):
             *images, state = inputs
@@ -303,8 +379,7 @@ def _diffusion_graphs(policy, ck: Checkpoint):
                 images, state = [x.unsqueeze(1) for x in images], state.unsqueeze(1)
             # Images arrive in [0, 1]; each camera is normalised with its own statistics, as LeRobot's
             # normaliser does, then stacked in the policy's camera order: [B, T, cameras, 3, H, W].
-            normed = [(x - getattr(self, f"mean_{i}")) / getattr(self, f"std_{i}") for i, x in enumerate(images)]
-            batch = {STATE_KEY: state, "observation.images": torch.stack(normed, dim=2)}
+            batch = {STATE_KEY: state, "observation.images": torch.stack(self.normalize(images), dim=2)}
             return self.model._prepare_global_conditioning(batch)
 
     class Sampler(nn.Module):
@@ -328,7 +403,207 @@ def _diffusion_graphs(policy, ck: Checkpoint):
             features = captured[-1].mean(dim=-1)
             return chunks, features
 
-    return Encoder(), Sampler(cfg.noise_scheduler_type == "DDPM")
+    history = int(cfg.n_obs_steps)
+    images, state = _example_observation(ck, names, history)
+    num_steps = int(model.num_inference_steps)
+    return Plan(
+        kind="diffusion", encoder=Encoder(), encoder_args=(*images, state),
+        encoder_inputs=[*(f"image_{c}" for c, _ in ck.cameras), "state"], prefix=("global_cond",),
+        sampler=Sampler(cfg.noise_scheduler_type == "DDPM"), noise_shape=(int(cfg.horizon), len(names["action"])),
+        step_noise=cfg.noise_scheduler_type == "DDPM", chunk_length=int(cfg.n_action_steps), num_steps=num_steps,
+        feature_dim=int(cfg.down_dims[-1]),
+        feature_description="UNet bottleneck (output of the last mid block) at the final denoising step, "
+                            "averaged over time",
+        history=history, tokenizer=NoTokenizer(), files={},
+        source={"noise_scheduler": cfg.noise_scheduler_type})
+
+
+def _pi_plan(policy, ck: Checkpoint, names, tokenizer: str | Path | None) -> Plan:
+    """The encoder and sampler of a LeRobot pi0 or pi0.5, calling its own code.
+
+    The encoder runs the prefix (images through SigLIP, the prompt's tokens) once and returns its KV cache,
+    `prefix_kv: float32[B, layers, 2, kv_heads, P, head_dim]`, with `prefix_mask: bool[B, P]` (and, for pi0,
+    the padded normalised state its suffix takes). The sampler rebuilds the cache for N candidates and runs
+    LeRobot's Euler loop on its own `denoise_step`.
+    """
+    torch = require("torch")
+    nn = torch.nn
+    from lerobot.policies.common.flow_matching import euler_integrate
+    from lerobot.policies.common.vla_utils import make_att_2d_masks, prepare_attention_masks_4d
+    from transformers.cache_utils import DynamicCache
+
+    cfg, model = policy.config, policy.model
+    pi05 = ck.type == "pi05"
+    text = _text_tokenizer(ck, tokenizer, prompt="pi05" if pi05 else "newline")
+    if getattr(cfg, "empty_cameras", 0):
+        raise ImportRefused("config.json.empty_cameras", "placeholder cameras are not supported yet")
+    image_keys = [f"{IMAGE_PREFIX}{c}" for c, _ in ck.cameras]
+    if list(cfg.image_features) != image_keys:
+        raise ImportRefused("config.json.input_features", f"camera order {list(cfg.image_features)} is not the "
+                                                          f"features' order {image_keys}")
+    pad_id = text.pad_id
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.policy = policy
+            self.normalize = _camera_normalizer(ck)
+
+        def forward(self, *inputs):
+            *images, state, tokens = inputs
+            # LeRobot's own image path: resize with padding to the model's resolution, then [-1, 1].
+            images, masks = self.policy._preprocess_images(dict(zip(image_keys, self.normalize(images))))
+            embs, pad_masks, att_masks = self.policy.model.embed_prefix(images, masks, tokens, tokens != pad_id)
+            position_ids = torch.cumsum(pad_masks, dim=1) - 1
+            vlm = self.policy.model.paligemma_with_expert
+            vlm.paligemma.model.language_model.config._attn_implementation = "eager"
+            _, cache = vlm.forward(attention_mask=prepare_attention_masks_4d(make_att_2d_masks(pad_masks, att_masks)),
+                                   position_ids=position_ids, past_key_values=None, inputs_embeds=[embs, None],
+                                   use_cache=True)
+            prefix_kv = torch.stack([torch.stack([keys, values], dim=1) for keys, values, *_ in cache], dim=1)
+            if pi05:
+                return prefix_kv, pad_masks
+            return prefix_kv, pad_masks, self.policy.prepare_state({STATE_KEY: state})
+
+    class Sampler(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.policy = policy
+
+        def forward(self, prefix_kv, prefix_mask, *rest):
+            *state, noise = rest
+            n = noise.shape[0]
+            kv = prefix_kv.expand(n, *prefix_kv.shape[1:])
+            cache = DynamicCache(tuple((kv[:, i, 0], kv[:, i, 1], None) for i in range(kv.shape[1])))
+            mask = prefix_mask.expand(n, prefix_mask.shape[1])
+            extra = {} if pi05 else {"state": state[0].expand(n, state[0].shape[1])}
+            captured = []
+            hook = self.policy.model.action_out_proj.register_forward_pre_hook(
+                lambda module, args: captured.append(args[0][:, 0]))
+            try:
+                x = euler_integrate(lambda x_t, t: self.policy.model.denoise_step(
+                    prefix_pad_masks=mask, past_key_values=cache, x_t=x_t, timestep=t, **extra),
+                    noise, int(cfg.num_inference_steps))
+            finally:
+                hook.remove()
+            return x[:, :, :len(names["action"])], captured[-1]
+
+    images, state = _example_observation(ck, names)
+    tokens = torch.full((1, text.max_length), pad_id, dtype=torch.long)
+    tokens[0, :3] = torch.tensor([i for i in range(4) if i != pad_id][:3])  # a short prompt, then padding
+    width = int(model.action_out_proj.in_features)
+    return Plan(
+        kind="flow", encoder=Encoder(), encoder_args=(*images, state, tokens),
+        encoder_inputs=[*(f"image_{c}" for c, _ in ck.cameras), "state", "tokens"],
+        prefix=("prefix_kv", "prefix_mask") if pi05 else ("prefix_kv", "prefix_mask", "state_padded"),
+        sampler=Sampler(), noise_shape=(int(cfg.chunk_size), int(cfg.max_action_dim)), step_noise=False,
+        chunk_length=int(cfg.chunk_size), num_steps=int(cfg.num_inference_steps), feature_dim=width,
+        feature_description="action expert output at the first action token (the input of action_out_proj) "
+                            "at the final flow step",
+        history=1, tokenizer=text, files={text.file: text.folder})
+
+
+def _smolvla_plan(policy, ck: Checkpoint, names, vlm: str | Path) -> Plan:
+    """The encoder and sampler of a LeRobot SmolVLA, calling its own code.
+
+    The state is a prefix token, so the encoder takes it and the sampler does not; the expert's action
+    tokens attend causally to each other, so the verifier feature averages them (the first one sees only
+    the prefix and itself).
+    """
+    torch = require("torch")
+    nn = torch.nn
+    from lerobot.policies.common.flow_matching import euler_integrate
+    from lerobot.policies.common.vla_utils import make_att_2d_masks
+    from transformers.cache_utils import DynamicCache
+
+    cfg, model = policy.config, policy.model
+    text = _text_tokenizer(ck, vlm, prompt="newline", paddings=("max_length", "longest"))
+    image_keys = [f"{IMAGE_PREFIX}{c}" for c, _ in ck.cameras]
+    if list(cfg.image_features) != image_keys:
+        raise ImportRefused("config.json.input_features", f"camera order {list(cfg.image_features)} is not the "
+                                                          f"features' order {image_keys}")
+    pad_id = text.pad_id
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.policy = policy
+            self.normalize = _camera_normalizer(ck)
+
+        def forward(self, *inputs):
+            *images, state, tokens = inputs
+            batch = {**dict(zip(image_keys, self.normalize(images))), STATE_KEY: state}
+            # LeRobot's own image path: resize with left/top padding to the model's resolution, then [-1, 1].
+            images, masks = self.policy.prepare_images(batch)
+            embs, pad_masks, att_masks = self.policy.model.embed_prefix(
+                images, masks, tokens, tokens != pad_id, state=self.policy.prepare_state(batch))
+            _, cache = self.policy.model.vlm_with_expert.forward(
+                attention_mask=make_att_2d_masks(pad_masks, att_masks), position_ids=torch.cumsum(pad_masks, 1) - 1,
+                past_key_values=None, inputs_embeds=[embs, None], use_cache=True)
+            prefix_kv = torch.stack([torch.stack([keys, values], dim=1) for keys, values, *_ in cache], dim=1)
+            return prefix_kv, pad_masks
+
+    class Sampler(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.policy = policy
+
+        def forward(self, prefix_kv, prefix_mask, noise):
+            n = noise.shape[0]
+            kv = prefix_kv.expand(n, *prefix_kv.shape[1:])
+            cache = DynamicCache(tuple((kv[:, i, 0], kv[:, i, 1], None) for i in range(kv.shape[1])))
+            mask = prefix_mask.expand(n, prefix_mask.shape[1])
+            captured = []
+            hook = self.policy.model.action_out_proj.register_forward_pre_hook(
+                lambda module, args: captured.append(args[0].mean(dim=1)))
+            try:
+                x = euler_integrate(lambda x_t, t: self.policy.model.denoise_step(
+                    prefix_pad_masks=mask, past_key_values=cache, x_t=x_t, timestep=t), noise, int(cfg.num_steps))
+            finally:
+                hook.remove()
+            return x[:, :, :len(names["action"])], captured[-1]
+
+    images, state = _example_observation(ck, names)
+    tokens = torch.full((1, text.max_length), pad_id, dtype=torch.long)
+    tokens[0, :3] = torch.tensor([i for i in range(4) if i != pad_id][:3])  # a short prompt, then padding
+    return Plan(
+        kind="flow", encoder=Encoder(), encoder_args=(*images, state, tokens),
+        encoder_inputs=[*(f"image_{c}" for c, _ in ck.cameras), "state", "tokens"],
+        prefix=("prefix_kv", "prefix_mask"), sampler=Sampler(),
+        noise_shape=(int(cfg.chunk_size), int(cfg.max_action_dim)), step_noise=False,
+        chunk_length=int(cfg.chunk_size), num_steps=int(cfg.num_steps),
+        feature_dim=int(model.action_out_proj.in_features),
+        feature_description="action expert output (the input of action_out_proj) averaged over the chunk's "
+                            "action tokens at the final flow step",
+        history=1, tokenizer=text, files={text.file: text.folder}, image_resize="pad_left_top")
+
+
+def _text_tokenizer(ck: Checkpoint, folder: str | Path | None, prompt: str, paddings=("max_length",)):
+    """The bundle's tokenizer from a local tokenizer folder, checked against the checkpoint's tokenizer step."""
+    from policies.tokenizer import TextTokenizer
+
+    step = _step(ck.pre_steps, "tokenizer_processor", "policy_preprocessor.json")["config"]
+    if folder is None:
+        raise ImportRefused("tokenizer", f"the checkpoint names {step.get('tokenizer_name')!r}, which is not "
+                                         f"downloaded: pass --tokenizer DIR (a folder with its tokenizer.json)")
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file():
+        raise ImportRefused("tokenizer", f"{folder} has no tokenizer.json")
+    # Padding to the longest prompt of a batch and to max_length give the same actions (padding is masked).
+    if step.get("padding") not in paddings or step.get("padding_side", "right") != "right":
+        raise ImportRefused("policy_preprocessor.json.tokenizer_processor",
+                            f"padding {step.get('padding')!r} on the {step.get('padding_side')!r}: only right "
+                            f"padding ({' or '.join(paddings)}) is supported")
+    config = json.loads((folder / "tokenizer_config.json").read_text()) \
+        if (folder / "tokenizer_config.json").is_file() else {}
+    pad = config.get("pad_token")
+    pad = pad.get("content") if isinstance(pad, dict) else pad
+    pad_id = require("tokenizers").Tokenizer.from_file(str(folder / "tokenizer.json")).token_to_id(pad or "<pad>")
+    if pad_id is None:
+        raise ImportRefused("tokenizer", f"{folder} defines no pad token")
+    # `folder` here is the source file, copied into the bundle as tokenizer.json.
+    return TextTokenizer(file="tokenizer.json", max_length=int(step["max_length"]), pad_id=int(pad_id),
+                         prompt=prompt, folder=str(folder / "tokenizer.json"))
 
 
 @contextlib.contextmanager
@@ -351,13 +626,41 @@ def _replayed_step_noise(step_noise):
 # ------------------------------------------------------------------------------------------------
 # The bundle.
 
+@dataclass
+class Plan:
+    """A family's two graphs, example inputs to trace them with, and what the manifest says of them."""
+
+    kind: str
+    encoder: object
+    # Example encoder inputs (batch 1), in the order of `encoder_inputs`.
+    encoder_args: tuple
+    encoder_inputs: list[str]
+    # The encoder's outputs, which the sampler takes first and by these names.
+    prefix: tuple[str, ...]
+    sampler: object
+    # [Hn, D] of one candidate's noise.
+    noise_shape: tuple[int, int]
+    step_noise: bool
+    chunk_length: int
+    num_steps: int
+    feature_dim: int
+    feature_description: str
+    history: int
+    tokenizer: object
+    # Bundle file name -> the file to copy in (the tokenizer).
+    files: dict
+    image_resize: str = "pad_center"
+    source: dict | None = None
+
+
 def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tuple[str, ...] | None = None,
-                   fps: float | None = None, dataset: str | Path | None = None, name: str | None = None,
-                   overwrite: bool = False):
+                   fps: float | None = None, dataset: str | Path | None = None, tokenizer: str | Path | None = None,
+                   name: str | None = None, overwrite: bool = False):
     """Imports a LeRobot checkpoint folder as a validated policy bundle at `out` (returned loaded).
 
     Joint names and the control rate come from `dataset` (a LeRobotDataset folder: meta/info.json) or from
-    `joint_names` and `fps`; LeRobot checkpoints do not store them.
+    `joint_names` and `fps`; LeRobot checkpoints do not store them. `tokenizer`: a local folder with the
+    tokenizer.json of the VLA's tokenizer (pi0 and pi05 name PaliGemma's, which is not downloaded).
     """
     torch = require("torch")
     from policies.export import OPSET, _export
@@ -369,64 +672,64 @@ def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tupl
         if not overwrite:
             raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
         shutil.rmtree(out)
-    policy = build_policy(ck)
-    cfg = policy.config
-    encoder, sampler = _diffusion_graphs(policy, ck)
-    history = int(cfg.n_obs_steps)
-    horizon, action_dim = int(cfg.horizon), len(names["action"])
-    num_steps = int(policy.diffusion.num_inference_steps)
-    feature_dim = int(cfg.down_dims[-1])
-    facts = {"taco.kind": "diffusion", "taco.num_steps": str(num_steps), "taco.chunk_length": str(cfg.n_action_steps),
-             "taco.feature_dim": str(feature_dim), "taco.source": f"lerobot {LEROBOT_VERSION} {ck.type}"}
+    policy = build_policy(ck, vlm=tokenizer if ck.type == "smolvla" else None)
+    if ck.type == "diffusion":
+        plan = _diffusion_plan(policy, ck, names)
+    elif ck.type == "smolvla":
+        plan = _smolvla_plan(policy, ck, names, tokenizer or policy.config.vlm_model_name)
+    else:
+        plan = _pi_plan(policy, ck, names, tokenizer)
+    facts = {"taco.kind": plan.kind, "taco.num_steps": str(plan.num_steps),
+             "taco.chunk_length": str(plan.chunk_length), "taco.feature_dim": str(plan.feature_dim),
+             "taco.source": f"lerobot {LEROBOT_VERSION} {ck.type}"}
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
     try:
         g = torch.Generator().manual_seed(0)
-        t_axis = [history] if history > 1 else []
-        images = [torch.rand(1, *t_axis, *shape, generator=g) for _, shape in ck.cameras]
-        state = torch.randn(1, *t_axis, len(names["state"]), generator=g)
-        cam_inputs = [f"image_{c}" for c, _ in ck.cameras]
         n = 2
-        noise = torch.randn(n, horizon, action_dim, generator=g)
-        with torch.no_grad():
-            global_cond = encoder(*images, state)
-            _export(encoder, (*images, state), tmp / "encoder.onnx", [*cam_inputs, "state"], ["global_cond"],
-                    {k: {0: "batch"} for k in [*cam_inputs, "state", "global_cond"]},
+        noise = torch.randn(n, *plan.noise_shape, generator=g)
+        with torch.no_grad(), _exportable(ck.type):
+            prefix = plan.encoder(*plan.encoder_args)
+            prefix = prefix if isinstance(prefix, tuple) else (prefix,)
+            _export(plan.encoder, plan.encoder_args, tmp / "encoder.onnx", plan.encoder_inputs, list(plan.prefix),
+                    {k: {0: "batch"} for k in [*plan.encoder_inputs, *plan.prefix]},
                     {"taco.graph": "encoder", **facts})
-            args, inputs = (global_cond, noise), ["global_cond", "noise"]
+            args, inputs = (*prefix, noise), [*plan.prefix, "noise"]
             axes = {"noise": {0: "n"}, "chunks": {0: "n"}, "features": {0: "n"}}
-            if sampler.step_noise:
-                args += (torch.randn(num_steps - 1, n, horizon, action_dim, generator=g),)
+            if plan.step_noise:
+                args += (torch.randn(plan.num_steps - 1, n, *plan.noise_shape, generator=g),)
                 inputs.append("step_noise")
                 axes["step_noise"] = {1: "n"}
-            _export(sampler, args, tmp / "sampler.onnx", inputs, ["chunks", "features"], axes,
+            _export(plan.sampler, args, tmp / "sampler.onnx", inputs, ["chunks", "features"], axes,
                     {"taco.graph": "sampler", **facts})
+        for file, source in plan.files.items():
+            shutil.copyfile(source, tmp / file)
         manifest = PolicyManifest(
-            kind="diffusion",
+            kind=plan.kind,
             name=name or out.name,
             cameras=tuple(CameraSpec(c, shape[1], shape[2]) for c, shape in ck.cameras),
             state_names=names["state"],
             action_names=names["action"],
-            chunk_length=int(cfg.n_action_steps),
-            num_steps=num_steps,
-            feature_dim=feature_dim,
-            feature_description="UNet bottleneck (output of the last mid block) at the final denoising step, "
-                                "averaged over time",
+            chunk_length=plan.chunk_length,
+            num_steps=plan.num_steps,
+            feature_dim=plan.feature_dim,
+            feature_description=plan.feature_description,
             action_dt=1.0 / rate,
             sampler="unrolled",
             normalization=normalization(ck),
-            tokenizer=NoTokenizer(),
-            files=hash_files(tmp, ["encoder.onnx", "sampler.onnx"]),
+            tokenizer=plan.tokenizer,
+            files=hash_files(tmp, ["encoder.onnx", "sampler.onnx", *plan.files]),
             model_config={"lerobot_config": ck.config},
             provenance={"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                         "checkpoint": str(Path(checkpoint).resolve()), "torch": torch.__version__, "opset": OPSET},
-            prefix=("global_cond",),
-            noise_shape=(horizon, action_dim),
-            step_noise=sampler.step_noise,
-            history=history,
+            prefix=plan.prefix,
+            noise_shape=plan.noise_shape,
+            step_noise=plan.step_noise,
+            history=plan.history,
+            image_resize=plan.image_resize,
             source={"framework": "lerobot", "version": LEROBOT_VERSION, "policy_type": ck.type,
-                    "checkpoint_sha256": ck.weights_sha256, "noise_scheduler": cfg.noise_scheduler_type,
-                    "normalization": dict(ck.norm_map)},
+                    "checkpoint_sha256": ck.weights_sha256, "normalization": dict(ck.norm_map),
+                    **(plan.source or {})},
         )
         write_manifest(tmp, manifest)
         os.replace(tmp, out)
@@ -434,6 +737,45 @@ def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tupl
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_policy_bundle(out)
+
+
+@contextlib.contextmanager
+def _exportable(kind: str):
+    """Export-time fixes that leave LeRobot's code as it is:
+
+    - ONNX's CumSum takes no booleans, and LeRobot takes cumulative sums of boolean masks: cast to int64;
+    - SmolVLM's vision tower: `create_bidirectional_mask` mistakes the traced length for a cache position
+      (LeRobot never masks patches), and its position ids come from bucketize and a boolean scatter that
+      do not export; for a full image (always, after LeRobot's resize with padding) they are 0..patches-1.
+    """
+    require("torch")
+    from torch.onnx import register_custom_op_symbolic, unregister_custom_op_symbolic
+
+    def cumsum(g, x, dim, dtype):
+        if x.type().scalarType() == "Bool":
+            x = g.op("Cast", x, to_i=7)  # INT64
+        return g.op("CumSum", x, dim)
+
+    register_custom_op_symbolic("aten::cumsum", cumsum, 11)
+    patches = []
+    if kind == "smolvla":
+        import transformers.models.smolvlm.modeling_smolvlm as smolvlm
+
+        def embeddings(self, pixel_values, patch_attention_mask):
+            patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
+            return patches + self.position_embedding.weight[: patches.shape[1]]
+
+        patches = [(smolvlm, "create_bidirectional_mask", lambda **kwargs: None),
+                   (smolvlm.SmolVLMVisionEmbeddings, "forward", embeddings)]
+    saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
+    for owner, attr, value in patches:
+        setattr(owner, attr, value)
+    try:
+        yield
+    finally:
+        for owner, attr, value in saved:
+            setattr(owner, attr, value)
+        unregister_custom_op_symbolic("aten::cumsum", 11)
 
 
 def _names_and_rate(ck: Checkpoint, joint_names, fps, dataset) -> tuple[dict[str, tuple[str, ...]], float]:

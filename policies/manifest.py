@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 from policies.errors import BundleError
 from policies.schema import Reader, canonical_hash
-from policies.tokenizer import ByteTokenizer, NoTokenizer
+from policies.tokenizer import PROMPTS, ByteTokenizer, NoTokenizer, TextTokenizer
 
 SCHEMA_VERSION = 2
 # Schema versions this runtime reads; schema 1 bundles load unchanged (and keep their fingerprint).
@@ -145,7 +145,7 @@ class PolicyManifest:
     # How the denoising loop is run: "unrolled" in one graph, or "stepped" by the runtime.
     sampler: str
     normalization: Normalization
-    tokenizer: ByteTokenizer | NoTokenizer
+    tokenizer: ByteTokenizer | NoTokenizer | TextTokenizer
     # File name -> sha256 of every ONNX file of the bundle.
     files: dict[str, str]
     # What the verifier feature is.
@@ -184,7 +184,7 @@ class PolicyManifest:
             raise BundleError("cameras", f"camera names must be unique, got {names}")
         schema2 = (self.prefix != KV_PREFIX or self.noise_dims != (self.chunk_length, self.action_dim)
                    or self.step_noise or self.history != 1 or self.image_resize != "pad_center" or self.source
-                   or isinstance(self.tokenizer, NoTokenizer))
+                   or not isinstance(self.tokenizer, ByteTokenizer))
         if self.schema_version == 1 and schema2:
             raise BundleError("schema_version", "prefix, noise, history, image, source and a tokenizer of type "
                                                 "'none' need schema_version 2")
@@ -192,6 +192,8 @@ class PolicyManifest:
             raise BundleError("history", f"must be >= 1, got {self.history}")
         if self.image_resize not in IMAGE_RESIZE:
             raise BundleError("image.resize", f"must be one of {', '.join(IMAGE_RESIZE)}; got {self.image_resize!r}")
+        if isinstance(self.tokenizer, TextTokenizer) and self.tokenizer.file not in self.files:
+            raise BundleError("tokenizer.file", f"{self.tokenizer.file!r} is not among the bundle's files")
         if self.step_noise and self.sampler != "unrolled":
             raise BundleError("noise.step_noise", "per-step noise needs the unrolled sampler")
 
@@ -270,8 +272,12 @@ class PolicyManifest:
             if len(value) != 64 or any(ch not in "0123456789abcdef" for ch in value):
                 raise BundleError(f"files.{name}", "expected a sha256 hex digest")
             files[name] = value
-        if tok.str("type", choices=("bytes", "none") if version >= 2 else ("bytes",)) == "bytes":
+        kind = tok.str("type", choices=("bytes", "none", "text") if version >= 2 else ("bytes",))
+        if kind == "bytes":
             tokenizer = ByteTokenizer(max_length=tok.int("max_length", minimum=3))
+        elif kind == "text":
+            tokenizer = TextTokenizer(file=tok.str("file"), max_length=tok.int("max_length", minimum=1),
+                                      pad_id=tok.int("pad_id", minimum=0), prompt=tok.str("prompt", choices=PROMPTS))
         else:
             tokenizer = NoTokenizer()
         v2 = {}

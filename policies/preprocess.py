@@ -117,7 +117,11 @@ class Preprocessor:
         feeds["state"] = self._state(observation.state)
         if not isinstance(observation.task, str):
             raise ObservationError("task", f"expected str, got {type(observation.task).__name__}")
-        tokens = self.manifest.tokenizer.encode(observation.task)
+        tokenizer = self.manifest.tokenizer
+        if getattr(tokenizer, "needs_state", False):  # pi05 writes the normalised state into its prompt
+            tokens = tokenizer.encode(observation.task, feeds["state"][0])
+        else:
+            tokens = tokenizer.encode(observation.task)
         if tokens is not None:
             feeds["tokens"] = tokens[None]
         stamp = observation.stamp

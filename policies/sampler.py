@@ -48,12 +48,14 @@ def check_graph_signatures(manifest: PolicyManifest, encoder, sampler) -> None:
     expected["state"] = ("tensor(float)", [*history, m.state_dim], "state.names")
     if m.tokenizer.max_length:
         expected["tokens"] = ("tensor(int64)", [m.tokenizer.max_length], "tokenizer.max_length")
-    _check_inputs(encoder, "encoder.onnx", expected, unknown_field="cameras")
+    # A policy that reads the state from its prompt (pi0.5) may have an encoder without a state input.
+    optional = {"state"} if getattr(m.tokenizer, "needs_state", False) else set()
+    _check_inputs(encoder, "encoder.onnx", expected, unknown_field="cameras", optional=optional)
     produced = {o.name for o in encoder.get_outputs()}
     for name in m.prefix:
         if name not in produced:
             raise BundleError("prefix", f"encoder.onnx has no output {name!r} (it produces {', '.join(sorted(produced))})")
-    step_inputs = {name: ("tensor(float)", None, "prefix") for name in m.prefix}
+    step_inputs = {name: (None, None, "prefix") for name in m.prefix}  # any dtype: a KV cache, a boolean mask
     noise_dims = list(m.noise_dims)
     if m.sampler == "unrolled":
         step_inputs["noise"] = ("tensor(float)", noise_dims, "noise.shape")
@@ -86,15 +88,17 @@ def check_graph_signatures(manifest: PolicyManifest, encoder, sampler) -> None:
                 raise BundleError(where, f"manifest says {value}, {graph_file} was exported with {recorded[key]}")
 
 
-def _check_inputs(session, graph_file: str, expected: dict, unknown_field: str) -> None:
+def _check_inputs(session, graph_file: str, expected: dict, unknown_field: str, optional=frozenset()) -> None:
     inputs = {i.name: (i.type, i.shape) for i in session.get_inputs()}
     for name in inputs:
         if name not in expected:
             raise BundleError(unknown_field, f"{graph_file} takes input {name!r}, which the manifest does not describe")
     for name, (dtype, dims, where) in expected.items():
         if name not in inputs:
+            if name in optional:
+                continue
             raise BundleError(where, f"{graph_file} has no input {name!r}")
-        if inputs[name][0] != dtype:
+        if dtype is not None and inputs[name][0] != dtype:
             raise BundleError(where, f"{graph_file} input {name!r} is {inputs[name][0]}, expected {dtype}")
         if dims is not None:
             _check_dims(inputs[name][1][1:], dims, where, f"{graph_file} input {name}")
@@ -124,6 +128,8 @@ class PolicySampler:
         self.sampler = make_session(self.bundle.file(self.manifest.sampler_file))
         check_graph_signatures(self.manifest, self.encoder, self.sampler)
         self._prefix = list(self.manifest.prefix)
+        # The encoder is fed only what it takes (a pi0.5 encoder reads the state from its prompt).
+        self._encoder_inputs = {i.name for i in self.encoder.get_inputs()}
         norm = self.manifest.normalization
         # float32[A]: normalised action units -> robot units (radians, gripper opening).
         self.action_mean = np.asarray(norm.action_mean, np.float32)
@@ -153,7 +159,7 @@ class PolicySampler:
 
     def encode(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Preprocessed feeds (batch 1) -> the prefix the sampler takes, by name."""
-        values = self.encoder.run(self._prefix, dict(feeds))
+        values = self.encoder.run(self._prefix, {k: v for k, v in feeds.items() if k in self._encoder_inputs})
         return dict(zip(self._prefix, values))
 
     def sample(self, prefix: Mapping[str, np.ndarray], noise: np.ndarray,

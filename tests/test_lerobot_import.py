@@ -274,3 +274,114 @@ def test_lerobot_train_on_a_taco_dataset_then_import_and_eval(tiny_dataset, tmp_
     assert main(["eval", "--policy", str(bundle), "--task", "lift_bar", "--episodes", "1", "--max-steps", "16",
                  "--json", str(report)]) == 0
     assert len(json.loads(report.read_text())["episodes"][0]["chosen_index"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# The VLAs: pi0, pi0.5 and SmolVLA, tiny and random, with a word-level stand-in for their tokenizers.
+
+@pytest.fixture(scope="module")
+def vlas(tmp_path_factory):
+    """{family: (checkpoint, tokenizer folder, bundle)}; pi0 and pi05 shrunk by `tiny_pi` for the module."""
+    from lerobot_checkpoints import pi_checkpoint, smolvla_checkpoint, tiny_pi, tiny_vlm, word_tokenizer
+    from policies.lerobot import import_lerobot
+    from policies.manifest import ALOHA_JOINTS
+
+    patch = pytest.MonkeyPatch()
+    tiny_pi(patch)
+    root = tmp_path_factory.mktemp("vla")
+    tok = word_tokenizer(root / "tokenizer")
+    vlm = tiny_vlm(root / "vlm", tok)
+    made = {"pi0": (pi_checkpoint(root / "pi0", tok, kind="pi0"), tok),
+            "pi05": (pi_checkpoint(root / "pi05", tok, kind="pi05", cameras=("cam_high",)), tok),
+            "smolvla": (smolvla_checkpoint(root / "smolvla", vlm), vlm)}
+    out = {name: (ck, folder, import_lerobot(ck, root / f"{name}-bundle", joint_names=ALOHA_JOINTS, fps=50,
+                                             tokenizer=folder if name != "smolvla" else None))
+           for name, (ck, folder) in made.items()}
+    yield out
+    patch.undo()
+
+
+def vla_reference(checkpoint, tokenizer, frame, state, task, noise):
+    """LeRobot's chunks (robot units) and the input of action_out_proj at the last step, per candidate."""
+    import torch
+
+    from lerobot.policies.factory import make_pre_post_processors
+    from policies.lerobot import build_policy, read_checkpoint
+
+    ck = read_checkpoint(checkpoint)
+    policy = build_policy(ck)
+    overrides = {} if ck.type == "smolvla" else {"tokenizer_processor": {"tokenizer_name": str(tokenizer)}}
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(checkpoint),
+                                         preprocessor_overrides=overrides)
+    batch = {f"observation.images.{name}": torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255
+             for name, image in frame.items()}
+    batch.update({"observation.state": torch.from_numpy(state)[None], "task": [task]})
+    captured = []
+    policy.model.action_out_proj.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+    chunks, features = [], []
+    for i in range(noise.shape[0]):
+        with torch.no_grad():
+            actions = policy.predict_action_chunk(pre(dict(batch)), noise=torch.from_numpy(noise[i:i + 1]))
+        chunks.append(post(actions)[0].numpy())
+        out = captured[-1][0]
+        features.append((out.mean(0) if ck.type == "smolvla" else out[0]).numpy())
+    return np.stack(chunks), np.stack(features)
+
+
+@pytest.mark.parametrize("family", ["pi0", "pi05", "smolvla"])
+def test_imported_vla_matches_lerobot(family, vlas):
+    checkpoint, tokenizer, bundle = vlas[family]
+    m = bundle.manifest
+    assert m.kind == "flow" and m.source["policy_type"] == family and m.noise_dims == (16, 32)
+    assert m.image_resize == ("pad_left_top" if family == "smolvla" else "pad_center")
+    engine = Engine(bundle, config=EngineConfig(return_candidates=True))
+    rng = np.random.default_rng(5)
+    frame = {c.name: rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8) for c in m.cameras}
+    state = rng.uniform(-1, 1, m.state_dim).astype(np.float32)
+    task = "pick up the red cube with the right arm"
+    for n in (1, 4, 16):
+        noise = rng.standard_normal((n, *m.noise_dims)).astype(np.float32)
+        decision = engine.infer(Observation(frame, state, task), noise=noise)
+        chunks, features = vla_reference(checkpoint, tokenizer, frame, state, task, noise)
+        assert decision.candidates.shape == chunks.shape == (n, 16, 14)
+        assert np.abs(decision.candidates - chunks).max() < TOL, f"{family} N={n}"
+        assert np.abs(decision.features - features).max() < TOL, f"{family} N={n}"
+    assert np.ptp(decision.candidates, axis=0).max() > 1e-2
+
+
+def test_pi05_writes_the_state_into_its_prompt(vlas):
+    """pi0.5's tokens change with the state (256 bins of the normalised state), pi0's do not."""
+    for family, changes in (("pi05", True), ("pi0", False)):
+        engine = Engine(vlas[family][2])
+        m = engine.manifest
+        frame = {c.name: np.zeros((c.height, c.width, 3), np.uint8) for c in m.cameras}
+        tokens = [engine.policy.preprocess(Observation(frame, np.full(m.state_dim, v, np.float32), "lift the bar"))
+                  ["tokens"] for v in (-0.5, 0.5)]
+        assert (not np.array_equal(*tokens)) == changes, family
+
+
+def test_vla_refusals(vlas, tmp_path):
+    from policies.lerobot import ImportRefused, import_lerobot
+
+    pi0 = vlas["pi0"][0]
+    with pytest.raises(ImportRefused, match="--tokenizer DIR"):
+        import_lerobot(pi0, tmp_path / "a", joint_names=tuple("abcdefghijklmn"), fps=50)
+    ck = shutil.copytree(pi0, tmp_path / "relative")
+    _edit_json(ck / "policy_preprocessor.json", lambda c: next(
+        s for s in c["steps"] if s["registry_name"] == "relative_actions_processor")["config"].update(enabled=True))
+    with pytest.raises(ImportRefused, match="relative actions"):
+        import_lerobot(ck, tmp_path / "b", joint_names=tuple("abcdefghijklmn"), fps=50, tokenizer=vlas["pi0"][1])
+    ck = shutil.copytree(vlas["smolvla"][0], tmp_path / "novlm")
+    _edit_json(ck / "config.json", lambda c: c.update(vlm_model_name="HuggingFaceTB/SmolVLM2-500M-Video-Instruct"))
+    with pytest.raises(ImportRefused, match="not a local folder"):
+        import_lerobot(ck, tmp_path / "c", joint_names=tuple("abcdefghijklmn"), fps=50)
+
+
+def test_an_imported_vla_runs_in_simulation(vlas, tmp_path):
+    from taco.cli import main
+
+    report = tmp_path / "eval.json"
+    bundle = vlas["smolvla"][2]
+    assert main(["eval", "--policy", str(bundle.path), "--n", "4", "--task", "transfer_cube", "--episodes", "1",
+                 "--max-steps", "16", "--json", str(report)]) == 0
+    assert len(json.loads(report.read_text())["episodes"][0]["chosen_index"]) == 2
