@@ -59,21 +59,39 @@ def example_inputs(cfg, batch: int = 1, n: int = 2, seed: int = 0):
     return images, state, tokens, noise
 
 
-def _export(module, args, path: Path, input_names, output_names, dynamic_axes, metadata: dict[str, str]):
+# Graphs whose weights exceed this many bytes keep them in one external file, `<graph>.onnx.data`, next to
+# the graph (protobuf caps one file at 2 GB: pi0's encoder holds about 11 GB in float32).
+EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+def _export(module, args, path: Path, input_names, output_names, dynamic_axes, metadata: dict[str, str],
+            external_above: int = EXTERNAL_DATA_BYTES) -> list[str]:
+    """Exports `module` to `path` and returns the names of the files written (the graph, and its external
+    data file when the weights are larger than `external_above` bytes)."""
     onnx = require("onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        # The TorchScript exporter: 10x faster to export than dynamo for these graphs and gives the same
-        # operators; parity tests guard the result.
-        torch.onnx.export(
-            module, args, str(path), input_names=input_names, output_names=output_names,
-            dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False,
-        )
+    path = Path(path)
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        traced = Path(scratch) / path.name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # The TorchScript exporter: 10x faster to export than dynamo for these graphs and gives the same
+            # operators; parity tests guard the result. Above 2 GB it writes one file per weight.
+            torch.onnx.export(
+                module, args, str(traced), input_names=input_names, output_names=output_names,
+                dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False,
+            )
+        model = onnx.load(str(traced))
     # Facts the manifest repeats are written into the graph too, so the runtime can prove they agree
     # (the manifest itself carries no checksum).
-    model = onnx.load(str(path))
     onnx.helper.set_model_props(model, metadata)
-    onnx.save(model, str(path))
+    weights = sum(len(t.raw_data) for t in model.graph.initializer)
+    if weights <= external_above:
+        onnx.save(model, str(path))
+        return [path.name]
+    data = f"{path.name}.data"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
+                    size_threshold=1024)
+    return [path.name, data]
 
 
 def graph_metadata(cfg, graph: str) -> dict[str, str]:

@@ -341,6 +341,19 @@ def _example_observation(ck: Checkpoint, names, history: int = 1):
     return images, state
 
 
+def _constant_time_embedding(original):
+    """LeRobot's sinusoidal time embedding, evaluated eagerly for a time that is the same for the whole
+    batch (each unrolled flow step's), and returned as a float32 constant expanded to the batch."""
+    torch = require("torch")
+
+    def embedding(time, dimension, min_period, max_period, device="cpu"):
+        value = torch.full((1,), float(time.reshape(-1)[0]), dtype=torch.float32)  # a constant of the trace
+        table = original(value, dimension, min_period=min_period, max_period=max_period, device=torch.device("cpu"))
+        return table.to(torch.float32).expand(time.shape[0], dimension)
+
+    return embedding
+
+
 def _diffusion_plan(policy, ck: Checkpoint, names) -> Plan:
     """The encoder and sampler of a LeRobot Diffusion Policy, calling its own code."""
     torch = require("torch")
@@ -655,15 +668,18 @@ class Plan:
 
 def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tuple[str, ...] | None = None,
                    fps: float | None = None, dataset: str | Path | None = None, tokenizer: str | Path | None = None,
-                   name: str | None = None, overwrite: bool = False):
+                   name: str | None = None, overwrite: bool = False, external_data_above: int | None = None):
     """Imports a LeRobot checkpoint folder as a validated policy bundle at `out` (returned loaded).
 
     Joint names and the control rate come from `dataset` (a LeRobotDataset folder: meta/info.json) or from
     `joint_names` and `fps`; LeRobot checkpoints do not store them. `tokenizer`: a local folder with the
     tokenizer.json of the VLA's tokenizer (pi0 and pi05 name PaliGemma's, which is not downloaded).
+    `external_data_above`: weights above this many bytes go to `<graph>.onnx.data` (default: 1.5 GB).
     """
     torch = require("torch")
-    from policies.export import OPSET, _export
+    from policies.export import EXTERNAL_DATA_BYTES, OPSET, _export
+
+    external = EXTERNAL_DATA_BYTES if external_data_above is None else external_data_above
 
     ck = read_checkpoint(checkpoint)
     names, rate = _names_and_rate(ck, joint_names, fps, dataset)
@@ -690,17 +706,17 @@ def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tupl
         with torch.no_grad(), _exportable(ck.type):
             prefix = plan.encoder(*plan.encoder_args)
             prefix = prefix if isinstance(prefix, tuple) else (prefix,)
-            _export(plan.encoder, plan.encoder_args, tmp / "encoder.onnx", plan.encoder_inputs, list(plan.prefix),
-                    {k: {0: "batch"} for k in [*plan.encoder_inputs, *plan.prefix]},
-                    {"taco.graph": "encoder", **facts})
+            written = _export(plan.encoder, plan.encoder_args, tmp / "encoder.onnx", plan.encoder_inputs,
+                              list(plan.prefix), {k: {0: "batch"} for k in [*plan.encoder_inputs, *plan.prefix]},
+                              {"taco.graph": "encoder", **facts}, external)
             args, inputs = (*prefix, noise), [*plan.prefix, "noise"]
             axes = {"noise": {0: "n"}, "chunks": {0: "n"}, "features": {0: "n"}}
             if plan.step_noise:
                 args += (torch.randn(plan.num_steps - 1, n, *plan.noise_shape, generator=g),)
                 inputs.append("step_noise")
                 axes["step_noise"] = {1: "n"}
-            _export(plan.sampler, args, tmp / "sampler.onnx", inputs, ["chunks", "features"], axes,
-                    {"taco.graph": "sampler", **facts})
+            written += _export(plan.sampler, args, tmp / "sampler.onnx", inputs, ["chunks", "features"], axes,
+                               {"taco.graph": "sampler", **facts}, external)
         for file, source in plan.files.items():
             shutil.copyfile(source, tmp / file)
         manifest = PolicyManifest(
@@ -717,7 +733,7 @@ def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tupl
             sampler="unrolled",
             normalization=normalization(ck),
             tokenizer=plan.tokenizer,
-            files=hash_files(tmp, ["encoder.onnx", "sampler.onnx", *plan.files]),
+            files=hash_files(tmp, [*written, *plan.files]),
             model_config={"lerobot_config": ck.config},
             provenance={"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -746,7 +762,10 @@ def _exportable(kind: str):
     - ONNX's CumSum takes no booleans, and LeRobot takes cumulative sums of boolean masks: cast to int64;
     - SmolVLM's vision tower: `create_bidirectional_mask` mistakes the traced length for a cache position
       (LeRobot never masks patches), and its position ids come from bucketize and a boolean scatter that
-      do not export; for a full image (always, after LeRobot's resize with padding) they are 0..patches-1.
+      do not export; for a full image (always, after LeRobot's resize with padding) they are 0..patches-1;
+    - the VLAs' time embedding is computed in float64 from each step's (constant) time: it is computed
+      here instead, in float64 as LeRobot does, and enters the graph as the float32 constant LeRobot casts
+      it to, so the sampler holds no float64 node (TensorRT has none).
     """
     require("torch")
     from torch.onnx import register_custom_op_symbolic, unregister_custom_op_symbolic
@@ -767,6 +786,12 @@ def _exportable(kind: str):
 
         patches = [(smolvlm, "create_bidirectional_mask", lambda **kwargs: None),
                    (smolvlm.SmolVLMVisionEmbeddings, "forward", embeddings)]
+    if kind in ("pi0", "pi05", "smolvla"):
+        import importlib
+
+        module = importlib.import_module(f"lerobot.policies.{kind}.modeling_{kind}")
+        patches.append((module, "create_sinusoidal_pos_embedding",
+                        _constant_time_embedding(module.create_sinusoidal_pos_embedding)))
     saved = [(owner, attr, getattr(owner, attr)) for owner, attr, _ in patches]
     for owner, attr, value in patches:
         setattr(owner, attr, value)

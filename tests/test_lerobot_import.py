@@ -99,6 +99,7 @@ def test_imported_diffusion_policy_matches_lerobot(name, checkpoints, imported):
         assert np.abs(decision.features - features).max() < TOL, f"{name} N={n}"
     # The chunks depend on the inputs: parity on a constant would prove nothing.
     assert np.ptp(decision.candidates, axis=0).max() > 1e-2
+    assert not float64_in(bundle)
 
 
 def test_ddpm_draws_its_per_step_noise_from_the_seed(imported):
@@ -129,8 +130,18 @@ def test_history_repeats_the_first_observation_until_it_is_full(imported):
     assert len(engine.history) == 0
 
 
-def _copy(checkpoint, tmp_path):
-    return shutil.copytree(checkpoint, tmp_path / "ck")
+def float64_in(bundle) -> list[str]:
+    """Graph nodes or weights of float64 (which TensorRT does not run)."""
+    import onnx
+
+    found = []
+    for name in bundle.manifest.files:
+        if name.endswith(".onnx"):
+            model = onnx.load(str(bundle.path / name), load_external_data=False)
+            found += [f"{name}:{n.name}" for n in model.graph.node
+                      if any(a.name == "to" and a.i == onnx.TensorProto.DOUBLE for a in n.attribute)]
+            found += [f"{name}:{t.name}" for t in model.graph.initializer if t.data_type == onnx.TensorProto.DOUBLE]
+    return found
 
 
 def _edit_json(path, edit):
@@ -347,6 +358,7 @@ def test_imported_vla_matches_lerobot(family, vlas):
         assert np.abs(decision.candidates - chunks).max() < TOL, f"{family} N={n}"
         assert np.abs(decision.features - features).max() < TOL, f"{family} N={n}"
     assert np.ptp(decision.candidates, axis=0).max() > 1e-2
+    assert not float64_in(bundle), "the time embedding must enter as float32 constants"
 
 
 def test_pi05_writes_the_state_into_its_prompt(vlas):
@@ -385,3 +397,22 @@ def test_an_imported_vla_runs_in_simulation(vlas, tmp_path):
     assert main(["eval", "--policy", str(bundle.path), "--n", "4", "--task", "transfer_cube", "--episodes", "1",
                  "--max-steps", "16", "--json", str(report)]) == 0
     assert len(json.loads(report.read_text())["episodes"][0]["chosen_index"]) == 2
+
+
+def test_large_weights_go_to_one_external_data_file(checkpoints, imported, tmp_path):
+    """Above the threshold (1.5 GB by default; 0 here) each graph's weights go to `<graph>.onnx.data`,
+    hashed in the manifest like the graphs, and the bundle computes exactly what the single-file one does."""
+    from policies.lerobot import import_lerobot
+    from policies.manifest import ALOHA_JOINTS
+
+    bundle = import_lerobot(checkpoints["ddpm"], tmp_path / "external", joint_names=ALOHA_JOINTS, fps=50,
+                            external_data_above=0)
+    assert set(bundle.manifest.files) == {"encoder.onnx", "encoder.onnx.data", "sampler.onnx", "sampler.onnx.data"}
+    assert (tmp_path / "external" / "encoder.onnx").stat().st_size < 1_000_000  # the graph without its weights
+    frames, states = _observations(bundle.manifest, np.random.default_rng(0))
+    obs = Observation(frames[0], states[0], "unused")
+    a, b = (Engine(x).infer(obs, n=3, seed=4) for x in (bundle, imported["ddpm"]))
+    np.testing.assert_array_equal(a.chunk, b.chunk)
+    (tmp_path / "external" / "sampler.onnx.data").write_bytes(b"tampered")
+    with pytest.raises(Exception, match="files.sampler.onnx.data"):
+        Engine(tmp_path / "external")
