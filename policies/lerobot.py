@@ -7,12 +7,14 @@ that do not account for every key of the model, feature names that do not match.
 with LeRobot's own classes (offline: no hub, no pretrained backbone download), wrapped in two graphs that
 call LeRobot's own code, and exported:
 
-- `encoder.onnx`: the observation (history) -> the prefix the sampler takes (Diffusion Policy: the global
-  conditioning vector, `global_cond: float32[B, D]`; image normalisation is inside the graph);
+- `encoder.onnx`: the observation (history) -> the prefix the sampler takes: Diffusion Policy's global
+  conditioning vector `global_cond: float32[B, D]`, or a VLA's KV cache `prefix_kv` with `prefix_mask`
+  (image normalisation and LeRobot's image resizing are inside the graph);
 - `sampler.onnx`: the prefix shared by N candidates + their noise -> the chunk the robot executes and the
   verifier feature per candidate.
 
-Needs the `train` extra (torch, lerobot with its diffusion dependencies).
+Families: `diffusion` (DDIM, DDPM), `pi0`, `pi05`, `smolvla`. Needs the `train` extra (torch, lerobot with
+its diffusion, pi and smolvla dependencies).
 """
 
 from __future__ import annotations
@@ -39,9 +41,8 @@ from policies.tokenizer import NoTokenizer
 
 # The LeRobot release whose code and checkpoint format this importer reads.
 LEROBOT_VERSION = "0.6.1"
-# Policy types that sample actions from noise, and those this importer exports so far.
+# Policy types that sample actions from noise (flow or diffusion), which this importer exports.
 SAMPLER_TYPES = ("diffusion", "pi0", "pi05", "smolvla")
-SUPPORTED_TYPES = SAMPLER_TYPES
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
@@ -153,9 +154,6 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if kind not in SAMPLER_TYPES:
         raise ImportRefused("config.json.type", f"{kind!r} is not a flow or diffusion sampler "
                                                 f"(importable types: {', '.join(SAMPLER_TYPES)})")
-    if kind not in SUPPORTED_TYPES:
-        raise ImportRefused("config.json.type", f"{kind!r} is not supported by this version of the importer yet "
-                                                f"(supported: {', '.join(SUPPORTED_TYPES)})")
     pre = _read_json(folder / "policy_preprocessor.json", "policy_preprocessor.json").get("steps", [])
     post = _read_json(folder / "policy_postprocessor.json", "policy_postprocessor.json").get("steps", [])
     for steps, known, where in ((pre, KNOWN_STEPS[kind][0], "policy_preprocessor.json"),
@@ -339,6 +337,44 @@ def _example_observation(ck: Checkpoint, names, history: int = 1):
     images = [torch.rand(1, *t_axis, *shape, generator=g) for _, shape in ck.cameras]
     state = torch.rand(1, *t_axis, len(names["state"]), generator=g) * 2 - 1
     return images, state
+
+
+# Attention masks: LeRobot masks with -2.38e38 (openpi's constant) or float32's lowest value, which become
+# -inf in float16 and turn a fully masked row (a padding token's) into NaN, which its keys and values then
+# carry into every later layer. -1e4 masks exactly as well in float32 (exp underflows to 0 either way) and
+# survives float16 (TensorRT's FP16 engines).
+MASK_VALUE = -1e4
+_HUGE_NEGATIVE = -1e30
+
+
+def _fp16_safe_masks(path: Path) -> int:
+    """Replaces constants of -1e30 or below in an exported graph by MASK_VALUE; returns how many."""
+    onnx = require("onnx")
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    replaced = 0
+
+    def fix(tensor):
+        nonlocal replaced
+        if tensor.data_type != onnx.TensorProto.FLOAT or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            return tensor
+        value = numpy_helper.to_array(tensor)
+        huge = value <= _HUGE_NEGATIVE
+        if not huge.any():
+            return tensor
+        replaced += int(huge.sum())
+        return numpy_helper.from_array(np.where(huge, np.float32(MASK_VALUE), value).astype(np.float32), tensor.name)
+
+    for node in model.graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                attr.t.CopyFrom(fix(attr.t))
+    for i, init in enumerate(model.graph.initializer):
+        model.graph.initializer[i].CopyFrom(fix(init))
+    if replaced:
+        onnx.save(model, str(path))  # external weights, if any, stay where they are
+    return replaced
 
 
 def _constant_time_embedding(original):
@@ -717,6 +753,8 @@ def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tupl
                 axes["step_noise"] = {1: "n"}
             written += _export(plan.sampler, args, tmp / "sampler.onnx", inputs, ["chunks", "features"], axes,
                                {"taco.graph": "sampler", **facts}, external)
+        for graph in ("encoder.onnx", "sampler.onnx"):
+            _fp16_safe_masks(tmp / graph)
         for file, source in plan.files.items():
             shutil.copyfile(source, tmp / file)
         manifest = PolicyManifest(

@@ -2,7 +2,10 @@
 
 The naive baseline does what TACO's reference release does: PyTorch eager, the observation replicated
 N times, the prefix encoded N times (one batch of N), then N candidates sampled, each against its own
-prefix copy. Both run in this process, interleaved round by round, so machine noise hits both alike.
+prefix copy. For a bundle imported from LeRobot (`--lerobot CHECKPOINT`), the baselines are LeRobot's own
+inference (preprocessor -> predict_action_chunk -> postprocessor): called N times, as a user does today,
+and once with the observation repeated N times in one batch (TACO's release). All run in this process,
+interleaved round by round, so machine noise hits them alike.
 """
 
 from __future__ import annotations
@@ -44,12 +47,18 @@ class BenchConfig:
     threads: int = 1
     # Run the PyTorch eager baseline (needs torch and the model's weights).
     naive: bool = True
+    # The LeRobot checkpoint a `bundle` was imported from: LeRobot's own inference as the baselines.
+    lerobot: str | None = None
+    # Its tokenizer folder (pi0/pi05) or VLM folder (SmolVLA), as given to `taco import lerobot`.
+    tokenizer: str | None = None
     # Hidden width of the CFN-shaped benchmark verifier.
     verifier_hidden: int = 256
     seed: int = 0
     notes: list = field(default_factory=list)
 
     def __post_init__(self):
+        if self.lerobot is not None and self.bundle is None:
+            raise ValueError("lerobot: give the bundle imported from that checkpoint too (--bundle)")
         if not self.ns or any(n < 1 for n in self.ns):
             raise ValueError(f"ns: candidate counts must be >= 1, got {self.ns}")
         if self.iters < 1 or self.warmup < 0:
@@ -96,6 +105,54 @@ class _Naive:
         return ms
 
 
+class _LeRobot:
+    """LeRobot's own inference on the checkpoint a bundle was imported from: its preprocessor,
+    `predict_action_chunk(batch, noise=...)` and postprocessor, on the observation the engine gets."""
+
+    def __init__(self, checkpoint: str, tokenizer: str | None, manifest):
+        import torch
+        from lerobot.policies.factory import make_pre_post_processors
+
+        from policies.lerobot import build_policy, read_checkpoint
+
+        ck = read_checkpoint(checkpoint)
+        self.torch, self.manifest = torch, manifest
+        self.policy = build_policy(ck, vlm=tokenizer if ck.type == "smolvla" else None)
+        overrides = {"tokenizer_processor": {"tokenizer_name": str(tokenizer)}} \
+            if tokenizer and ck.type in ("pi0", "pi05") else {}
+        self.pre, self.post = make_pre_post_processors(self.policy.config, pretrained_path=str(checkpoint),
+                                                       preprocessor_overrides=overrides)
+
+    def _batch(self, observation, n: int) -> dict:
+        torch = self.torch
+        t = self.manifest.history
+        batch = {}
+        for cam in self.manifest.cameras:
+            image = torch.from_numpy(observation.images[cam.name]).permute(2, 0, 1).float() / 255
+            batch[f"observation.images.{cam.name}"] = image.expand(n, t, *image.shape) if t > 1 else \
+                image.expand(n, *image.shape)
+        state = torch.from_numpy(np.asarray(observation.state, np.float32))
+        batch["observation.state"] = state.expand(n, t, *state.shape) if t > 1 else state.expand(n, *state.shape)
+        batch["task"] = [observation.task] * n
+        return batch
+
+    def __call__(self, observation, n: int, seed: int, together: bool) -> dict[str, float]:
+        torch = self.torch
+        noise = torch.from_numpy(np.random.default_rng(seed).standard_normal(
+            (n, *self.manifest.noise_dims)).astype(np.float32))
+        started = time.perf_counter()
+        with torch.inference_mode():
+            if together:
+                self.policy.reset()
+                self.post(self.policy.predict_action_chunk(self.pre(self._batch(observation, n)), noise=noise))
+            else:
+                for i in range(n):
+                    self.policy.reset()
+                    self.post(self.policy.predict_action_chunk(self.pre(self._batch(observation, 1)),
+                                                               noise=noise[i:i + 1]))
+        return {"total": (time.perf_counter() - started) * 1e3}
+
+
 def run_bench(config: BenchConfig, progress=print) -> dict:
     """Measures every configuration and returns the JSON-ready report (rows + summary)."""
     notes = list(config.notes)
@@ -112,8 +169,9 @@ def run_bench(config: BenchConfig, progress=print) -> dict:
         progress(f"exported a fresh {config.size} {config.kind} policy to {bundle.path}")
     else:
         bundle = load_policy_bundle(config.bundle)
-        cfg = PolicyConfig.from_dict(bundle.manifest.model_config) if bundle.manifest.model_config else None
-        if config.naive:
+        ours = bundle.manifest.model_config and not bundle.manifest.source
+        cfg = PolicyConfig.from_dict(bundle.manifest.model_config) if ours else None
+        if config.naive and config.lerobot is None:
             notes.append("naive baseline skipped: a bundle holds ONNX graphs only, not the torch weights")
     from verifiers.bundle import write_verifier_bundle
     from verifiers.synthetic import mlp_verifier_onnx
@@ -126,7 +184,9 @@ def run_bench(config: BenchConfig, progress=print) -> dict:
     session = SessionConfig(provider=config.provider, intra_op_threads=config.threads)
     plain = Engine(bundle, config=EngineConfig(session=session))
     verified = Engine(bundle, verifier=verifier_path, config=EngineConfig(session=session))
-    observation = make_example_observation(bundle.manifest, seed=config.seed, image_size=(480, 640))
+    # A robot's 480x640 frames; LeRobot takes the dataset's size, so then both get that.
+    size = None if config.lerobot else (480, 640)
+    observation = make_example_observation(bundle.manifest, seed=config.seed, image_size=size)
 
     runners = {}
     for n in config.ns:
@@ -139,6 +199,16 @@ def run_bench(config: BenchConfig, progress=print) -> dict:
         naive = _Naive(policy, plain, verified.verifier)
         for n in config.ns:
             runners[("naive", n, True)] = lambda n=n: naive(observation, n, config.seed)
+
+    if config.lerobot is not None:
+        import torch
+
+        torch.set_num_threads(config.threads)
+        lerobot = _LeRobot(config.lerobot, config.tokenizer, bundle.manifest)
+        for n in config.ns:
+            runners[("lerobot-calls", n, False)] = lambda n=n: lerobot(observation, n, config.seed, together=False)
+            runners[("lerobot-batch", n, False)] = lambda n=n: lerobot(observation, n, config.seed, together=True)
+        progress(f"LeRobot baseline: {config.lerobot}")
 
     samples: dict[tuple, dict[str, list[float]]] = {key: {s: [] for s in STAGES} for key in runners}
     for _ in range(config.warmup):
@@ -172,6 +242,10 @@ def run_bench(config: BenchConfig, progress=print) -> dict:
         summary["ratio_n16_over_n1"] = p50("runtime", 16, True) / p50("runtime", 1, False)
     if 16 in config.ns and p50("naive", 16, True) is not None:
         summary["speedup_over_naive_n16"] = p50("naive", 16, True) / p50("runtime", 16, True)
+    if 16 in config.ns and p50("lerobot-calls", 16, False) is not None:
+        summary["speedup_over_lerobot_calls_n16"] = p50("lerobot-calls", 16, False) / p50("runtime", 16, False)
+        summary["speedup_over_lerobot_batch_n16"] = p50("lerobot-batch", 16, False) / p50("runtime", 16, False)
+        summary["runtime_ratio_n16_over_n1"] = p50("runtime", 16, False) / p50("runtime", 1, False)
     if cfg is not None:
         enc_f, cand_f = encoder_flops(cfg), candidate_flops(cfg)
         summary["encoder_mflops"] = enc_f / 1e6
@@ -201,11 +275,11 @@ def run_bench(config: BenchConfig, progress=print) -> dict:
 
 def format_table(report: dict) -> str:
     """The report as a fixed-width table: one row per (impl, N, verifier), p50/p99 per stage in ms."""
-    head = f"{'impl':<8} {'N':>3} {'verif':>5} " + " ".join(f"{s:>15}" for s in STAGES)
-    lines = [head, " " * 19 + " ".join(f"{'p50 / p99 ms':>15}" for _ in STAGES), "-" * len(head)]
-    for r in sorted(report["rows"], key=lambda r: (r["n"], r["impl"] != "runtime", r["verifier"])):
+    head = f"{'impl':<13} {'N':>3} {'verif':>5} " + " ".join(f"{s:>15}" for s in STAGES)
+    lines = [head, " " * 24 + " ".join(f"{'p50 / p99 ms':>15}" for _ in STAGES), "-" * len(head)]
+    for r in sorted(report["rows"], key=lambda r: (r["n"], r["impl"] != "runtime", r["impl"], r["verifier"])):
         cells = " ".join(f"{r[s]['p50']:>7.2f}/{r[s]['p99']:<7.2f}" for s in STAGES)
-        lines.append(f"{r['impl']:<8} {r['n']:>3} {'yes' if r['verifier'] else 'no':>5} {cells}")
+        lines.append(f"{r['impl']:<13} {r['n']:>3} {'yes' if r['verifier'] else 'no':>5} {cells}")
     lines.append("")
     for key, value in report["summary"].items():
         lines.append(f"{key:<34} {value:.3f}" if isinstance(value, float) else f"{key:<34} {value}")

@@ -61,7 +61,8 @@ def cmd_bench(args) -> int:
 
     iters, warmup = (args.iters or 10, 2) if args.quick else (args.iters or 50, 5)
     config = BenchConfig(ns=args.n, iters=iters, warmup=warmup, bundle=args.bundle, kind=args.kind, size=args.size,
-                         provider=args.provider, threads=args.threads, naive=not args.no_naive)
+                         provider=args.provider, threads=args.threads, naive=not args.no_naive,
+                         lerobot=args.lerobot, tokenizer=args.tokenizer)
     report = run_bench(config, progress=lambda msg: print(msg, file=sys.stderr))
     print(format_table(report))
     if args.json:
@@ -86,5 +87,8 @@ def register(cli) -> None:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime and torch intra-op threads")
     p.add_argument("--provider", choices=("cpu", "cuda", "tensorrt", "auto"), default="cpu")
     p.add_argument("--no-naive", action="store_true", help="skip the PyTorch baseline")
+    p.add_argument("--lerobot", default=None, metavar="CHECKPOINT",
+                   help="with --bundle imported from it: LeRobot's own inference as the baselines")
+    p.add_argument("--tokenizer", default=None, metavar="DIR", help="as given to taco import lerobot")
     p.add_argument("--json", default=None, help="write every row and the summary to this file")
     p.add_argument("--quick", action="store_true", help="fewer rounds: under a minute")

@@ -99,7 +99,7 @@ def test_imported_diffusion_policy_matches_lerobot(name, checkpoints, imported):
         assert np.abs(decision.features - features).max() < TOL, f"{name} N={n}"
     # The chunks depend on the inputs: parity on a constant would prove nothing.
     assert np.ptp(decision.candidates, axis=0).max() > 1e-2
-    assert not float64_in(bundle)
+    assert not not_fp16_safe(bundle)
 
 
 def test_ddpm_draws_its_per_step_noise_from_the_seed(imported):
@@ -130,8 +130,9 @@ def test_history_repeats_the_first_observation_until_it_is_full(imported):
     assert len(engine.history) == 0
 
 
-def float64_in(bundle) -> list[str]:
-    """Graph nodes or weights of float64 (which TensorRT does not run)."""
+def not_fp16_safe(bundle) -> list[str]:
+    """Graph nodes or weights of float64 (which TensorRT does not run), or constants below float16's
+    range (masks that would become -inf, and NaN on a fully masked row, in an FP16 engine)."""
     import onnx
 
     found = []
@@ -141,6 +142,10 @@ def float64_in(bundle) -> list[str]:
             found += [f"{name}:{n.name}" for n in model.graph.node
                       if any(a.name == "to" and a.i == onnx.TensorProto.DOUBLE for a in n.attribute)]
             found += [f"{name}:{t.name}" for t in model.graph.initializer if t.data_type == onnx.TensorProto.DOUBLE]
+            tensors = [a.t for n in model.graph.node for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+            tensors += [t for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+            found += [f"{name}:{t.name} below float16" for t in tensors if t.data_type == onnx.TensorProto.FLOAT
+                      and (onnx.numpy_helper.to_array(t) < -65504).any()]
     return found
 
 
@@ -358,7 +363,7 @@ def test_imported_vla_matches_lerobot(family, vlas):
         assert np.abs(decision.candidates - chunks).max() < TOL, f"{family} N={n}"
         assert np.abs(decision.features - features).max() < TOL, f"{family} N={n}"
     assert np.ptp(decision.candidates, axis=0).max() > 1e-2
-    assert not float64_in(bundle), "the time embedding must enter as float32 constants"
+    assert not not_fp16_safe(bundle), "no float64, and masks within float16's range"
 
 
 def test_pi05_writes_the_state_into_its_prompt(vlas):
@@ -416,3 +421,14 @@ def test_large_weights_go_to_one_external_data_file(checkpoints, imported, tmp_p
     (tmp_path / "external" / "sampler.onnx.data").write_bytes(b"tampered")
     with pytest.raises(Exception, match="files.sampler.onnx.data"):
         Engine(tmp_path / "external")
+
+
+def test_bench_measures_the_engine_beside_lerobot_itself(checkpoints, imported):
+    from runtime.bench import BenchConfig, format_table, run_bench
+
+    report = run_bench(BenchConfig(ns=(1, 2), iters=1, warmup=0, bundle=str(imported["ddim"].path),
+                                   lerobot=str(checkpoints["ddim"])), progress=lambda msg: None)
+    impls = {(r["impl"], r["n"]) for r in report["rows"]}
+    assert {("lerobot-calls", 2), ("lerobot-batch", 2), ("runtime", 2)} <= impls
+    assert all(r["total"]["p50"] > 0 for r in report["rows"])
+    assert "lerobot-calls" in format_table(report) and not report["notes"]
