@@ -266,7 +266,23 @@ def test_normalisation_modes_convert_exactly(mode):
     np.testing.assert_allclose(theirs * std + mean, back.numpy(), rtol=1e-5, atol=1e-4)
 
 
-def test_lerobot_train_on_a_taco_dataset_then_import_and_eval(tiny_dataset, tmp_path, capsys):
+def _trainer_flags(family: str, tmp_path: Path) -> list[str]:
+    """A few-step `lerobot-train` of each family on a 32x32 camera: a small UNet for diffusion, SmolVLA on a
+    local four-layer VLM (`tiny_vlm`) instead of SmolVLM2 from the hub."""
+    if family == "diffusion":
+        return ["--policy.type=diffusion", "--policy.pretrained_backbone_weights=null", "--policy.use_group_norm=true",
+                "--policy.down_dims=[16,32]", "--policy.crop_shape=[24,24]", "--policy.num_inference_steps=3",
+                "--policy.noise_scheduler_type=DDIM", "--policy.horizon=16", "--policy.n_action_steps=8"]
+    from lerobot_checkpoints import tiny_vlm, word_tokenizer
+
+    vlm = tiny_vlm(tmp_path / "vlm", word_tokenizer(tmp_path / "tokenizer"))
+    return ["--policy.type=smolvla", f"--policy.vlm_model_name={vlm}", "--policy.load_vlm_weights=false",
+            "--policy.num_vlm_layers=4", "--policy.num_expert_layers=-1", "--policy.resize_imgs_with_padding=[64,64]",
+            "--policy.chunk_size=16", "--policy.n_action_steps=8", "--policy.tokenizer_max_length=16"]
+
+
+@pytest.mark.parametrize("family", ["diffusion", "smolvla"])
+def test_lerobot_train_on_a_taco_dataset_then_import_and_eval(family, tiny_dataset, tmp_path, capsys):
     """LeRobot's own trainer on a dataset `taco record` wrote, a few steps, then the checkpoint it leaves is
     imported (names and rate from the dataset) and evaluated in simulation."""
     from taco.cli import main
@@ -274,18 +290,17 @@ def test_lerobot_train_on_a_taco_dataset_then_import_and_eval(tiny_dataset, tmp_
     trainer = Path(sys.executable).parent / "lerobot-train"
     out = tmp_path / "train"
     result = subprocess.run(
-        [str(trainer), "--policy.type=diffusion", "--dataset.repo_id=taco/lift", f"--dataset.root={tiny_dataset}",
+        [str(trainer), "--dataset.repo_id=taco/lift", f"--dataset.root={tiny_dataset}",
          "--dataset.video_backend=pyav", "--steps=2", "--batch_size=2", f"--output_dir={out}",
          "--policy.push_to_hub=false", "--wandb.enable=false", "--policy.device=cpu", "--num_workers=0",
-         "--policy.pretrained_backbone_weights=null", "--policy.use_group_norm=true", "--save_freq=2",
-         "--policy.down_dims=[16,32]", "--policy.crop_shape=[24,24]", "--policy.num_inference_steps=3",
-         "--policy.noise_scheduler_type=DDIM", "--policy.horizon=16", "--policy.n_action_steps=8"],
+         "--save_freq=2", *_trainer_flags(family, tmp_path)],
         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = out / "checkpoints" / "last" / "pretrained_model"
     bundle = tmp_path / "bundle"
     assert main(["import", "lerobot", str(checkpoint), "--dataset", str(tiny_dataset), "--out", str(bundle)]) == 0
     assert "left_waist" in capsys.readouterr().out  # joint names from the dataset
+    assert json.loads((bundle / "manifest.json").read_text())["source"]["policy_type"] == family
     report = tmp_path / "eval.json"
     assert main(["eval", "--policy", str(bundle), "--task", "lift_bar", "--episodes", "1", "--max-steps", "16",
                  "--json", str(report)]) == 0
