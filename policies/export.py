@@ -139,7 +139,8 @@ def export_bundle(
     normalization = normalization or Normalization.identity(len(cfg.state_names), len(cfg.action_names))
     policy = policy.eval()
     # Write into a temporary sibling and rename, so an interrupted export never leaves a half bundle.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)  # the temporary sibling must be on the same filesystem
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         images, state, tokens, noise = example_inputs(cfg)
         cam_inputs = [f"image_{c.name}" for c in cfg.cameras]

@@ -734,7 +734,8 @@ def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tupl
     facts = {"taco.kind": plan.kind, "taco.num_steps": str(plan.num_steps),
              "taco.chunk_length": str(plan.chunk_length), "taco.feature_dim": str(plan.feature_dim),
              "taco.source": f"lerobot {LEROBOT_VERSION} {ck.type}"}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)  # the temporary sibling must be on the same filesystem
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         g = torch.Generator().manual_seed(0)
         n = 2

@@ -25,10 +25,11 @@ from policies.preprocess import Preprocessor
 SessionFactory = Callable[[Path], ort.InferenceSession]
 
 
-def cpu_session(path: Path) -> ort.InferenceSession:
-    """One CPU thread, spinning off: the session used when the caller sets no provider."""
+def cpu_session(path: Path, threads: int = 1) -> ort.InferenceSession:
+    """One CPU thread (or `threads` intra-op threads), spinning off: the session used when the caller sets no
+    provider."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
@@ -227,6 +228,20 @@ class History:
         with self._lock:
             self._frames.clear()
             self._stamps.clear()
+
+    def snapshot(self) -> tuple:
+        """The observations kept now, to `restore` later (the frames are not copied: they are never
+        changed in place)."""
+        with self._lock:
+            return tuple(self._frames), tuple(self._stamps)
+
+    def restore(self, snapshot: tuple) -> None:
+        frames, stamps = snapshot
+        with self._lock:
+            self._frames.clear()
+            self._stamps.clear()
+            self._frames.extend(frames)
+            self._stamps.extend(stamps)
 
     def __len__(self) -> int:
         return len(self._frames)

@@ -54,6 +54,25 @@ def cmd_record(args) -> int:
     return 0
 
 
+def cmd_collect_outcomes(args) -> int:
+    from sim.outcomes import OutcomeConfig, collect_outcomes
+
+    names = tasks(args.task)
+    if len(names) != 1:
+        raise ValueError(f"task: one task per outcome file, got {args.task!r}")
+    config = OutcomeConfig(policy=args.policy, task=names[0], seed=args.seed,
+                           episodes=min(args.episodes, 2) if args.quick else args.episodes,
+                           n=min(args.n, 4) if args.quick else args.n, every=args.every, execute=args.execute,
+                           max_steps=args.max_steps, workers=args.workers)
+    outcomes = collect_outcomes(config, args.out)
+    ok = outcomes.success.reshape(-1, outcomes.n)
+    differ = int((ok.any(1) & ~ok.all(1)).sum())
+    print(f"labelled {outcomes.groups()} states x {outcomes.n} candidates in {config.episodes} episodes "
+          f"(N=1 succeeded in {sum(outcomes.meta['episode_success'])}); candidates succeeded {ok.mean():.3f}, "
+          f"{differ} states where some succeed and some fail; wrote {Path(args.out) / 'outcomes.npz'}")
+    return 0
+
+
 def cmd_artifacts(args) -> int:
     from sim.pipeline import ArtifactsConfig, build_artifacts
 
@@ -153,6 +172,22 @@ def register(cli) -> None:
                    help="DART-style: perturb executed joints by this std (rad), record the unperturbed actions")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quick", action="store_true", help="2 episodes per task (for tests)")
+
+    p = cli.add("collect-outcomes", "label N candidates per visited state with what happens when executed "
+                                    "(success, best stage), for --kind outcome verifiers (rerun to resume)",
+                run=cmd_collect_outcomes, extras=("sim",))
+    p.add_argument("--policy", required=True, help="'default' or a policy bundle")
+    p.add_argument("--task", required=True, help="one task name")
+    p.add_argument("--episodes", type=int, default=20, help="episodes (episode i uses seed S+i)")
+    p.add_argument("--seed", type=int, default=300_000,
+                   help="first episode seed (keep apart from the evaluation seeds, 100000-)")
+    p.add_argument("--n", type=int, default=16, help="candidates per labelled state")
+    p.add_argument("--every", type=int, default=4, help="label every EVERY-th decision of the N=1 episode")
+    p.add_argument("--execute", type=int, default=8, help="actions executed per chunk before replanning")
+    p.add_argument("--max-steps", type=int, default=None, help="steps per episode (default: the task's)")
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--out", required=True, help="folder: per-episode labels (resumable) and outcomes.npz")
+    p.add_argument("--quick", action="store_true", help="2 episodes, n at most 4 (for tests)")
 
     p = cli.add("artifacts", "record (clean + DART recovery episodes) -> train policies -> features -> verifiers "
                              "(rerun to resume)", run=cmd_artifacts, extras=("sim", "train"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,13 +39,15 @@ class LazyImages(Mapping):
     def __init__(self, env: "AlohaSimEnv", step: int):
         self._env, self._step, self._cache = env, step, {}
         self._episode_of_creation = env.episode
+        self._branch_of_creation = env.branch
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self._cache:
             cam = next((c for c in self._env.spec.cameras if c.name == name), None)
             if cam is None:
                 raise KeyError(name)
-            if self._env.steps != self._step or self._env.episode != self._episode_of_creation:
+            if (self._env.steps != self._step or self._env.episode != self._episode_of_creation
+                    or self._env.branch != self._branch_of_creation):
                 raise RuntimeError(f"images[{name!r}] of step {self._step} are no longer available: the environment "
                                    f"has stepped on; read observation images before the next step")
             self._cache[name] = self._env.render(cam.name, cam.height, cam.width)
@@ -55,6 +58,21 @@ class LazyImages(Mapping):
 
     def __len__(self) -> int:
         return len(self._env.spec.cameras)
+
+
+@dataclass(frozen=True)
+class EnvSnapshot:
+    """Everything an `AlohaSimEnv` needs to continue exactly from one moment of an episode: MuJoCo's whole
+    `MjData` (the integration state and the quantities derived from it, which rendering and the task's
+    stage read) and the episode's counters."""
+
+    data: Any
+    steps: int
+    best_stage: int
+    final_streak: int
+    succeeded: bool
+    object_poses: np.ndarray
+    episode: int
 
 
 class AlohaSimEnv:
@@ -82,6 +100,8 @@ class AlohaSimEnv:
         self.final_streak, self.succeeded = 0, False
         # Episodes started so far (observations of an earlier episode are stale too).
         self.episode = 0
+        # Restores so far: an observation from before a restore is stale even at the same step.
+        self.branch = 0
         self.object_poses: np.ndarray | None = None
 
     def reset(self, seed: int) -> Observation:
@@ -118,6 +138,28 @@ class AlohaSimEnv:
         done = self.steps >= self.spec.max_steps or (self.succeeded and self.stop_on_success)
         info = {"stage": stage, "success": self.succeeded, "steps": self.steps}
         return self._observe(), float(stage), done, info
+
+    def snapshot(self) -> EnvSnapshot:
+        """The environment now, to `restore` later: stepping on from a restore with the same actions gives
+        the same states and images, bit for bit (what outcome labelling branches on)."""
+        if self.object_poses is None:
+            raise RuntimeError("snapshot() before reset()")
+        data = mujoco.MjData(self.model)
+        mujoco.mj_copyData(data, self.model, self.data)
+        return EnvSnapshot(data, self.steps, self.best_stage, self.final_streak, self.succeeded,
+                           self.object_poses.copy(), self.episode)
+
+    def restore(self, snapshot: EnvSnapshot) -> Observation:
+        """Puts the environment back to `snapshot` (taken in this episode) and returns its observation."""
+        if snapshot.episode != self.episode:
+            raise RuntimeError(f"restore: the snapshot is of episode {snapshot.episode}, the environment is in "
+                               f"episode {self.episode}")
+        mujoco.mj_copyData(self.data, self.model, snapshot.data)
+        self.steps, self.best_stage = snapshot.steps, snapshot.best_stage
+        self.final_streak, self.succeeded = snapshot.final_streak, snapshot.succeeded
+        self.object_poses = snapshot.object_poses.copy()
+        self.branch += 1
+        return self._observe()
 
     def state(self) -> np.ndarray:
         """float32[14]: arm joints (rad) and normalised gripper opening, left arm then right arm."""

@@ -297,7 +297,7 @@ def test_lerobot_train_on_a_taco_dataset_then_import_and_eval(family, tiny_datas
         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoint = out / "checkpoints" / "last" / "pretrained_model"
-    bundle = tmp_path / "bundle"
+    bundle = tmp_path / "bundles" / "imported"  # a parent that does not exist yet
     assert main(["import", "lerobot", str(checkpoint), "--dataset", str(tiny_dataset), "--out", str(bundle)]) == 0
     assert "left_waist" in capsys.readouterr().out  # joint names from the dataset
     assert json.loads((bundle / "manifest.json").read_text())["source"]["policy_type"] == family

@@ -6,6 +6,8 @@ Nothing beyond numpy is imported here, so `taco --help` lists these on a core-on
 
 from __future__ import annotations
 
+import os
+
 from policies.errors import SpecError
 from verifiers.train import VERIFIER_KINDS
 
@@ -14,7 +16,8 @@ def cmd_collect_features(args) -> int:
     from verifiers.features import collect_features
 
     stride = max(args.stride, 25) if args.quick else args.stride
-    features = collect_features(args.policy, args.dataset, k=args.k, stride=stride, seed=args.seed)
+    features = collect_features(args.policy, args.dataset, k=args.k, stride=stride, seed=args.seed,
+                                threads=args.threads)
     path = features.save(args.out)
     print(f"wrote {len(features.features)} features ({features.features.shape[1]}-d, K={args.k}) to {path}; "
           f"mean best distance {features.distance.mean():.3f} (normalised action units)")
@@ -25,6 +28,20 @@ def cmd_train_verifier(args) -> int:
     from verifiers.features import FeatureSet
     from verifiers.train import UNTRAINED_KINDS, VerifierTrainConfig, train_verifier, untrained_verifier
 
+    if args.kind == "outcome":
+        from verifiers.outcomes import OutcomeSet, OutcomeTrainConfig, train_outcome_verifier
+
+        if args.outcomes is None:
+            raise SpecError("train-verifier", "--kind outcome learns from --outcomes FILE (from taco collect-outcomes)")
+        d = OutcomeTrainConfig()
+        config = OutcomeTrainConfig(hidden=args.hidden or d.hidden, blocks=args.blocks or d.blocks,
+                                    epochs=5 if args.quick else args.epochs or d.epochs, seed=args.seed,
+                                    use_chunks=not args.features_only)
+        verifier = train_outcome_verifier(OutcomeSet.load(args.outcomes), args.out, config, overwrite=args.overwrite)
+        print(f"wrote outcome verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")
+        return 0
+    if args.outcomes is not None:
+        raise SpecError("train-verifier", "--outcomes is for --kind outcome")
     untrained = args.policy is not None
     if (args.features is None) != untrained or (untrained and args.kind not in UNTRAINED_KINDS):
         raise SpecError("train-verifier", f"give --features (any kind) or, for --kind {'|'.join(UNTRAINED_KINDS)}, "
@@ -36,8 +53,10 @@ def cmd_train_verifier(args) -> int:
                                       seed=args.seed)
         print(f"wrote {args.kind} verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")
         return 0
-    config = VerifierTrainConfig(kind=args.kind, hidden=args.hidden, blocks=args.blocks, epochs=3 if args.quick
-                                 else args.epochs, k=args.knn_k, max_points=args.max_points, seed=args.seed)
+    d = VerifierTrainConfig()
+    config = VerifierTrainConfig(kind=args.kind, hidden=args.hidden or d.hidden, blocks=args.blocks or d.blocks,
+                                 epochs=3 if args.quick else args.epochs or d.epochs, k=args.knn_k,
+                                 max_points=args.max_points, seed=args.seed)
     verifier = train_verifier(FeatureSet.load(args.features), config, args.out, overwrite=args.overwrite)
     print(f"wrote {args.kind} verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")
     return 0
@@ -52,18 +71,23 @@ def register(cli) -> None:
     p.add_argument("--stride", type=int, default=1, help="use every STRIDE-th frame")
     p.add_argument("--seed", type=int, default=0, help="seed of the K fixed noises")
     p.add_argument("--out", required=True, help="features file (.npz)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="ONNX Runtime intra-op threads (default: every core)")
     p.add_argument("--quick", action="store_true", help="every 25th frame at most (for tests)")
 
     p = cli.add("train-verifier", "train a verifier on collected features and write its bundle",
                 run=cmd_train_verifier, extras=("train",))
-    p.add_argument("--kind", choices=VERIFIER_KINDS, default="cfn")
+    p.add_argument("--kind", choices=(*VERIFIER_KINDS, "outcome"), default="cfn")
     p.add_argument("--features", default=None, help="features file from taco collect-features")
+    p.add_argument("--outcomes", default=None, help="--kind outcome: outcomes.npz from taco collect-outcomes")
+    p.add_argument("--features-only", action="store_true",
+                   help="--kind outcome: score from the features alone, not the chunks too")
     p.add_argument("--policy", default=None,
                    help="consensus or random (they need no training data): the policy bundle to bind it to, or 'default'")
     p.add_argument("--out", required=True, help="verifier bundle folder")
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--blocks", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--hidden", type=int, default=None, help="network width (default: 512; outcome 256)")
+    p.add_argument("--blocks", type=int, default=None, help="residual blocks (default: 3; outcome 2)")
+    p.add_argument("--epochs", type=int, default=None, help="(default: 40; outcome 60)")
     p.add_argument("--knn-k", type=int, default=5)
     p.add_argument("--max-points", type=int, default=100_000, help="kNN index size (random subset beyond)")
     p.add_argument("--seed", type=int, default=0)

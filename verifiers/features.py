@@ -7,6 +7,7 @@ to the recorded chunk is kept: the feature of what the policy does when it repro
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.sampler import PolicySampler, SessionFactory
+from policies.sampler import PolicySampler, SessionFactory, cpu_session
 
 
 @dataclass(frozen=True)
@@ -53,16 +54,17 @@ class FeatureSet:
 
 
 def collect_features(policy: str | Path, dataset: str | Path, k: int = 16, stride: int = 1, seed: int = 0,
-                     progress=None, session_factory: SessionFactory | None = None) -> FeatureSet:
+                     progress=None, session_factory: SessionFactory | None = None, threads: int = 1) -> FeatureSet:
     """Runs the search over every `stride`-th frame of every episode.
 
-    The policy runs as a bare `PolicySampler` (one CPU thread unless `session_factory` says otherwise):
-    the search needs the candidates for fixed noises, not the serving engine's selection.
+    The policy runs as a bare `PolicySampler` (on the CPU with `threads` intra-op threads unless
+    `session_factory` says otherwise): the search needs the candidates for fixed noises, not the serving
+    engine's selection.
     """
     from policies.data import load_dataset
 
     progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    sampler = PolicySampler(policy, session_factory)
+    sampler = PolicySampler(policy, session_factory or functools.partial(cpu_session, threads=threads))
     m = sampler.manifest
     data = load_dataset(dataset)
     for cam in m.cameras:

@@ -33,6 +33,8 @@ BUILTIN = {
                         trainer="verifiers.train:train_verifier"),
     "consensus": VerifierKind("consensus", "the candidate whose chunk is nearest the mean of the N chunks (no training)",
                               trainer="verifiers.train:train_verifier"),
+    "outcome": VerifierKind("outcome", "each candidate's progress predicted from executing candidates in simulation "
+                                       "(taco collect-outcomes)", trainer="verifiers.outcomes:train_outcome_verifier"),
 }
 
 
