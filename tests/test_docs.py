@@ -75,6 +75,8 @@ def _script_help(script: str) -> str:
 
 def check_command(words: list[str]) -> None:
     """Raises AssertionError (or argparse's SystemExit) if a documented command would not run as written."""
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+        words = words[1:]  # environment assignments before the command
     if words[0] in ("taco", ".venv/bin/taco"):
         build_parser().parse_args(words[1:])
     elif words[0] == "make":
@@ -89,6 +91,10 @@ def check_command(words: list[str]) -> None:
         flags = {w.split("=")[0] for w in words[2:] if w.startswith("--")}
         missing = [f for f in flags if f not in _script_help(words[1])]
         assert not missing, f"{words[1]} takes no {missing}"
+    elif words[0].startswith(".venv/bin/"):
+        # Another installed console script (lerobot-train): it must be in the environment's bin.
+        script = Path(sys.executable).parent / words[0].removeprefix(".venv/bin/")
+        assert script.is_file(), f"{words[0]} is not installed by the project"
     elif words[0].startswith("scripts/"):
         script = ROOT / words[0]
         assert script.is_file() and script.stat().st_mode & 0o111, f"{words[0]} is not an executable script"
@@ -107,8 +113,10 @@ def test_every_documented_command_parses(page, capsys):
 
 
 def test_the_checker_refuses_what_would_not_run():
+    check_command(["HF_HUB_OFFLINE=1", ".venv/bin/lerobot-train", "--steps=2"])  # and accepts what would
     for bad in (["taco", "eval", "--polcy", "default"], ["taco", "frobnicate"], ["make", "no-such-target"],
-                [".venv/bin/python", "benchmarks/sim_env.py", "--no-such-flag"]):
+                [".venv/bin/python", "benchmarks/sim_env.py", "--no-such-flag"], [".venv/bin/no-such-tool"],
+                ["HF_HUB_OFFLINE=1", "taco", "frobnicate"]):
         with pytest.raises((AssertionError, SystemExit)):
             check_command(bad)
 
