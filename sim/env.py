@@ -49,7 +49,7 @@ class LazyImages(Mapping):
             if (self._env.steps != self._step or self._env.episode != self._episode_of_creation
                     or self._env.branch != self._branch_of_creation):
                 raise RuntimeError(f"images[{name!r}] of step {self._step} are no longer available: the environment "
-                                   f"has stepped on; read observation images before the next step")
+                                   f"has stepped on or been restored; read observation images before the next step")
             self._cache[name] = self._env.render(cam.name, cam.height, cam.width)
         return self._cache[name]
 
