@@ -65,19 +65,29 @@ def _init(config: OutcomeConfig) -> None:
     _WORKER.update(config=config, engine=engine, env=env)
 
 
+def _execute(env, engine, chunk: np.ndarray, execute: int):
+    """Executes the first `execute` actions of a chunk just decided; a policy with history is shown every
+    later control step, as `ChunkExecutor` shows it. Returns the last observation, whether the episode
+    ended, and the last step's info."""
+    obs = None
+    for j in range(execute):
+        if j:
+            engine.observe(obs)
+        obs, _, done, info = env.step(chunk[j])
+        if done:
+            break
+    return obs, done, info
+
+
 def _carry_on(env, engine, seed: int, decision: int, chunk: np.ndarray, execute: int) -> dict:
-    """Executes `chunk` (decided at `decision`) for `execute` steps, then replans at N=1 on the episode's
-    seeds until the episode ends; returns the last step's info."""
+    """Executes `chunk` (decided at `decision`), then replans at N=1 on the episode's seeds until
+    the episode ends; returns the last step's info."""
     from runtime.executor import decision_seed
 
-    obs = None
     while True:
-        for j in range(execute):
-            if j:
-                engine.observe(obs)  # a policy with history sees every control step
-            obs, _, done, info = env.step(chunk[j])
-            if done:
-                return info
+        obs, done, info = _execute(env, engine, chunk, execute)
+        if done:
+            return info
         decision += 1
         chunk = engine.infer(obs, n=1, seed=decision_seed(seed, decision)).chunk
 
@@ -114,13 +124,7 @@ def label_episode(index: int) -> dict:
             obs = env.restore(snap)
             engine.history.restore(history)
         chunk = engine.infer(obs, n=1, seed=decision_seed(seed, decision)).chunk
-        done = False
-        for j in range(config.execute):
-            if j:
-                engine.observe(obs)
-            obs, _, done, info = env.step(chunk[j])
-            if done:
-                break
+        obs, done, info = _execute(env, engine, chunk, config.execute)
         if done:
             break
         decision += 1
