@@ -158,3 +158,36 @@ def test_engine_passes_normalised_chunks_to_a_consensus_verifier(exported, tmp_p
     nearest = np.sqrt(((normalised - normalised.mean(0)) ** 2).sum(2)).mean(1)
     np.testing.assert_allclose(decision.scores, -nearest, rtol=1e-3, atol=1e-4)
     assert decision.index == int(np.argmin(nearest)) and decision.verifier == "consensus"
+
+
+def test_a_combined_verifier_sums_its_components_standardised_over_the_candidates(tmp_path, capsys):
+    from pathlib import Path
+
+    from taco.cli import main
+
+    shipped = Path(__file__).resolve().parents[1] / "artifacts" / "bundles"
+    cfn, consensus, rnd = (load_verifier(shipped / f"flow-{k}") for k in ("cfn", "consensus", "rnd"))
+    out = tmp_path / "combined"
+    assert main(["combine-verifiers", "--verifier", str(cfn.path), "--verifier", str(consensus.path),
+                 "--weights", "1,0.5", "--out", str(out)]) == 0
+    assert "2 components" in capsys.readouterr().out
+    combined = load_verifier(out)
+    assert combined.takes_chunks and combined.policy_fingerprint == cfn.policy_fingerprint
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(16, cfn.feature_dim)).astype(np.float32)
+    chunks = rng.normal(size=(16, 32, 14)).astype(np.float32)
+
+    def z(s):
+        return (s - s.mean()) / np.sqrt(s.var() + 1e-6)
+
+    expected = z(cfn.score(features)) + 0.5 * z(consensus.score(features, chunks))
+    np.testing.assert_allclose(combined.score(features, chunks), expected, atol=1e-5)
+    assert not np.allclose(expected, z(cfn.score(features)), atol=1e-3)  # both components count
+    # With one component weighted 0 it picks what the other picks.
+    assert main(["combine-verifiers", "--verifier", str(cfn.path), "--verifier", str(rnd.path), "--weights", "0,1",
+                 "--out", str(tmp_path / "rnd-only")]) == 0
+    assert np.argmax(load_verifier(tmp_path / "rnd-only").score(features)) == np.argmax(rnd.score(features))
+    # Refused: one verifier, or weights that do not match.
+    assert main(["combine-verifiers", "--verifier", str(cfn.path), "--out", str(tmp_path / "x")]) == 2
+    assert main(["combine-verifiers", "--verifier", str(cfn.path), "--verifier", str(rnd.path), "--weights", "1",
+                 "--out", str(tmp_path / "y")]) == 2

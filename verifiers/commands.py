@@ -62,6 +62,16 @@ def cmd_train_verifier(args) -> int:
     return 0
 
 
+def cmd_combine_verifiers(args) -> int:
+    from verifiers.combine import combine_verifiers
+
+    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    verifier = combine_verifiers(args.verifier, args.out, weights=weights, overwrite=args.overwrite)
+    print(f"wrote combined verifier {verifier.path} ({len(args.verifier)} components) for policy "
+          f"{verifier.policy_fingerprint[:12]}")
+    return 0
+
+
 def register(cli) -> None:
     p = cli.add("collect-features", "TACO's high-fidelity feature search over a policy's training dataset",
                 run=cmd_collect_features, extras=("train",))
@@ -93,3 +103,10 @@ def register(cli) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quick", action="store_true", help="3 epochs (for tests)")
+
+    p = cli.add("combine-verifiers", "one verifier graph from several: the weighted sum of their scores, each "
+                                     "standardised over the N candidates", run=cmd_combine_verifiers, extras=("train",))
+    p.add_argument("--verifier", action="append", required=True, help="a verifier bundle, repeated (two or more)")
+    p.add_argument("--weights", default=None, help="comma-separated, one per --verifier (default: all 1)")
+    p.add_argument("--out", required=True, help="verifier bundle folder")
+    p.add_argument("--overwrite", action="store_true")

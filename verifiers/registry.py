@@ -35,6 +35,9 @@ BUILTIN = {
                               trainer="verifiers.train:train_verifier"),
     "outcome": VerifierKind("outcome", "each candidate's progress predicted from executing candidates in simulation "
                                        "(taco collect-outcomes)", trainer="verifiers.outcomes:train_outcome_verifier"),
+    "combined": VerifierKind("combined", "a weighted sum of other verifiers' scores, each standardised over the "
+                                         "N candidates (taco combine-verifiers)",
+                             trainer="verifiers.combine:combine_verifiers"),
 }
 
 
