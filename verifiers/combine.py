@@ -41,10 +41,18 @@ def combine_verifiers(components: list[str | Path], out_dir: str | Path, weights
     if first.path is None or any(v.manifest is None for v in loaded):
         raise ValueError("combine: components must be verifier bundles (folders), so the result can be bound")
 
-    nodes, initializers, inputs, opset = [], [], {}, 0
-    for k, v in enumerate(loaded):
-        model = onnx.load(str(Path(v.path) / VERIFIER_FILE))
-        opset = max(opset, next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")))
+    models = [onnx.load(str(Path(v.path) / VERIFIER_FILE)) for v in loaded]
+    opset = max(next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) for m in models)
+
+    def reduce_mean(x: str, y: str):
+        # ReduceMean's axes became an input in opset 18.
+        if opset >= 18:
+            return helper.make_node("ReduceMean", [x, "c_axes"], [y], keepdims=1)
+        return helper.make_node("ReduceMean", [x], [y], axes=[0], keepdims=1)
+
+    nodes, inputs = [], {}
+    initializers = [helper.make_tensor("c_axes", TensorProto.INT64, [1], [0])] if opset >= 18 else []
+    for k, (v, model) in enumerate(zip(loaded, models)):
         model = compose.add_prefix(model, prefix=f"v{k}_")
         graph = model.graph
         for inp in graph.input:
@@ -56,10 +64,10 @@ def combine_verifiers(components: list[str | Path], out_dir: str | Path, weights
         s = graph.output[0].name
         # This graph's own names start with "c": every component's start with "v".
         mean, dev, sq, var, var_eps, std, z = (f"c{k}_{n}" for n in ("mean", "dev", "sq", "var", "var_eps", "std", "z"))
-        nodes += [helper.make_node("ReduceMean", [s], [mean], axes=[0], keepdims=1),
+        nodes += [reduce_mean(s, mean),
                   helper.make_node("Sub", [s, mean], [dev]),
                   helper.make_node("Mul", [dev, dev], [sq]),
-                  helper.make_node("ReduceMean", [sq], [var], axes=[0], keepdims=1),
+                  reduce_mean(sq, var),
                   helper.make_node("Add", [var, "c_eps"], [var_eps]),
                   helper.make_node("Sqrt", [var_eps], [std]),
                   helper.make_node("Div", [dev, std], [z]),
