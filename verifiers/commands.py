@@ -24,6 +24,11 @@ def cmd_collect_features(args) -> int:
     return 0
 
 
+def _given(value, default):
+    """A flag's value, or the config's default when the flag was not given (0 is a value)."""
+    return default if value is None else value
+
+
 def cmd_train_verifier(args) -> int:
     from verifiers.features import FeatureSet
     from verifiers.train import UNTRAINED_KINDS, VerifierTrainConfig, train_verifier, untrained_verifier
@@ -34,8 +39,8 @@ def cmd_train_verifier(args) -> int:
         if args.outcomes is None:
             raise SpecError("train-verifier", "--kind outcome learns from --outcomes FILE (from taco collect-outcomes)")
         d = OutcomeTrainConfig()
-        config = OutcomeTrainConfig(hidden=args.hidden or d.hidden, blocks=args.blocks or d.blocks,
-                                    epochs=5 if args.quick else args.epochs or d.epochs, seed=args.seed,
+        config = OutcomeTrainConfig(hidden=_given(args.hidden, d.hidden), blocks=_given(args.blocks, d.blocks),
+                                    epochs=5 if args.quick else _given(args.epochs, d.epochs), seed=args.seed,
                                     use_chunks=not args.features_only)
         verifier = train_outcome_verifier(OutcomeSet.load(args.outcomes), args.out, config, overwrite=args.overwrite)
         print(f"wrote outcome verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")
@@ -54,8 +59,9 @@ def cmd_train_verifier(args) -> int:
         print(f"wrote {args.kind} verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")
         return 0
     d = VerifierTrainConfig()
-    config = VerifierTrainConfig(kind=args.kind, hidden=args.hidden or d.hidden, blocks=args.blocks or d.blocks,
-                                 epochs=3 if args.quick else args.epochs or d.epochs, k=args.knn_k,
+    config = VerifierTrainConfig(kind=args.kind, hidden=_given(args.hidden, d.hidden),
+                                 blocks=_given(args.blocks, d.blocks),
+                                 epochs=3 if args.quick else _given(args.epochs, d.epochs), k=args.knn_k,
                                  max_points=args.max_points, seed=args.seed)
     verifier = train_verifier(FeatureSet.load(args.features), config, args.out, overwrite=args.overwrite)
     print(f"wrote {args.kind} verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")

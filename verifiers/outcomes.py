@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from policies.extras import require
+from verifiers.train import _stats
 
 # Arrays of an outcome file, one row per candidate.
 _ARRAYS = ("features", "chunks", "success", "stage", "end_step", "episode", "decision", "step", "candidate")
@@ -216,11 +217,8 @@ def _tensors(torch, outcomes: OutcomeSet, config: OutcomeTrainConfig):
 def _fit_outcomes(torch, outcomes: OutcomeSet, config: OutcomeTrainConfig, log):
     torch.manual_seed(config.seed)
     x, c = _tensors(torch, outcomes, config)
-    flat = outcomes.chunks.reshape(len(outcomes.chunks), -1)
     model = _network(torch, x.shape[1], outcomes.chunks.shape[1:] if config.use_chunks else None,
-                     outcomes.features.mean(0).astype(np.float32),
-                     np.maximum(outcomes.features.std(0), 1e-6).astype(np.float32),
-                     flat.mean(0).astype(np.float32), np.maximum(flat.std(0), 1e-6).astype(np.float32), config)
+                     *_stats(outcomes.features), *_stats(outcomes.chunks.reshape(len(outcomes.chunks), -1)), config)
     y = torch.from_numpy(outcomes.progress)
     n, groups = outcomes.n, outcomes.groups()
     optim = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
