@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import os
 import shutil
 import sys
 import tempfile
@@ -13,6 +12,7 @@ from pathlib import Path
 from policies.bundle import hash_files, load_policy_bundle, write_manifest
 from policies.extras import require
 from policies.manifest import FEATURES, SAMPLER_FILES, Normalization, PolicyManifest
+from policies.schema import staged_folder
 
 torch = require("torch")
 require("onnx")
@@ -139,9 +139,7 @@ def export_bundle(
     normalization = normalization or Normalization.identity(len(cfg.state_names), len(cfg.action_names))
     policy = policy.eval()
     # Write into a temporary sibling and rename, so an interrupted export never leaves a half bundle.
-    out.parent.mkdir(parents=True, exist_ok=True)  # the temporary sibling must be on the same filesystem
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         images, state, tokens, noise = example_inputs(cfg)
         cam_inputs = [f"image_{c.name}" for c in cfg.cameras]
         with torch.no_grad():
@@ -192,10 +190,6 @@ def export_bundle(
             },
         )
         write_manifest(tmp, manifest)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return load_policy_bundle(out)
 
 

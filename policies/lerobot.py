@@ -27,7 +27,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from policies.bundle import hash_files, load_policy_bundle, write_manifest
 from policies.errors import BundleError
 from policies.extras import require
 from policies.manifest import CameraSpec, Normalization, PolicyManifest
+from policies.schema import staged_folder
 from policies.tokenizer import NoTokenizer
 
 # The LeRobot release whose code and checkpoint format this importer reads.
@@ -734,9 +734,7 @@ def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tupl
     facts = {"taco.kind": plan.kind, "taco.num_steps": str(plan.num_steps),
              "taco.chunk_length": str(plan.chunk_length), "taco.feature_dim": str(plan.feature_dim),
              "taco.source": f"lerobot {LEROBOT_VERSION} {ck.type}"}
-    out.parent.mkdir(parents=True, exist_ok=True)  # the temporary sibling must be on the same filesystem
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_folder(out) as tmp:
         g = torch.Generator().manual_seed(0)
         n = 2
         noise = torch.randn(n, *plan.noise_shape, generator=g)
@@ -787,10 +785,6 @@ def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tupl
                     **(plan.source or {})},
         )
         write_manifest(tmp, manifest)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return load_policy_bundle(out)
 
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +150,18 @@ def check_files(folder: Path, files: dict[str, str], path: str = "files") -> Non
             raise BundleError(
                 f"{path}.{name}", f"checksum mismatch: manifest says {expected[:12]}..., file is {actual[:12]}..."
             )
+
+
+@contextlib.contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A temporary sibling of `out` to write a bundle into, renamed to `out` when the block succeeds and
+    removed when it raises, so an interrupted write never leaves a half bundle. The sibling is in `out`'s
+    parent (made if missing), on the same filesystem, so the rename is atomic."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -185,3 +185,17 @@ def test_invalid_verifier_swap_keeps_the_old_one(flow, exported, tmp_path):
     with pytest.raises(BundleError):
         engine.set_verifier(tmp_path / "does-not-exist")
     assert engine.verifier.name == "good"
+
+
+def test_a_staged_folder_appears_whole_or_not_at_all(tmp_path):
+    from policies.schema import staged_folder
+
+    out = tmp_path / "new" / "bundle"  # its parent does not exist yet
+    with pytest.raises(RuntimeError):
+        with staged_folder(out) as tmp:
+            (tmp / "manifest.json").write_text("{}")
+            raise RuntimeError("interrupted")
+    assert not out.exists() and list(out.parent.iterdir()) == []
+    with staged_folder(out) as tmp:
+        (tmp / "manifest.json").write_text("{}")
+    assert (out / "manifest.json").read_text() == "{}" and list(out.parent.iterdir()) == [out]
