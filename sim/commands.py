@@ -77,15 +77,27 @@ def cmd_artifacts(args) -> int:
     from sim.pipeline import ArtifactsConfig, build_artifacts
 
     kinds = tuple(args.kinds.split(","))
-    if args.quick:
-        config = ArtifactsConfig(out=args.out, tasks=tasks(args.task), episodes=1, recovery_episodes=1,
-                                 perturb=args.perturb, kinds=kinds, size="tiny", steps=20, batch_size=8, k=4,
-                                 stride=20, verifier_epochs=2)
+    if args.recipe == "taco":
+        from sim.regime import RegimeConfig, build_regime
+
+        if args.quick:
+            regime = RegimeConfig(out=args.out, task_mode_episodes=1, off_task_episodes=1, perturbed_episodes=1,
+                                  other_tasks=("lift_bar",), other_task_episodes=1, finetune_episodes=2, size="tiny",
+                                  pretrain_steps=20, finetune_steps=10, batch_size=8, k=4, stride=20,
+                                  verifier_epochs=2)
+        else:
+            regime = RegimeConfig(out=args.out, pretrain_steps=args.steps or RegimeConfig.pretrain_steps)
+        built = build_regime(regime)
     else:
-        config = ArtifactsConfig(out=args.out, tasks=tasks(args.task), episodes=args.episodes,
-                                 recovery_episodes=args.recovery_episodes, perturb=args.perturb, kinds=kinds,
-                                 steps=args.steps, k=args.k, stride=args.stride)
-    built = build_artifacts(config)
+        if args.quick:
+            config = ArtifactsConfig(out=args.out, tasks=tasks(args.task), episodes=1, recovery_episodes=1,
+                                     perturb=args.perturb, kinds=kinds, size="tiny", steps=20, batch_size=8, k=4,
+                                     stride=20, verifier_epochs=2)
+        else:
+            config = ArtifactsConfig(out=args.out, tasks=tasks(args.task), episodes=args.episodes,
+                                     recovery_episodes=args.recovery_episodes, perturb=args.perturb, kinds=kinds,
+                                     steps=args.steps or ArtifactsConfig.steps, k=args.k, stride=args.stride)
+        built = build_artifacts(config)
     for name, path in built.items():
         size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
         print(f"{name:<22} {path}  ({size:.1f} MB)")
@@ -110,7 +122,7 @@ def cmd_demo(args) -> int:
     if args.example:
         from runtime.demo import run_demo
 
-        return run_demo(out=Path(args.out or "build/example"), n=args.n, quick=args.quick, seed=args.seed % 1000)
+        return run_demo(out=Path(args.out or "build/example"), n=args.n or 16, quick=args.quick, seed=args.seed % 1000)
     from sim.compare import format_compare
     from sim.demo import DemoConfig, run_demo_suite
 
@@ -119,6 +131,11 @@ def cmd_demo(args) -> int:
                         max_steps=150 if args.quick else None, out=args.out or "build/demo")
     report = run_demo_suite(config)
     print(format_compare(report))
+    if report["best_verifier"]:
+        from verifiers.best import describe_best
+
+        print(f"recorded best verifier: {describe_best(report['best_verifier'])}")
+    print(f"verdict: {report['verdict']}")
     print(f"report: {Path(config.out) / 'index.md'}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +158,8 @@ def register(cli) -> None:
     p.add_argument("--policy", required=True,
                    help="'scripted' (the tasks' experts), 'default' (the shipped policy) or a policy bundle")
     p.add_argument("--verifier", default=None,
-                   help="none|random|cfn|rnd|knn|consensus (the verifiers shipped for the policy) or a bundle / ONNX file")
+                   help="none|best|random|cfn|rnd|knn|consensus (the verifiers shipped for the policy; best: its "
+                        "recorded best) or a bundle / ONNX file")
     p.add_argument("--n", type=int, default=1, help="candidates per replanning step")
     p.add_argument("--task", default="all", help="task name, comma-separated names, or 'all'")
     p.add_argument("--episodes", type=int, default=20, help="episodes per task (episode i uses seed S+i)")
@@ -165,7 +183,10 @@ def register(cli) -> None:
     p.add_argument("--episodes", type=int, required=True, help="episodes to keep per task")
     p.add_argument("--out", required=True, help="dataset folder; an existing one is resumed")
     p.add_argument("--seed", type=int, default=0, help="first episode seed")
-    p.add_argument("--mode", default=None, help="force one expert mode (default: the configured mix)")
+    p.add_argument("--mode", default=None,
+                   help="force one expert mode, or draw from a mix 'clean:2,no_handover:1' (default: the "
+                        "expert's mix of task modes); off-task modes no_handover, early_release, bar_lift "
+                        "(transfer_cube) make broad pre-training corpora")
     p.add_argument("--action-noise", type=float, default=None, help="expert joint noise std, rad")
     p.add_argument("--keep-failures", action="store_true", help="keep episodes the expert failed (marked)")
     p.add_argument("--perturb", type=float, default=0.0,
@@ -192,13 +213,17 @@ def register(cli) -> None:
     p = cli.add("artifacts", "record (clean + DART recovery episodes) -> train policies -> features -> verifiers "
                              "(rerun to resume)", run=cmd_artifacts, extras=("sim", "train"))
     p.add_argument("--out", default="artifacts")
+    p.add_argument("--recipe", choices=("default", "taco"), default="default",
+                   help="default: the flow/diffusion recipe below; taco: TACO's regime (broad pre-training corpus, "
+                        "fine-tuned on 30 clean transfer_cube episodes, verifiers on those; sim/regime.py)")
     p.add_argument("--task", default="transfer_cube", help="task or comma-separated tasks to record and train on")
     p.add_argument("--episodes", type=int, default=100, help="scripted episodes per task")
     p.add_argument("--recovery-episodes", type=int, default=200, help="DART-perturbed episodes per task, added")
     p.add_argument("--perturb", type=float, default=0.1,
                    help="perturbation std of the recovery episodes in free motion, rad (a tenth while grasping)")
     p.add_argument("--kinds", default="flow,diffusion", help="policy kinds to train, comma-separated")
-    p.add_argument("--steps", type=int, default=5000, help="training steps per policy")
+    p.add_argument("--steps", type=int, default=None,
+                   help="training steps per policy (default 5000; --recipe taco: pre-training steps, default 4000)")
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--stride", type=int, default=4)
     p.add_argument("--quick", action="store_true", help="one clean + one recovery episode per task, tiny models")
@@ -224,8 +249,10 @@ def register(cli) -> None:
     p = cli.add("demo", "the main job: the sim suite on the shipped default policy with and without its verifier, "
                         "table + report", run=cmd_demo, extras=("sim",), needs=_demo_needs)
     p.add_argument("--policy", default="default", help="policy bundle path or 'default'")
-    p.add_argument("--verifier", default="cfn", help="the verifier arm: a shipped name or a bundle path")
-    p.add_argument("--n", type=int, default=16, help="candidates per step in the verifier arm")
+    p.add_argument("--verifier", default="best",
+                   help="the verifier arm: 'best' (recorded in the policy bundle), a shipped name or a bundle path")
+    p.add_argument("--n", type=int, default=None,
+                   help="candidates per step in the verifier arm (default: the best verifier's recorded N, else 16)")
     p.add_argument("--task", default="transfer_cube", help="task name(s), comma-separated")
     p.add_argument("--episodes", type=int, default=20, help="episodes per task per arm (same seeds in both)")
     p.add_argument("--seed", type=int, default=100_000, help="first evaluation seed")

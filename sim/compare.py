@@ -59,6 +59,18 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def paired_difference_interval(gained: int, lost: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% interval of the difference in success rate between two arms run on the same n seeds, from the
+    discordant pairs (Agresti and Min's adjusted Wald: half an episode added to each cell of the 2x2
+    table, which keeps the interval honest at small n and when nothing changed)."""
+    if n < 1 or gained < 0 or lost < 0 or gained + lost > n:
+        raise ValueError(f"paired_difference_interval: need 0 <= gained + lost <= n, n >= 1; got {gained}, {lost}, {n}")
+    b, c, m = gained + 0.5, lost + 0.5, n + 2.0
+    diff = (b - c) / m
+    half = z * math.sqrt(max(b + c - (b - c) ** 2 / m, 0.0)) / m
+    return max(-1.0, diff - half), min(1.0, diff + half)
+
+
 def fisher_exact(a: int, n1: int, b: int, n2: int) -> float:
     """Two-sided exact p-value that a/n1 and b/n2 successes come from one rate (Fisher's exact test:
     the tables with the same margins that are no more likely than the observed one)."""
@@ -180,6 +192,7 @@ def _paired(reference: list[dict], other: list[dict]) -> dict:
     staged = sorted(((e["task"], e["seed"], ref_stage[(e["task"], e["seed"])], e["best_stage"]) for e in other
                      if e["best_stage"] != ref_stage[(e["task"], e["seed"])]), key=lambda x: -abs(x[3] - x[2]))
     return {"gained": len(gained), "lost": len(lost), "p_value": mcnemar_exact(len(gained), len(lost)),
+            "difference95": list(paired_difference_interval(len(gained), len(lost), len(other))),
             "gained_episodes": gained[:20], "lost_episodes": lost[:20], "stage_changed_episodes": staged[:20]}
 
 

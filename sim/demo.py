@@ -1,7 +1,12 @@
 """`taco demo` (`make demo`, the main job): the simulation suite on the shipped default policy, without
 and with its verifier, on the same seeds; prints the table and writes a report.
 
-    taco demo [--verifier cfn] [--n 16] [--episodes 20] [--out build/demo] [--json PATH] [--quick]
+    taco demo [--verifier best] [--n N] [--episodes 20] [--out build/demo] [--json PATH] [--quick]
+
+`best` is the verifier recorded in the policy bundle as its best (`taco best-verifier`, with the
+comparison that showed it), at the N it was recorded with unless `--n` says otherwise. The demo ends
+with one line saying what the verifier did on these seeds: episodes gained and lost against N=1, the
+net, McNemar's p and a 95% interval of the difference in success rate.
 
 The report folder holds `compare.json`, a success plot with Wilson intervals, the paired outcome
 (episodes the verifier won and lost), and the videos of one episode where the verifier changed the
@@ -25,8 +30,9 @@ from sim.evaluate import EvalConfig, run_suite
 @dataclass(frozen=True)
 class DemoConfig:
     policy: str = "default"
-    verifier: str = "cfn"
-    n: int = 16
+    verifier: str = "best"
+    # Candidates in the verifier arm; None: the N recorded with the best verifier (else 16).
+    n: int | None = None
     tasks: tuple[str, ...] = ("transfer_cube",)
     episodes: int = 20
     # Evaluation seeds start here: far from the recorded training episodes (seeds 0..).
@@ -38,10 +44,21 @@ class DemoConfig:
 
 def run_demo_suite(config: DemoConfig, log=None) -> dict:
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    from policies.shipped import resolve_policy
+    from verifiers.best import describe_best
+    from verifiers.shipped import best_verifier, resolve_verifier
+
     out = Path(config.out)
+    verifier, n, best = config.verifier, config.n, None
+    if verifier == "best":
+        best = best_verifier(resolve_policy(config.policy))
+        resolve_verifier("best", resolve_policy(config.policy))  # no record: says how to make one
+        verifier, n = best["name"], n or best["n"]
+        log(f"best verifier of {config.policy}: {describe_best(best)}")
+    n = n or 16
     # A shipped verifier is named by its kind; a bundle path by its folder name.
-    name = config.verifier if "/" not in config.verifier else Path(config.verifier).name
-    arms = [Arm("none", 1), Arm(name, config.n, config.verifier)]
+    name = verifier if "/" not in verifier else Path(verifier).name
+    arms = [Arm("none", 1), Arm(name, n, verifier)]
     base = EvalConfig(policy=config.policy, tasks=config.tasks, episodes=config.episodes, seed=config.seed,
                       workers=config.workers, max_steps=config.max_steps)
     report = compare(base.policy, arms, base, out, log=log)
@@ -71,10 +88,26 @@ def run_demo_suite(config: DemoConfig, log=None) -> dict:
         log(f"filmed {task} seed {seed}, where the verifier {how}: "
             + ", ".join(f"{v['arm']} {'success' if v['success'] else 'failure'}" for v in videos))
     report["videos"] = videos
+    report["best_verifier"] = best
+    report["verdict"] = verdict(report)
     report["summary"] = {"success": {row["arm"]: row["overall"]["success_rate"] for row in report["arms"]}}
     _write_index(report, out, plots)
     (out / "compare.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def verdict(report: dict) -> str:
+    """One line: what the verifier arm did against N=1 on the demo's seeds."""
+    ref, arm = report["arms"][0], report["arms"][1]
+    paired = arm["paired_vs_" + report["reference"]]
+    gained, lost = paired["gained"], paired["lost"]
+    low, high = paired["difference95"]
+    a, b = arm["overall"], ref["overall"]
+    return (f"{arm['arm']} at N={arm['n']} against N=1 on the same {b['episodes']} episodes: gained {gained}, lost "
+            f"{lost}, net {gained - lost:+d} ({a['successes']}/{a['episodes']} against "
+            f"{b['successes']}/{b['episodes']}; "
+            f"McNemar p={paired['p_value']:.2g}; success difference {(gained - lost) / b['episodes']:+.2f}, "
+            f"95% interval [{low:+.2f}, {high:+.2f}])")
 
 
 def _plot(report: dict, out: Path) -> list[Path]:
@@ -105,7 +138,8 @@ def _plot(report: dict, out: Path) -> list[Path]:
 
 
 def _write_index(report: dict, out: Path, plots: list[Path]) -> None:
-    lines = ["# taco demo", "", f"policy `{report['policy']}`", "", "```", format_compare(report), "```", "",
+    lines = ["# taco demo", "", f"policy `{report['policy']}`", "", f"**{report['verdict']}**", "", "```",
+             format_compare(report), "```", "",
              *[f"![{p.stem}]({p.name})" for p in plots], ""]
     if report["videos"]:
         lines.append(f"Episode where the verifier {report['videos'][0]['how']} (same seed in both arms):")

@@ -16,7 +16,14 @@ import numpy as np
 from sim.assets import CONTROL_HZ, PHYSICS_DT, START_ARM_POSE, mujoco, unnormalize_gripper
 from sim.tasks import Task, get_task
 
-MODES = ("clean", "high_approach", "hesitant", "detour", "regrasp")
+# Ways of doing the task, each of which succeeds (the demonstrations a policy is fine-tuned on).
+TASK_MODES = ("clean", "high_approach", "hesitant", "detour", "regrasp")
+# Behaviour that is wrong for transfer_cube, for broad mixed-quality pre-training corpora (TACO's regime):
+# `no_handover` carries the cube to the meeting point and keeps it there (the left arm never comes),
+# `early_release` opens the right gripper before the left one has closed (the cube drops), and `bar_lift`
+# is lift_bar's motion in the transfer scene (both arms grasp either side of the cube and lift).
+OFF_TASK_MODES = ("no_handover", "early_release", "bar_lift")
+MODES = TASK_MODES + OFF_TASK_MODES
 # Extra control steps after the last waypoint, so that the final state settles.
 SETTLE_STEPS = 10
 # Noise scale while the operator works precisely (see Plan.precise).
@@ -120,6 +127,18 @@ class ExpertConfig:
         if self.action_noise < 0:
             raise ValueError("action_noise: must be >= 0")
 
+    @classmethod
+    def from_mix(cls, text: str, **kwargs) -> ExpertConfig:
+        """An expert drawing its modes from `text`: "clean:2,no_handover:1" (weights) or "a,b" (equal)."""
+        weights = {}
+        for item in text.split(","):
+            name, _, weight = item.strip().partition(":")
+            try:
+                weights[name] = float(weight) if weight else 1.0
+            except ValueError:
+                raise ValueError(f"mode mix: {item!r} is not NAME or NAME:WEIGHT") from None
+        return cls(mode_weights=weights, **kwargs)
+
     def draw_mode(self, rng: np.random.Generator) -> str:
         names = list(self.mode_weights)
         p = np.array([self.mode_weights[n] for n in names], np.float64)
@@ -162,6 +181,8 @@ def _finish_regrasp(traj, extra, xyz, quat, depth, t_close) -> list[Waypoint]:
 def plan_transfer_cube(home, objects, rng, mode) -> Plan:
     (lxyz, lquat), (rxyz, rquat) = home
     box = objects[:3]
+    if mode == "bar_lift":
+        return _bar_lift(home, box, rng, mode)
     pick = quat_axis([0, 1, 0], -60)
     meet_left = quat_axis([1, 0, 0], 90)
     meet = np.array([0.0, 0.5, 0.25])
@@ -177,7 +198,18 @@ def plan_transfer_cube(home, objects, rng, mode) -> Plan:
     right += [Waypoint(t + 30, meet + np.array([0.05, 0, 0]), pick, 0.0), Waypoint(t + 50, meet, pick, 0.0),
               Waypoint(t + 140, meet, pick, 1.0), Waypoint(t + 190, meet + np.array([0.1, 0, 0]), pick, 1.0),
               Waypoint(t + 230, meet + np.array([0.1, 0, 0]), pick, 1.0)]
+    if mode == "no_handover":
+        right[-3:] = [Waypoint(t + 230, meet, pick, 0.0)]
+    elif mode == "early_release":
+        # Opens on the way, 10 cm short of the meeting point, well before the left gripper is there.
+        away = meet + np.array([0.1, 0, 0])
+        right[-4:] = [Waypoint(t + 40, away, pick, 0.0), Waypoint(t + 55, away, pick, 1.0),
+                      Waypoint(t + 120, away + np.array([0.05, 0, 0.05]), pick, 1.0),
+                      Waypoint(t + 230, away + np.array([0.05, 0, 0.05]), pick, 1.0)]
     shift = t - 170
+    if mode == "no_handover":
+        return Plan([Waypoint(0, lxyz, lquat, 0.0), Waypoint(t + 230, lxyz, lquat, 0.0)], right, mode,
+                    precise=[(110, 10**6)])
     left = [Waypoint(0, lxyz, lquat, 0.0),
             Waypoint(100 + shift, meet + np.array([-0.1, 0, -0.02]), meet_left, 1.0),
             Waypoint(260 + shift, meet + np.array([0.02, 0, -0.02]), meet_left, 1.0),
@@ -187,6 +219,20 @@ def plan_transfer_cube(home, objects, rng, mode) -> Plan:
     # Steady hands from the grasp on: closing on the cube, carrying it and handing it over all fail when
     # perturbed by more than ~0.01 rad; only the approach is free motion.
     return Plan(left, right, mode, precise=[(110, 10**6)])
+
+
+def _bar_lift(home, box, rng, mode) -> Plan:
+    """lift_bar's motion around the transfer scene's cube: the other task's behaviour in this scene."""
+    grip = 0.085
+    right, left, t, (pick_right, pick_left) = _both_grasp(home, box + np.array([grip, 0, 0]),
+                                                          box - np.array([grip, 0, 0]), (100, 150, 190), -0.01,
+                                                          rng, "clean")
+    lift = np.array([0, 0, 0.2])
+    right += [Waypoint(t + 80, box + np.array([grip, 0, 0]) + lift, pick_right, 0.0),
+              Waypoint(t + 130, box + np.array([grip, 0, 0]) + lift, pick_right, 0.0)]
+    left += [Waypoint(t + 80, box - np.array([grip, 0, 0]) + lift, pick_left, 0.0),
+             Waypoint(t + 130, box - np.array([grip, 0, 0]) + lift, pick_left, 0.0)]
+    return Plan(left, right, mode, precise=[(130, 10**6)])
 
 
 def _both_grasp(home, right_xyz, left_xyz, times, depth, rng, mode):
@@ -293,6 +339,8 @@ class ScriptedExpert:
         mode = mode or self.config.draw_mode(rng)
         if mode not in MODES:
             raise ValueError(f"mode: unknown {mode!r} (known: {', '.join(MODES)})")
+        if mode in OFF_TASK_MODES and self.task.name != "transfer_cube":
+            raise ValueError(f"mode: {mode!r} is a transfer_cube mode; {self.task.name} has {', '.join(TASK_MODES)}")
         home = self._reset(object_poses)
         plan = PLANNERS[self.task.name](home, np.asarray(object_poses), rng, mode)
         if mode == "hesitant":

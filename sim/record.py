@@ -42,7 +42,8 @@ class RecordConfig:
     cameras: tuple[CameraConfig, ...] = (CameraConfig("cam_high", 96, 128),)
     # Keep episodes in which the expert failed (marked in the metadata); off: only successes are kept.
     keep_failures: bool = False
-    # Expert settings: behaviour mode mix and noise (None: the defaults).
+    # Expert settings: one behaviour mode, a mix to draw from ("clean:2,no_handover:1"), and joint noise
+    # (None: the expert's own mix and noise).
     mode: str | None = None
     action_noise: float | None = None
     # DART-style perturbation (rad, smoothed over 10 steps): executed actions are perturbed, recorded ones
@@ -120,7 +121,10 @@ def record(config: RecordConfig, progress: bool | Callable[[str], None] = True) 
         (root / EPISODES_FILE).write_text("".join(json.dumps(r) + "\n" for r in done))
     if resumed:
         print(f"resuming {root}: {saved} episodes already recorded", file=sys.stderr)
-    expert = ExpertConfig() if config.action_noise is None else ExpertConfig(action_noise=config.action_noise)
+    noise = {} if config.action_noise is None else {"action_noise": config.action_noise}
+    # One mode forced, or a mix to draw from ("a:2,b:1"), or the expert's own mix.
+    mix = config.mode is not None and ("," in config.mode or ":" in config.mode)
+    expert = ExpertConfig.from_mix(config.mode, **noise) if mix else ExpertConfig(**noise)
     total = len(config.tasks) * config.episodes
     bar = _progress(total, initial=len(done), enabled=progress)
     interrupted = []
@@ -134,7 +138,7 @@ def record(config: RecordConfig, progress: bool | Callable[[str], None] = True) 
             kept = [r for r in done if r["task"] == task]
             seed = max([r["seed"] for r in done if r["task"] == task], default=config.seed - 1) + 1
             env = AlohaSimEnv(task, cameras=config.cameras, stop_on_success=False, max_steps=10_000)
-            controller = ScriptedController(task, expert, mode=config.mode)
+            controller = ScriptedController(task, expert, mode=None if mix else config.mode)
             failures_in_a_row = 0
             try:
                 while len(kept) < config.episodes and not interrupted:

@@ -90,6 +90,7 @@ def cmd_list(args) -> int:
     print("verifier kinds:")
     for kind in verifier_kinds().values():
         print(f"  {kind.name:<12} {kind.description}  [{kind.source}]")
+    _list_shipped()
     if missing_extras(("sim",)):
         print(f"tasks: (install the sim extra: {install_hint('sim')})")
     else:
@@ -103,6 +104,23 @@ def cmd_list(args) -> int:
         needs = f"  [{', '.join(command.extras)}]" if command.extras else ""
         print(f"  {command.name:<18} {command.part}{needs}")
     return 0
+
+
+def _list_shipped() -> None:
+    """The shipped default policy and its recorded best verifier (`--verifier best`)."""
+    from policies.errors import BundleError
+    from policies.shipped import resolve_policy
+    from verifiers.best import describe_best
+    from verifiers.shipped import best_verifier
+
+    try:
+        policy = resolve_policy("default")
+        best = best_verifier(policy)
+    except BundleError as err:
+        print(f"shipped default: {err}")
+        return
+    print(f"shipped default: {policy}")
+    print(f"  best verifier  {describe_best(best) if best else 'none recorded (taco best-verifier)'}")
 
 
 def build_parser() -> argparse.ArgumentParser:

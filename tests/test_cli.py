@@ -124,6 +124,12 @@ def test_demo_suite_compares_the_arms_on_the_same_seeds_and_writes_the_report(fl
     assert (out / "success_by_arm.png").stat().st_size > 0
     index = (out / "index.md").read_text()
     assert "success_by_arm" in index
+    # The verdict line: gained and lost against N=1 on these seeds, and an interval around the difference.
+    paired = report["arms"][1]["paired_vs_none"]
+    assert report["verdict"].startswith("v at N=16 against N=1 on the same 2 episodes")
+    assert f"gained {paired['gained']}, lost {paired['lost']}" in report["verdict"]
+    assert "95% interval" in report["verdict"]
+    assert report["verdict"] in index
     full = json.loads((out / "compare.json").read_text())
     if full["videos"]:
         # Filmed where the verifier changed the outcome or, failing that, the best stage: both arms, same seed.
@@ -144,10 +150,19 @@ def test_demo_quick_on_the_shipped_default_writes_success_per_arm(tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(summary.read_text())
-    assert set(report["summary"]["success"]) == {"none", "cfn"}
+    # The shipped default records its best verifier; the demo runs it at its recorded N.
+    from policies.shipped import resolve_policy
+    from verifiers.shipped import best_verifier
+
+    best = best_verifier(resolve_policy("default"))
+    assert best is not None and best["p_value"] < 0.05 and best["successes"] / best["episodes"] > \
+        best["reference"]["successes"] / best["reference"]["episodes"]
+    assert set(report["summary"]["success"]) == {"none", best["name"]}
+    assert report["arms"][1]["n"] == best["n"]
     assert all(0.0 <= v <= 1.0 for v in report["summary"]["success"].values())
-    assert report["policy"].endswith("artifacts/bundles/flow")
-    assert "cfn" in result.stdout and (tmp_path / "demo" / "index.md").is_file()
+    assert report["policy"] == resolve_policy("default")
+    assert "verdict: " in result.stdout and "recorded best verifier" in result.stdout
+    assert (tmp_path / "demo" / "index.md").is_file()
 
 
 def test_every_shipped_verifier_loads_and_is_bound_to_its_shipped_policy():

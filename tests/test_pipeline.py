@@ -112,6 +112,31 @@ def test_taco_artifacts_quick_builds_everything_and_a_rerun_skips_it(tmp_path, c
     assert load_verifier(out / "bundles" / "flow-cfn").policy_fingerprint == fingerprint
 
 
+def test_taco_regime_quick_pretrains_broad_then_finetunes_and_a_rerun_skips_it(tmp_path, capsys):
+    """`taco artifacts --recipe taco`: the corpus holds every part (off-task modes and failures kept), the
+    fine-tuned policy starts from the pre-trained one, and its verifiers are bound to it."""
+    out = tmp_path / "regime"
+    args = ["artifacts", "--recipe", "taco", "--quick", "--out", str(out)]
+    assert main(args) == 0
+    first = capsys.readouterr()
+    for name in ("corpus", "finetune data", "pretrained", "taco-cfn", "taco-knn", "taco-consensus"):
+        assert name in first.out
+    corpus = [json.loads(line) for line in (out / "data" / "broad" / "meta" / "taco_episodes.jsonl").open()]
+    assert [e["task"] for e in corpus] == ["transfer_cube"] * 3 + ["lift_bar"]
+    assert corpus[1]["mode"] in ("no_handover", "early_release", "bar_lift") and not corpus[1]["success"]
+    assert corpus[2]["perturb"] == 0.3
+    finetune = [json.loads(line) for line in (out / "data" / "finetune" / "meta" / "taco_episodes.jsonl").open()]
+    assert len(finetune) == 2 and all(e["success"] and e["seed"] >= 200_000 for e in finetune)
+    policy = load_policy_bundle(out / "bundles" / "taco")
+    training = policy.manifest.provenance["training"]
+    assert training["init_from"].endswith("pretrained.ckpt/last.pt") and training["lr"] == 1e-4
+    assert load_verifier(out / "bundles" / "taco-cfn").policy_fingerprint == policy.fingerprint
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "[pretrain] up to date" in err and "[finetune] up to date" in err and "[features] up to date" in err
+    assert "[verifier taco-knn] up to date" in err and "[corpus]" not in err
+
+
 def test_compare_pairs_arms_on_the_same_seeds(trained, tmp_path, capsys):
     out, policy, features = trained
     vdir = out / "verifier-knn-cmp"

@@ -104,6 +104,33 @@ def test_mode_mix_follows_the_weights():
         ExpertConfig(mode_weights={"sloppy": 1})
 
 
+def test_off_task_modes_do_the_wrong_thing_in_the_transfer_scene():
+    """The pre-training corpus's wrong behaviour: none of it completes the handover."""
+    env = AlohaSimEnv("transfer_cube", cameras=(), stop_on_success=False)
+    expert = ScriptedExpert("transfer_cube", ExpertConfig(action_noise=0.0))
+    try:
+        for mode, most in (("no_handover", 2), ("early_release", 2), ("bar_lift", 1)):
+            env.reset(0)
+            actions, got = expert.actions(env.object_poses, 0, mode)
+            stages = [env.step(a)[3]["stage"] for a in actions]
+            assert got == mode and max(stages) <= most, (mode, max(stages))
+            if mode != "bar_lift":
+                assert max(stages) == 2, f"{mode}: the right arm lifts the cube first"
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="transfer_cube mode"):
+        ScriptedExpert("lift_bar").plan(np.zeros(7) + [0, 0.5, 0.05, 1, 0, 0, 0], 0, "no_handover")
+
+
+def test_mode_mix_from_text():
+    cfg = ExpertConfig.from_mix("clean:2, no_handover:1,bar_lift", action_noise=0.0)
+    assert cfg.mode_weights == {"clean": 2.0, "no_handover": 1.0, "bar_lift": 1.0} and cfg.action_noise == 0.0
+    with pytest.raises(ValueError, match="NAME:WEIGHT"):
+        ExpertConfig.from_mix("clean:lots")
+    with pytest.raises(ValueError, match="unknown modes"):
+        ExpertConfig.from_mix("clean,sloppy")
+
+
 @pytest.mark.parametrize("action,field", [
     (np.zeros(13), "action"),
     (np.zeros((2, 14)), "action"),

@@ -78,7 +78,32 @@ def cmd_combine_verifiers(args) -> int:
     return 0
 
 
+def cmd_best_verifier(args) -> int:
+    import json
+    import shlex
+    import sys
+
+    from policies.shipped import resolve_policy
+    from verifiers.best import describe_best, record_best
+
+    policy = resolve_policy(args.policy)
+    report = json.loads(open(args.compare).read())
+    record = record_best(policy, report, alpha=args.alpha, command=shlex.join(["taco", *sys.argv[1:]]))
+    if record is None:
+        print(f"no verifier arm of {args.compare} beats the pooled N=1 at p < {args.alpha}; nothing recorded for "
+              f"{policy} (an earlier record, if any, was removed)")
+        return 1
+    print(f"recorded for {policy}: best verifier {describe_best(record)}")
+    return 0
+
+
 def register(cli) -> None:
+    p = cli.add("best-verifier", "record a policy's best verifier (from a taco compare report with a pooled N=1) "
+                                 "in its bundle, for --verifier best", run=cmd_best_verifier)
+    p.add_argument("--policy", required=True, help="'default' or a policy bundle")
+    p.add_argument("--compare", required=True, help="compare.json of `taco compare --reference-streams 3`")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level against the pooled N=1")
+
     p = cli.add("collect-features", "TACO's high-fidelity feature search over a policy's training dataset",
                 run=cmd_collect_features, extras=("train",))
     p.add_argument("--policy", required=True, help="policy bundle")
