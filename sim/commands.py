@@ -131,10 +131,13 @@ def cmd_demo(args) -> int:
                         max_steps=150 if args.quick else None, out=args.out or "build/demo")
     report = run_demo_suite(config)
     print(format_compare(report))
-    if report["best_verifier"]:
-        from verifiers.best import describe_best
+    from verifiers.best import describe_best
 
+    if report["best_verifier"]:
         print(f"recorded best verifier: {describe_best(report['best_verifier'])}")
+    elif args.verifier == "best":
+        print(f"no best verifier recorded for {report['policy']}: no verifier has beaten its pooled N=1 "
+              f"(taco best-verifier); this demo shows {report['arms'][1]['arm']}")
     print(f"verdict: {report['verdict']}")
     print(f"report: {Path(config.out) / 'index.md'}")
     if args.json:

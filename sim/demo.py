@@ -27,6 +27,10 @@ from sim.compare import Arm, compare, format_compare
 from sim.evaluate import EvalConfig, run_suite
 
 
+# The verifier shown when the policy records no best one (`taco best-verifier` found none beating N=1).
+FALLBACK_VERIFIER = "cfn"
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     policy: str = "default"
@@ -52,9 +56,15 @@ def run_demo_suite(config: DemoConfig, log=None) -> dict:
     verifier, n, best = config.verifier, config.n, None
     if verifier == "best":
         best = best_verifier(resolve_policy(config.policy))
-        resolve_verifier("best", resolve_policy(config.policy))  # no record: says how to make one
-        verifier, n = best["name"], n or best["n"]
-        log(f"best verifier of {config.policy}: {describe_best(best)}")
+        if best is None:
+            # Nothing has beaten N=1 on this policy yet: show the pseudo-count, and say so.
+            verifier = FALLBACK_VERIFIER
+            log(f"no best verifier is recorded for {config.policy} (none has beaten its pooled N=1): "
+                f"showing {verifier}")
+        else:
+            resolve_verifier("best", resolve_policy(config.policy))  # the recorded bundle must be there
+            verifier, n = best["name"], n or best["n"]
+            log(f"best verifier of {config.policy}: {describe_best(best)}")
     n = n or 16
     # A shipped verifier is named by its kind; a bundle path by its folder name.
     name = verifier if "/" not in verifier else Path(verifier).name

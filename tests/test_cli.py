@@ -155,13 +155,17 @@ def test_demo_quick_on_the_shipped_default_writes_success_per_arm(tmp_path):
     from verifiers.shipped import best_verifier
 
     best = best_verifier(resolve_policy("default"))
-    assert best is not None and best["p_value"] < 0.05 and best["successes"] / best["episodes"] > \
-        best["reference"]["successes"] / best["reference"]["episodes"]
-    assert set(report["summary"]["success"]) == {"none", best["name"]}
-    assert report["arms"][1]["n"] == best["n"]
+    if best is not None:
+        assert best["p_value"] < 0.05 and best["successes"] / best["episodes"] > \
+            best["reference"]["successes"] / best["reference"]["episodes"]
+        assert set(report["summary"]["success"]) == {"none", best["name"]} and report["arms"][1]["n"] == best["n"]
+        assert "recorded best verifier" in result.stdout
+    else:  # nothing has beaten N=1 on the shipped default: the demo says so and shows CFN
+        assert set(report["summary"]["success"]) == {"none", "cfn"} and report["arms"][1]["n"] == 16
+        assert "no best verifier recorded" in result.stdout
     assert all(0.0 <= v <= 1.0 for v in report["summary"]["success"].values())
     assert report["policy"] == resolve_policy("default")
-    assert "verdict: " in result.stdout and "recorded best verifier" in result.stdout
+    assert f"verdict: {report['arms'][1]['arm']} at N={report['arms'][1]['n']} against N=1" in result.stdout
     assert (tmp_path / "demo" / "index.md").is_file()
 
 
