@@ -61,7 +61,8 @@ def record_best(policy: str, report: dict, alpha: float = 0.05, command: str = "
     provenance = manifest.setdefault("provenance", {})
     record = None
     if row is None:
-        provenance.pop("best_verifier", None)
+        if provenance.pop("best_verifier", None) is None:
+            return None  # nothing recorded, nothing to remove: the manifest stays as it is
     else:
         pooled = report["pooled_reference"]["overall"]
         paired = row.get("paired_vs_" + report["reference"], {})
