@@ -55,14 +55,15 @@ def run_demo_suite(config: DemoConfig, log=None) -> dict:
     out = Path(config.out)
     verifier, n, best = config.verifier, config.n, None
     if verifier == "best":
-        best = best_verifier(resolve_policy(config.policy))
+        policy = resolve_policy(config.policy)
+        best = best_verifier(policy)
         if best is None:
             # Nothing has beaten N=1 on this policy yet: show the pseudo-count, and say so.
             verifier = FALLBACK_VERIFIER
             log(f"no best verifier is recorded for {config.policy} (none has beaten its pooled N=1): "
                 f"showing {verifier}")
         else:
-            resolve_verifier("best", resolve_policy(config.policy))  # the recorded bundle must be there
+            resolve_verifier("best", policy)  # the recorded bundle must be there
             verifier, n = best["name"], n or best["n"]
             log(f"best verifier of {config.policy}: {describe_best(best)}")
     n = n or 16

@@ -56,23 +56,13 @@ class ArtifactsConfig:
 def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
     """Builds (or finishes building) every artifact; returns name -> path."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    from policies import load_policy_bundle
     from policies.data import dataset_fingerprint
-    from policies.train import TrainConfig, train_policy
     from sim.record import RecordConfig, record, recorded_episodes
-    from verifiers import load_verifier
-    from verifiers.features import FeatureSet, collect_features
-    from verifiers.train import VerifierTrainConfig, train_verifier
 
     out = Path(config.out)
     built: dict[str, Path] = {}
     started = time.perf_counter()
     data = out / "data" / "sim"
-    every = max(1, min(250, config.steps))  # validation and checkpoint period
-
-    def up_to_date(policy: Path, fingerprint: str):
-        bundle = _load_or_none(load_policy_bundle, policy)
-        return bundle if bundle and bundle.manifest.provenance.get("dataset_fingerprint") == fingerprint else None
 
     # Recording resumes where it stopped (clean episodes first, then the recovery ones).
     recorded = Counter(row["task"] for row in recorded_episodes(data))
@@ -91,36 +81,66 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
 
     for kind in config.kinds:
         policy = out / "bundles" / kind
-        current = up_to_date(policy, fingerprint)
-        if current is not None:
-            log(f"[train {kind}] up to date: {policy}")
-        else:
-            log(f"[train {kind}] {config.steps} steps on all episodes -> {policy} (resumable)")
-            train_policy(TrainConfig(dataset=str(data), out=str(policy), kind=kind, size=config.size,
-                                     steps=config.steps, batch_size=config.batch_size, seed=config.seed,
-                                     val_every=every, checkpoint_every=every), log=log)
-            current = load_policy_bundle(policy)
+        current = train_stage(f"train {kind}", data, policy, log, fingerprint=fingerprint,
+                              description=f"{config.steps} steps on all episodes", kind=kind, size=config.size,
+                              steps=config.steps, batch_size=config.batch_size, seed=config.seed)
         built[kind] = policy
-
-        features_path = out / "features" / f"{kind}.npz"
-        features = _load_or_none(FeatureSet.load, features_path)
-        if features is None or features.policy_fingerprint != current.fingerprint:
-            log(f"[features {kind}] K={config.k}, every {config.stride}th frame -> {features_path}")
-            features = collect_features(policy, data, k=config.k, stride=config.stride, seed=config.seed, progress=log)
-            features.save(features_path)
-        else:
-            log(f"[features {kind}] up to date: {features_path}")
-
-        for vkind in config.verifiers:
-            vpath = out / "bundles" / f"{kind}-{vkind}"
-            existing = _load_or_none(load_verifier, vpath)
-            if existing is not None and existing.policy_fingerprint == current.fingerprint:
-                log(f"[verifier {kind}-{vkind}] up to date: {vpath}")
-            else:
-                train_verifier(features, VerifierTrainConfig(kind=vkind, epochs=config.verifier_epochs,
-                                                             seed=config.seed), vpath, log=log, overwrite=True)
-            built[f"{kind}-{vkind}"] = vpath
+        built.update(features_and_verifiers(current, data, out / "features" / f"{kind}.npz", f"features {kind}",
+                                            out / "bundles", config.verifiers, log, k=config.k, stride=config.stride,
+                                            seed=config.seed, epochs=config.verifier_epochs))
     log(f"artifacts complete in {time.perf_counter() - started:.0f} s")
+    return built
+
+
+def train_stage(stage: str, data: Path, policy: Path, log, fingerprint: str | None = None, description: str = "",
+                **train) -> object:
+    """The policy bundle trained on `data`: the one at `policy` when it was made from this dataset, else
+    trained (resuming its checkpoints) with TrainConfig(**train), validating and checkpointing every 250
+    steps at most."""
+    from policies import load_policy_bundle
+    from policies.data import dataset_fingerprint
+    from policies.train import TrainConfig, train_policy
+
+    fingerprint = fingerprint or dataset_fingerprint(data)
+    bundle = _load_or_none(load_policy_bundle, policy)
+    if bundle is not None and bundle.manifest.provenance.get("dataset_fingerprint") == fingerprint:
+        log(f"[{stage}] up to date: {policy}")
+        return bundle
+    every = max(1, min(250, train["steps"]))
+    description = description or f"{train['steps']} steps on {data}"
+    log(f"[{stage}] {description} -> {policy} (resumable)")
+    train_policy(TrainConfig(dataset=str(data), out=str(policy), val_every=every, checkpoint_every=every, **train),
+                 log=log)
+    return load_policy_bundle(policy)
+
+
+def features_and_verifiers(policy, data: Path, features_path: Path, stage: str, bundles: Path,
+                           verifiers: tuple[str, ...], log, k: int, stride: int, seed: int, epochs: int,
+                           threads: int = 1) -> dict[str, Path]:
+    """TACO's feature search of `policy` (a loaded bundle) on `data`, then one verifier bundle per kind as
+    `bundles/<policy>-<kind>`; each skipped when it already belongs to this policy."""
+    from verifiers import load_verifier
+    from verifiers.features import FeatureSet, collect_features
+    from verifiers.train import VerifierTrainConfig, train_verifier
+
+    features = _load_or_none(FeatureSet.load, features_path)
+    if features is not None and features.policy_fingerprint == policy.fingerprint:
+        log(f"[{stage}] up to date: {features_path}")
+    else:
+        log(f"[{stage}] K={k}, every {stride}th frame of {data} -> {features_path}")
+        features = collect_features(policy.path, data, k=k, stride=stride, seed=seed, progress=log, threads=threads)
+        features.save(features_path)
+    built = {}
+    for vkind in verifiers:
+        name = f"{Path(policy.path).name}-{vkind}"
+        vpath = bundles / name
+        existing = _load_or_none(load_verifier, vpath)
+        if existing is not None and existing.policy_fingerprint == policy.fingerprint:
+            log(f"[verifier {name}] up to date: {vpath}")
+        else:
+            train_verifier(features, VerifierTrainConfig(kind=vkind, epochs=epochs, seed=seed), vpath, log=log,
+                           overwrite=True)
+        built[name] = vpath
     return built
 
 

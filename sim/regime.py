@@ -77,14 +77,8 @@ def corpus_parts(config: RegimeConfig) -> list[tuple[tuple[str, ...], int, dict]
 def build_regime(config: RegimeConfig, log=None) -> dict[str, Path]:
     """Builds (or finishes building) the corpus, both policies, the features and the verifiers."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    from policies import load_policy_bundle
-    from policies.data import dataset_fingerprint
-    from policies.train import TrainConfig, train_policy
-    from sim.pipeline import _load_or_none
+    from sim.pipeline import features_and_verifiers, train_stage
     from sim.record import RecordConfig, record, recorded_episodes
-    from verifiers import load_verifier
-    from verifiers.features import FeatureSet, collect_features
-    from verifiers.train import VerifierTrainConfig, train_verifier
 
     out = Path(config.out)
     started = time.perf_counter()
@@ -103,43 +97,16 @@ def build_regime(config: RegimeConfig, log=None) -> dict[str, Path]:
                             seed=config.finetune_seed), progress=log)
     built["corpus"], built["finetune data"] = broad, finetune
 
-    def train(stage: str, data: Path, policy: Path, steps: int, **extra):
-        fingerprint = dataset_fingerprint(data)
-        bundle = _load_or_none(load_policy_bundle, policy)
-        if bundle is not None and bundle.manifest.provenance.get("dataset_fingerprint") == fingerprint:
-            log(f"[{stage}] up to date: {policy}")
-            return bundle
-        every = max(1, min(250, steps))
-        log(f"[{stage}] {steps} steps on {data} -> {policy} (resumable)")
-        train_policy(TrainConfig(dataset=str(data), out=str(policy), kind=config.kind, size=config.size, steps=steps,
-                                 batch_size=config.batch_size, seed=config.seed, val_every=every,
-                                 checkpoint_every=every, **extra), log=log)
-        return load_policy_bundle(policy)
-
     pretrained = out / "bundles" / "pretrained"
-    train("pretrain", broad, pretrained, config.pretrain_steps)
+    common = dict(kind=config.kind, size=config.size, batch_size=config.batch_size, seed=config.seed)
+    train_stage("pretrain", broad, pretrained, log, steps=config.pretrain_steps, **common)
     policy = out / "bundles" / config.name
-    current = train("finetune", finetune, policy, config.finetune_steps, lr=config.finetune_lr,
-                    warmup_steps=config.finetune_warmup, init_from=str(Path(str(pretrained) + ".ckpt") / "last.pt"))
+    current = train_stage("finetune", finetune, policy, log, steps=config.finetune_steps, lr=config.finetune_lr,
+                          warmup_steps=config.finetune_warmup,
+                          init_from=str(Path(str(pretrained) + ".ckpt") / "last.pt"), **common)
     built["pretrained"], built[config.name] = pretrained, policy
-
-    features_path = out / "features" / f"{config.name}.npz"
-    features = _load_or_none(FeatureSet.load, features_path)
-    if features is not None and features.policy_fingerprint == current.fingerprint:
-        log(f"[features] up to date: {features_path}")
-    else:
-        log(f"[features] K={config.k}, every {config.stride}th frame of {finetune} -> {features_path}")
-        features = collect_features(policy, finetune, k=config.k, stride=config.stride, seed=config.seed, progress=log,
-                                    threads=2)
-        features.save(features_path)
-    for vkind in config.verifiers:
-        vpath = out / "bundles" / f"{config.name}-{vkind}"
-        existing = _load_or_none(load_verifier, vpath)
-        if existing is not None and existing.policy_fingerprint == current.fingerprint:
-            log(f"[verifier {config.name}-{vkind}] up to date: {vpath}")
-        else:
-            train_verifier(features, VerifierTrainConfig(kind=vkind, epochs=config.verifier_epochs, seed=config.seed),
-                           vpath, log=log, overwrite=True)
-        built[f"{config.name}-{vkind}"] = vpath
+    built.update(features_and_verifiers(current, finetune, out / "features" / f"{config.name}.npz", "features",
+                                        out / "bundles", config.verifiers, log, k=config.k, stride=config.stride,
+                                        seed=config.seed, epochs=config.verifier_epochs, threads=2))
     log(f"regime complete in {time.perf_counter() - started:.0f} s")
     return built
