@@ -74,12 +74,17 @@ def cmd_collect_outcomes(args) -> int:
 
 
 def cmd_artifacts(args) -> int:
-    from sim.pipeline import ArtifactsConfig, build_artifacts
+    from dataclasses import replace
 
-    kinds = tuple(args.kinds.split(","))
+    from sim.pipeline import RECIPES, build_artifacts
+
+    overrides = {name: getattr(args, name) for name in ARTIFACTS_OVERRIDES if getattr(args, name) is not None}
+    flags = ", ".join(f"--{name.replace('_', '-')}" for name in sorted(overrides))
     if args.recipe == "taco":
         from sim.regime import RegimeConfig, build_regime
 
+        if set(overrides) - {"steps"}:
+            raise ValueError(f"--recipe taco: only --steps can be changed (got {flags})")
         if args.quick:
             regime = RegimeConfig(out=args.out, task_mode_episodes=1, off_task_episodes=1, perturbed_episodes=1,
                                   other_tasks=("lift_bar",), other_task_episodes=1, finetune_episodes=2, size="tiny",
@@ -89,19 +94,29 @@ def cmd_artifacts(args) -> int:
             regime = RegimeConfig(out=args.out, pretrain_steps=args.steps or RegimeConfig.pretrain_steps)
         built = build_regime(regime)
     else:
-        if args.quick:
-            config = ArtifactsConfig(out=args.out, tasks=tasks(args.task), episodes=1, recovery_episodes=1,
-                                     perturb=args.perturb, kinds=kinds, size="tiny", steps=20, batch_size=8, k=4,
-                                     stride=20, verifier_epochs=2)
-        else:
-            config = ArtifactsConfig(out=args.out, tasks=tasks(args.task), episodes=args.episodes,
-                                     recovery_episodes=args.recovery_episodes, perturb=args.perturb, kinds=kinds,
-                                     steps=args.steps or ArtifactsConfig.steps, k=args.k, stride=args.stride)
-        built = build_artifacts(config)
+        names = list(RECIPES) if args.recipe == "shipped" else [args.recipe]
+        if overrides and len(names) > 1:
+            raise ValueError(f"{flags}: change one recipe at a time "
+                             f"(--recipe {' or --recipe '.join(RECIPES)})")
+        if "task" in overrides:
+            overrides["tasks"] = tasks(overrides.pop("task"))
+        if "kinds" in overrides:
+            overrides["kinds"] = tuple(k for k in overrides["kinds"].split(",") if k)
+        built = {}
+        for name in names:
+            config = replace(RECIPES[name], out=args.out, **overrides)
+            if args.quick:
+                config = replace(config, episodes=1, recovery_episodes=min(1, config.recovery_episodes), size="tiny",
+                                 steps=20, batch_size=8, k=4, stride=20, verifier_epochs=2)
+            built.update(build_artifacts(config))
     for name, path in built.items():
         size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
         print(f"{name:<22} {path}  ({size:.1f} MB)")
     return 0
+
+
+# `taco artifacts` flags that change a recipe's ArtifactsConfig field of the same name (`task` -> tasks).
+ARTIFACTS_OVERRIDES = ("task", "episodes", "recovery_episodes", "perturb", "kinds", "steps", "k", "stride")
 
 
 def cmd_compare(args) -> int:
@@ -216,20 +231,24 @@ def register(cli) -> None:
     p = cli.add("artifacts", "record (clean + DART recovery episodes) -> train policies -> features -> verifiers "
                              "(rerun to resume)", run=cmd_artifacts, extras=("sim", "train"))
     p.add_argument("--out", default="artifacts")
-    p.add_argument("--recipe", choices=("default", "taco"), default="default",
-                   help="default: the flow/diffusion recipe below; taco: TACO's regime (broad pre-training corpus, "
-                        "fine-tuned on 30 clean transfer_cube episodes, verifiers on those; sim/regime.py)")
-    p.add_argument("--task", default="transfer_cube", help="task or comma-separated tasks to record and train on")
-    p.add_argument("--episodes", type=int, default=100, help="scripted episodes per task")
-    p.add_argument("--recovery-episodes", type=int, default=200, help="DART-perturbed episodes per task, added")
-    p.add_argument("--perturb", type=float, default=0.1,
+    p.add_argument("--recipe", choices=("shipped", "flow", "diffusion", "taco"), default="shipped",
+                   help="shipped: every shipped bundle (flow, then diffusion); flow: 100 clean + 200 DART recovery "
+                        "transfer_cube episodes, a flow policy; diffusion (the default policy): 50 clean episodes, a "
+                        "diffusion policy; taco: TACO's regime (broad pre-training corpus, fine-tuned on 30 clean "
+                        "transfer_cube episodes, verifiers on those; sim/regime.py). The flags below change one "
+                        "recipe's settings (sim/pipeline.py RECIPES)")
+    p.add_argument("--task", default=None, help="task or comma-separated tasks to record and train on")
+    p.add_argument("--episodes", type=int, default=None, help="scripted episodes per task")
+    p.add_argument("--recovery-episodes", type=int, default=None, help="DART-perturbed episodes per task, added")
+    p.add_argument("--perturb", type=float, default=None,
                    help="perturbation std of the recovery episodes in free motion, rad (a tenth while grasping)")
-    p.add_argument("--kinds", default="flow,diffusion", help="policy kinds to train, comma-separated")
+    p.add_argument("--kinds", default=None, help="policy kinds to train, comma-separated")
     p.add_argument("--steps", type=int, default=None,
                    help="training steps per policy (default 5000; --recipe taco: pre-training steps, default 4000)")
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--stride", type=int, default=4)
-    p.add_argument("--quick", action="store_true", help="one clean + one recovery episode per task, tiny models")
+    p.add_argument("--k", type=int, default=None, help="feature search: noises per frame (16)")
+    p.add_argument("--stride", type=int, default=None, help="feature search: every STRIDE-th frame")
+    p.add_argument("--quick", action="store_true",
+                   help="one clean (+ one recovery) episode per task, tiny models (for tests)")
 
     p = cli.add("compare", "several verifier arms on the same episodes, with paired statistics", run=cmd_compare,
                 extras=("sim",))

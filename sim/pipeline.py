@@ -1,24 +1,30 @@
 """`taco artifacts` (`make artifacts`): record -> train -> features -> verifiers.
 
-The recipe that made the shipped default (see artifacts/README.md):
+The recipes that made the shipped bundles (see artifacts/README.md), `RECIPES` below:
 
-1. record `episodes` scripted episodes per task with the mixed behaviour modes, then
-   `recovery_episodes` more with DART-style perturbation (executed joints pushed off the plan by
-   `perturb` rad in free motion, a tenth of it while grasping and handing over; the expert's plan is
-   what is recorded), into one dataset;
-2. train each policy kind on all of it (`bundles/<kind>`, the shipped policy), with the training
-   settings that make the policy look at the scene (policies.train.TrainConfig's defaults: a keypoint
-   head, the future-state loss, start frames oversampled, light state noise, no image shift);
-3. TACO's feature search on the whole dataset, then one verifier bundle per kind (cfn, rnd, knn, random).
+- `flow` (`bundles/flow`): 100 scripted transfer_cube episodes with the mixed behaviour modes, then 200
+  more with DART-style perturbation (executed joints pushed off the plan by `perturb` rad in free
+  motion, a tenth of it while grasping and handing over; the expert's plan is what is recorded);
+- `diffusion` (`bundles/diffusion`, the shipped default): 50 clean episodes, no recovery ones, a
+  diffusion head, features on every 2nd frame. A weaker policy whose samples spread, so that selection
+  among them matters (docs/results.md, "The shipped default").
+
+Each recipe then:
+
+1. trains each policy kind on all of its dataset (`bundles/<kind>`), with the training settings that
+   make the policy look at the scene (policies.train.TrainConfig's defaults: a keypoint head, the
+   future-state loss, start frames oversampled, light state noise, no image shift);
+2. runs TACO's feature search on the whole dataset, then builds one verifier bundle per kind (cfn, rnd,
+   knn, consensus, random).
 
 Every stage is skipped when its output exists and belongs to its inputs (dataset fingerprint, policy
 fingerprint), and resumes when interrupted (recording and training checkpoint themselves), so the same
 command can be rerun until everything is built. Outputs, under `--out`:
 
-    data/sim/                  the LeRobotDataset of scripted episodes (clean, then recovery)
-    bundles/<kind>/            the shipped policy bundles (flow, diffusion); checkpoints in <kind>.ckpt/
+    data/<dataset>/            the recipe's LeRobotDataset of scripted episodes (clean, then recovery)
+    bundles/<kind>/            the shipped policy bundles; checkpoints in <kind>.ckpt/
     features/<kind>.npz        TACO feature-search results
-    bundles/<kind>-<verifier>/ verifier bundles (cfn, rnd, knn, random)
+    bundles/<kind>-<verifier>/ verifier bundles (cfn, rnd, knn, consensus, random)
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ class ArtifactsConfig:
     recovery_episodes: int = 200
     # DART perturbation std of the recovery episodes in free motion, rad.
     perturb: float = 0.1
-    kinds: tuple[str, ...] = ("flow", "diffusion")
+    kinds: tuple[str, ...] = ("flow",)
     size: str = "default"
     steps: int = 5000
     batch_size: int = 32
@@ -51,6 +57,16 @@ class ArtifactsConfig:
     verifiers: tuple[str, ...] = ("cfn", "rnd", "knn", "consensus", "random")
     verifier_epochs: int = 40
     seed: int = 0
+    # The dataset's folder under `out`/data (one per recipe, so recipes sharing `out` never mix episodes).
+    dataset: str = "sim"
+
+
+# The shipped recipes, in the order `make artifacts` builds them.
+RECIPES = {
+    "flow": ArtifactsConfig(),
+    "diffusion": ArtifactsConfig(episodes=50, recovery_episodes=0, kinds=("diffusion",), stride=2,
+                                 dataset="clean50"),
+}
 
 
 def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
@@ -62,7 +78,7 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
     out = Path(config.out)
     built: dict[str, Path] = {}
     started = time.perf_counter()
-    data = out / "data" / "sim"
+    data = out / "data" / config.dataset
 
     # Recording resumes where it stopped (clean episodes first, then the recovery ones).
     recorded = Counter(row["task"] for row in recorded_episodes(data))
@@ -71,7 +87,7 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
         record(RecordConfig(tasks=config.tasks, episodes=config.episodes, out=str(data), seed=config.seed),
                progress=log)
     total = config.episodes + config.recovery_episodes
-    if any(recorded[task] < total for task in config.tasks):
+    if config.recovery_episodes and any(recorded[task] < total for task in config.tasks):
         log(f"[record] +{config.recovery_episodes} recovery episodes per task, perturbation "
             f"{config.perturb} rad -> {data}")
         record(RecordConfig(tasks=config.tasks, episodes=total, out=str(data), seed=config.seed,

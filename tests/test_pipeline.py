@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from policies import load_policy_bundle
+from policies.shipped import DEFAULT_POLICY_KIND
 from policies.train import TrainConfig
 from taco.cli import main
 from verifiers import load_verifier
@@ -86,7 +87,7 @@ def test_taco_list_shows_plugins_from_entry_points(tmp_path, monkeypatch, capsys
 
 def test_taco_artifacts_quick_builds_everything_and_a_rerun_skips_it(tmp_path, capsys):
     out = tmp_path / "artifacts"
-    args = ["artifacts", "--quick", "--out", str(out), "--task", "lift_bar", "--kinds", "flow", "--perturb", "0.005"]
+    args = ["artifacts", "--recipe", "flow", "--quick", "--out", str(out), "--task", "lift_bar", "--perturb", "0.005"]
     assert main(args) == 0
     first = capsys.readouterr()
     for name in ("dataset", "flow", "flow-cfn", "flow-rnd", "flow-knn", "flow-random"):
@@ -110,6 +111,31 @@ def test_taco_artifacts_quick_builds_everything_and_a_rerun_skips_it(tmp_path, c
     assert "[record]" not in err and "[train flow] 20 steps" not in err
     assert (out / "bundles" / "flow" / "manifest.json").read_text() == policy_files
     assert load_verifier(out / "bundles" / "flow-cfn").policy_fingerprint == fingerprint
+
+
+def test_the_diffusion_recipe_records_its_own_clean_dataset_next_to_the_flow_one(tmp_path, capsys):
+    """`--recipe diffusion` (the shipped default's recipe): clean episodes only, in their own dataset folder,
+    so that it and `--recipe flow` can build into one `--out` without mixing episodes."""
+    out = tmp_path / "artifacts"
+    assert main(["artifacts", "--recipe", "diffusion", "--quick", "--out", str(out), "--task", "lift_bar"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("diffusion", "diffusion-cfn", "diffusion-consensus"):
+        assert f"{name} " in printed
+    assert "flow" not in printed
+    episodes = [json.loads(line) for line in (out / "data" / "clean50" / "meta" / "taco_episodes.jsonl").open()]
+    assert [e["perturb"] for e in episodes] == [0.0]
+    assert not (out / "data" / "sim").exists()
+    bundle = load_policy_bundle(out / "bundles" / "diffusion")
+    assert bundle.manifest.kind == "diffusion"
+
+
+def test_artifacts_flags_change_one_recipe_at_a_time(tmp_path, capsys):
+    assert main(["artifacts", "--out", str(tmp_path), "--episodes", "3", "--recovery-episodes", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--episodes, --recovery-episodes: change one recipe at a time" in err
+    assert main(["artifacts", "--recipe", "taco", "--out", str(tmp_path), "--stride", "4"]) == 2
+    assert "--recipe taco: only --steps can be changed (got --stride)" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_taco_regime_quick_pretrains_broad_then_finetunes_and_a_rerun_skips_it(tmp_path, capsys):
@@ -239,18 +265,19 @@ def test_shipped_names_resolve_to_the_artifacts_folder(trained, tmp_path, monkey
 
     out, policy, features = trained
     artifacts = tmp_path / "artifacts"
-    shutil.copytree(policy, artifacts / "bundles" / "flow")
+    shipped = artifacts / "bundles" / DEFAULT_POLICY_KIND
+    shutil.copytree(policy, shipped)
     monkeypatch.setenv("TACO_ARTIFACTS", str(artifacts))
     args = ["eval", "--policy", "default", "--task", "lift_bar", "--episodes", "1", "--max-steps", "8"]
     assert main([*args, "--verifier", "knn", "--n", "2"]) == 2
     assert "make artifacts" in capsys.readouterr().err
     assert main(["train-verifier", "--kind", "knn", "--features", str(features),
-                 "--out", str(artifacts / "bundles" / "flow-knn")]) == 0
+                 "--out", str(artifacts / "bundles" / f"{DEFAULT_POLICY_KIND}-knn")]) == 0
     path = tmp_path / "e.json"
     assert main([*args, "--verifier", "knn", "--n", "2", "--json", str(path)]) == 0
     config = json.loads(path.read_text())["config"]
-    assert config["policy"] == str(artifacts / "bundles" / "flow")
-    assert config["verifier"] == str(artifacts / "bundles" / "flow-knn")
+    assert config["policy"] == str(shipped)
+    assert config["verifier"] == str(artifacts / "bundles" / f"{DEFAULT_POLICY_KIND}-knn")
     assert main([*args, "--verifier", "none", "--json", str(path)]) == 0
     assert json.loads(path.read_text())["config"]["verifier"] is None
     monkeypatch.setenv("TACO_ARTIFACTS", str(tmp_path / "nowhere"))
