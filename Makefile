@@ -9,7 +9,7 @@ CONSTRAINTS := constraints.txt
 # Test markers CI runs by default; `make test-slow` adds the long suites.
 TEST_MARKERS ?= not slow and not gpu and not hardware
 # Extras the test install carries: everything but gpu (the ROS tests run in CI too).
-TEST_EXTRAS := train+sim+ray+ros+vla+dev
+TEST_EXTRAS := train+sim+ray+ros+vla+serve+dev
 
 # A Python 3.12 interpreter: PATH first, then pyenv's installs; pyenv shims fail unless a version is
 # selected, so each candidate must actually run.
@@ -52,10 +52,16 @@ $(VENV)/.installed-%: $(VENV)/bin/python pyproject.toml $(CONSTRAINTS)
 
 comma := ,
 
+# openpi's own client, for the interoperability tests of `taco serve`: it pins numpy<2 but runs on numpy 2,
+# so it is installed without its dependencies (websockets and msgpack come with the serve extra).
+$(VENV)/.installed-openpi-client: | $(VENV)/bin/python
+	$(PIP) install -q --no-deps openpi-client==0.1.2
+	@touch $@
+
 install-core: $(VENV)/bin/python
 	$(PIP) install -q -c $(CONSTRAINTS) -e .
 install-train: $(VENV)/.installed-train
-install-dev: $(VENV)/.installed-$(TEST_EXTRAS) $(VENV)/.built-msgs
+install-dev: $(VENV)/.installed-$(TEST_EXTRAS) $(VENV)/.built-msgs $(VENV)/.installed-openpi-client
 install-all: $(VENV)/.installed-all $(VENV)/.built-msgs
 
 # The vendored ROS message packages (interbotix_xs_msgs), built into the venv with the rosidl wheels.
@@ -70,10 +76,10 @@ ros: $(VENV)/.installed-sim+ros $(VENV)/.built-msgs
 demo: $(VENV)/.installed-sim
 	$(VENV)/bin/taco demo
 
-test: $(VENV)/.installed-$(TEST_EXTRAS) $(VENV)/.built-msgs
+test: $(VENV)/.installed-$(TEST_EXTRAS) $(VENV)/.built-msgs $(VENV)/.installed-openpi-client
 	$(PY) -m pytest -m "$(TEST_MARKERS)"
 
-test-slow: $(VENV)/.installed-$(TEST_EXTRAS) $(VENV)/.built-msgs
+test-slow: $(VENV)/.installed-$(TEST_EXTRAS) $(VENV)/.built-msgs $(VENV)/.installed-openpi-client
 	$(PY) -m pytest -m "slow"
 
 # Rebuild the shipped bundles: record -> train -> features -> verifiers; rerun to resume.
@@ -87,7 +93,7 @@ bench: $(VENV)/.installed-train
 lock:
 	rm -rf build/lock-venv
 	"$$( $(find_python) )" -m venv build/lock-venv
-	build/lock-venv/bin/pip install -q -e ".[train,sim,ray,ros,vla,dev]"
+	build/lock-venv/bin/pip install -q -e ".[train,sim,ray,ros,vla,serve,dev]"
 	build/lock-venv/bin/python scripts/freeze.py > $(CONSTRAINTS)
 	rm -rf build/lock-venv
 

@@ -13,6 +13,8 @@ EXTRA_MODULES = {
     "sim": ("mujoco", "gym_aloha", "matplotlib"),
     "ray": ("ray",),
     "ros": ("rclpy", "mcap", "mcap_ros2"),
+    # The policy server and its client (openpi's websocket protocol).
+    "serve": ("websockets", "msgpack"),
     # Bundles that ship a Hugging Face tokenizer (imported VLAs); the inference path needs nothing else.
     "vla": ("tokenizers",),
 }

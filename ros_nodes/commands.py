@@ -13,16 +13,31 @@ def cmd_ros(args) -> int:
     from verifiers.bundle import check_verifier, load_verifier
     from verifiers.shipped import resolve_verifier
 
-    # Refuse a bad policy or a verifier that does not belong to it here, before any node starts.
-    policy = resolve_policy(args.policy)
-    bundle = load_policy_bundle(policy)
-    verifier = resolve_verifier(args.verifier, policy)
-    if verifier is not None:
-        check_verifier(load_verifier(verifier), bundle.manifest.feature_dim, bundle.fingerprint)
+    if args.server:
+        # Inference on a `taco serve` server: check it answers (and the key) before any node starts.
+        from serving.client import RemoteEngine
+
+        if args.policy != "default" or args.verifier != "none":
+            raise ValueError("--server: the server chooses the policy and the verifier "
+                             "(taco serve --policy/--verifier)")
+        key = open(args.api_key_file).read().strip() if args.api_key_file else None
+        with RemoteEngine(args.server, api_key=key) as remote:
+            print(f"policy server {args.server}: {remote.manifest.name} ({remote.fingerprint[:12]}), verifier "
+                  f"{remote.metadata['verifier']}")
+        policy = ""
+    else:
+        # Refuse a bad policy or a verifier that does not belong to it here, before any node starts.
+        policy = resolve_policy(args.policy)
+        bundle = load_policy_bundle(policy)
+        verifier = resolve_verifier(args.verifier, policy)
+        if verifier is not None:
+            check_verifier(load_verifier(verifier), bundle.manifest.feature_dim, bundle.fingerprint)
     commands = {}
     if args.target in ("sim", "robot"):
         params = {"policy": policy, "verifier": args.verifier, "n": args.n, "execute": args.execute,
                   "sink": args.sink, "profile": args.profile, "seed": args.seed}
+        if args.server:
+            params.update(server=args.server, api_key_file=args.api_key_file or "")
         if args.target == "robot":
             params["task"] = args.task
         commands["policy"] = node_command("ros_nodes.policy_node", params)
@@ -41,7 +56,7 @@ def cmd_ros(args) -> int:
 
 
 def _ros_needs(args) -> tuple[str, ...]:
-    return ("ros", "sim") if args.target == "sim" else ("ros",)
+    return ("ros",) + (("sim",) if args.target == "sim" else ()) + (("serve",) if args.server else ())
 
 
 def register(cli) -> None:
@@ -59,6 +74,9 @@ def register(cli) -> None:
     p.add_argument("--task", default="transfer_cube", help="sim task (sim) or instruction (robot)")
     p.add_argument("--episodes", type=int, default=0, help="sim: stop after this many episodes (0: run until Ctrl-C)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--server", default=None, metavar="ws://HOST:PORT",
+                   help="run inference on a `taco serve` server instead of here (it chooses policy and verifier)")
+    p.add_argument("--api-key-file", default=None, help="with --server: file holding the server's API key")
     p.add_argument("--record", default=None, metavar="PATH.mcap", help="also record the run to MCAP")
     p.add_argument("--discovery", default="LOCALHOST", choices=["LOCALHOST", "SUBNET", "SYSTEM_DEFAULT", "OFF"],
                    help="ROS_AUTOMATIC_DISCOVERY_RANGE when not already set (default: this host only)")

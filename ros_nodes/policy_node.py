@@ -13,6 +13,11 @@ It is a lifecycle node: the engine is made in on_configure and released in on_cl
 `autostart` (default) it configures and activates itself. Setting the `verifier` parameter swaps the
 verifier between two steps; a bundle that does not load or does not belong to the policy is refused and
 the old verifier stays.
+
+With `server:=ws://HOST:8000` (and `api_key_file` when the server wants a key) the node runs no model:
+each decision is asked of a `taco serve` server (`serving.RemoteEngine`), which chooses the policy and the
+verifier; the watchdog's inference-time and staleness rules then count the network time too, since they
+time the whole request.
 """
 
 from __future__ import annotations
@@ -60,6 +65,8 @@ class PolicyNode(LifecycleNode):
         p("provider", "cpu")
         p("threads", 1)
         p("seed", 0)
+        p("server", "")  # ws://HOST:PORT of a `taco serve` server: inference there instead of here
+        p("api_key_file", "")
         self.engine: Engine | None = None
         self.executor_: RealtimeExecutor | None = None
         self.timer = None
@@ -74,9 +81,16 @@ class PolicyNode(LifecycleNode):
             self.profile = get_profile(get("profile"))
             if get("sink") not in SINKS:
                 raise ValueError(f"sink: must be one of {', '.join(SINKS)}, got {get('sink')!r}")
-            policy = resolve_policy(get("policy"))
-            session = SessionConfig(provider=get("provider"), intra_op_threads=int(get("threads")))
-            self.engine = Engine(policy, resolve_verifier(get("verifier"), policy), EngineConfig(session=session))
+            if get("server"):
+                from serving.client import RemoteEngine
+
+                key = open(get("api_key_file")).read().strip() if get("api_key_file") else None
+                policy = get("server")
+                self.engine = RemoteEngine(policy, api_key=key)
+            else:
+                policy = resolve_policy(get("policy"))
+                session = SessionConfig(provider=get("provider"), intra_op_threads=int(get("threads")))
+                self.engine = Engine(policy, resolve_verifier(get("verifier"), policy), EngineConfig(session=session))
             self.executor_ = RealtimeExecutor(self.engine, ExecutorConfig(n=int(get("n")), execute=int(get("execute"))),
                                               seed=int(get("seed")), clock=self._now)
         except Exception as exc:  # noqa: BLE001 - a bad parameter fails the transition with the reason logged
@@ -112,8 +126,9 @@ class PolicyNode(LifecycleNode):
                        sub(Header, RESET_TOPIC, self._on_reset, LATCHED_QOS),
                        sub(String, ESTOP_TOPIC, self._on_estop, 10),
                        sub(Empty, ESTOP_RESET_TOPIC, self._on_estop_reset, 10)]
+        verifier = self.engine.verifier.name if self.engine.verifier is not None else "none"
         self.get_logger().info(f"configured: policy {policy} ({self.engine.manifest.fingerprint[:12]}), verifier "
-                               f"{get('verifier')}, n={get('n')}, sink {get('sink')}, {self.rate:g} Hz")
+                               f"{verifier}, n={get('n')}, sink {get('sink')}, {self.rate:g} Hz")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -194,6 +209,9 @@ class PolicyNode(LifecycleNode):
     def _on_parameters(self, params) -> SetParametersResult:
         for param in params:
             if param.name == "verifier" and self.engine is not None:
+                if self.get_parameter("server").value:
+                    return SetParametersResult(successful=False, reason="the policy server chooses the verifier "
+                                                                        "(taco serve --verifier)")
                 try:
                     self.engine.set_verifier(resolve_verifier(param.value, self.policy_path))
                 except Exception as exc:  # noqa: BLE001 - refused; the old verifier stays

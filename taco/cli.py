@@ -23,7 +23,7 @@ from policies.extras import install_hint, missing_extras
 
 # The parts' command modules, in the order `taco --help` lists them (the data flow's order).
 BUILTIN_PARTS = ("policies.commands", "verifiers.commands", "runtime.commands", "sim.commands",
-                 "ros_nodes.commands")
+                 "serving.commands", "ros_nodes.commands")
 # Third-party packages register a `register(cli)` callable here, as verifier plugins do under taco.verifiers.
 ENTRY_POINT_GROUP = "taco.commands"
 

@@ -385,6 +385,50 @@ def test_live_verifier_swap_and_a_bad_bundle_is_refused(nodes, harness, exported
     assert nodes.alive("policy")
 
 
+def test_the_policy_node_runs_against_a_policy_server(nodes, harness, exported, tmp_path):
+    """`server:=ws://...`: the node on the robot runs no model; a `taco serve` server (here in this process,
+    with a key) decides, and the node's diagnostics count the network time in the inference time."""
+    from std_msgs.msg import String
+
+    from ros_nodes.common import DIAGNOSTICS_TOPIC, EPISODE_TOPIC, EPISODES_QOS
+    from serving.server import ServeConfig, serve_in_thread
+
+    flow = exported("flow")
+    server, thread = serve_in_thread(ServeConfig(policy=str(flow.path), port=0, n=4, api_key="k3y",
+                                                 metrics_every_s=0))
+    key = tmp_path / "key"
+    key.write_text("k3y\n")
+    try:
+        names = _listen_to_sink(harness, "interbotix")
+        harness.listen(String, DIAGNOSTICS_TOPIC)
+        harness.listen(String, EPISODE_TOPIC, EPISODES_QOS)
+        nodes.start("policy", "ros_nodes.policy_node", {"server": f"ws://127.0.0.1:{server.port}",
+                                                        "api_key_file": str(key), "n": 4})
+        harness.wait(lambda: all(harness.node.count_publishers(t) for t in names), 60, "the policy node's publishers",
+                     nodes)
+        nodes.start("sim", "ros_nodes.sim_node", {"task": "transfer_cube", "episodes": 1, "max_steps": 60,
+                                                  "image_height": 48, "image_width": 64})
+        harness.wait(lambda: harness.messages(EPISODE_TOPIC), 90, "the episode to end", nodes)
+        summary = json.loads(harness.messages(EPISODE_TOPIC)[0][1].data)
+        assert summary["rejected_commands"] == 0 and summary["commanded_steps"] >= 50
+        for arm, (_, joints, grippers) in enumerate(_command_streams(harness, "interbotix", names)):
+            _check_arm_stream(joints, arm, f"remote arm {arm}")
+            assert _gripper_ok(grippers)
+        decisions = [d for d in harness.diagnostics() if d["decision"]]
+        assert decisions and all(d["n"] == 4 and d["inference_errors"] == 0 for d in decisions)
+        for d in decisions:
+            t = d["timings_ms"]
+            assert t["round_trip"] >= t["server_total"] >= t["total"] > 0 and t["network"] > 0
+            assert d["inference_ms"] >= t["round_trip"] - 1.0  # the node timed the whole request
+        assert "policy ws://127.0.0.1" in nodes.log("policy")
+        # The verifier is the server's: the node refuses to swap it.
+        result = _set_parameter(harness, "verifier", "cfn")
+        assert not result.successful and "taco serve --verifier" in result.reason
+    finally:
+        server.stop()
+        thread.join(30)
+
+
 class FakeRobot:
     """Publishes the robot's joint states and camera at 50 Hz from the test; `mode` breaks them on purpose."""
 

@@ -1,0 +1,209 @@
+"""`RemoteEngine`: the Engine's `infer(observation, n, seed) -> Decision` against a `taco serve` server.
+
+For a robot computer without a GPU: the ROS policy node (`server:=ws://HOST:8000`) and the chunk
+executors take a RemoteEngine where they take an Engine. Requests and replies are openpi's protocol
+(serving/server.py); the reply is checked before it becomes a Decision (shape, finiteness, the policy
+fingerprint the connection started with), so a robot never gets a chunk from another policy or one
+computed from garbage. A dropped connection is reopened once per call (`reconnects`); a server that
+comes back with another policy is refused.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+from policies.errors import ObservationError, SpecError
+from policies.observation import Observation
+from serving.wire import pack, unpack
+
+
+class RemoteError(RuntimeError):
+    """The server refused a request, failed, or could not be reached; the text says which."""
+
+
+@dataclass(frozen=True)
+class RemoteCamera:
+    name: str
+    height: int
+    width: int
+
+
+@dataclass(frozen=True)
+class RemoteVerifier:
+    """The server's verifier, by name (it cannot be swapped from the client)."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class RemoteManifest:
+    """What the server's metadata says about its policy (the fields executors and nodes read)."""
+
+    kind: str
+    name: str
+    fingerprint: str
+    chunk_length: int
+    action_dt: float
+    state_names: tuple[str, ...]
+    action_names: tuple[str, ...]
+    cameras: tuple[RemoteCamera, ...]
+    history: int
+
+    @property
+    def state_dim(self) -> int:
+        return len(self.state_names)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.action_names)
+
+
+class RemoteEngine:
+    """A connection to a policy server that answers like an Engine."""
+
+    def __init__(self, url: str, api_key: str | None = None, open_timeout: float = 30.0,
+                 reply_timeout: float | None = 60.0, max_message_bytes: int = 16 << 20):
+        if not url.startswith(("ws://", "wss://")):
+            raise ValueError(f"server: expected ws://HOST:PORT or wss://..., got {url!r}")
+        self.url = url
+        self._api_key = api_key
+        self._open_timeout = open_timeout
+        self._reply_timeout = reply_timeout
+        self._max_bytes = max_message_bytes
+        self._ws = None
+        self.reconnects = 0
+        self.metadata = m = self._connect()
+        try:
+            self.fingerprint = m["policy_fingerprint"]
+            self.manifest = RemoteManifest(
+                kind=m["policy_kind"], name=m["policy_name"], fingerprint=self.fingerprint,
+                chunk_length=int(m["chunk_length"]), action_dt=float(m["action_dt"]),
+                state_names=tuple(m["state_names"]), action_names=tuple(m["action_names"]),
+                cameras=tuple(RemoteCamera(c["name"], int(c["height"]), int(c["width"])) for c in m["cameras"]),
+                history=int(m["history"]))
+        except (KeyError, TypeError, ValueError) as err:
+            self.close()
+            raise RemoteError(f"{url} sent metadata without the policy's {err}") from err
+
+    def _connect(self) -> dict:
+        from websockets.sync.client import connect
+
+        headers = {"Authorization": f"Api-Key {self._api_key}"} if self._api_key else None
+        try:
+            self._ws = connect(self.url, compression=None, max_size=self._max_bytes, open_timeout=self._open_timeout,
+                               additional_headers=headers)
+            metadata = unpack(self._ws.recv(timeout=self._open_timeout), self._max_bytes)
+        except Exception as err:
+            self.close()
+            raise RemoteError(f"cannot connect to the policy server at {self.url}: {type(err).__name__}: {err}") \
+                from err
+        if not isinstance(metadata, dict) or metadata.get("server") != "taco-runtime":
+            self.close()
+            raise RemoteError(f"{self.url} is not a taco-runtime policy server (metadata {str(metadata)[:200]})")
+        return metadata
+
+    @property
+    def verifier(self) -> RemoteVerifier | None:
+        name = self.metadata.get("verifier")
+        return None if name is None else RemoteVerifier(name)
+
+    def set_verifier(self, verifier) -> None:
+        raise RemoteError("the policy server chooses the verifier (taco serve --verifier)")
+
+    def close(self) -> None:
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            finally:
+                self._ws = None
+
+    def __enter__(self) -> RemoteEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def reset(self) -> None:
+        """A new episode: a policy with history keeps it per connection, so reconnect."""
+        if self.manifest.history > 1:
+            self.close()
+            self._reopen()
+
+    def observe(self, observation) -> None:
+        if self.manifest.history > 1:
+            raise NotImplementedError("observations between decisions are not sent to a server yet")
+
+    def _reopen(self) -> None:
+        metadata = self._connect()
+        if metadata["policy_fingerprint"] != self.fingerprint:
+            self.close()
+            raise RemoteError(f"{self.url} now serves policy {metadata['policy_fingerprint'][:12]}, not "
+                              f"{self.fingerprint[:12]}; refusing its chunks")
+        self.metadata = metadata
+        self.reconnects += 1
+
+    def infer(self, observation: Observation | Mapping, n: int | None = None, seed: int | None = None):
+        from runtime.engine import Decision
+        from websockets.exceptions import ConnectionClosed
+
+        if isinstance(observation, Mapping):
+            observation = Observation.from_dict(observation)
+        request = {"images": {k: np.asarray(v) for k, v in observation.images.items()},
+                   "state": np.asarray(observation.state), "prompt": observation.task,
+                   "stamp": float(observation.stamp)}
+        if n is not None:
+            request["n"] = int(n)
+        if seed is not None:
+            request["seed"] = int(seed)
+        try:
+            message = pack(request)
+        except TypeError as err:
+            raise ObservationError("observation", f"cannot be sent: {err}") from err
+        started = time.perf_counter()
+        for attempt in (0, 1):
+            try:
+                if self._ws is None:
+                    self._reopen()
+                self._ws.send(message)
+                reply = self._ws.recv(timeout=self._reply_timeout)
+                break
+            except (ConnectionClosed, OSError) as err:
+                self.close()
+                if attempt:
+                    raise RemoteError(f"the policy server at {self.url} dropped the connection: {err}") from err
+            except TimeoutError as err:
+                self.close()
+                raise RemoteError(f"no reply from {self.url} within {self._reply_timeout} s") from err
+        round_trip = (time.perf_counter() - started) * 1e3
+        if isinstance(reply, str):
+            field, _, text = reply.partition(": ")
+            if field == "ObservationError":
+                name, _, why = text.partition(": ")
+                raise ObservationError(name, why)
+            raise RemoteError(f"the policy server refused the request: {reply[:2000]}")
+        return self._decision(unpack(reply, self._max_bytes), round_trip, Decision)
+
+    def _decision(self, reply: dict, round_trip_ms: float, decision_type):
+        m = self.manifest
+        if not isinstance(reply, dict) or reply.get("policy_fingerprint") != self.fingerprint:
+            raise RemoteError("the reply is not from the policy this connection started with")
+        chunk, times = reply.get("actions"), reply.get("times")
+        if not isinstance(chunk, np.ndarray) or chunk.shape != (m.chunk_length, m.action_dim):
+            raise SpecError("actions", f"expected float32[{m.chunk_length}, {m.action_dim}] from the server")
+        if not np.isfinite(chunk).all() or not isinstance(times, np.ndarray) or times.shape != (m.chunk_length,) \
+                or not np.isfinite(times).all():
+            raise SpecError("actions", "the server sent non-finite actions or times; refusing them")
+        scores = reply.get("scores")
+        timings = {k: float(v) for k, v in reply.get("policy_timing", {}).items()}
+        server = reply.get("server_timing", {})
+        timings["server_total"] = float(server.get("total_ms", float("nan")))
+        timings["network"] = round_trip_ms - timings["server_total"]
+        timings["round_trip"] = round_trip_ms
+        return decision_type(chunk=chunk.astype(np.float32), times=times.astype(np.float64), index=int(reply["index"]),
+                             scores=None if scores is None else np.asarray(scores, np.float32), candidates=None,
+                             features=None, timings=timings, n=int(reply["n"]), seed=int(reply["seed"]),
+                             verifier=reply.get("verifier"), policy_fingerprint=self.fingerprint)

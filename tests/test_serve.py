@@ -1,0 +1,269 @@
+"""`taco serve`: openpi-client (the PyPI package, unchanged) against our server; RemoteEngine; hostile
+messages; several clients at once."""
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import msgpack
+import numpy as np
+import pytest
+
+from policies.errors import ObservationError
+from policies.observation import make_example_observation
+from runtime import Engine
+from serving.client import RemoteEngine, RemoteError
+from serving.server import ServeConfig, serve_in_thread
+from serving.wire import pack, unpack
+
+# openpi's PyPI client, unchanged (`make test` installs it with --no-deps).
+from openpi_client import websocket_client_policy as openpi_client
+
+
+@pytest.fixture(scope="module")
+def policy(exported):
+    return exported("flow").path
+
+
+@pytest.fixture(scope="module")
+def server(policy):
+    server, thread = serve_in_thread(ServeConfig(policy=str(policy), port=0, n=4, max_clients=12,
+                                                 max_message_bytes=4 << 20, metrics_every_s=0.5))
+    yield server
+    server.stop()
+    thread.join(30)
+    assert not thread.is_alive()
+
+
+def _url(server):
+    return f"ws://127.0.0.1:{server.port}"
+
+
+def _aloha(manifest, seed=0, chw=True, size=(224, 224)):
+    """An ALOHA request as openpi's clients send it: every camera CHW uint8, float64 state, a prompt."""
+    rng = np.random.default_rng(seed)
+    images = {name: rng.integers(0, 256, (3, *size) if chw else (*size, 3), dtype=np.uint8)
+              for name in ("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist")}
+    return {"images": images, "state": rng.standard_normal(14), "prompt": "transfer the cube"}
+
+
+def test_openpi_client_handshake_round_trip_and_errors(server, policy):
+    client = openpi_client.WebsocketClientPolicy(host="127.0.0.1", port=server.port)
+    local = Engine(policy)
+    meta = client.get_server_metadata()
+    assert meta["policy_fingerprint"] == local.bundle.fingerprint and meta["chunk_length"] == 8
+    assert [c["name"] for c in meta["cameras"]] == ["cam_high"] and meta["verifier"] is None
+    assert meta["state_names"] == list(local.manifest.state_names) and meta["action_dt"] == local.manifest.action_dt
+    request = _aloha(local.manifest)
+    reply = client.infer({**request, "seed": 11, "n": 3})
+    assert reply["actions"].shape == (8, 14) and reply["actions"].dtype == np.float32
+    assert reply["n"] == 3 and reply["seed"] == 11 and reply["policy_fingerprint"] == local.bundle.fingerprint
+    assert {"infer_ms", "queue_ms", "total_ms"} <= set(reply["server_timing"]) and "total" in reply["policy_timing"]
+    # The same decision as a local engine on the same observation (CHW turned HWC, extra cameras dropped).
+    hwc = np.ascontiguousarray(request["images"]["cam_high"].transpose(1, 2, 0))
+    mine = local.infer({"images": {"cam_high": hwc}, "state": request["state"], "task": request["prompt"]},
+                       n=3, seed=11)
+    np.testing.assert_array_equal(reply["actions"], mine.chunk)
+    # A bad request: an error naming the field, and the next call on the same connection works.
+    with pytest.raises(RuntimeError, match=r"ObservationError: state: expected shape \[14\]"):
+        client.infer({**request, "state": np.zeros(13)})
+    with pytest.raises(RuntimeError, match=r"ObservationError: bogus: unknown field"):
+        client.infer({**request, "bogus": 1})
+    with pytest.raises(RuntimeError, match=r"images\['cam_high'\]: missing"):
+        client.infer({**request, "images": {"cam_low": request["images"]["cam_low"]}})
+    with pytest.raises(RuntimeError, match=r"ObservationError: n: expected an integer in \[1, 256\]"):
+        client.infer({**request, "n": 0})
+    assert client.infer(request)["actions"].shape == (8, 14)
+    # openpi's chunk broker slices every array of the reply by step: ours are all H-leading.
+    from openpi_client.action_chunk_broker import ActionChunkBroker
+
+    broker = ActionChunkBroker(client, action_horizon=8)
+    for _ in range(8):
+        step = broker.infer(request)
+        assert step["actions"].shape == (14,)
+
+
+def test_health_api_key_and_limits(policy, tmp_path):
+    from openpi_client.websocket_client_policy import WebsocketClientPolicy
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    server, thread = serve_in_thread(ServeConfig(policy=str(policy), port=0, n=2, api_key="s3cret", max_clients=1,
+                                                 max_message_bytes=1 << 20, metrics_every_s=0))
+    try:
+        deadline = time.time() + 60
+        while True:  # 503 while loading, then 200
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=5) as r:
+                    assert r.status == 200 and r.read() == b"OK\n"
+                    break
+            except urllib.error.HTTPError as err:
+                assert err.code == 503 and time.time() < deadline
+                time.sleep(0.05)
+        with pytest.raises(InvalidStatus, match="401"):
+            connect(f"ws://127.0.0.1:{server.port}", additional_headers={"Authorization": "Api-Key wrong"})
+        with pytest.raises(InvalidStatus, match="401"):
+            connect(f"ws://127.0.0.1:{server.port}")
+        client = WebsocketClientPolicy(host="127.0.0.1", port=server.port, api_key="s3cret")
+        manifest = Engine(policy).manifest
+        assert client.infer(_aloha(manifest, size=(32, 32)))["actions"].shape == (8, 14)
+        # One client at most: a second is refused before the upgrade.
+        with pytest.raises(InvalidStatus, match="503"):
+            connect(f"ws://127.0.0.1:{server.port}", additional_headers={"Authorization": "Api-Key s3cret"})
+        # A message over the limit closes that connection (1009); the server goes on.
+        with pytest.raises(ConnectionClosed):
+            client.infer(_aloha(manifest, size=(480, 640)))
+        deadline = time.time() + 10
+        while server.clients and time.time() < deadline:  # the closed connection's slot is freed
+            time.sleep(0.01)
+        client = WebsocketClientPolicy(host="127.0.0.1", port=server.port, api_key="s3cret")
+        assert client.infer(_aloha(manifest, size=(32, 32)))["actions"].shape == (8, 14)
+    finally:
+        server.stop()
+        thread.join(30)
+
+
+def test_remote_engine_gives_the_local_engines_decision(server, policy):
+    local = Engine(policy)
+    obs = make_example_observation(local.manifest, seed=3, image_size=(480, 640))
+    with RemoteEngine(_url(server)) as remote:
+        assert remote.manifest.chunk_length == local.manifest.chunk_length
+        assert remote.fingerprint == remote.manifest.fingerprint == local.bundle.fingerprint
+        for n, seed in ((1, 0), (4, 7), (16, 2**62)):
+            got, want = remote.infer(obs, n=n, seed=seed), local.infer(obs, n=n, seed=seed)
+            np.testing.assert_array_equal(got.chunk, want.chunk)
+            np.testing.assert_array_equal(got.times, want.times)
+            assert (got.index, got.n, got.seed) == (want.index, want.n, want.seed)
+            assert got.timings["round_trip"] >= got.timings["server_total"] > 0
+        with pytest.raises(ObservationError) as err:
+            remote.infer({"images": obs.images, "state": obs.state[:13], "task": "t"})
+        assert err.value.field == "state"
+        # Reconnects when the connection drops.
+        remote._ws.close()
+        np.testing.assert_array_equal(remote.infer(obs, n=2, seed=1).chunk, local.infer(obs, n=2, seed=1).chunk)
+        assert remote.reconnects == 1
+    with pytest.raises(RemoteError, match="cannot connect"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            free = s.getsockname()[1]
+        RemoteEngine(f"ws://127.0.0.1:{free}", open_timeout=2)
+
+
+def _hostile_messages(rng, valid: bytes, count: int):
+    """Random bytes, truncations, spliced garbage, and well-formed msgpack with every field wrong."""
+    arrays = [
+        {b"__ndarray__": True, b"data": b"A" * 8, b"dtype": "|O", b"shape": [1]},
+        {b"__ndarray__": True, b"data": b"A" * 16, b"dtype": [["a", "<f8"]], b"shape": [1]},
+        {b"__ndarray__": True, b"data": b"", b"dtype": "<f4", b"shape": [2**40, 2**40]},
+        {b"__ndarray__": True, b"data": b"\x00" * 8, b"dtype": "<f4", b"shape": [100]},
+        {b"__ndarray__": True, b"data": b"\x00" * 8, b"dtype": "<f4", b"shape": [-2]},
+        {b"__npgeneric__": True, b"data": b"x", b"dtype": "|O"},
+    ]
+    wrong = [None, 1, -1, 2**70, 1.5, float("nan"), "x", b"x", [], {}, [1, 2], True, *arrays]
+    fields = ("images", "state", "prompt", "n", "seed", "noise_stream", "stamp")
+    base = unpack(valid)
+    for i in range(count):
+        kind = i % 5
+        if kind == 0:
+            yield rng.bytes(int(rng.integers(0, 400)))
+        elif kind == 1:
+            yield valid[: int(rng.integers(0, len(valid)))]
+        elif kind == 2:
+            data = bytearray(valid)
+            for _ in range(int(rng.integers(1, 6))):
+                data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+            yield bytes(data)
+        elif kind == 3:
+            message = dict(base)
+            message[fields[int(rng.integers(0, len(fields)))]] = wrong[int(rng.integers(0, len(wrong)))]
+            yield msgpack.packb(message, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o),
+                                use_bin_type=True)
+        else:
+            cam = dict(base["images"])
+            cam["cam_high"] = arrays[int(rng.integers(0, len(arrays)))]
+            yield msgpack.packb({**base, "images": cam}, default=lambda o: o.tolist(), use_bin_type=True)
+
+
+def test_fuzz_a_thousand_hostile_messages_leave_the_server_serving(server, policy):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    manifest = Engine(policy).manifest
+    valid = pack(_aloha(manifest, size=(32, 32)))
+    rng = np.random.default_rng(0)
+    answered = closed = 0
+    ws = connect(_url(server), max_size=None)
+    ws.recv()
+    for message in _hostile_messages(rng, valid, 1200):
+        try:
+            ws.send(message)
+            reply = ws.recv(timeout=30)
+        except ConnectionClosed:
+            closed += 1
+            ws = connect(_url(server), max_size=None)
+            ws.recv()
+            continue
+        answered += 1
+        if isinstance(reply, bytes):  # a mutation that still makes a valid request gets a real answer
+            assert unpack(reply)["actions"].shape == (8, 14)
+        else:
+            assert reply.startswith(("WireError: ", "ObservationError: ")), reply[:200]
+    ws.close()
+    assert answered + closed == 1200 and closed == 0
+    # Still serving, correctly.
+    with RemoteEngine(_url(server)) as remote:
+        obs = make_example_observation(manifest, seed=5)
+        np.testing.assert_array_equal(remote.infer(obs, n=4, seed=9).chunk,
+                                      Engine(policy).infer(obs, n=4, seed=9).chunk)
+
+
+def test_eight_clients_at_once_each_get_their_own_decision(server, policy):
+    local = Engine(policy)
+    observations = [make_example_observation(local.manifest, seed=s) for s in range(8)]
+    expected = [local.infer(observations[c], n=4, seed=100 * c + k).chunk for c in range(8) for k in range(10)]
+    got, errors, latencies = {}, [], []
+
+    def client(c):
+        try:
+            with RemoteEngine(_url(server)) as remote:
+                for k in range(10):
+                    d = remote.infer(observations[c], n=4, seed=100 * c + k)
+                    got[c * 10 + k] = d.chunk
+                    latencies.append(d.timings["round_trip"])
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert len(got) == 80
+    for i, chunk in got.items():
+        np.testing.assert_array_equal(chunk, expected[i])
+    print(json.dumps({"round_trip_p50_ms": float(np.percentile(latencies, 50)),
+                      "round_trip_p99_ms": float(np.percentile(latencies, 99))}))
+
+
+def test_taco_ros_robot_with_a_server_checks_the_server_before_starting_nodes(capsys):
+    from taco.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    assert main(["ros", "robot", "--server", f"ws://127.0.0.1:{free}"]) == 2
+    assert "cannot connect to the policy server" in capsys.readouterr().err
+    assert main(["ros", "robot", "--server", f"ws://127.0.0.1:{free}", "--verifier", "cfn"]) == 2
+    assert "the server chooses the policy and the verifier" in capsys.readouterr().err
+
+
+def test_taco_serve_refuses_an_empty_key_file(tmp_path, capsys):
+    from taco.cli import main
+
+    (tmp_path / "key").write_text("\n")
+    assert main(["serve", "--policy", "default", "--api-key-file", str(tmp_path / "key")]) == 2
+    assert "is empty" in capsys.readouterr().err
