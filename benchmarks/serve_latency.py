@@ -85,7 +85,9 @@ def main() -> None:
                     decision = remote.infer(obs, n=n, seed=i)
                     round_trip = (time.perf_counter() - started) * 1e3
                     if i >= 10:  # warm-up
-                        samples.append((round_trip, decision.timings["total"], decision.timings["server_total"]))
+                        t = decision.timings
+                        samples.append((round_trip, t["total"], t["server_total"], t["server_decode"],
+                                        t["server_queue"]))
                 s = np.asarray(samples)
                 overhead = s[:, 0] - s[:, 1]
                 rows.append({"n": n, "requests": len(s),
@@ -95,7 +97,9 @@ def main() -> None:
                                            "p99": float(np.percentile(s[:, 1], 99))},
                              "overhead_ms": {"p50": float(np.percentile(overhead, 50)),
                                              "p99": float(np.percentile(overhead, 99))},
-                             "network_ms": {"p50": float(np.percentile(s[:, 0] - s[:, 2], 50))}})
+                             "outside_server_ms": {"p50": float(np.percentile(s[:, 0] - s[:, 2], 50))},
+                             "server_decode_ms": {"p50": float(np.percentile(s[:, 3], 50))},
+                             "server_queue_ms": {"p50": float(np.percentile(s[:, 4], 50))}})
     finally:
         proc.terminate()
         try:
@@ -107,11 +111,12 @@ def main() -> None:
     print(f"taco serve on loopback, policy {args.policy}, verifier {args.verifier}, one {height}x{width} camera, "
           f"{requests} requests per N (ms)")
     print(f"{'N':>4} {'round trip p50':>15} {'p99':>8} {'engine p50':>11} {'overhead p50':>13} {'p99':>8} "
-          f"{'outside server p50':>19}")
+          f"{'decode p50':>11} {'queue p50':>10} {'outside server p50':>19}")
     for r in rows:
         print(f"{r['n']:>4} {r['round_trip_ms']['p50']:>15.2f} {r['round_trip_ms']['p99']:>8.2f} "
               f"{r['engine_ms']['p50']:>11.2f} {r['overhead_ms']['p50']:>13.2f} {r['overhead_ms']['p99']:>8.2f} "
-              f"{r['network_ms']['p50']:>19.2f}")
+              f"{r['server_decode_ms']['p50']:>11.2f} {r['server_queue_ms']['p50']:>10.2f} "
+              f"{r['outside_server_ms']['p50']:>19.2f}")
     goal = all(r["overhead_ms"]["p50"] < 3.0 for r in rows)
     print(f"goal (overhead p50 < 3 ms at every N): {'met' if goal else 'not met'}")
     if args.json:

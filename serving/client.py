@@ -201,6 +201,8 @@ class RemoteEngine:
         timings = {k: float(v) for k, v in reply.get("policy_timing", {}).items()}
         server = reply.get("server_timing", {})
         timings["server_total"] = float(server.get("total_ms", float("nan")))
+        for key in ("decode_ms", "queue_ms"):  # the server's time outside the engine
+            timings["server_" + key[:-3]] = float(server.get(key, float("nan")))
         timings["network"] = round_trip_ms - timings["server_total"]
         timings["round_trip"] = round_trip_ms
         return decision_type(chunk=chunk.astype(np.float32), times=times.astype(np.float64), index=int(reply["index"]),

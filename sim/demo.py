@@ -82,6 +82,8 @@ def run_demo_suite(config: DemoConfig, log=None) -> dict:
         changed = [(t, s, f"changed the best stage ({a} -> {b})") for t, s, a, b in
                    paired.get("stage_changed_episodes", [])[:1]]
     videos = []
+    # Only this run's videos in the report folder (an earlier run may have filmed another arm or seed).
+    shutil.rmtree(out / "videos", ignore_errors=True)
     if changed:
         task, seed, how = changed[0]
         for arm in arms:

@@ -16,15 +16,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("taco", "runtime", "policies", "verifiers", "sim", "hardware", "ros_nodes")
+PARTS = ("taco", "runtime", "policies", "verifiers", "sim", "hardware", "serving", "ros_nodes")
 # Part -> the parts it must never import (../shared/DESIGN.md, folder table). The command line, `taco`,
 # sits on top of everything, so no part imports it.
 FORBIDDEN = {
-    "runtime": {"sim", "ros_nodes", "taco"},
-    "verifiers": {"runtime", "sim", "ros_nodes", "taco"},
-    "policies": {"runtime", "verifiers", "sim", "ros_nodes", "taco"},
-    "hardware": {"runtime", "verifiers", "sim", "ros_nodes", "taco"},
-    "sim": {"ros_nodes", "taco"},
+    "runtime": {"sim", "serving", "ros_nodes", "taco"},
+    "verifiers": {"runtime", "sim", "serving", "ros_nodes", "taco"},
+    "policies": {"runtime", "verifiers", "sim", "serving", "ros_nodes", "taco"},
+    "hardware": {"runtime", "verifiers", "sim", "serving", "ros_nodes", "taco"},
+    "sim": {"serving", "ros_nodes", "taco"},
+    "serving": {"sim", "ros_nodes", "taco"},
     "ros_nodes": {"taco"},
 }
 
@@ -158,7 +159,8 @@ def _core_taco(core_path: Path, *args: str) -> subprocess.CompletedProcess:
 def test_the_core_environment_really_lacks_the_extras(core_path):
     assert {"numpy", "onnxruntime"} <= {p.name for p in core_path.iterdir()}
     env = dict(os.environ, PYTHONPATH=f"{core_path}{os.pathsep}{ROOT}")
-    probe = "import importlib.util as u; print([m for m in ('torch', 'mujoco', 'rclpy', 'lerobot', 'ray') if u.find_spec(m)])"
+    probe = ("import importlib.util as u; "
+             "print([m for m in ('torch', 'mujoco', 'rclpy', 'lerobot', 'ray', 'websockets') if u.find_spec(m)])")
     out = subprocess.run([sys.executable, "-S", "-c", probe], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
@@ -180,7 +182,7 @@ def test_taco_help_on_a_core_install_lists_every_command_and_the_extras_they_nee
         else:
             assert "[needs" not in listed[name], listed[name]
     assert every["inspect"].extras == () and every["eval"].extras == ("sim",)
-    for extra in ("train", "sim", "ros"):
+    for extra in ("train", "sim", "ros", "serve"):
         assert f"not installed here: the {extra} extra (pip install -e '.[{extra}]')" in result.stdout
 
 

@@ -267,3 +267,45 @@ def test_taco_serve_refuses_an_empty_key_file(tmp_path, capsys):
     (tmp_path / "key").write_text("\n")
     assert main(["serve", "--policy", "default", "--api-key-file", str(tmp_path / "key")]) == 2
     assert "is empty" in capsys.readouterr().err
+
+
+def test_taco_serve_process_serves_logs_metrics_and_stops_cleanly_on_sigterm(policy, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "taco", "serve", "--policy", str(policy), "--port", str(port),
+                                 "--n", "2", "--metrics-every", "0.2"], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                assert time.time() < deadline, log.read_text()
+                time.sleep(0.1)
+        with RemoteEngine(f"ws://127.0.0.1:{port}") as remote:
+            manifest = Engine(policy).manifest
+            for seed in range(5):
+                assert remote.infer(make_example_observation(manifest), seed=seed).chunk.shape == (8, 14)
+            time.sleep(0.5)  # a metrics line while the client is connected
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert f"listening on ws://127.0.0.1:{port}" in text and "engine warm" in text
+    import re
+
+    counted = [tuple(map(int, m)) for m in re.findall(r"metrics requests=(\d+) errors=(\d+)", text)]
+    assert sum(r for r, _ in counted) == 5 and sum(e for _, e in counted) == 0, counted
+    assert "shutting down" in text and "Traceback" not in text
