@@ -163,6 +163,10 @@ class PolicyServer:
     `stop()`."""
 
     def __init__(self, config: ServeConfig):
+        if not 1 <= config.n <= config.max_n:
+            raise ValueError(f"n: expected an integer in [1, max_n={config.max_n}], got {config.n}")
+        if config.max_clients < 1 or config.max_message_bytes < 1024 or not 0 <= config.port < 65536:
+            raise ValueError("max_clients must be >= 1, max_message_bytes >= 1024 and port in [0, 65535]")
         self.config = config
         self.engine = None
         self.metadata: dict | None = None

@@ -309,3 +309,12 @@ def test_taco_serve_process_serves_logs_metrics_and_stops_cleanly_on_sigterm(pol
     counted = [tuple(map(int, m)) for m in re.findall(r"metrics requests=(\d+) errors=(\d+)", text)]
     assert sum(r for r, _ in counted) == 5 and sum(e for _, e in counted) == 0, counted
     assert "shutting down" in text and "Traceback" not in text
+
+
+def test_a_server_whose_engine_fails_to_load_exits_with_the_reason(tmp_path, capsys):
+    from taco.cli import main
+
+    assert main(["serve", "--policy", str(tmp_path / "missing"), "--port", "0"]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert main(["serve", "--policy", "default", "--n", "300"]) == 2
+    assert "n: expected an integer in [1, max_n=256]" in capsys.readouterr().err
