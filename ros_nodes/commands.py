@@ -15,12 +15,12 @@ def cmd_ros(args) -> int:
 
     if args.server:
         # Inference on a `taco serve` server: check it answers (and the key) before any node starts.
-        from serving.client import RemoteEngine
+        from serving.client import RemoteEngine, read_api_key
 
         if args.policy != "default" or args.verifier != "none":
             raise ValueError("--server: the server chooses the policy and the verifier "
                              "(taco serve --policy/--verifier)")
-        key = open(args.api_key_file).read().strip() if args.api_key_file else None
+        key = read_api_key(args.api_key_file)
         with RemoteEngine(args.server, api_key=key) as remote:
             print(f"policy server {args.server}: {remote.manifest.name} ({remote.fingerprint[:12]}), verifier "
                   f"{remote.metadata['verifier']}")

@@ -82,11 +82,10 @@ class PolicyNode(LifecycleNode):
             if get("sink") not in SINKS:
                 raise ValueError(f"sink: must be one of {', '.join(SINKS)}, got {get('sink')!r}")
             if get("server"):
-                from serving.client import RemoteEngine
+                from serving.client import RemoteEngine, read_api_key
 
-                key = open(get("api_key_file")).read().strip() if get("api_key_file") else None
                 policy = get("server")
-                self.engine = RemoteEngine(policy, api_key=key)
+                self.engine = RemoteEngine(policy, api_key=read_api_key(get("api_key_file")))
             else:
                 policy = resolve_policy(get("policy"))
                 session = SessionConfig(provider=get("provider"), intra_op_threads=int(get("threads")))

@@ -12,24 +12,30 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from policies.errors import ObservationError, SpecError
+from policies.manifest import CameraSpec
 from policies.observation import Observation
+from runtime.engine import Decision
 from serving.wire import pack, unpack
+
+
+def read_api_key(path: str | Path | None) -> str | None:
+    """The key in a key file (surrounding whitespace dropped), None without a file; an empty file is refused."""
+    if not path:
+        return None
+    key = Path(path).read_text().strip()
+    if not key:
+        raise ValueError(f"api key file {path} is empty")
+    return key
 
 
 class RemoteError(RuntimeError):
     """The server refused a request, failed, or could not be reached; the text says which."""
-
-
-@dataclass(frozen=True)
-class RemoteCamera:
-    name: str
-    height: int
-    width: int
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ class RemoteManifest:
     action_dt: float
     state_names: tuple[str, ...]
     action_names: tuple[str, ...]
-    cameras: tuple[RemoteCamera, ...]
+    cameras: tuple[CameraSpec, ...]
     history: int
 
     @property
@@ -83,7 +89,7 @@ class RemoteEngine:
                 kind=m["policy_kind"], name=m["policy_name"], fingerprint=self.fingerprint,
                 chunk_length=int(m["chunk_length"]), action_dt=float(m["action_dt"]),
                 state_names=tuple(m["state_names"]), action_names=tuple(m["action_names"]),
-                cameras=tuple(RemoteCamera(c["name"], int(c["height"]), int(c["width"])) for c in m["cameras"]),
+                cameras=tuple(CameraSpec(c["name"], int(c["height"]), int(c["width"])) for c in m["cameras"]),
                 history=int(m["history"]))
         except (KeyError, TypeError, ValueError) as err:
             self.close()
@@ -147,7 +153,6 @@ class RemoteEngine:
         self.reconnects += 1
 
     def infer(self, observation: Observation | Mapping, n: int | None = None, seed: int | None = None):
-        from runtime.engine import Decision
         from websockets.exceptions import ConnectionClosed
 
         if isinstance(observation, Mapping):
@@ -185,9 +190,9 @@ class RemoteEngine:
                 name, _, why = text.partition(": ")
                 raise ObservationError(name, why)
             raise RemoteError(f"the policy server refused the request: {reply[:2000]}")
-        return self._decision(unpack(reply, self._max_bytes), round_trip, Decision)
+        return self._decision(unpack(reply, self._max_bytes), round_trip)
 
-    def _decision(self, reply: dict, round_trip_ms: float, decision_type):
+    def _decision(self, reply: dict, round_trip_ms: float) -> Decision:
         m = self.manifest
         if not isinstance(reply, dict) or reply.get("policy_fingerprint") != self.fingerprint:
             raise RemoteError("the reply is not from the policy this connection started with")
@@ -205,7 +210,7 @@ class RemoteEngine:
             timings["server_" + key[:-3]] = float(server.get(key, float("nan")))
         timings["network"] = round_trip_ms - timings["server_total"]
         timings["round_trip"] = round_trip_ms
-        return decision_type(chunk=chunk.astype(np.float32), times=times.astype(np.float64), index=int(reply["index"]),
+        return Decision(chunk=chunk.astype(np.float32), times=times.astype(np.float64), index=int(reply["index"]),
                              scores=None if scores is None else np.asarray(scores, np.float32), candidates=None,
                              features=None, timings=timings, n=int(reply["n"]), seed=int(reply["seed"]),
                              verifier=reply.get("verifier"), policy_fingerprint=self.fingerprint)

@@ -7,17 +7,13 @@ standard library is imported here, so `taco --help` lists the command on a core-
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 
 def cmd_serve(args) -> int:
+    from serving.client import read_api_key
     from serving.server import PolicyServer, ServeConfig
 
-    api_key = None
-    if args.api_key_file:
-        api_key = Path(args.api_key_file).read_text().strip()
-        if not api_key:
-            raise ValueError(f"--api-key-file: {args.api_key_file} is empty")
+    api_key = read_api_key(args.api_key_file)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)

@@ -27,6 +27,7 @@ keeps a history per connection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import signal
@@ -40,6 +41,7 @@ import numpy as np
 
 from policies.errors import ObservationError, SpecError
 from policies.observation import Observation
+from runtime.executor import decision_seed
 from serving.wire import MAX_MESSAGE_BYTES, WireError, pack, unpack
 
 log = logging.getLogger("taco.serve")
@@ -89,8 +91,6 @@ def parse_request(message: object, cameras: tuple[str, ...], default_n: int, max
     take are dropped (ALOHA clients send four); images may be CHW (openpi's clients) or HWC.
 
     Raises ObservationError naming the bad field."""
-    from runtime.executor import decision_seed
-
     if not isinstance(message, dict):
         raise ObservationError("request", f"expected a map, got {type(message).__name__}")
     unknown = sorted(set(message) - set(OPENPI_FIELDS) - set(TACO_FIELDS))
@@ -204,7 +204,7 @@ class PolicyServer:
             "server": "taco-runtime", "protocol": PROTOCOL,
             "policy_fingerprint": engine.bundle.fingerprint, "policy_kind": m.kind, "policy_name": m.name,
             "verifier": None if v is None else v.name,
-            "cameras": [{"name": cam.name, "height": cam.height, "width": cam.width} for cam in m.cameras],
+            "cameras": [dataclasses.asdict(cam) for cam in m.cameras],
             "image_layout": "uint8 [3, H, W] or [H, W, 3], any size",
             "state_names": list(m.state_names), "action_names": list(m.action_names),
             "chunk_length": m.chunk_length, "action_dt": m.action_dt, "history": m.history,

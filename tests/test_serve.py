@@ -38,6 +38,12 @@ def server(policy):
     assert not thread.is_alive()
 
 
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _url(server):
     return f"ws://127.0.0.1:{server.port}"
 
@@ -146,10 +152,7 @@ def test_remote_engine_gives_the_local_engines_decision(server, policy):
         np.testing.assert_array_equal(remote.infer(obs, n=2, seed=1).chunk, local.infer(obs, n=2, seed=1).chunk)
         assert remote.reconnects == 1
     with pytest.raises(RemoteError, match="cannot connect"):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            free = s.getsockname()[1]
-        RemoteEngine(f"ws://127.0.0.1:{free}", open_timeout=2)
+        RemoteEngine(f"ws://127.0.0.1:{_free_port()}", open_timeout=2)
 
 
 def _hostile_messages(rng, valid: bytes, count: int):
@@ -252,9 +255,7 @@ def test_eight_clients_at_once_each_get_their_own_decision(server, policy):
 def test_taco_ros_robot_with_a_server_checks_the_server_before_starting_nodes(capsys):
     from taco.cli import main
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        free = s.getsockname()[1]
+    free = _free_port()
     assert main(["ros", "robot", "--server", f"ws://127.0.0.1:{free}"]) == 2
     assert "cannot connect to the policy server" in capsys.readouterr().err
     assert main(["ros", "robot", "--server", f"ws://127.0.0.1:{free}", "--verifier", "cfn"]) == 2
@@ -274,9 +275,7 @@ def test_taco_serve_process_serves_logs_metrics_and_stops_cleanly_on_sigterm(pol
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "taco", "serve", "--policy", str(policy), "--port", str(port),
