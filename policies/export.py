@@ -12,12 +12,16 @@ from pathlib import Path
 from policies.bundle import hash_files, load_policy_bundle, write_manifest
 from policies.extras import require
 from policies.manifest import FEATURES, SAMPLER_FILES, Normalization, PolicyManifest
+from policies.sampler import PREFIX_BATCH_KEY
 from policies.schema import staged_folder
 
 torch = require("torch")
 require("onnx")
 
 OPSET = 17
+# The sampler's prefix inputs take a batch of 1 (one observation shared by every candidate) or of N (one
+# prefix per candidate: several observations sampled in one call, `Engine.infer_batch`).
+PREFIX_AXES = {"prefix_kv": {0: "prefix_batch"}, "prefix_bias": {0: "prefix_batch"}}
 
 
 class _EncoderGraph(torch.nn.Module):
@@ -96,7 +100,9 @@ def _export(module, args, path: Path, input_names, output_names, dynamic_axes, m
 
 def graph_metadata(cfg, graph: str) -> dict[str, str]:
     """ONNX metadata_props recorded in every exported graph (checked by policies.sampler.check_graph_signatures)."""
+    facts = {PREFIX_BATCH_KEY: "per_candidate"} if graph in ("sampler", "step") else {}
     return {
+        **facts,
         "taco.graph": graph,
         "taco.kind": cfg.kind,
         "taco.num_steps": str(cfg.num_steps),
@@ -154,14 +160,14 @@ def export_bundle(
                 _export(
                     _SamplerGraph(policy), (prefix_kv, prefix_bias, noise), tmp / "sampler.onnx",
                     ["prefix_kv", "prefix_bias", "noise"], ["chunks", "features"],
-                    {"noise": {0: "n"}, "chunks": {0: "n"}, "features": {0: "n"}},
+                    {**PREFIX_AXES, "noise": {0: "n"}, "chunks": {0: "n"}, "features": {0: "n"}},
                     graph_metadata(cfg, "sampler"),
                 )
             else:
                 _export(
                     _StepGraph(policy), (prefix_kv, prefix_bias, noise, torch.tensor(0, dtype=torch.long)),
                     tmp / "step.onnx", ["prefix_kv", "prefix_bias", "x", "step"], ["x_next", "features"],
-                    {"x": {0: "n"}, "x_next": {0: "n"}, "features": {0: "n"}},
+                    {**PREFIX_AXES, "x": {0: "n"}, "x_next": {0: "n"}, "features": {0: "n"}},
                     graph_metadata(cfg, "step"),
                 )
         files = ["encoder.onnx", SAMPLER_FILES[sampler]]

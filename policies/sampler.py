@@ -21,6 +21,10 @@ from policies.manifest import PolicyManifest
 from policies.observation import Observation
 from policies.preprocess import Preprocessor
 
+# Graph metadata of a sampler whose prefix inputs take a batch of 1 (shared by every candidate) or of N
+# (one per candidate): value "per_candidate". Written by `policies.export`.
+PREFIX_BATCH_KEY = "taco.prefix_batch"
+
 # Makes one ONNX Runtime session from a graph file (the runtime passes its provider and thread settings).
 SessionFactory = Callable[[Path], ort.InferenceSession]
 
@@ -131,6 +135,12 @@ class PolicySampler:
         self._prefix = list(self.manifest.prefix)
         # The encoder is fed only what it takes (a pi0.5 encoder reads the state from its prompt).
         self._encoder_inputs = {i.name for i in self.encoder.get_inputs()}
+        # Whether the sampler takes one prefix per candidate as well as one shared by all: exporters say so
+        # in the graph's metadata (a dynamic batch axis alone does not prove the graph does not, say, read
+        # row 0 of a prefix it expands), and the prefix inputs must have a free batch axis.
+        self.per_candidate_prefix = (
+            self.sampler.get_modelmeta().custom_metadata_map.get(PREFIX_BATCH_KEY) == "per_candidate"
+            and all(not isinstance(i.shape[0], int) for i in self.sampler.get_inputs() if i.name in self._prefix))
         norm = self.manifest.normalization
         # float32[A]: normalised action units -> robot units (radians, gripper opening).
         self.action_mean = np.asarray(norm.action_mean, np.float32)
@@ -177,6 +187,24 @@ class PolicySampler:
         for k in range(self.manifest.num_steps):
             x, features = self.sampler.run(["x_next", "features"], {**feeds, "x": x, "step": np.array(k, dtype=np.int64)})
         return x, features
+
+    def sample_many(self, prefix: Mapping[str, np.ndarray], noises: Sequence[np.ndarray],
+                    step_noises: Sequence[np.ndarray | None]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Prefixes of B observations ([B, ...] by name) and each one's noise[N_i, Hn, D] (and step noise)
+        -> each one's (chunks[N_i, H, A], features[N_i, F]). One sampler call, each candidate with its own
+        observation's prefix, when the sampler takes a prefix per candidate; else one call per observation.
+        One observation is sampled exactly as `sample` does (its prefix shared, not repeated)."""
+        if len(noises) == 1:
+            return [self.sample(prefix, noises[0], step_noises[0])]
+        if not self.per_candidate_prefix:
+            return [self.sample({k: v[i:i + 1] for k, v in prefix.items()}, noise, step)
+                    for i, (noise, step) in enumerate(zip(noises, step_noises))]
+        counts = [len(noise) for noise in noises]
+        repeated = {k: np.repeat(v, counts, axis=0) for k, v in prefix.items()}
+        step = None if step_noises[0] is None else np.concatenate(step_noises, axis=1)
+        chunks, features = self.sample(repeated, np.concatenate(noises), step)
+        cuts = np.cumsum(counts)[:-1]
+        return list(zip(np.split(chunks, cuts), np.split(features, cuts)))
 
     def history(self) -> History:
         """An empty observation history for this policy (one per episode or robot session)."""

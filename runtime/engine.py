@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from policies import Observation, PolicyBundle
 from policies.errors import BundleError, ObservationError, SpecError
-from policies.sampler import PolicySampler
+from policies.sampler import History, PolicySampler
 from runtime.select import finite_candidates, select
 from runtime.sessions import SessionConfig, make_session
 from runtime.timing import StageTimer
@@ -30,6 +30,17 @@ class EngineConfig:
     session: SessionConfig = field(default_factory=SessionConfig)
     # Keep every candidate chunk and feature in the Decision (for diagnostics and recording).
     return_candidates: bool = False
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One observation of `Engine.infer_batch`, with the arguments `infer` takes for it."""
+
+    observation: Observation | Mapping
+    n: int | None = None
+    seed: int | None = None
+    # The session's observation history (each robot keeps its own); None: the engine's.
+    history: History | None = None
 
 
 @dataclass
@@ -145,6 +156,66 @@ class Engine:
             ObservationError: naming the bad field of the observation (or of n, seed, noise).
             SpecError: if every candidate is non-finite.
         """
+        n, seed = self._arguments(n, seed, noise)
+        with self._lock:
+            verifier = self._verifier
+        timer = StageTimer()
+        with timer.stage("preprocess"):
+            feeds, stamp = self._push(observation, self.history)
+            initial, step_noise = self.policy.draw(n, seed, noise)
+        with timer.stage("encode"):
+            prefix = self.policy.encode(feeds)
+        with timer.stage("sample"):
+            chunks, features = self.policy.sample(prefix, initial, step_noise)
+        return self._decide(chunks, features, verifier, n, seed, stamp, timer)
+
+    def infer_batch(self, items: Sequence[BatchItem]) -> list[Decision | ObservationError | SpecError]:
+        """`infer` for several observations at once (robots served by one server): one encoder call for
+        all of them, and one sampler call when the bundle's sampler takes a prefix per candidate
+        (`PolicySampler.per_candidate_prefix`; else one sampler call per observation). Each item is scored
+        and chosen among its own candidates.
+
+        One item's bad observation does not fail the others: its ObservationError (or SpecError, when
+        all its candidates are non-finite) is returned in its place. A batch of one computes exactly what
+        `infer` does. Larger batches run the graphs at another shape, which may change the float rounding
+        (the same seed gives the same decision up to it; on CPU our graphs measured bit for bit).
+
+        Items of a policy with history (`manifest.history` > 1) each need their own `history`.
+        """
+        with self._lock:
+            verifier = self._verifier
+        if self.manifest.history > 1 and len(items) > 1 and len({id(item.history) for item in items
+                                                                  if item.history is not None}) < len(items):
+            raise ValueError("a policy with history needs each item of a batch to carry its own history")
+        results: list = [None] * len(items)
+        timers, ready = [StageTimer() for _ in items], []
+        for i, item in enumerate(items):
+            try:
+                with timers[i].stage("preprocess"):
+                    n, seed = self._arguments(item.n, item.seed, None)
+                    feeds, stamp = self._push(item.observation, item.history or self.history)
+                    initial, step_noise = self.policy.draw(n, seed)
+                ready.append((i, n, seed, feeds, stamp, initial, step_noise))
+            except ObservationError as err:
+                results[i] = err
+        if not ready:
+            return results
+        shared = StageTimer()
+        with shared.stage("encode"):
+            feeds = {name: np.concatenate([r[3][name] for r in ready]) for name in ready[0][3]}
+            prefix = self.policy.encode(feeds)
+        with shared.stage("sample"):
+            sampled = self.policy.sample_many(prefix, [r[5] for r in ready], [r[6] for r in ready])
+        for (i, n, seed, _, stamp, _, _), (chunks, features) in zip(ready, sampled):
+            timers[i].ms.update(encode=shared.ms["encode"], sample=shared.ms["sample"])
+            try:
+                results[i] = self._decide(chunks, features, verifier, n, seed, stamp, timers[i])
+            except SpecError as err:
+                results[i] = err
+        return results
+
+    def _arguments(self, n, seed, noise) -> tuple[int, int]:
+        """Checks n and seed (drawing a seed when None) for one decision."""
         if noise is not None:
             if not isinstance(noise, np.ndarray) or noise.ndim != 3:
                 raise ObservationError("noise", f"expected float32[N, {', '.join(map(str, self.manifest.noise_dims))}]")
@@ -158,20 +229,19 @@ class Engine:
             seed = int(self._seeds.spawn(1)[0].generate_state(1)[0])
         elif isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
             raise ObservationError("seed", f"expected an integer in [0, 2**63), got {seed!r}")
-        with self._lock:
-            verifier = self._verifier
-        timer = StageTimer()
-        with timer.stage("preprocess"):
-            if isinstance(observation, Mapping):
-                observation = Observation.from_dict(observation)
-            self.history.push(observation)
-            feeds = self.history.feeds()
-            stamp = float(observation.stamp)
-            initial, step_noise = self.policy.draw(int(n), seed, noise)
-        with timer.stage("encode"):
-            prefix = self.policy.encode(feeds)
-        with timer.stage("sample"):
-            chunks, features = self.policy.sample(prefix, initial, step_noise)
+        return int(n), int(seed)
+
+    @staticmethod
+    def _push(observation: Observation | Mapping, history: History) -> tuple[dict[str, np.ndarray], float]:
+        """Validates an observation into `history`; returns the encoder's feeds and its stamp."""
+        if isinstance(observation, Mapping):
+            observation = Observation.from_dict(observation)
+        history.push(observation)
+        return history.feeds(), float(observation.stamp)
+
+    def _decide(self, chunks: np.ndarray, features: np.ndarray, verifier: Verifier | None, n: int, seed: int,
+                stamp: float, timer: StageTimer) -> Decision:
+        """Scores one observation's candidates and chooses among them."""
         with timer.stage("score"):
             valid = finite_candidates(chunks)
             if verifier is not None:
@@ -193,7 +263,7 @@ class Engine:
             candidates=self.policy.unnormalize(chunks) if keep else None,
             features=features if keep else None,
             timings=timings,
-            n=int(n),
+            n=n,
             seed=seed,
             verifier=None if verifier is None else verifier.name,
             policy_fingerprint=self.bundle.fingerprint,

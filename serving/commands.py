@@ -21,7 +21,7 @@ def cmd_serve(args) -> int:
                          max_n=args.max_n, host=args.host, port=args.port, api_key=api_key,
                          max_clients=args.max_clients, max_message_bytes=args.max_message_mb << 20, task=args.task,
                          send_tracebacks=args.send_tracebacks, metrics_every_s=args.metrics_every,
-                         provider=args.provider, threads=args.threads)
+                         provider=args.provider, threads=args.threads, batch_window_ms=args.batch_window_ms)
     PolicyServer(config).run()
     return 0
 
@@ -46,4 +46,7 @@ def register(cli) -> None:
     p.add_argument("--metrics-every", type=float, default=10.0, help="seconds between metrics lines (0: none)")
     p.add_argument("--provider", default="cpu", help="ONNX Runtime provider: cpu, cuda, tensorrt or auto")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of the engine's sessions")
+    p.add_argument("--batch-window-ms", type=float, default=0.0,
+                   help="infer requests of several clients arriving within this window together: one encoder call, "
+                        "and one sampler call when the bundle allows (0: off; see docs/serving.md)")
     p.add_argument("--verbose", action="store_true", help="log every request")

@@ -76,6 +76,9 @@ class ServeConfig:
     # ONNX Runtime provider ("cpu", "cuda", "tensorrt", "auto") and intra-op threads of the engine.
     provider: str = "cpu"
     threads: int = 1
+    # Cross-client batching: requests arriving within this many ms of the first waiting one are inferred
+    # together (one encoder call; one sampler call when the bundle allows). 0: each request alone.
+    batch_window_ms: float = 0.0
 
 
 @dataclass
@@ -83,6 +86,16 @@ class Request:
     observation: Observation
     n: int
     seed: int | None
+
+
+@dataclass
+class Pending:
+    """A request waiting for the batcher, with its session's history and the future its handler awaits."""
+
+    request: Request
+    history: object
+    submitted: float
+    future: asyncio.Future
 
 
 def parse_request(message: object, cameras: tuple[str, ...], default_n: int, max_n: int, task: str,
@@ -151,11 +164,17 @@ class Metrics:
     requests: int = 0
     errors: int = 0
     total_ms: list[float] = field(default_factory=list)
+    # Engine calls made by the batcher, and the requests they held (batching only).
+    batches: int = 0
+    batched: int = 0
 
     def line(self, clients: int, seconds: float) -> str:
         p50, p99 = (np.percentile(self.total_ms, [50, 99]) if self.total_ms else (float("nan"),) * 2)
-        return (f"metrics requests={self.requests} errors={self.errors} clients={clients} window_s={seconds:.1f} "
+        line = (f"metrics requests={self.requests} errors={self.errors} clients={clients} window_s={seconds:.1f} "
                 f"p50_ms={p50:.2f} p99_ms={p99:.2f}")
+        if self.batches:
+            line += f" batches={self.batches} mean_batch={self.batched / self.batches:.2f}"
+        return line
 
 
 class PolicyServer:
@@ -167,6 +186,9 @@ class PolicyServer:
             raise ValueError(f"n: expected an integer in [1, max_n={config.max_n}], got {config.n}")
         if config.max_clients < 1 or config.max_message_bytes < 1024 or not 0 <= config.port < 65536:
             raise ValueError("max_clients must be >= 1, max_message_bytes >= 1024 and port in [0, 65535]")
+        if not 0 <= config.batch_window_ms <= 1000:
+            raise ValueError(f"batch_window_ms: expected a number of milliseconds in [0, 1000], got "
+                             f"{config.batch_window_ms}")
         self.config = config
         self.engine = None
         self.metadata: dict | None = None
@@ -178,6 +200,9 @@ class PolicyServer:
         self._failed: BaseException | None = None
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Requests waiting for the batcher (batching only), and the event that wakes it.
+        self._pending: list[Pending] = []
+        self._arrived: asyncio.Event | None = None
         self.ready = threading.Event()
 
     # --- engine (worker thread only) ---
@@ -208,8 +233,10 @@ class PolicyServer:
             "image_layout": "uint8 [3, H, W] or [H, W, 3], any size",
             "state_names": list(m.state_names), "action_names": list(m.action_names),
             "chunk_length": m.chunk_length, "action_dt": m.action_dt, "history": m.history,
+            "image_resize": m.image_resize,
             "n_default": c.n, "n_max": c.max_n, "max_message_bytes": c.max_message_bytes,
             "request_fields": list(OPENPI_FIELDS + TACO_FIELDS), "task": c.task,
+            "batch_window_ms": c.batch_window_ms,
         }
 
     def _infer(self, request: Request, history, submitted: float):
@@ -217,7 +244,58 @@ class PolicyServer:
         if history is not None:
             self.engine.history = history
         decision = self.engine.infer(request.observation, n=request.n, seed=request.seed)
-        return decision, (started - submitted) * 1e3, (time.perf_counter() - started) * 1e3
+        return decision, (started - submitted) * 1e3, (time.perf_counter() - started) * 1e3, 1
+
+    def _infer_batch(self, batch: list[Pending]):
+        from runtime import BatchItem
+
+        started = time.perf_counter()
+        results = self.engine.infer_batch([BatchItem(p.request.observation, p.request.n, p.request.seed, p.history)
+                                           for p in batch])
+        return results, started, (time.perf_counter() - started) * 1e3
+
+    # --- batching (event loop) ---
+
+    async def _submit(self, request: Request, history, submitted: float):
+        """Queues a request for the batcher and waits for its decision (or raises its error)."""
+        future = self._loop.create_future()
+        self._pending.append(Pending(request, history, submitted, future))
+        self._arrived.set()
+        return await future
+
+    async def _batcher(self) -> None:
+        """Gathers waiting requests into one engine call: it waits `batch_window_ms` from the first one,
+        or less when every connected client is already waiting (each has at most one request in flight),
+        then sends them all to the worker. Requests that arrive meanwhile form the next batch."""
+        window = self.config.batch_window_ms / 1e3
+        while True:
+            await self._arrived.wait()
+            self._arrived.clear()
+            if not self._pending:
+                continue
+            deadline = self._pending[0].submitted + window
+            while len(self._pending) < self.clients and (left := deadline - time.perf_counter()) > 0:
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), left)
+                except TimeoutError:
+                    break
+                self._arrived.clear()
+            batch, self._pending = [p for p in self._pending if not p.future.done()], []
+            if not batch:
+                continue
+            try:
+                results, started, infer_ms = await asyncio.wrap_future(self._worker.submit(self._infer_batch, batch))
+            except Exception as err:  # an internal error fails every request of the batch
+                results, started, infer_ms = [err] * len(batch), time.perf_counter(), 0.0
+            self.metrics.batches += 1
+            self.metrics.batched += len(batch)
+            for pending, result in zip(batch, results):
+                if pending.future.done():  # its client went away
+                    continue
+                if isinstance(result, BaseException):
+                    pending.future.set_exception(result)
+                else:
+                    pending.future.set_result((result, (started - pending.submitted) * 1e3, infer_ms, len(batch)))
 
     # --- network ---
 
@@ -267,8 +345,11 @@ class PolicyServer:
                     request = parse_request(unpack(message, self.config.max_message_bytes), cameras, self.config.n,
                                             self.config.max_n, self.config.task, time.time())
                     decoded = time.perf_counter()
-                    decision, queue_ms, infer_ms = await asyncio.wrap_future(
-                        self._worker.submit(self._infer, request, history, decoded))
+                    if self.config.batch_window_ms > 0:
+                        decision, queue_ms, infer_ms, batch = await self._submit(request, history, decoded)
+                    else:
+                        decision, queue_ms, infer_ms, batch = await asyncio.wrap_future(
+                            self._worker.submit(self._infer, request, history, decoded))
                 except (WireError, SpecError) as err:
                     # The client's mistake (or a policy that gave only non-finite chunks): say what, keep going.
                     self.metrics.errors += 1
@@ -290,6 +371,7 @@ class PolicyServer:
                     "n": decision.n, "seed": decision.seed, "verifier": decision.verifier,
                     "policy_fingerprint": decision.policy_fingerprint,
                     "policy_timing": {k: float(v) for k, v in decision.timings.items()},
+                    "batch": batch,
                     "server_timing": {"decode_ms": (decoded - received) * 1e3, "queue_ms": queue_ms,
                                       "infer_ms": infer_ms, "total_ms": total_ms,
                                       **({} if previous_total is None else {"prev_total_ms": previous_total})},
@@ -320,7 +402,7 @@ class PolicyServer:
 
         c = self.config
         self._loop = asyncio.get_running_loop()
-        self._warm, self._stop = asyncio.Event(), asyncio.Event()
+        self._warm, self._stop, self._arrived = asyncio.Event(), asyncio.Event(), asyncio.Event()
         if not is_local(c.host):
             log.warning("listening on %s: reachable from other machines%s", c.host,
                         "" if c.api_key else " by anyone (no --api-key-file)")
@@ -335,6 +417,7 @@ class PolicyServer:
             log.info("listening on ws://%s:%d (loading %s)", c.host, self.port, c.policy)
             self.ready.set()
             reporter = asyncio.create_task(self._report())
+            batcher = asyncio.create_task(self._batcher()) if c.batch_window_ms > 0 else None
             try:
                 self.metadata = await asyncio.wrap_future(self._worker.submit(self._load))
                 log.info("engine warm: policy %s (%s), verifier %s, n=%d", self.metadata["policy_name"],
@@ -347,6 +430,8 @@ class PolicyServer:
             self._warm.set()
             await self._stop.wait()
             reporter.cancel()
+            if batcher is not None:
+                batcher.cancel()
             log.info("shutting down")
             server.close()
             await server.wait_closed()

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from policies import SpecError, make_example_observation
-from runtime import Engine, EngineConfig
+from policies import ObservationError, SpecError, make_example_observation
+from runtime import BatchItem, Engine, EngineConfig
 from runtime.select import finite_candidates, select
 from verifiers import write_verifier_bundle
 from verifiers.synthetic import linear_verifier_onnx
@@ -247,3 +247,67 @@ def test_select_property_returns_the_first_best_finite_candidate(scores, data):
     assert ok[index]
     assert scores[index] == scores[ok].max()
     assert not (ok[:index] & (scores[:index] == scores[index])).any()
+
+
+def _counting_sample_calls(engine):
+    calls = []
+    sample = engine.policy.sample
+
+    def counted(prefix, noise, step_noise=None):
+        calls.append({k: v.shape[0] for k, v in prefix.items()})
+        return sample(prefix, noise, step_noise)
+
+    engine.policy.sample = counted
+    return calls
+
+
+@pytest.mark.parametrize("kind,sampler", [("flow", "unrolled"), ("flow", "stepped"), ("diffusion", "unrolled"),
+                                          ("diffusion", "stepped")])
+def test_a_batch_of_observations_is_one_sampler_call_and_each_gets_its_solo_decision(exported, kind, sampler,
+                                                                                   tmp_path):
+    bundle = exported(kind, sampler).bundle
+    verifier = linear_verifier(tmp_path, bundle, np.linspace(-1, 1, bundle.manifest.feature_dim))
+    engine = Engine(bundle, verifier=verifier, config=EngineConfig(return_candidates=True))
+    assert engine.policy.per_candidate_prefix
+    observations = [make_example_observation(bundle.manifest, seed=s, image_size=(48, 64)) for s in range(3)]
+    ns, seeds = [2, 5, 3], [7, 8, 2**62]
+    solo = [engine.infer(o, n=n, seed=s) for o, n, s in zip(observations, ns, seeds)]
+    calls = _counting_sample_calls(engine)
+    batch = engine.infer_batch([BatchItem(o, n, s) for o, n, s in zip(observations, ns, seeds)])
+    assert calls == [{"prefix_kv": 10, "prefix_bias": 10}]  # one call, each candidate with its own prefix
+    for a, b in zip(solo, batch):
+        assert (b.n, b.seed, b.index, b.verifier) == (a.n, a.seed, a.index, a.verifier)
+        np.testing.assert_allclose(b.candidates, a.candidates, atol=1e-5)
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-5)
+        np.testing.assert_allclose(b.times, a.times)
+        assert set(b.timings) == set(a.timings)
+    # The observations differ, so their candidates must too (a batch that used one prefix would not).
+    assert np.abs(batch[0].candidates[0] - batch[2].candidates[0]).max() > 1e-3
+
+
+def test_a_bad_observation_in_a_batch_is_returned_in_its_place(flow, observation):
+    engine = Engine(flow.bundle)
+    bad = dataclasses.replace(observation, state=np.full(observation.state.shape, np.nan, np.float32))
+    results = engine.infer_batch([BatchItem(observation, 2, 1), BatchItem(bad, 2, 2), BatchItem(observation, 0, 3),
+                                  BatchItem(observation, 2, 4)])
+    assert isinstance(results[1], ObservationError) and results[1].field.startswith("state")
+    assert isinstance(results[2], ObservationError) and results[2].field == "n"
+    np.testing.assert_array_equal(results[0].chunk, engine.infer(observation, n=2, seed=1).chunk)
+    np.testing.assert_array_equal(results[3].chunk, engine.infer(observation, n=2, seed=4).chunk)
+    assert engine.infer_batch([BatchItem(bad, 2, 2)])[0].field.startswith("state")
+
+
+def test_a_bundle_with_a_shared_prefix_only_batches_its_encoder_call():
+    """Bundles exported before per-candidate prefixes (the shipped ones) take a prefix of batch 1: the
+    batch shares the encoder call and samples each observation on its own."""
+    from policies.shipped import resolve_policy
+
+    engine = Engine(resolve_policy("default"))
+    assert not engine.policy.per_candidate_prefix
+    observations = [make_example_observation(engine.manifest, seed=s) for s in range(3)]
+    solo = [engine.infer(o, n=4, seed=s).chunk for s, o in enumerate(observations)]
+    calls = _counting_sample_calls(engine)
+    batch = engine.infer_batch([BatchItem(o, 4, s) for s, o in enumerate(observations)])
+    assert calls == [{"prefix_kv": 1, "prefix_bias": 1}] * 3
+    for a, b in zip(solo, batch):
+        np.testing.assert_allclose(b.chunk, a, atol=1e-5)

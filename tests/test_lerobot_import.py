@@ -130,6 +130,37 @@ def test_history_repeats_the_first_observation_until_it_is_full(imported):
     assert len(engine.history) == 0
 
 
+@pytest.mark.parametrize("name", ["ddim", "ddpm"])
+def test_a_batch_of_robots_each_with_its_history_gets_each_robots_solo_decision(name, imported):
+    """Cross-client batching on an imported policy: a two-step history per robot (DDIM) and per-step noise
+    drawn from each request's seed (DDPM). The imported sampler takes one shared prefix (LeRobot's
+    wrappers expand row 0), so the batch shares the encoder call only."""
+    from runtime import BatchItem
+
+    engine = Engine(imported[name])
+    m = engine.manifest
+    assert not engine.policy.per_candidate_prefix
+    robots = [_observations(m, np.random.default_rng(r)) for r in range(3)]
+    steps = [[Observation(f, s, "unused", stamp=0.02 * t) for t, (f, s) in enumerate(zip(*robot))] for robot in robots]
+    solo = []
+    for r, frames in enumerate(steps):
+        engine.reset()
+        for obs in frames[:-1]:
+            engine.observe(obs)
+        solo.append(engine.infer(frames[-1], n=3, seed=40 + r).chunk)
+    histories = [engine.policy.history() for _ in steps]
+    for history, frames in zip(histories, steps):
+        for obs in frames[:-1]:
+            history.push(obs)
+    batch = engine.infer_batch([BatchItem(frames[-1], 3, 40 + r, histories[r]) for r, frames in enumerate(steps)])
+    for a, b in zip(solo, batch):
+        np.testing.assert_allclose(b.chunk, a, atol=1e-5)
+    assert np.abs(solo[0] - solo[1]).max() > 1e-3
+    if m.history > 1:
+        with pytest.raises(ValueError, match="own history"):
+            engine.infer_batch([BatchItem(steps[0][-1], 1, 1), BatchItem(steps[1][-1], 1, 2)])
+
+
 def not_fp16_safe(bundle) -> list[str]:
     """Graph nodes or weights of float64 (which TensorRT does not run), or constants below float16's
     range (masks that would become -inf, and NaN on a fully masked row, in an FP16 engine)."""
