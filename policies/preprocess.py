@@ -29,8 +29,9 @@ def _area_weights(n_in: int, n_out: int) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-def _box_downscale(image: np.ndarray, fy: int, fx: int) -> np.ndarray:
-    """Integer-factor area averaging by summing strided slices in uint16/uint32 (much faster than mean())."""
+def _box_sum(image: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """Sums of each fy x fx block of uint8[h, w, 3], by adding strided slices in uint16/uint32 (much faster
+    than mean())."""
     h, w, c = image.shape
     oh, ow = h // fy, w // fx
     acc_type = np.uint16 if fy * fx * 255 < 2**16 else np.uint32
@@ -42,7 +43,12 @@ def _box_downscale(image: np.ndarray, fy: int, fx: int) -> np.ndarray:
     out = cols[:, :, 0].copy()
     for j in range(1, fx):
         out += cols[:, :, j]
-    return out.astype(np.float32) * np.float32(1.0 / (fy * fx))
+    return out
+
+
+def _box_downscale(image: np.ndarray, fy: int, fx: int) -> np.ndarray:
+    """Integer-factor area averaging."""
+    return _box_sum(image, fy, fx).astype(np.float32) * np.float32(1.0 / (fy * fx))
 
 
 def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -82,6 +88,19 @@ def resize_with_pad(image: np.ndarray, height: int, width: int, align: str = "pa
         top, left = (height - new_h) // 2, (width - new_w) // 2
     out[top: top + new_h, left: left + new_w] = resized
     return out
+
+
+def fit_uint8(image: np.ndarray, height: int, width: int, align: str = "pad_center") -> np.ndarray:
+    """`resize_with_pad` rounded to uint8[height, width, 3]: a frame fitted to a policy's input before it
+    is sent over a network. Integer down-scaling factors stay in integer arithmetic (the block mean
+    rounded half up); other sizes round the float result to the nearest grey level."""
+    h, w, _ = image.shape
+    if (h, w) == (height, width):
+        return image
+    if h % height == 0 and w % width == 0 and h // height * width == w // width * height:
+        count = (h // height) * (w // width)
+        return ((_box_sum(image, h // height, w // width) + count // 2) // count).astype(np.uint8)
+    return np.rint(resize_with_pad(image, height, width, align)).clip(0, 255).astype(np.uint8)
 
 
 class Preprocessor:

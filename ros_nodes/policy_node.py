@@ -67,6 +67,9 @@ class PolicyNode(LifecycleNode):
         p("seed", 0)
         p("server", "")  # ws://HOST:PORT of a `taco serve` server: inference there instead of here
         p("api_key_file", "")
+        # With a server: send camera frames fitted to the policy's input size (25x fewer bytes for 480x640
+        # into 96x128), as openpi's clients do; false sends them as captured.
+        p("resize_on_client", True)
         self.engine: Engine | None = None
         self.executor_: RealtimeExecutor | None = None
         self.timer = None
@@ -85,7 +88,8 @@ class PolicyNode(LifecycleNode):
                 from serving.client import RemoteEngine, read_api_key
 
                 policy = get("server")
-                self.engine = RemoteEngine(policy, api_key=read_api_key(get("api_key_file")))
+                self.engine = RemoteEngine(policy, api_key=read_api_key(get("api_key_file")),
+                                           resize_on_client=bool(get("resize_on_client")))
             else:
                 policy = resolve_policy(get("policy"))
                 session = SessionConfig(provider=get("provider"), intra_op_threads=int(get("threads")))

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from policies import Observation, Preprocessor
-from policies.preprocess import _area_weights, resize_area, resize_with_pad
+from policies.preprocess import _area_weights, fit_uint8, resize_area, resize_with_pad
 from policies.tokenizer import ByteTokenizer
 
 
@@ -48,6 +48,21 @@ def test_resize_with_pad_keeps_aspect_and_pads_black():
     assert out.shape == (30, 40, 3)
     assert (out[:, :5] == 0).all() and (out[:, -5:] == 0).all()
     np.testing.assert_allclose(out[:, 5:35], 200.0)
+
+
+@pytest.mark.parametrize("shape,size,align", [((480, 640, 3), (96, 128), "pad_center"),  # integer factors
+                                               ((480, 640, 3), (224, 224), "pad_center"),  # padded
+                                               ((480, 640, 3), (224, 224), "pad_left_top"),
+                                               ((37, 50, 3), (20, 30), "pad_center")])
+def test_a_frame_fitted_for_the_network_is_the_resize_rounded_to_a_grey_level(shape, size, align):
+    image = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    fitted = fit_uint8(image, *size, align)
+    exact = resize_with_pad(image, *size, align)
+    assert fitted.dtype == np.uint8 and fitted.shape == (*size, 3)
+    assert np.abs(fitted - exact).max() <= 0.5
+    # A frame of the policy's size is sent as it is, and the server fits it to itself unchanged.
+    assert fit_uint8(fitted, *size, align) is fitted
+    np.testing.assert_array_equal(resize_with_pad(fitted, *size, align), fitted.astype(np.float32))
 
 
 def test_preprocessor_normalises_with_the_manifest_statistics(flow):

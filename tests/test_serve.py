@@ -1,6 +1,7 @@
 """`taco serve`: openpi-client (the PyPI package, unchanged) against our server; RemoteEngine; hostile
 messages; several clients at once."""
 
+import dataclasses
 import json
 import socket
 import threading
@@ -155,6 +156,29 @@ def test_remote_engine_gives_the_local_engines_decision(server, policy):
         RemoteEngine(f"ws://127.0.0.1:{_free_port()}", open_timeout=2)
 
 
+def test_remote_engine_resizing_on_the_client_sends_less_and_gets_the_fitted_frames_decision(server, policy):
+    """`resize_on_client`: frames go out at the policy's size; the decision is the local engine's for that
+    fitted frame, and within half a grey level of the frame as captured."""
+    from policies.preprocess import fit_uint8, resize_with_pad
+
+    local = Engine(policy)
+    m = local.manifest
+    obs = make_example_observation(m, seed=3, image_size=(480, 640))
+    obs.images["cam_extra"] = obs.images["cam_high"]  # a camera the policy does not take is not sent
+    cam = m.cameras[0]
+    fitted = fit_uint8(obs.images[cam.name], cam.height, cam.width, m.image_resize)
+    assert fitted.shape == (cam.height, cam.width, 3)
+    assert np.abs(fitted - resize_with_pad(obs.images[cam.name], cam.height, cam.width, m.image_resize)).max() <= 0.5
+    with RemoteEngine(_url(server), resize_on_client=True) as remote:
+        sent = remote._images(obs.images)
+        assert set(sent) == {c.name for c in m.cameras}
+        np.testing.assert_array_equal(sent[cam.name], fitted)
+        got = remote.infer(obs, n=4, seed=5)
+    want = local.infer(dataclasses.replace(obs, images={cam.name: fitted}), n=4, seed=5)
+    np.testing.assert_array_equal(got.chunk, want.chunk)
+    assert len(pack({"images": sent})) * 20 < len(pack({"images": {cam.name: obs.images[cam.name]}}))
+
+
 def _hostile_messages(rng, valid: bytes, count: int):
     """Random bytes, truncations, spliced garbage, and well-formed msgpack with every field wrong."""
     arrays = [
@@ -198,7 +222,7 @@ def test_fuzz_a_thousand_hostile_messages_leave_the_server_serving(server, polic
     valid = pack(_aloha(manifest, size=(32, 32)))
     rng = np.random.default_rng(0)
     answered = closed = 0
-    ws = connect(_url(server), max_size=None)
+    ws = connect(_url(server), max_size=None).__enter__()
     ws.recv()
     for message in _hostile_messages(rng, valid, 1200):
         try:
@@ -206,7 +230,7 @@ def test_fuzz_a_thousand_hostile_messages_leave_the_server_serving(server, polic
             reply = ws.recv(timeout=30)
         except ConnectionClosed:
             closed += 1
-            ws = connect(_url(server), max_size=None)
+            ws = connect(_url(server), max_size=None).__enter__()
             ws.recv()
             continue
         answered += 1
@@ -250,6 +274,48 @@ def test_eight_clients_at_once_each_get_their_own_decision(server, policy):
         np.testing.assert_array_equal(chunk, expected[i])
     print(json.dumps({"round_trip_p50_ms": float(np.percentile(latencies, 50)),
                       "round_trip_p99_ms": float(np.percentile(latencies, 99))}))
+
+
+def test_batching_server_infers_several_clients_together_and_each_gets_its_own_decision(policy):
+    """`batch_window_ms`: requests of 8 clients share engine calls; every reply is its own request's decision,
+    and a bad request in a batch is answered by name without failing the others."""
+    server, thread = serve_in_thread(ServeConfig(policy=str(policy), port=0, n=4, batch_window_ms=50.0,
+                                                 metrics_every_s=0))
+    try:
+        local = Engine(policy)
+        observations = [make_example_observation(local.manifest, seed=s) for s in range(8)]
+        expected = {(c, k): local.infer(observations[c], n=4, seed=100 * c + k) for c in range(8) for k in range(5)}
+        got, errors = {}, []
+        start = threading.Barrier(8)
+
+        def client(c):
+            try:
+                with RemoteEngine(_url(server)) as remote:
+                    start.wait(30)
+                    for k in range(5):
+                        if c == 3 and k == 2:
+                            bad = dataclasses.replace(observations[c], state=observations[c].state[:5])
+                            with pytest.raises(ObservationError, match="state"):
+                                remote.infer(bad, n=4, seed=1)
+                        got[c, k] = remote.infer(observations[c], n=4, seed=100 * c + k)
+            except BaseException as err:  # noqa: BLE001 - reported below
+                errors.append(err)
+
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors
+        assert len(got) == 40
+        for key, decision in got.items():
+            np.testing.assert_allclose(decision.chunk, expected[key].chunk, atol=1e-5)
+            assert decision.index == expected[key].index and decision.seed == expected[key].seed
+        # 41 requests (one refused) in fewer engine calls: they were in fact batched.
+        assert server.metrics.batches < server.metrics.batched == 41, server.metrics
+    finally:
+        server.stop()
+        thread.join(30)
 
 
 def test_taco_ros_robot_with_a_server_checks_the_server_before_starting_nodes(capsys):
