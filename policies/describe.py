@@ -34,7 +34,10 @@ def describe_policy(bundle: PolicyBundle, session_factory: SessionFactory | None
         f"fingerprint     {bundle.fingerprint}",
         "cameras         " + ", ".join(f"{c.name} {c.height}x{c.width}" for c in m.cameras),
         f"state           {m.state_dim}: {', '.join(m.state_names)}",
-        f"action          {m.action_dim} x chunk {m.chunk_length} (dt {m.action_dt} s)",
+        f"action          {m.action_dim} x chunk {m.chunk_length} (dt {m.action_dt} s, "
+        f"{m.chunk_length * m.action_dt * 1e3:.0f} ms)",
+        "real-time chunk " + ("yes: the sampler takes rtc_target, rtc_weights, rtc_max_weight" if m.rtc
+                              else "no (exported before RTC, or a policy LeRobot gives none)"),
         f"feature         {m.feature_dim}-d: {m.feature_description}",
         f"tokenizer       {m.tokenizer.to_dict()}",
     ]

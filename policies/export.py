@@ -39,8 +39,8 @@ class _SamplerGraph(torch.nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, prefix_kv, prefix_bias, noise):
-        return self.policy.sample(prefix_kv, prefix_bias, noise)
+    def forward(self, prefix_kv, prefix_bias, noise, *rtc):
+        return self.policy.sample(prefix_kv, prefix_bias, noise, rtc or None)
 
 
 class _StepGraph(torch.nn.Module):
@@ -48,8 +48,20 @@ class _StepGraph(torch.nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, prefix_kv, prefix_bias, x, step):
-        return self.policy.step(prefix_kv, prefix_bias, x, step)
+    def forward(self, prefix_kv, prefix_bias, x, step, *rtc):
+        return self.policy.step(prefix_kv, prefix_bias, x, step, rtc or None)
+
+
+# Real-time chunking inputs of the sampler (policies.manifest: `rtc`): the previous chunk re-indexed to the
+# observation's time [1 or N, H, A], per-position weights [1 or N, H], and the guidance cap (a scalar).
+RTC_INPUTS = ("rtc_target", "rtc_weights", "rtc_max_weight")
+RTC_AXES = {"rtc_target": {0: "prefix_batch"}, "rtc_weights": {0: "prefix_batch"}}
+
+
+def rtc_example(cfg):
+    """Tracing inputs of the RTC graph inputs: no guidance (all-zero weights)."""
+    h, a = cfg.chunk_length, len(cfg.action_names)
+    return torch.zeros(1, h, a), torch.zeros(1, h), torch.tensor(10.0)
 
 
 def example_inputs(cfg, batch: int = 1, n: int = 2, seed: int = 0):
@@ -120,6 +132,7 @@ def export_bundle(
     name: str | None = None,
     provenance: dict | None = None,
     overwrite: bool = False,
+    rtc: bool = True,
 ):
     """Writes `policy` as a bundle: encoder.onnx, sampler.onnx or step.onnx, manifest.json.
 
@@ -130,6 +143,8 @@ def export_bundle(
         sampler: "unrolled" (all steps in one graph) or "stepped" (one step; the runtime loops).
         name: bundle name; defaults to the folder name.
         provenance: how the bundle was made (command, dataset fingerprint); the command line is added.
+        rtc: give the sampler real-time chunking inputs (RTC_INPUTS); False exports the sampler of
+            bundles made before them (all-zero RTC weights compute exactly what it does).
 
     Returns:
         the loaded, validated PolicyBundle.
@@ -156,19 +171,19 @@ def export_bundle(
                 {name: {0: "batch"} for name in [*cam_inputs, "state", "tokens", "prefix_kv", "prefix_bias"]},
                 graph_metadata(cfg, "encoder"),
             )
+            guidance, guidance_names = (rtc_example(cfg), list(RTC_INPUTS)) if rtc else ((), [])
+            axes = {**PREFIX_AXES, **(RTC_AXES if rtc else {}), "features": {0: "n"}}
             if sampler == "unrolled":
                 _export(
-                    _SamplerGraph(policy), (prefix_kv, prefix_bias, noise), tmp / "sampler.onnx",
-                    ["prefix_kv", "prefix_bias", "noise"], ["chunks", "features"],
-                    {**PREFIX_AXES, "noise": {0: "n"}, "chunks": {0: "n"}, "features": {0: "n"}},
-                    graph_metadata(cfg, "sampler"),
+                    _SamplerGraph(policy), (prefix_kv, prefix_bias, noise, *guidance), tmp / "sampler.onnx",
+                    ["prefix_kv", "prefix_bias", "noise", *guidance_names], ["chunks", "features"],
+                    {**axes, "noise": {0: "n"}, "chunks": {0: "n"}}, graph_metadata(cfg, "sampler"),
                 )
             else:
                 _export(
-                    _StepGraph(policy), (prefix_kv, prefix_bias, noise, torch.tensor(0, dtype=torch.long)),
-                    tmp / "step.onnx", ["prefix_kv", "prefix_bias", "x", "step"], ["x_next", "features"],
-                    {**PREFIX_AXES, "x": {0: "n"}, "x_next": {0: "n"}, "features": {0: "n"}},
-                    graph_metadata(cfg, "step"),
+                    _StepGraph(policy), (prefix_kv, prefix_bias, noise, torch.tensor(0, dtype=torch.long), *guidance),
+                    tmp / "step.onnx", ["prefix_kv", "prefix_bias", "x", "step", *guidance_names],
+                    ["x_next", "features"], {**axes, "x": {0: "n"}, "x_next": {0: "n"}}, graph_metadata(cfg, "step"),
                 )
         files = ["encoder.onnx", SAMPLER_FILES[sampler]]
         manifest = PolicyManifest(
@@ -186,6 +201,7 @@ def export_bundle(
             normalization=normalization,
             tokenizer=_tokenizer(cfg),
             files=hash_files(tmp, files),
+            rtc=rtc,
             model_config=cfg.to_dict(),
             provenance={
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

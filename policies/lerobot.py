@@ -520,7 +520,8 @@ def _pi_plan(policy, ck: Checkpoint, names, tokenizer: str | Path | None) -> Pla
             self.policy = policy
 
         def forward(self, prefix_kv, prefix_mask, *rest):
-            *state, noise = rest
+            *state, noise = rest[:-3]
+            rtc = rest[-3:]
             n = noise.shape[0]
             kv = prefix_kv.expand(n, *prefix_kv.shape[1:])
             cache = DynamicCache(tuple((kv[:, i, 0], kv[:, i, 1], None) for i in range(kv.shape[1])))
@@ -530,8 +531,8 @@ def _pi_plan(policy, ck: Checkpoint, names, tokenizer: str | Path | None) -> Pla
             hook = self.policy.model.action_out_proj.register_forward_pre_hook(
                 lambda module, args: captured.append(args[0][:, 0]))
             try:
-                x = euler_integrate(lambda x_t, t: self.policy.model.denoise_step(
-                    prefix_pad_masks=mask, past_key_values=cache, x_t=x_t, timestep=t, **extra),
+                x = euler_integrate(rtc_guided(lambda x_t, t: self.policy.model.denoise_step(
+                    prefix_pad_masks=mask, past_key_values=cache, x_t=x_t, timestep=t, **extra), rtc),
                     noise, int(cfg.num_inference_steps))
             finally:
                 hook.remove()
@@ -549,7 +550,7 @@ def _pi_plan(policy, ck: Checkpoint, names, tokenizer: str | Path | None) -> Pla
         chunk_length=int(cfg.chunk_size), num_steps=int(cfg.num_inference_steps), feature_dim=width,
         feature_description="action expert output at the first action token (the input of action_out_proj) "
                             "at the final flow step",
-        history=1, tokenizer=text, files={text.file: text.folder})
+        history=1, tokenizer=text, files={text.file: text.folder}, rtc=True)
 
 
 def _smolvla_plan(policy, ck: Checkpoint, names, vlm: str | Path) -> Plan:
@@ -597,7 +598,7 @@ def _smolvla_plan(policy, ck: Checkpoint, names, vlm: str | Path) -> Plan:
             super().__init__()
             self.policy = policy
 
-        def forward(self, prefix_kv, prefix_mask, noise):
+        def forward(self, prefix_kv, prefix_mask, noise, *rtc):
             n = noise.shape[0]
             kv = prefix_kv.expand(n, *prefix_kv.shape[1:])
             cache = DynamicCache(tuple((kv[:, i, 0], kv[:, i, 1], None) for i in range(kv.shape[1])))
@@ -606,8 +607,8 @@ def _smolvla_plan(policy, ck: Checkpoint, names, vlm: str | Path) -> Plan:
             hook = self.policy.model.action_out_proj.register_forward_pre_hook(
                 lambda module, args: captured.append(args[0].mean(dim=1)))
             try:
-                x = euler_integrate(lambda x_t, t: self.policy.model.denoise_step(
-                    prefix_pad_masks=mask, past_key_values=cache, x_t=x_t, timestep=t), noise, int(cfg.num_steps))
+                x = euler_integrate(rtc_guided(lambda x_t, t: self.policy.model.denoise_step(
+                    prefix_pad_masks=mask, past_key_values=cache, x_t=x_t, timestep=t), rtc), noise, int(cfg.num_steps))
             finally:
                 hook.remove()
             return x[:, :, :len(names["action"])], captured[-1]
@@ -624,7 +625,7 @@ def _smolvla_plan(policy, ck: Checkpoint, names, vlm: str | Path) -> Plan:
         feature_dim=int(model.action_out_proj.in_features),
         feature_description="action expert output (the input of action_out_proj) averaged over the chunk's "
                             "action tokens at the final flow step",
-        history=1, tokenizer=text, files={text.file: text.folder}, image_resize="pad_left_top")
+        history=1, tokenizer=text, files={text.file: text.folder}, image_resize="pad_left_top", rtc=True)
 
 
 def _text_tokenizer(ck: Checkpoint, folder: str | Path | None, prompt: str, paddings=("max_length",)):
@@ -700,6 +701,25 @@ class Plan:
     files: dict
     image_resize: str = "pad_center"
     source: dict | None = None
+    # Whether the sampler takes real-time chunking inputs (RTC_INPUTS after its own): LeRobot gives RTC to
+    # its flow VLAs (pi0, pi05, SmolVLA), not to diffusion.
+    rtc: bool = False
+
+
+def rtc_guided(denoise, rtc):
+    """A velocity function (x_t, t[N]) -> v with real-time chunking: LeRobot 0.6.1's RTCProcessor.denoise_step,
+    whose autograd "correction" is the identity (its v carries no graph), i.e. forward-only
+    v - w(t) * W * (Y - (x_t - t v)). `rtc`: the graph's (target [1, Hn, D], weights [1, Hn], cap)."""
+    from policies.models.policy import guidance_weight
+
+    target, weights, max_weight = rtc
+
+    def guided(x_t, t):
+        v = denoise(x_t, t)
+        time = t[:1]
+        return v - guidance_weight(time, max_weight) * weights[:, :, None] * (target - (x_t - time * v))
+
+    return guided
 
 
 def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tuple[str, ...] | None = None,
@@ -713,7 +733,7 @@ def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tupl
     `external_data_above`: weights above this many bytes go to `<graph>.onnx.data` (default: 1.5 GB).
     """
     torch = require("torch")
-    from policies.export import EXTERNAL_DATA_BYTES, OPSET, _export
+    from policies.export import EXTERNAL_DATA_BYTES, OPSET, RTC_INPUTS, _export
 
     external = EXTERNAL_DATA_BYTES if external_data_above is None else external_data_above
 
@@ -750,6 +770,9 @@ def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tupl
                 args += (torch.randn(plan.num_steps - 1, n, *plan.noise_shape, generator=g),)
                 inputs.append("step_noise")
                 axes["step_noise"] = {1: "n"}
+            if plan.rtc:  # no guidance while tracing: all-zero weights
+                args += (torch.zeros(1, *plan.noise_shape), torch.zeros(1, plan.noise_shape[0]), torch.tensor(10.0))
+                inputs += list(RTC_INPUTS)
             written += _export(plan.sampler, args, tmp / "sampler.onnx", inputs, ["chunks", "features"], axes,
                                {"taco.graph": "sampler", **facts}, external)
         for graph in ("encoder.onnx", "sampler.onnx"):
@@ -780,6 +803,7 @@ def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tupl
             step_noise=plan.step_noise,
             history=plan.history,
             image_resize=plan.image_resize,
+            rtc=plan.rtc,
             source={"framework": "lerobot", "version": LEROBOT_VERSION, "policy_type": ck.type,
                     "checkpoint_sha256": ck.weights_sha256, "normalization": dict(ck.norm_map),
                     **(plan.source or {})},

@@ -27,7 +27,11 @@ each with schema 1's meaning as its default:
   axis after the batch (`float32[B, T, 3, H, W]`, `float32[B, T, S]`, oldest first);
 - `tokenizer` may be `{"type": "none"}`: no instruction, no `tokens` input;
 - `image.resize`: `pad_center` (schema 1) or `pad_left_top`;
-- `source`: where the weights come from (framework, version, policy type, checkpoint checksum).
+- `source`: where the weights come from (framework, version, policy type, checkpoint checksum);
+- `rtc` (written only when true): the sampler takes real-time chunking inputs `rtc_target: float32[1 or N,
+  Hn, D]` (the previous chunk re-indexed to the observation's time, normalised, zero-padded),
+  `rtc_weights: float32[1 or N, Hn]` and `rtc_max_weight: float32[]` (policies.models.policy); all-zero
+  weights compute what the sampler computes without them.
 """
 
 from __future__ import annotations
@@ -168,6 +172,8 @@ class PolicyManifest:
     image_resize: str = "pad_center"
     # Where the weights come from: framework, version, policy type, checkpoint checksum. In the fingerprint.
     source: dict = field(default_factory=dict)
+    # Whether the sampler takes real-time chunking guidance inputs (see the module docstring).
+    rtc: bool = False
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
@@ -247,9 +253,11 @@ class PolicyManifest:
         }
         if self.schema_version == 1:
             return data  # exactly schema 1's fields, so a schema 1 bundle keeps its fingerprint
-        return {**data, "prefix": list(self.prefix),
+        data = {**data, "prefix": list(self.prefix),
                 "noise": {"shape": list(self.noise_dims), "step_noise": self.step_noise},
                 "history": self.history, "image": {"resize": self.image_resize}, "source": self.source}
+        # Written only when true, so bundles made before RTC keep their fingerprints.
+        return {**data, "rtc": True} if self.rtc else data
 
     @classmethod
     def from_dict(cls, data: dict) -> PolicyManifest:
@@ -293,9 +301,12 @@ class PolicyManifest:
             source = r.raw("source", {})
             if not isinstance(source, dict):
                 raise BundleError("source", f"expected an object, got {source!r}")
+            rtc = r.raw("rtc", False)
+            if not isinstance(rtc, bool):
+                raise BundleError("rtc", f"expected true or false, got {rtc!r}")
             v2 = dict(prefix=prefix, noise_shape=tuple(shape), step_noise=bool(noise.raw("step_noise", False)),
                       history=r.int("history", minimum=1), image_resize=image.str("resize", choices=IMAGE_RESIZE),
-                      source=source)
+                      source=source, rtc=rtc)
             noise.finish()
             image.finish()
         manifest = cls(

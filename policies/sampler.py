@@ -17,6 +17,7 @@ import onnxruntime as ort
 
 from policies.bundle import PolicyBundle, load_policy_bundle
 from policies.errors import BundleError, ObservationError
+from policies.guidance import Guidance
 from policies.manifest import PolicyManifest
 from policies.observation import Observation
 from policies.preprocess import Preprocessor
@@ -69,6 +70,10 @@ def check_graph_signatures(manifest: PolicyManifest, encoder, sampler) -> None:
     else:
         step_inputs["x"] = ("tensor(float)", noise_dims, "noise.shape")
         step_inputs["step"] = ("tensor(int64)", None, "sampler")
+    if m.rtc:
+        step_inputs["rtc_target"] = ("tensor(float)", noise_dims, "rtc")
+        step_inputs["rtc_weights"] = ("tensor(float)", noise_dims[:1], "rtc")
+        step_inputs["rtc_max_weight"] = ("tensor(float)", None, "rtc")
     _check_inputs(sampler, m.sampler_file, step_inputs, unknown_field="sampler")
     if m.step_noise:
         dims = next(i.shape for i in sampler.get_inputs() if i.name == "step_noise")
@@ -173,10 +178,34 @@ class PolicySampler:
         values = self.encoder.run(self._prefix, {k: v for k, v in feeds.items() if k in self._encoder_inputs})
         return dict(zip(self._prefix, values))
 
+    def rtc_feeds(self, guidance: Guidance | None) -> dict[str, np.ndarray]:
+        """The sampler's RTC inputs for a guidance in robot units ({} for a bundle without them, which
+        refuses a guidance): the target normalised and zero-padded to the noise's [Hn, D], the weights
+        zero-padded to Hn, batch 1. No guidance gives all-zero weights: the unguided sampler."""
+        if not self.manifest.rtc:
+            if guidance is not None:
+                raise BundleError("rtc", f"the sampler of {self.manifest.name!r} takes no real-time chunking inputs "
+                                         "(exported before them, or a policy LeRobot gives no RTC); re-export it")
+            return {}
+        hn, width = self.manifest.noise_dims
+        target, weights = np.zeros((1, hn, width), np.float32), np.zeros((1, hn), np.float32)
+        max_weight = np.array(0.0, np.float32)
+        if guidance is not None:
+            guidance.check(self.manifest.chunk_length, self.manifest.action_dim)
+            k = min(len(guidance.target), hn)
+            target[0, :k, :self.manifest.action_dim] = (guidance.target[:k] - self.action_mean) / self.action_std
+            weights[0, :min(len(guidance.weights), hn)] = guidance.weights[:hn]
+            max_weight = np.array(guidance.max_weight, np.float32)
+        return {"rtc_target": target, "rtc_weights": weights, "rtc_max_weight": max_weight}
+
     def sample(self, prefix: Mapping[str, np.ndarray], noise: np.ndarray,
-               step_noise: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Shared prefix + noise[N, Hn, D] -> (chunks[N, H, A] in normalised action units, features[N, F])."""
+               step_noise: np.ndarray | None = None, rtc: Mapping[str, np.ndarray] | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Shared prefix + noise[N, Hn, D] -> (chunks[N, H, A] in normalised action units, features[N, F]).
+        `rtc`: the sampler's RTC inputs (`rtc_feeds`); None feeds no guidance to a sampler that takes it."""
         feeds = dict(prefix)
+        if self.manifest.rtc:
+            feeds.update(rtc or self.rtc_feeds(None))
         if self.manifest.sampler == "unrolled":
             feeds["noise"] = noise
             if self.manifest.step_noise:
@@ -189,20 +218,33 @@ class PolicySampler:
         return x, features
 
     def sample_many(self, prefix: Mapping[str, np.ndarray], noises: Sequence[np.ndarray],
-                    step_noises: Sequence[np.ndarray | None]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Prefixes of B observations ([B, ...] by name) and each one's noise[N_i, Hn, D] (and step noise)
-        -> each one's (chunks[N_i, H, A], features[N_i, F]). One sampler call, each candidate with its own
-        observation's prefix, when the sampler takes a prefix per candidate; else one call per observation.
-        One observation is sampled exactly as `sample` does (its prefix shared, not repeated)."""
+                    step_noises: Sequence[np.ndarray | None], rtcs: Sequence[Mapping | None] | None = None
+                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Prefixes of B observations ([B, ...] by name) and each one's noise[N_i, Hn, D] (and step noise,
+        and RTC inputs) -> each one's (chunks[N_i, H, A], features[N_i, F]). One sampler call, each
+        candidate with its own observation's prefix, when the sampler takes a prefix per candidate; else
+        one call per observation. One observation is sampled exactly as `sample` does (its prefix shared,
+        not repeated)."""
+        rtcs = list(rtcs or [None] * len(noises))
         if len(noises) == 1:
-            return [self.sample(prefix, noises[0], step_noises[0])]
+            return [self.sample(prefix, noises[0], step_noises[0], rtcs[0])]
         if not self.per_candidate_prefix:
-            return [self.sample({k: v[i:i + 1] for k, v in prefix.items()}, noise, step)
-                    for i, (noise, step) in enumerate(zip(noises, step_noises))]
+            return [self.sample({k: v[i:i + 1] for k, v in prefix.items()}, noise, step, rtc)
+                    for i, (noise, step, rtc) in enumerate(zip(noises, step_noises, rtcs))]
         counts = [len(noise) for noise in noises]
         repeated = {k: np.repeat(v, counts, axis=0) for k, v in prefix.items()}
+        rtc = None
+        if self.manifest.rtc:
+            feeds = [r or self.rtc_feeds(None) for r in rtcs]
+            rtc = {name: np.concatenate([np.repeat(f[name], c, axis=0) for f, c in zip(feeds, counts)])
+                   for name in ("rtc_target", "rtc_weights")}
+            caps = {float(f["rtc_max_weight"]) for f, r in zip(feeds, rtcs) if r is not None}
+            if len(caps) > 1:  # one graph input: a batch shares the cap
+                return [self.sample({k: v[i:i + 1] for k, v in prefix.items()}, noise, step, r)
+                        for i, (noise, step, r) in enumerate(zip(noises, step_noises, rtcs))]
+            rtc["rtc_max_weight"] = np.array(caps.pop() if caps else 0.0, np.float32)
         step = None if step_noises[0] is None else np.concatenate(step_noises, axis=1)
-        chunks, features = self.sample(repeated, np.concatenate(noises), step)
+        chunks, features = self.sample(repeated, np.concatenate(noises), step, rtc)
         cuts = np.cumsum(counts)[:-1]
         return list(zip(np.split(chunks, cuts), np.split(features, cuts)))
 

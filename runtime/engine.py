@@ -11,6 +11,7 @@ import numpy as np
 
 from policies import Observation, PolicyBundle
 from policies.errors import BundleError, ObservationError, SpecError
+from policies.guidance import Guidance
 from policies.sampler import History, PolicySampler
 from runtime.select import finite_candidates, select
 from runtime.sessions import SessionConfig, make_session
@@ -30,6 +31,10 @@ class EngineConfig:
     session: SessionConfig = field(default_factory=SessionConfig)
     # Keep every candidate chunk and feature in the Decision (for diagnostics and recording).
     return_candidates: bool = False
+    # Weight of continuity in selection, for guided (RTC) decisions: each candidate's score gains
+    # `continuity` x its coherence with the executing chunk (bidirectional decoding's backward term; see
+    # `continuity_scores`). 0: the verifier alone chooses.
+    continuity: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class BatchItem:
     seed: int | None = None
     # The session's observation history (each robot keeps its own); None: the engine's.
     history: History | None = None
+    # Real-time chunking toward the robot's executing chunk, or None.
+    guidance: Guidance | None = None
 
 
 @dataclass
@@ -69,6 +76,11 @@ class Decision:
     verifier: str | None
     # Fingerprint of the policy bundle that produced the chunk.
     policy_fingerprint: str
+    # float32[N]: each candidate's coherence with the executing chunk (higher = closer; see
+    # `continuity_scores`), for a guided decision; else None.
+    continuity: np.ndarray | None = None
+    # Positions of the chunk that execute before it arrives, for a guided decision (Guidance.delay); 0 else.
+    delay: int = 0
 
 
 class Engine:
@@ -140,7 +152,7 @@ class Engine:
         return scores
 
     def infer(self, observation: Observation | Mapping, n: int | None = None, seed: int | None = None,
-              noise: np.ndarray | None = None) -> Decision:
+              noise: np.ndarray | None = None, guidance: Guidance | None = None) -> Decision:
         """Samples N candidate chunks from one observation, scores them, and returns the best.
 
         Args:
@@ -151,6 +163,8 @@ class Engine:
             noise: float32[N, Hn, D] (`manifest.noise_dims`), the candidates' initial noise instead of
                 the seed's draw: what LeRobot's `predict_action_chunk(batch, noise=...)` takes, to
                 reproduce a run. The seed still draws any per-step noise.
+            guidance: real-time chunking toward the chunk the robot is executing (policies.guidance);
+                every candidate is guided. Needs a bundle whose sampler takes it (manifest `rtc`).
 
         Raises:
             ObservationError: naming the bad field of the observation (or of n, seed, noise).
@@ -161,13 +175,14 @@ class Engine:
             verifier = self._verifier
         timer = StageTimer()
         with timer.stage("preprocess"):
+            rtc = self.policy.rtc_feeds(guidance)
             feeds, stamp = self._push(observation, self.history)
             initial, step_noise = self.policy.draw(n, seed, noise)
         with timer.stage("encode"):
             prefix = self.policy.encode(feeds)
         with timer.stage("sample"):
-            chunks, features = self.policy.sample(prefix, initial, step_noise)
-        return self._decide(chunks, features, verifier, n, seed, stamp, timer)
+            chunks, features = self.policy.sample(prefix, initial, step_noise, rtc or None)
+        return self._decide(chunks, features, verifier, n, seed, stamp, timer, guidance)
 
     def infer_batch(self, items: Sequence[BatchItem]) -> list[Decision | ObservationError | SpecError]:
         """`infer` for several observations at once (robots served by one server): one encoder call for
@@ -193,10 +208,11 @@ class Engine:
             try:
                 with timers[i].stage("preprocess"):
                     n, seed = self._arguments(item.n, item.seed, None)
+                    rtc = self.policy.rtc_feeds(item.guidance)
                     feeds, stamp = self._push(item.observation, item.history or self.history)
                     initial, step_noise = self.policy.draw(n, seed)
-                ready.append((i, n, seed, feeds, stamp, initial, step_noise))
-            except ObservationError as err:
+                ready.append((i, n, seed, feeds, stamp, initial, step_noise, rtc or None))
+            except SpecError as err:  # ObservationError, or a guidance this bundle cannot take
                 results[i] = err
         if not ready:
             return results
@@ -205,11 +221,12 @@ class Engine:
             feeds = {name: np.concatenate([r[3][name] for r in ready]) for name in ready[0][3]}
             prefix = self.policy.encode(feeds)
         with shared.stage("sample"):
-            sampled = self.policy.sample_many(prefix, [r[5] for r in ready], [r[6] for r in ready])
-        for (i, n, seed, _, stamp, _, _), (chunks, features) in zip(ready, sampled):
+            sampled = self.policy.sample_many(prefix, [r[5] for r in ready], [r[6] for r in ready],
+                                              [r[7] for r in ready])
+        for (i, n, seed, _, stamp, _, _, _), (chunks, features) in zip(ready, sampled):
             timers[i].ms.update(encode=shared.ms["encode"], sample=shared.ms["sample"])
             try:
-                results[i] = self._decide(chunks, features, verifier, n, seed, stamp, timers[i])
+                results[i] = self._decide(chunks, features, verifier, n, seed, stamp, timers[i], items[i].guidance)
             except SpecError as err:
                 results[i] = err
         return results
@@ -240,7 +257,7 @@ class Engine:
         return history.feeds(), float(observation.stamp)
 
     def _decide(self, chunks: np.ndarray, features: np.ndarray, verifier: Verifier | None, n: int, seed: int,
-                stamp: float, timer: StageTimer) -> Decision:
+                stamp: float, timer: StageTimer, guidance: Guidance | None = None) -> Decision:
         """Scores one observation's candidates and chooses among them."""
         with timer.stage("score"):
             valid = finite_candidates(chunks)
@@ -248,8 +265,14 @@ class Engine:
                 # A NaN feature mapped to a finite score by a lenient verifier must not win either.
                 valid &= np.isfinite(features).all(axis=1)
             scores = None if verifier is None else self._score(verifier, features, chunks, valid, seed)
+            continuity = None
+            if guidance is not None:
+                continuity = continuity_scores(self.policy.unnormalize(chunks), guidance)
         with timer.stage("select"):
-            index = select(scores, valid)
+            ranking = scores
+            if continuity is not None and self.config.continuity > 0:
+                ranking = (0 if scores is None else scores) + np.float32(self.config.continuity) * continuity
+            index = select(ranking, valid)
             chunk = self.policy.unnormalize(chunks[index])
             if not np.isfinite(chunk).all():
                 raise SpecError("chunk", "the chosen chunk overflows when unnormalised; refusing to return it")
@@ -267,4 +290,20 @@ class Engine:
             seed=seed,
             verifier=None if verifier is None else verifier.name,
             policy_fingerprint=self.bundle.fingerprint,
+            continuity=continuity,
+            delay=0 if guidance is None else guidance.delay,
         )
+
+
+def continuity_scores(candidates: np.ndarray, guidance: Guidance) -> np.ndarray:
+    """float32[N]: minus each candidate's weighted distance to the executing chunk, sum_i W_i |a_i - Y_i|
+    / sum_i W_i over the positions the target covers, |.| the Euclidean norm over joints in robot units
+    (bidirectional decoding's backward coherence; 0 for a candidate that continues the chunk exactly).
+    NaN for non-finite candidates; zeros when no position is weighted."""
+    k = len(guidance.target)
+    weights = guidance.weights[:k].astype(np.float32)
+    total = weights.sum()
+    if total <= 0:
+        return np.zeros(len(candidates), np.float32)
+    distance = np.linalg.norm(candidates[:, :k] - guidance.target[None], axis=-1)  # [N, K]
+    return (-(distance * weights).sum(axis=1) / total).astype(np.float32)

@@ -148,8 +148,8 @@ def test_a_verifier_sees_only_the_finite_candidates(flow, observation, monkeypat
     engine = Engine(flow.bundle, verifier=verifier, config=EngineConfig(return_candidates=True))
     sample = engine.policy.sample
 
-    def one_nan_candidate(prefix, noise, step_noise=None):
-        chunks, features = sample(prefix, noise, step_noise)
+    def one_nan_candidate(prefix, noise, step_noise=None, rtc=None):
+        chunks, features = sample(prefix, noise, step_noise, rtc)
         chunks = chunks.copy()
         chunks[2, 3, 1] = np.nan
         return chunks, features
@@ -253,9 +253,9 @@ def _counting_sample_calls(engine):
     calls = []
     sample = engine.policy.sample
 
-    def counted(prefix, noise, step_noise=None):
+    def counted(prefix, noise, step_noise=None, rtc=None):
         calls.append({k: v.shape[0] for k, v in prefix.items()})
-        return sample(prefix, noise, step_noise)
+        return sample(prefix, noise, step_noise, rtc)
 
     engine.policy.sample = counted
     return calls

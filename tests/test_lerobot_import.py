@@ -412,6 +412,69 @@ def test_imported_vla_matches_lerobot(family, vlas):
     assert not not_fp16_safe(bundle), "no float64, and masks within float16's range"
 
 
+@pytest.mark.parametrize("family,delay,horizon,schedule", [("pi0", 3, 10, "LINEAR"), ("pi05", 5, 8, "EXP"),
+                                                            ("smolvla", 4, 12, "LINEAR"), ("pi0", 0, 6, "ONES")])
+def test_imported_vla_real_time_chunking_matches_lerobots(family, delay, horizon, schedule, vlas):
+    """RTC in the bundle's sampler against LeRobot's own: `predict_action_chunk(..., inference_delay=,
+    prev_chunk_left_over=, execution_horizon=)` with `RTCConfig(enabled=True)`, for every candidate."""
+    import torch
+
+    from lerobot.configs import RTCAttentionSchedule
+    from lerobot.policies.rtc.configuration_rtc import RTCConfig
+    from policies.guidance import guidance_from, prefix_weights
+
+    checkpoint, tokenizer, bundle = vlas[family]
+    m = bundle.manifest
+    assert m.rtc
+    engine = Engine(bundle, config=EngineConfig(return_candidates=True))
+    rng = np.random.default_rng(7)
+    frame = {c.name: rng.integers(0, 256, (c.height, c.width, 3), dtype=np.uint8) for c in m.cameras}
+    state = rng.uniform(-1, 1, m.state_dim).astype(np.float32)
+    task = "pick up the red cube with the right arm"
+    noise = rng.standard_normal((3, *m.noise_dims)).astype(np.float32)
+    left = 12  # actions left of the executing chunk (normalised, as LeRobot's queue holds them)
+    prev = rng.uniform(-1.5, 1.5, (left, m.action_dim)).astype(np.float32)
+    norm = m.normalization
+    executing = prev * np.asarray(norm.action_std, np.float32) + np.asarray(norm.action_mean, np.float32)
+    times = 0.1 + m.action_dt * np.arange(left)
+    guidance = guidance_from(executing, times, 0.1, m.action_dt, delay, horizon, schedule.lower(),
+                             length=m.chunk_length)
+    np.testing.assert_array_equal(guidance.target, executing)
+    decision = engine.infer(Observation(frame, state, task, stamp=0.1), noise=noise, guidance=guidance)
+    plain = engine.infer(Observation(frame, state, task, stamp=0.1), noise=noise)
+
+    # LeRobot, with its RTC processor on and the same leftover.
+    from lerobot.policies.factory import make_pre_post_processors
+    from policies.lerobot import build_policy, read_checkpoint
+
+    ck = read_checkpoint(checkpoint)
+    policy = build_policy(ck)
+    policy.config.rtc_config = RTCConfig(enabled=True, execution_horizon=horizon,
+                                         prefix_attention_schedule=RTCAttentionSchedule[schedule])
+    policy.init_rtc_processor()
+    np.testing.assert_allclose(prefix_weights(delay, min(horizon, left), m.chunk_length, schedule.lower()),
+                               policy.rtc_processor.get_prefix_weights(delay, min(horizon, left), m.chunk_length),
+                               atol=1e-6)
+    overrides = {} if ck.type == "smolvla" else {"tokenizer_processor": {"tokenizer_name": str(tokenizer)}}
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(checkpoint),
+                                         preprocessor_overrides=overrides)
+    batch = {f"observation.images.{name}": torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255
+             for name, image in frame.items()}
+    batch.update({"observation.state": torch.from_numpy(state)[None], "task": [task]})
+    for i in range(len(noise)):
+        with torch.no_grad():
+            actions = policy.predict_action_chunk(pre(dict(batch)), noise=torch.from_numpy(noise[i:i + 1]),
+                                                  inference_delay=delay, prev_chunk_left_over=torch.from_numpy(prev),
+                                                  execution_horizon=horizon)
+        expected = post(actions)[0].numpy()
+        assert np.abs(decision.candidates[i] - expected).max() < TOL, f"{family} candidate {i}"
+    # Guidance moved the chunk toward the executing one where it is weighted, so parity is not of a no-op.
+    weighted = guidance.weights[:left] > 0.5
+    assert np.abs(decision.candidates - plain.candidates).max() > 1e-2
+    assert (np.abs(decision.candidates[:, :left][:, weighted] - executing[weighted]).mean()
+            < np.abs(plain.candidates[:, :left][:, weighted] - executing[weighted]).mean())
+
+
 def test_pi05_writes_the_state_into_its_prompt(vlas):
     """pi0.5's tokens change with the state (256 bins of the normalised state), pi0's do not."""
     for family, changes in (("pi05", True), ("pi0", False)):

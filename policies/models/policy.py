@@ -5,6 +5,13 @@ Conventions (normalised units everywhere; the runtime normalises inputs and unno
   integrates x <- x - v / S from t = 1 (noise) to t = 0 in S Euler steps (pi0's convention).
 - diffusion: cosine-schedule DDPM training with epsilon prediction; sampling is deterministic DDIM over
   S evenly spaced "leading" timesteps (90, 80, ..., 0 for T=100, S=10) with precomputed constants.
+Real-time chunking (RTC; Black, Galliker and Levine 2025, as LeRobot 0.6.1 does it for pi0): `sample`
+and `step` optionally take the previous chunk re-indexed to the new observation's time (`rtc_target
+[1 or N, H, A]`), per-position weights (`rtc_weights [1 or N, H]`: 1 for actions that execute while
+inference runs, decaying to 0) and the guidance cap (`rtc_max_weight`), and pull each step toward the
+target where weighted. Flow: LeRobot's forward-only guidance v <- v - w(t) * W * (Y - (x - t v)).
+Diffusion (our own analogue): the step's clean estimate x0 <- x0 + min(1, w(t) / S) * W * (Y - x0), with
+t the step's noise fraction, before the DDIM update. All-zero weights leave every step unchanged.
 Both return, per candidate, the verifier feature: the expert's last-layer output (after the final
 norm) at the final denoising step, averaged over the action tokens ("mean_tokens") or at the first
 one ("first_token", TACO's choice for pi0.5); `PolicyConfig.feature` picks.
@@ -136,6 +143,13 @@ class ActionExpert(nn.Module):
         return self.action_out(tokens), features
 
 
+def guidance_weight(t: torch.Tensor, max_weight: torch.Tensor) -> torch.Tensor:
+    """RTC's guidance weight at flow time t (1 = noise, 0 = data): ((1-tau)/tau) * ((1-tau)^2 + tau^2) /
+    (1-tau)^2 with tau = 1 - t, i.e. (t^2 + (1-t)^2) / (t (1-t)), capped at `max_weight` (LeRobot's
+    RTCProcessor; infinite at t = 1, where it is the cap)."""
+    return torch.minimum((t * t + (1 - t) * (1 - t)) / (t * (1 - t)).clamp(min=1e-4), max_weight)
+
+
 class ChunkPolicy(nn.Module):
     """Base of both kinds: `encode` once, then `sample` (all steps) or `step` (one step) per candidate batch."""
 
@@ -153,15 +167,16 @@ class ChunkPolicy(nn.Module):
     def encode(self, images, state, tokens):
         return self.encoder(images, state, tokens)
 
-    def step(self, prefix_kv, prefix_bias, x, k):
-        """One denoising step k in [0, S): returns (x_next, features)."""
+    def step(self, prefix_kv, prefix_bias, x, k, rtc=None):
+        """One denoising step k in [0, S): returns (x_next, features). `rtc`: (target, weights,
+        max_weight) for real-time chunking, or None."""
         raise NotImplementedError
 
-    def sample(self, prefix_kv, prefix_bias, noise):
+    def sample(self, prefix_kv, prefix_bias, noise, rtc=None):
         """All S steps from noise[N, H, A]: returns (chunks[N, H, A], features[N, F]) in normalised units."""
         x, features = noise, None
         for k in range(self.cfg.num_steps):
-            x, features = self.step(prefix_kv, prefix_bias, x, k)
+            x, features = self.step(prefix_kv, prefix_bias, x, k, rtc)
         return x, features
 
     def loss(self, images, state, tokens, actions, future=None, generator=None):
@@ -180,11 +195,14 @@ class ChunkPolicy(nn.Module):
 
 
 class FlowPolicy(ChunkPolicy):
-    def step(self, prefix_kv, prefix_bias, x, k):
+    def step(self, prefix_kv, prefix_bias, x, k, rtc=None):
         s = self.cfg.num_steps
         k = torch.as_tensor(k, dtype=torch.float32)
-        t = (1.0 - k / s).reshape(1).expand(x.shape[0])
-        v, features = self.expert(x, t, prefix_kv, prefix_bias)
+        t = (1.0 - k / s).reshape(1)
+        v, features = self.expert(x, t.expand(x.shape[0]), prefix_kv, prefix_bias)
+        if rtc is not None:
+            target, weights, max_weight = rtc
+            v = v - guidance_weight(t, max_weight) * weights[:, :, None] * (target - (x - t * v))
         return x - v / s, features
 
     def denoising_loss(self, prefix_kv, prefix_bias, actions, generator=None):
@@ -224,12 +242,16 @@ class DiffusionPolicy(ChunkPolicy):
         self.register_buffer("ddim_sqrt_aprev", a_prev.sqrt().float(), persistent=False)
         self.register_buffer("ddim_sqrt_1maprev", (1 - a_prev).sqrt().float(), persistent=False)
 
-    def step(self, prefix_kv, prefix_bias, x, k):
+    def step(self, prefix_kv, prefix_bias, x, k, rtc=None):
         k = torch.as_tensor(k, dtype=torch.long).reshape(1)
-        t = self.ddim_t.index_select(0, k).expand(x.shape[0])
-        eps, features = self.expert(x, t, prefix_kv, prefix_bias)
+        t = self.ddim_t.index_select(0, k)
+        eps, features = self.expert(x, t.expand(x.shape[0]), prefix_kv, prefix_bias)
         sa, s1a = self.ddim_sqrt_a.index_select(0, k), self.ddim_sqrt_1ma.index_select(0, k)
         x0 = ((x - s1a * eps) / sa).clamp(-self.cfg.diffusion_clip, self.cfg.diffusion_clip)
+        if rtc is not None:
+            target, weights, max_weight = rtc
+            gain = (guidance_weight(t, max_weight) / self.cfg.num_steps).clamp(max=1.0)
+            x0 = x0 + gain * weights[:, :, None] * (target - x0)
         # Epsilon consistent with the clipped x0, so the update stays on the DDIM trajectory.
         eps = (x - sa * x0) / s1a
         x_next = self.ddim_sqrt_aprev.index_select(0, k) * x0 + self.ddim_sqrt_1maprev.index_select(0, k) * eps
