@@ -51,6 +51,7 @@ def cmd_train_policy(args) -> int:
                          checkpoint_every=args.checkpoint_every if not args.quick else 10, seed=args.seed,
                          threads=args.threads, sampler=args.sampler, warmup_steps=args.warmup,
                          init_from=args.init_from, keypoints=args.keypoints, future_steps=args.future_steps,
+                         chunk_length=args.chunk_length,
                          # Unset recipe flags keep TrainConfig's defaults (the recipe the shipped policy used).
                          **{key: getattr(args, key) for key in ("shift", "state_noise", "start_fraction",
                                                                  "start_frames") if getattr(args, key) is not None})
@@ -115,6 +116,9 @@ def register(cli) -> None:
     p.add_argument("--warmup", type=int, default=500, help="linear learning-rate warm-up steps")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="start from this checkpoint's EMA weights (fine-tune), e.g. an earlier run's OUT.ckpt/last.pt")
+    p.add_argument("--chunk-length", type=int, default=None,
+                   help="actions per chunk (default: the size preset's, 16); asynchronous execution at a delay "
+                        "needs chunks longer than it")
     p.add_argument("--keypoints", type=int, default=None,
                    help="spatial-softmax keypoints per camera (default: the size preset's; 0: none)")
     p.add_argument("--start-fraction", type=float, default=None,

@@ -45,6 +45,9 @@ class TrainConfig:
     keypoints: int | None = None
     # Steps ahead of the auxiliary future-state loss; None keeps the size preset's (PolicyConfig.future_steps).
     future_steps: tuple[int, ...] | None = None
+    # Actions per chunk; None keeps the size preset's (16). Asynchronous execution needs a chunk longer than
+    # the inference delay plus the actions executed from it (docs/async.md).
+    chunk_length: int | None = None
     steps: int = 20_000
     batch_size: int = 32
     lr: float = 3e-4
@@ -174,6 +177,8 @@ def train_policy(config: TrainConfig, log=None) -> Path:
     overrides = {} if config.keypoints is None else {"keypoints": config.keypoints}
     if config.future_steps is not None:
         overrides["future_steps"] = tuple(config.future_steps)
+    if config.chunk_length is not None:
+        overrides["chunk_length"] = config.chunk_length
     policy_cfg = make_config(config.size, config.kind, cameras=data.cameras, state_names=data.state_names,
                              action_names=data.action_names, action_dt=1.0 / data.fps, **overrides)
     norm = data.normalization()

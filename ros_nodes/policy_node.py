@@ -42,7 +42,7 @@ from ros_nodes.common import (DIAGNOSTICS_TOPIC, ESTOP_RESET_TOPIC, ESTOP_TOPIC,
 from ros_nodes.convert import image_from_msg, to_seconds
 from ros_nodes.sinks import SINKS, Sink
 from runtime.engine import Engine, EngineConfig
-from runtime.executor import ExecutorConfig
+from runtime.executor import AsyncConfig, ExecutorConfig
 from runtime.realtime import RealtimeExecutor
 from runtime.sessions import SessionConfig
 from verifiers.shipped import resolve_verifier
@@ -70,6 +70,10 @@ class PolicyNode(LifecycleNode):
         # With a server: send camera frames fitted to the policy's input size (25x fewer bytes for 480x640
         # into 96x128), as openpi's clients do; false sends them as captured.
         p("resize_on_client", True)
+        # Real-time chunking (runtime.executor.AsyncConfig): "auto" (on when the policy takes it), "on", "off";
+        # the executor plans for this percentile of the measured inference delays (network included).
+        p("rtc", "auto")
+        p("delay_percentile", 95.0)
         self.engine: Engine | None = None
         self.executor_: RealtimeExecutor | None = None
         self.timer = None
@@ -94,8 +98,13 @@ class PolicyNode(LifecycleNode):
                 policy = resolve_policy(get("policy"))
                 session = SessionConfig(provider=get("provider"), intra_op_threads=int(get("threads")))
                 self.engine = Engine(policy, resolve_verifier(get("verifier"), policy), EngineConfig(session=session))
+            rtc = get("rtc")
+            if rtc not in ("auto", "on", "off"):
+                raise ValueError(f"rtc: must be auto, on or off, got {rtc!r}")
+            rtc = bool(getattr(self.engine.manifest, "rtc", False)) if rtc == "auto" else rtc == "on"
+            timing = AsyncConfig(rtc=rtc, percentile=float(get("delay_percentile")))
             self.executor_ = RealtimeExecutor(self.engine, ExecutorConfig(n=int(get("n")), execute=int(get("execute"))),
-                                              seed=int(get("seed")), clock=self._now)
+                                              seed=int(get("seed")), clock=self._now, timing=timing)
         except Exception as exc:  # noqa: BLE001 - a bad parameter fails the transition with the reason logged
             self.get_logger().error(f"configure failed: {exc}")
             return TransitionCallbackReturn.FAILURE

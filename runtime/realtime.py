@@ -7,6 +7,12 @@ late), and asks the worker for a new chunk once `execute` actions of the current
 worker runs `Engine.infer` on the latest observation; when the new chunk arrives it replaces the old
 one from the next tick on. If the chunk runs dry before that, `action` returns None and the safety
 layer holds the robot.
+
+With an `AsyncConfig` it plans for the inference delay as `runtime.executor.AsyncChunkExecutor` does in
+simulation: it measures each decision's wall time (a remote server's network time included), plans for
+a high percentile of the recent ones (d control steps), asks for the next chunk once `execute - d`
+actions of the current one are used, and with RTC guides the next chunk toward the current one
+re-indexed to the new observation's time.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from policies.guidance import delay_steps, guidance_from
 from policies.observation import Observation
 from runtime.engine import Decision, Engine
-from runtime.executor import ExecutorConfig, decision_seed
+from runtime.executor import AsyncConfig, DelayEstimator, ExecutorConfig, decision_seed
 
 
 @dataclass
@@ -44,9 +51,15 @@ class RealtimeExecutor:
     """Thread-safe chunk executor for a control loop that must never block on inference."""
 
     def __init__(self, engine: Engine, config: ExecutorConfig | None = None, seed: int = 0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, timing: AsyncConfig | None = None):
         self.engine = engine
         self.config = config or ExecutorConfig()
+        # Delay planning and RTC; None: neither (a new chunk is asked for after `execute` actions).
+        self.timing = timing
+        if timing is not None and timing.rtc and not getattr(engine.manifest, "rtc", False):
+            raise ValueError(f"rtc: the policy {engine.manifest.name!r} takes no real-time chunking inputs; "
+                             "re-export it, or turn RTC off")
+        self.delays = DelayEstimator(timing or AsyncConfig())
         if self.config.execute > engine.manifest.chunk_length:
             raise ValueError(f"execute: {self.config.execute} exceeds the policy's chunk length "
                              f"{engine.manifest.chunk_length}")
@@ -109,7 +122,7 @@ class RealtimeExecutor:
             action = decision.chunk[self._next].astype(np.float64)
             self._next += 1
             self._executed += 1
-            if self._executed >= self.config.execute and not self._wanted:
+            if self._executed >= self._due() and not self._wanted:
                 self._wanted = True
                 self._wake.notify()
             return Tick(action, decision, new, elapsed, *span)
@@ -120,6 +133,22 @@ class RealtimeExecutor:
             if self._decision is None:
                 return np.empty((0, len(self.engine.manifest.action_names)))
             return self._decision.chunk[self._next: self._next + limit].astype(np.float64)
+
+    def _due(self) -> int:
+        """Actions of the current chunk used before the next is asked for: `execute`, less the delay planned
+        for (in control steps) when planning for it, so the next arrives as `execute` have run."""
+        if self.timing is None:
+            return self.config.execute
+        return max(1, self.config.execute - delay_steps(self.delays.seconds(), self.dt))
+
+    def _guidance(self, observation: Observation):
+        """RTC toward the current chunk for an inference on `observation` (under the lock), or None."""
+        if self.timing is None or not self.timing.rtc or self._decision is None:
+            return None
+        h = self.engine.manifest.chunk_length
+        return guidance_from(self._decision.chunk, self._decision.times, observation.stamp, self.dt,
+                             delay_steps(self.delays.seconds(), self.dt), self.timing.horizon or h,
+                             self.timing.schedule, self.timing.max_weight, h)
 
     def close(self) -> None:
         with self._wake:
@@ -137,8 +166,14 @@ class RealtimeExecutor:
                 self._started_at = self._clock()
                 seed = decision_seed(self._seed, self._count, self.config.noise_stream)
                 self._count += 1
+                guidance = self._guidance(observation)
+            started = time.perf_counter()
             try:
-                decision = self.engine.infer(observation, n=self.config.n, seed=seed)
+                if guidance is None:
+                    decision = self.engine.infer(observation, n=self.config.n, seed=seed)
+                else:
+                    decision = self.engine.infer(observation, n=self.config.n, seed=seed, guidance=guidance)
+                self.delays.add(time.perf_counter() - started)
             except Exception as exc:  # noqa: BLE001 - reported to the node, which logs it and holds
                 with self._wake:
                     self.errors.append(exc)

@@ -18,6 +18,7 @@ from typing import Mapping
 import numpy as np
 
 from policies.errors import ObservationError, SpecError
+from policies.guidance import Guidance
 from policies.manifest import CameraSpec
 from policies.observation import Observation
 from policies.preprocess import fit_uint8
@@ -61,6 +62,8 @@ class RemoteManifest:
     history: int
     # How the server fits camera frames to the encoder's size (PolicyManifest.image_resize).
     image_resize: str = "pad_center"
+    # Whether the server's policy takes real-time chunking guidance (PolicyManifest.rtc).
+    rtc: bool = False
 
     @property
     def state_dim(self) -> int:
@@ -99,7 +102,8 @@ class RemoteEngine:
                 chunk_length=int(m["chunk_length"]), action_dt=float(m["action_dt"]),
                 state_names=tuple(m["state_names"]), action_names=tuple(m["action_names"]),
                 cameras=tuple(CameraSpec(c["name"], int(c["height"]), int(c["width"])) for c in m["cameras"]),
-                history=int(m["history"]), image_resize=str(m.get("image_resize", "pad_center")))
+                history=int(m["history"]), image_resize=str(m.get("image_resize", "pad_center")),
+                rtc=bool(m.get("rtc", False)))
         except (KeyError, TypeError, ValueError) as err:
             self.close()
             raise RemoteError(f"{url} sent metadata without the policy's {err}") from err
@@ -162,7 +166,9 @@ class RemoteEngine:
         self.metadata = metadata
         self.reconnects += 1
 
-    def infer(self, observation: Observation | Mapping, n: int | None = None, seed: int | None = None):
+    def infer(self, observation: Observation | Mapping, n: int | None = None, seed: int | None = None,
+              guidance: Guidance | None = None):
+        """`Engine.infer` on the server; `guidance` (real-time chunking) travels with the request."""
         from websockets.exceptions import ConnectionClosed
 
         if isinstance(observation, Mapping):
@@ -174,6 +180,10 @@ class RemoteEngine:
             request["n"] = int(n)
         if seed is not None:
             request["seed"] = int(seed)
+        if guidance is not None:
+            request.update(rtc_target=np.asarray(guidance.target, np.float32),
+                           rtc_weights=np.asarray(guidance.weights, np.float32), rtc_delay=int(guidance.delay),
+                           rtc_max_weight=float(guidance.max_weight))
         try:
             message = pack(request)
         except TypeError as err:
@@ -238,4 +248,5 @@ class RemoteEngine:
         return Decision(chunk=chunk.astype(np.float32), times=times.astype(np.float64), index=int(reply["index"]),
                              scores=None if scores is None else np.asarray(scores, np.float32), candidates=None,
                              features=None, timings=timings, n=int(reply["n"]), seed=int(reply["seed"]),
-                             verifier=reply.get("verifier"), policy_fingerprint=self.fingerprint)
+                             verifier=reply.get("verifier"), policy_fingerprint=self.fingerprint,
+                             delay=int(reply.get("delay", 0)))

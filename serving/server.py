@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from policies.errors import ObservationError, SpecError
+from policies.guidance import DEFAULT_MAX_WEIGHT, Guidance
 from policies.observation import Observation
 from runtime.executor import decision_seed
 from serving.wire import MAX_MESSAGE_BYTES, WireError, pack, unpack
@@ -49,7 +50,7 @@ log = logging.getLogger("taco.serve")
 PROTOCOL = 1
 # Request fields: openpi's ALOHA observation, and ours (all optional).
 OPENPI_FIELDS = ("images", "state", "prompt")
-TACO_FIELDS = ("n", "seed", "noise_stream", "stamp")
+TACO_FIELDS = ("n", "seed", "noise_stream", "stamp", "rtc_target", "rtc_weights", "rtc_delay", "rtc_max_weight")
 # Largest N a client may ask for (the engine's own limit is far higher; a server shares its worker).
 DEFAULT_MAX_N = 256
 
@@ -86,6 +87,7 @@ class Request:
     observation: Observation
     n: int
     seed: int | None
+    guidance: Guidance | None = None
 
 
 @dataclass
@@ -139,7 +141,25 @@ def parse_request(message: object, cameras: tuple[str, ...], default_n: int, max
     state = message["state"]
     if not isinstance(state, np.ndarray):
         raise ObservationError("state", f"expected an array, got {type(state).__name__}")
-    return Request(Observation(images=taken, state=state, task=prompt, stamp=float(stamp)), n, seed)
+    return Request(Observation(images=taken, state=state, task=prompt, stamp=float(stamp)), n, seed,
+                   _guidance(message))
+
+
+def _guidance(message: dict) -> Guidance | None:
+    """Real-time chunking from a request: `rtc_target` float32[K, A] (the robot's executing chunk from the
+    observation's stamp on, robot units) with `rtc_weights` float32[H], `rtc_delay` and optionally
+    `rtc_max_weight`; the engine checks their sizes against the policy."""
+    if "rtc_target" not in message and "rtc_weights" not in message:
+        return None
+    for key in ("rtc_target", "rtc_weights"):
+        value = message.get(key)
+        if not isinstance(value, np.ndarray) or value.dtype != np.float32:
+            raise ObservationError(key, "expected a float32 array (rtc_target and rtc_weights go together)")
+    delay = _integer(message.get("rtc_delay", 0), "rtc_delay", 0, 1 << 16)
+    cap = message.get("rtc_max_weight", DEFAULT_MAX_WEIGHT)
+    if isinstance(cap, bool) or not isinstance(cap, (int, float, np.floating)):
+        raise ObservationError("rtc_max_weight", f"expected a number, got {cap!r:.40}")
+    return Guidance(message["rtc_target"], message["rtc_weights"], delay, float(cap))
 
 
 def _hwc(image: object, name: str) -> np.ndarray:
@@ -233,7 +253,7 @@ class PolicyServer:
             "image_layout": "uint8 [3, H, W] or [H, W, 3], any size",
             "state_names": list(m.state_names), "action_names": list(m.action_names),
             "chunk_length": m.chunk_length, "action_dt": m.action_dt, "history": m.history,
-            "image_resize": m.image_resize,
+            "image_resize": m.image_resize, "rtc": m.rtc,
             "n_default": c.n, "n_max": c.max_n, "max_message_bytes": c.max_message_bytes,
             "request_fields": list(OPENPI_FIELDS + TACO_FIELDS), "task": c.task,
             "batch_window_ms": c.batch_window_ms,
@@ -243,15 +263,15 @@ class PolicyServer:
         started = time.perf_counter()
         if history is not None:
             self.engine.history = history
-        decision = self.engine.infer(request.observation, n=request.n, seed=request.seed)
+        decision = self.engine.infer(request.observation, n=request.n, seed=request.seed, guidance=request.guidance)
         return decision, (started - submitted) * 1e3, (time.perf_counter() - started) * 1e3, 1
 
     def _infer_batch(self, batch: list[Pending]):
         from runtime import BatchItem
 
         started = time.perf_counter()
-        results = self.engine.infer_batch([BatchItem(p.request.observation, p.request.n, p.request.seed, p.history)
-                                           for p in batch])
+        results = self.engine.infer_batch([BatchItem(p.request.observation, p.request.n, p.request.seed, p.history,
+                                                     p.request.guidance) for p in batch])
         return results, started, (time.perf_counter() - started) * 1e3
 
     # --- batching (event loop) ---
@@ -371,7 +391,7 @@ class PolicyServer:
                     "n": decision.n, "seed": decision.seed, "verifier": decision.verifier,
                     "policy_fingerprint": decision.policy_fingerprint,
                     "policy_timing": {k: float(v) for k, v in decision.timings.items()},
-                    "batch": batch,
+                    "batch": batch, "delay": decision.delay,
                     "server_timing": {"decode_ms": (decoded - received) * 1e3, "queue_ms": queue_ms,
                                       "infer_ms": infer_ms, "total_ms": total_ms,
                                       **({} if previous_total is None else {"prev_total_ms": previous_total})},

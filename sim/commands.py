@@ -30,7 +30,9 @@ def cmd_eval(args) -> int:
     config = EvalConfig(policy=args.policy, verifier=args.verifier, n=args.n, tasks=tasks(args.task), episodes=episodes,
                         seed=args.seed, execute=args.execute, workers=args.workers, backend=args.backend,
                         max_steps=args.max_steps, expert_mode=args.mode, action_noise=args.action_noise,
-                        noise_stream=args.noise_stream, report=args.report, video_episodes=args.video_episodes)
+                        noise_stream=args.noise_stream, report=args.report, video_episodes=args.video_episodes,
+                        asynchronous=args.asynchronous, delay_ms=args.delay_ms,
+                        rtc=None if args.rtc is None else args.rtc == "on", continuity=args.continuity)
     report = run_suite(config, json_path=args.json)
     print(format_summary(report))
     if args.json:
@@ -133,6 +135,20 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_async_sweep(args) -> int:
+    from sim.async_sweep import format_sweep, sweep
+    from sim.evaluate import EvalConfig
+
+    delays = [float(v) for v in args.delays.split(",")]
+    base = EvalConfig(policy=args.policy, verifier=args.verifier, n=args.n, tasks=tasks(args.task),
+                      episodes=min(args.episodes, 2) if args.quick else args.episodes, seed=args.seed,
+                      execute=args.execute, workers=args.workers, max_steps=args.max_steps)
+    summary = sweep(base, delays, args.out, continuity=args.continuity)
+    print(format_sweep(summary))
+    print(f"wrote {args.out}/sweep.json")
+    return 0
+
+
 def cmd_demo(args) -> int:
     if args.example:
         from runtime.demo import run_demo
@@ -193,6 +209,14 @@ def register(cli) -> None:
     p.add_argument("--video-episodes", type=int, default=1, help="episodes per task filmed for the report")
     p.add_argument("--backend", choices=("local", "ray"), default="local", help="ray: the ray extra")
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument("--async", dest="asynchronous", action="store_true",
+                   help="asynchronous execution: the robot keeps moving while the next chunk is computed")
+    p.add_argument("--delay-ms", type=float, default=None,
+                   help="with --async: the inference delay, injected on the simulated clock (default: measured)")
+    p.add_argument("--rtc", choices=("on", "off"), default=None,
+                   help="with --async: real-time chunking (default: on when the bundle takes it)")
+    p.add_argument("--continuity", type=float, default=0.0,
+                   help="with --async and RTC: weight of each candidate's coherence with the executing chunk")
     p.add_argument("--quick", action="store_true", help="at most 2 episodes per task (for tests)")
 
     p = cli.add("record", "record scripted-expert episodes as a LeRobotDataset v3", run=cmd_record,
@@ -266,6 +290,23 @@ def register(cli) -> None:
                    help="also run the reference on noise streams 1..K-1 (same seeds), pool them, and test every "
                         "arm against the pooled rate too (one stream of a noisy policy can sit far off its mean)")
     p.add_argument("--out", required=True, help="folder for per-arm JSON (resumable) and compare.json")
+    p.add_argument("--quick", action="store_true")
+
+    p = cli.add("async-sweep", "synchronous against asynchronous execution (without RTC, with RTC, with RTC and "
+                               "continuity selection) at several inference delays, on the same episodes",
+                run=cmd_async_sweep, extras=("sim",))
+    p.add_argument("--policy", default="default")
+    p.add_argument("--verifier", default=None, help="verifier of every arm (a shipped name or a bundle path)")
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--delays", default="0,100,200,300", help="inference delays, ms, comma-separated")
+    p.add_argument("--continuity", type=float, default=1.0, help="weight of the continuity arm (0: no such arm)")
+    p.add_argument("--task", default="transfer_cube")
+    p.add_argument("--episodes", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--execute", type=int, default=8)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--out", required=True, help="folder for per-arm JSON (resumable) and sweep.json")
     p.add_argument("--quick", action="store_true")
 
     p = cli.add("demo", "the main job: the sim suite on the shipped default policy with and without its verifier, "

@@ -37,12 +37,15 @@ def _make(config, task: str):
         controller = ScriptedController(task, expert, mode=config.expert_mode)
         cameras = ()
     else:
-        from runtime.engine import Engine
-        from runtime.executor import ChunkExecutor, ExecutorConfig
+        from runtime.engine import Engine, EngineConfig
+        from runtime.executor import AsyncChunkExecutor, AsyncConfig, ChunkExecutor, ExecutorConfig
 
-        engine = Engine(config.policy, verifier=config.verifier)
-        controller = ChunkExecutor(engine, ExecutorConfig(n=config.n, execute=config.execute,
-                                                          noise_stream=config.noise_stream))
+        engine = Engine(config.policy, verifier=config.verifier, config=EngineConfig(continuity=config.continuity))
+        execution = ExecutorConfig(n=config.n, execute=config.execute, noise_stream=config.noise_stream)
+        if config.asynchronous:
+            controller = AsyncChunkExecutor(engine, execution, AsyncConfig(delay_ms=config.delay_ms, rtc=config.rtc))
+        else:
+            controller = ChunkExecutor(engine, execution)
         cameras = engine.manifest.cameras
     env = AlohaSimEnv(task, cameras=cameras, max_steps=config.max_steps)
     return env, controller
@@ -76,6 +79,9 @@ def run_episode(task: str, index: int) -> dict:
     if decisions:
         record["chosen_index"] = [d.index for d in decisions]
         record["dropped_actions"] = controller.dropped
+        record["switch_jumps"] = [round(v, 5) for v in controller.motion.switch_jumps]
+        record["jerk_mean"] = round(controller.motion.jerk_mean(), 3)
+        record["held_steps"] = getattr(controller, "held", 0)
     if film:
         record["video"] = _write_video(frames, Path(config.report) / "videos" / f"{task}-ep{index:03d}.mp4")
     return record

@@ -57,6 +57,14 @@ class EvalConfig:
     report: str | None = None
     # Episodes per task filmed for the report (the first ones).
     video_episodes: int = 1
+    # Asynchronous execution (runtime.executor.AsyncChunkExecutor): the robot keeps moving while a chunk
+    # is computed, which arrives `delay_ms` later on the simulation's clock (None: the measured wall time,
+    # not reproducible). `rtc` guides each chunk toward the executing one (None: when the bundle can);
+    # `continuity` weighs each candidate's coherence with it in selection.
+    asynchronous: bool = False
+    delay_ms: float | None = None
+    rtc: bool | None = None
+    continuity: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -80,6 +88,25 @@ class EvalConfig:
         ExecutorConfig(noise_stream=self.noise_stream)  # the executor's own check of the stream
         if self.policy == "scripted" and (self.verifier is not None or self.n != 1 or self.noise_stream):
             raise ValueError("verifier, n and noise_stream apply to policy bundles, not to --policy scripted")
+        if not self.asynchronous:
+            if self.delay_ms is not None or self.rtc or self.continuity:
+                raise ValueError("delay_ms, rtc and continuity apply to asynchronous execution (--async)")
+        else:
+            from policies.bundle import load_policy_bundle
+            from runtime.executor import AsyncConfig
+
+            if self.policy == "scripted":
+                raise ValueError("asynchronous execution applies to policy bundles, not to --policy scripted")
+            AsyncConfig(delay_ms=self.delay_ms)  # its own checks
+            if not (math.isfinite(self.continuity) and self.continuity >= 0):
+                raise ValueError(f"continuity: expected a weight >= 0, got {self.continuity}")
+            can = load_policy_bundle(self.policy).manifest.rtc
+            if self.rtc and not can:
+                raise ValueError(f"rtc: the sampler of {self.policy} takes no real-time chunking inputs (exported "
+                                 "before them); re-export it, or pass --rtc off")
+            object.__setattr__(self, "rtc", can if self.rtc is None else bool(self.rtc))
+            if self.continuity and not self.rtc:
+                raise ValueError("continuity: needs RTC (it scores candidates against the guided prefix)")
 
     def fingerprint(self) -> str:
         """Identifies the episodes' settings (not workers, backend or report), for resuming.
@@ -92,6 +119,9 @@ class EvalConfig:
             data.pop(key)
         if not self.noise_stream:
             data.pop("noise_stream")  # the default stream: results from before streams existed still resume
+        if not self.asynchronous:  # synchronous results from before asynchronous execution still resume
+            for key in ("asynchronous", "delay_ms", "rtc", "continuity"):
+                data.pop(key)
         data["policy_content"] = _content_id(self.policy)
         data["verifier_content"] = _content_id(self.verifier)
         return canonical_hash(data)
@@ -213,6 +243,12 @@ def _group_summary(records: list[dict]) -> dict:
         "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
         "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies else None,
     }
+    jumps = [v for r in records for v in r.get("switch_jumps", [])]
+    if any("jerk_mean" in r for r in records):
+        out["switch_jump_rad_p50"] = float(np.percentile(jumps, 50)) if jumps else None
+        out["switch_jump_rad_p95"] = float(np.percentile(jumps, 95)) if jumps else None
+        out["jerk_mean"] = float(np.mean([r["jerk_mean"] for r in records]))
+        out["held_steps_mean"] = float(np.mean([r.get("held_steps", 0) for r in records]))
     modes = sorted({r["mode"] for r in records if r.get("mode")})
     if modes:
         out["by_mode"] = {}
@@ -244,6 +280,11 @@ def format_summary(report: dict) -> str:
         for mode, m in s.get("by_mode", {}).items():
             lines.append(f"  {name} mode {mode:<14} {m['successes']:>3}/{m['episodes']:<4} "
                          f"[{m['wilson95'][0]:.2f}, {m['wilson95'][1]:.2f}]")
+    overall = report["summary"]["overall"]
+    if overall.get("switch_jump_rad_p95") is not None:
+        lines.append(f"switch jump p50 {overall['switch_jump_rad_p50']:.3f} rad, "
+                     f"p95 {overall['switch_jump_rad_p95']:.3f} rad; jerk mean {overall['jerk_mean']:.0f} rad/s^3; held {overall['held_steps_mean']:.1f}"
+                     " steps per episode")
     run = report["run"]
     if run["episodes_per_minute"]:
         lines.append(f"{run['episodes_run']} episodes in {run['wall_s']:.1f} s with {run['workers']} "

@@ -120,3 +120,51 @@ def test_ray_backend_runs_the_same_episodes_as_local(tmp_path):
     assert ray_report["run"]["backend"] == "ray"
     for a, b in zip(local["episodes"], ray_report["episodes"]):
         assert (a["seed"], a["mode"], a["stages"]) == (b["seed"], b["mode"], b["stages"])
+
+
+def test_asynchronous_evaluation_reports_switch_jumps_and_jerk(exported, tmp_path, capsys):
+    """`taco eval --async --delay-ms D --rtc on|off`: episodes run against the simulated clock with the
+    injected delay; every record and the summary carry switch jumps, jerk and held steps; the same
+    settings reproduce."""
+    flow = exported("flow")
+    dt_ms = flow.bundle.manifest.action_dt * 1e3
+    reports = {}
+    for rtc in ("off", "on"):
+        path = tmp_path / f"async-{rtc}.json"
+        assert main(["eval", "--policy", str(flow.path), "--task", "lift_bar", "--episodes", "2", "--execute", "4",
+                     "--max-steps", "40", "--async", "--delay-ms", str(2 * dt_ms), "--rtc", rtc,
+                     "--json", str(path)]) == 0
+        reports[rtc] = json.loads(path.read_text())
+    assert "switch jump p50" in capsys.readouterr().out
+    for rtc, report in reports.items():
+        assert report["config"]["asynchronous"] and report["config"]["rtc"] == (rtc == "on")
+        overall = report["summary"]["overall"]
+        for key in ("switch_jump_rad_p50", "switch_jump_rad_p95", "jerk_mean", "held_steps_mean"):
+            assert key in overall and key in report["summary"]["per_task"]["lift_bar"]
+        for record in report["episodes"]:
+            assert len(record["switch_jumps"]) >= 5 and record["jerk_mean"] > 0 and record["held_steps"] >= 2
+    again = run_suite(EvalConfig(policy=str(flow.path), tasks=("lift_bar",), episodes=2, execute=4, max_steps=40,
+                                 asynchronous=True, delay_ms=2 * dt_ms, rtc=True))
+    assert [r["switch_jumps"] for r in again["episodes"]] == [r["switch_jumps"] for r in reports["on"]["episodes"]]
+    # Synchronous runs record jumps and jerk too (the table's first row).
+    sync = EvalConfig(policy=str(flow.path), tasks=("lift_bar",), episodes=1, execute=4, max_steps=20)
+    assert run_suite(sync)["summary"]["overall"]["jerk_mean"] > 0
+
+
+def test_asynchronous_settings_are_checked(exported, tmp_path):
+    from policies.export import export_bundle
+
+    flow = exported("flow")
+    with pytest.raises(ValueError, match="--async"):
+        EvalConfig(policy=str(flow.path), delay_ms=100.0)
+    with pytest.raises(ValueError, match="delay_ms"):
+        EvalConfig(policy=str(flow.path), asynchronous=True, delay_ms=-5.0)
+    with pytest.raises(ValueError, match="scripted"):
+        EvalConfig(policy="scripted", asynchronous=True)
+    old = export_bundle(flow.policy, tmp_path / "old", normalization=flow.normalization, rtc=False)
+    with pytest.raises(ValueError, match="rtc"):
+        EvalConfig(policy=str(old.path), asynchronous=True, rtc=True)
+    assert EvalConfig(policy=str(old.path), asynchronous=True).rtc is False  # auto: off where it cannot
+    assert EvalConfig(policy=str(flow.path), asynchronous=True).rtc is True
+    with pytest.raises(ValueError, match="continuity"):
+        EvalConfig(policy=str(old.path), asynchronous=True, continuity=1.0)

@@ -102,3 +102,43 @@ def test_inference_in_flight_reports_its_elapsed_time(flow):
     finally:
         release.set()
         ex.close()
+
+
+def test_planning_for_the_measured_delay_asks_early_and_guides_the_next_chunk(flow):
+    """With an AsyncConfig: the executor times each decision (here 60 ms, as over a network), plans for
+    d = 4 control steps (or 5 on a slow machine), asks for the next chunk after execute - d actions, and
+    guides it toward the current one."""
+    from policies.guidance import delay_steps
+    from runtime.executor import AsyncConfig
+
+    engine = Engine(flow.bundle)
+    guidances = []
+    real_infer = engine.infer
+
+    def remote_infer(observation, n=None, seed=None, guidance=None):
+        time.sleep(0.065)
+        guidances.append(guidance)
+        return real_infer(observation, n=n, seed=seed, guidance=guidance)
+
+    engine.infer = remote_infer
+    ex = RealtimeExecutor(engine, ExecutorConfig(n=1, execute=6), seed=1, timing=AsyncConfig(rtc=True))
+    dt = ex.dt
+    obs = make_example_observation(flow.bundle.manifest, seed=1)
+    try:
+        ex.observe(replace(obs, stamp=0.0))
+        first = _wait_for(ex, 0.0, lambda t: t.action is not None).decision
+        d = delay_steps(ex.delays.seconds(), dt)
+        assert 4 <= d <= 5 and ex._due() == 6 - d
+        ex.observe(replace(obs, stamp=dt))
+        ex.action(dt)  # the second action used: the next chunk is wanted by now, not after 6
+        second = _wait_for(ex, dt, lambda t: t.decision is not first).decision
+        assert guidances[0] is None and guidances[1] is not None and guidances[1].delay == d == second.delay
+        np.testing.assert_array_equal(guidances[1].target, first.chunk[1:])  # re-indexed to the stamp dt
+    finally:
+        ex.close()
+    with pytest.raises(ValueError, match="rtc"):
+        from policies.export import export_bundle
+
+        old = export_bundle(flow.policy, flow.path.parent / "old-sampler", normalization=flow.normalization,
+                            rtc=False, overwrite=True)
+        RealtimeExecutor(Engine(old), ExecutorConfig(n=1, execute=2), timing=AsyncConfig(rtc=True))

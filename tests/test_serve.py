@@ -156,6 +156,26 @@ def test_remote_engine_gives_the_local_engines_decision(server, policy):
         RemoteEngine(f"ws://127.0.0.1:{_free_port()}", open_timeout=2)
 
 
+def test_remote_engine_sends_real_time_chunking_guidance(server, policy):
+    from policies.guidance import guidance_from
+
+    local = Engine(policy)
+    m = local.manifest
+    executing = local.infer(make_example_observation(m, seed=8), n=1, seed=2)
+    obs = make_example_observation(m, seed=3)
+    guidance = guidance_from(executing.chunk, executing.times, obs.stamp, m.action_dt, delay=2, horizon=6)
+    with RemoteEngine(_url(server)) as remote:
+        assert remote.manifest.rtc
+        got = remote.infer(obs, n=4, seed=5, guidance=guidance)
+        np.testing.assert_array_equal(got.chunk, local.infer(obs, n=4, seed=5, guidance=guidance).chunk)
+        assert got.delay == 2
+        assert np.abs(got.chunk - remote.infer(obs, n=4, seed=5).chunk).max() > 1e-3
+        bad = dataclasses.replace(guidance, weights=np.full(m.chunk_length, 2.0, np.float32))
+        with pytest.raises(ObservationError) as err:
+            remote.infer(obs, n=4, seed=5, guidance=bad)
+        assert err.value.field == "guidance.weights"
+
+
 def test_remote_engine_resizing_on_the_client_sends_less_and_gets_the_fitted_frames_decision(server, policy):
     """`resize_on_client`: frames go out at the policy's size; the decision is the local engine's for that
     fitted frame, and within half a grey level of the frame as captured."""
@@ -188,9 +208,15 @@ def _hostile_messages(rng, valid: bytes, count: int):
         {b"__ndarray__": True, b"data": b"\x00" * 8, b"dtype": "<f4", b"shape": [100]},
         {b"__ndarray__": True, b"data": b"\x00" * 8, b"dtype": "<f4", b"shape": [-2]},
         {b"__npgeneric__": True, b"data": b"x", b"dtype": "|O"},
+        # Well-formed float32 arrays that make a bad guidance: NaN, too long, weights above 1.
+        {b"__ndarray__": True, b"data": np.full((3, 14), np.nan, np.float32).tobytes(), b"dtype": "<f4",
+         b"shape": [3, 14]},
+        {b"__ndarray__": True, b"data": np.zeros((99, 14), np.float32).tobytes(), b"dtype": "<f4", b"shape": [99, 14]},
+        {b"__ndarray__": True, b"data": np.full(8, 3.0, np.float32).tobytes(), b"dtype": "<f4", b"shape": [8]},
     ]
     wrong = [None, 1, -1, 2**70, 1.5, float("nan"), "x", b"x", [], {}, [1, 2], True, *arrays]
-    fields = ("images", "state", "prompt", "n", "seed", "noise_stream", "stamp")
+    fields = ("images", "state", "prompt", "n", "seed", "noise_stream", "stamp", "rtc_target", "rtc_weights",
+              "rtc_delay", "rtc_max_weight")
     base = unpack(valid)
     for i in range(count):
         kind = i % 5
