@@ -168,3 +168,24 @@ def test_asynchronous_settings_are_checked(exported, tmp_path):
     assert EvalConfig(policy=str(flow.path), asynchronous=True).rtc is True
     with pytest.raises(ValueError, match="continuity"):
         EvalConfig(policy=str(old.path), asynchronous=True, continuity=1.0)
+
+
+def test_async_sweep_runs_every_arm_on_the_same_seeds_and_resumes(exported, tmp_path, capsys):
+    flow = exported("flow")
+    args = ["async-sweep", "--policy", str(flow.path), "--task", "lift_bar", "--episodes", "2", "--max-steps", "30",
+            "--execute", "4", "--delays", "0,40", "--workers", "1", "--out", str(tmp_path / "sweep")]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    arms = [(r["arm"], r["delay_ms"]) for r in summary["rows"]]
+    assert arms == [("sync", None), ("async", 0.0), ("rtc", 0.0), ("rtc+cont", 0.0), ("async", 40.0), ("rtc", 40.0),
+                    ("rtc+cont", 40.0)]
+    for row in summary["rows"][1:]:
+        assert row["paired_vs_sync"]["gained"] + row["paired_vs_sync"]["lost"] <= 2
+        assert row["overall"]["episodes"] == 2 and row["overall"]["switch_jump_rad_p95"] is not None
+    assert [r["rtc"] for r in summary["rows"]] == [None, False, True, True, False, True, True]
+    # Without a delay, asynchronous execution is the synchronous one.
+    assert summary["rows"][1]["overall"] == summary["rows"][0]["overall"]
+    out = capsys.readouterr().out
+    assert "rtc+cont" in out and "jump p95" in out
+    assert main(args) == 0
+    assert "already complete" in capsys.readouterr().err
