@@ -173,13 +173,14 @@ class RealtimeExecutor:
                     decision = self.engine.infer(observation, n=self.config.n, seed=seed)
                 else:
                     decision = self.engine.infer(observation, n=self.config.n, seed=seed, guidance=guidance)
-                self.delays.add(time.perf_counter() - started)
+                wall = time.perf_counter() - started
             except Exception as exc:  # noqa: BLE001 - reported to the node, which logs it and holds
                 with self._wake:
                     self.errors.append(exc)
                     self._started_at = None
                 continue
-            with self._wake:
+            with self._wake:  # the control thread reads the delays (under this lock)
+                self.delays.add(wall)
                 self._decision, self._fresh = decision, True
                 self._next, self._executed, self._wanted = 0, 0, False
                 self._span = (self._started_at, self._clock())
