@@ -228,7 +228,8 @@ class PolicySampler:
         rtcs = list(rtcs or [None] * len(noises))
         if len(noises) == 1:
             return [self.sample(prefix, noises[0], step_noises[0], rtcs[0])]
-        if not self.per_candidate_prefix:
+        caps = {float(r["rtc_max_weight"]) for r in rtcs if r}
+        if not self.per_candidate_prefix or len(caps) > 1:  # the guidance cap is one graph input per call
             return [self.sample({k: v[i:i + 1] for k, v in prefix.items()}, noise, step, rtc)
                     for i, (noise, step, rtc) in enumerate(zip(noises, step_noises, rtcs))]
         counts = [len(noise) for noise in noises]
@@ -238,10 +239,6 @@ class PolicySampler:
             feeds = [r or self.rtc_feeds(None) for r in rtcs]
             rtc = {name: np.concatenate([np.repeat(f[name], c, axis=0) for f, c in zip(feeds, counts)])
                    for name in ("rtc_target", "rtc_weights")}
-            caps = {float(f["rtc_max_weight"]) for f, r in zip(feeds, rtcs) if r is not None}
-            if len(caps) > 1:  # one graph input: a batch shares the cap
-                return [self.sample({k: v[i:i + 1] for k, v in prefix.items()}, noise, step, r)
-                        for i, (noise, step, r) in enumerate(zip(noises, step_noises, rtcs))]
             rtc["rtc_max_weight"] = np.array(caps.pop() if caps else 0.0, np.float32)
         step = None if step_noises[0] is None else np.concatenate(step_noises, axis=1)
         chunks, features = self.sample(repeated, np.concatenate(noises), step, rtc)

@@ -265,25 +265,25 @@ class Engine:
                 # A NaN feature mapped to a finite score by a lenient verifier must not win either.
                 valid &= np.isfinite(features).all(axis=1)
             scores = None if verifier is None else self._score(verifier, features, chunks, valid, seed)
-            continuity = None
-            if guidance is not None:
-                continuity = continuity_scores(self.policy.unnormalize(chunks), guidance)
+            keep = self.config.return_candidates
+            # Robot units, once, for continuity and for the Decision.
+            candidates = self.policy.unnormalize(chunks) if keep or guidance is not None else None
+            continuity = None if guidance is None else continuity_scores(candidates, guidance)
         with timer.stage("select"):
             ranking = scores
             if continuity is not None and self.config.continuity > 0:
                 ranking = (0 if scores is None else scores) + np.float32(self.config.continuity) * continuity
             index = select(ranking, valid)
-            chunk = self.policy.unnormalize(chunks[index])
+            chunk = self.policy.unnormalize(chunks[index]) if candidates is None else candidates[index].copy()
             if not np.isfinite(chunk).all():
                 raise SpecError("chunk", "the chosen chunk overflows when unnormalised; refusing to return it")
         timings = timer.finish()
-        keep = self.config.return_candidates
         return Decision(
             chunk=chunk,
             times=stamp + self.manifest.action_dt * np.arange(self.manifest.chunk_length, dtype=np.float64),
             index=index,
             scores=scores,
-            candidates=self.policy.unnormalize(chunks) if keep else None,
+            candidates=candidates if keep else None,
             features=features if keep else None,
             timings=timings,
             n=n,

@@ -80,6 +80,18 @@ class AsyncConfig:
         if not 0 < self.percentile <= 100 or self.window < 1:
             raise ValueError("percentile must be in (0, 100] and window >= 1")
 
+    def check_policy(self, manifest) -> None:
+        """Refuses RTC for a policy whose sampler does not take it (an Engine's or a RemoteEngine's manifest)."""
+        if self.rtc and not getattr(manifest, "rtc", False):
+            raise ValueError(f"rtc: the sampler of {manifest.name!r} takes no real-time chunking inputs; re-export "
+                             "it, or run without RTC")
+
+
+def stale_actions(times: np.ndarray, start: int, now: float, dt: float) -> int:
+    """How many actions from `start` on are for a time already past at `now` (half a step of slack): they
+    are dropped, never executed late."""
+    return int(np.sum(times[start:] < now - dt / 2))
+
 
 class DelayEstimator:
     """The inference delay to plan for: the injected one, or a high percentile of the recent measured ones
@@ -88,14 +100,16 @@ class DelayEstimator:
     def __init__(self, config: AsyncConfig):
         self.config = config
         self._recent: deque[float] = deque(maxlen=config.window)
+        # Planned once per decision, read every control step.
+        self._planned = 0.0 if config.delay_ms is None else config.delay_ms / 1e3
 
     def add(self, seconds: float) -> None:
         self._recent.append(float(seconds))
+        if self.config.delay_ms is None:
+            self._planned = float(np.percentile(self._recent, self.config.percentile))
 
     def seconds(self) -> float:
-        if self.config.delay_ms is not None:
-            return self.config.delay_ms / 1e3
-        return float(np.percentile(self._recent, self.config.percentile)) if self._recent else 0.0
+        return self._planned
 
 
 def arm_joints(names) -> np.ndarray:
@@ -170,7 +184,7 @@ class ChunkExecutor:
     def act(self, observation: Observation) -> np.ndarray:
         """The action for `observation.stamp`: float64[A], robot units."""
         if self._chunk is not None:
-            stale = int(np.sum(self._times[self._next:] < observation.stamp - self.dt / 2))
+            stale = stale_actions(self._times, self._next, observation.stamp, self.dt)
             self.dropped += stale
             self._next += stale
         h = 0 if self._chunk is None else len(self._chunk)
@@ -207,9 +221,7 @@ class AsyncChunkExecutor:
         m = engine.manifest
         if self.config.execute > m.chunk_length:
             raise ValueError(f"execute: {self.config.execute} exceeds the policy's chunk length {m.chunk_length}")
-        if self.timing.rtc and not getattr(m, "rtc", False):
-            raise ValueError(f"rtc: the sampler of {m.name!r} takes no real-time chunking inputs; re-export it, "
-                             "or run without RTC")
+        self.timing.check_policy(m)
         self.dt = m.action_dt
         self.reset(0)
 
@@ -228,8 +240,7 @@ class AsyncChunkExecutor:
         self.motion = Motion(arm_joints(self.engine.manifest.action_names), self.dt)
         self.engine.reset()
 
-    def _start(self, observation: Observation) -> None:
-        d = delay_steps(self.delays.seconds(), self.dt)
+    def _start(self, observation: Observation, d: int) -> None:
         guidance = None
         if self.timing.rtc and self._chunk is not None:
             h = self.engine.manifest.chunk_length
@@ -253,7 +264,7 @@ class AsyncChunkExecutor:
 
     def _drop_stale(self, now: float) -> None:
         if self._chunk is not None:
-            stale = int(np.sum(self._times[self._next:] < now - self.dt / 2))
+            stale = stale_actions(self._times, self._next, now, self.dt)
             self.dropped += stale
             self._next += stale
 
@@ -267,7 +278,7 @@ class AsyncChunkExecutor:
         due = self._chunk is None or self._executed >= max(1, self.config.execute - d) \
             or self._next >= len(self._chunk)
         if self._pending is None and due:
-            self._start(observation)
+            self._start(observation, d)
             self._arrive(now)  # no delay: it is here now
             self._drop_stale(now)
         else:

@@ -27,7 +27,7 @@ import numpy as np
 from policies.guidance import delay_steps, guidance_from
 from policies.observation import Observation
 from runtime.engine import Decision, Engine
-from runtime.executor import AsyncConfig, DelayEstimator, ExecutorConfig, decision_seed
+from runtime.executor import AsyncConfig, DelayEstimator, ExecutorConfig, decision_seed, stale_actions
 
 
 @dataclass
@@ -56,9 +56,8 @@ class RealtimeExecutor:
         self.config = config or ExecutorConfig()
         # Delay planning and RTC; None: neither (a new chunk is asked for after `execute` actions).
         self.timing = timing
-        if timing is not None and timing.rtc and not getattr(engine.manifest, "rtc", False):
-            raise ValueError(f"rtc: the policy {engine.manifest.name!r} takes no real-time chunking inputs; "
-                             "re-export it, or turn RTC off")
+        if timing is not None:
+            timing.check_policy(engine.manifest)
         self.delays = DelayEstimator(timing or AsyncConfig())
         if self.config.execute > engine.manifest.chunk_length:
             raise ValueError(f"execute: {self.config.execute} exceeds the policy's chunk length "
@@ -110,7 +109,7 @@ class RealtimeExecutor:
             if decision is None:
                 return Tick(None, None, False, elapsed)
             times = decision.times
-            stale = int(np.sum(times[self._next:] < now - self.dt / 2))
+            stale = stale_actions(times, self._next, now, self.dt)
             self.dropped += stale
             self._next += stale
             new, self._fresh = self._fresh, False

@@ -97,14 +97,12 @@ class EvalConfig:
 
             if self.policy == "scripted":
                 raise ValueError("asynchronous execution applies to policy bundles, not to --policy scripted")
-            AsyncConfig(delay_ms=self.delay_ms)  # its own checks
             if not (math.isfinite(self.continuity) and self.continuity >= 0):
                 raise ValueError(f"continuity: expected a weight >= 0, got {self.continuity}")
-            can = load_policy_bundle(self.policy).manifest.rtc
-            if self.rtc and not can:
-                raise ValueError(f"rtc: the sampler of {self.policy} takes no real-time chunking inputs (exported "
-                                 "before them); re-export it, or pass --rtc off")
-            object.__setattr__(self, "rtc", can if self.rtc is None else bool(self.rtc))
+            manifest = load_policy_bundle(self.policy).manifest
+            rtc = manifest.rtc if self.rtc is None else bool(self.rtc)
+            AsyncConfig(delay_ms=self.delay_ms, rtc=rtc).check_policy(manifest)  # its own checks
+            object.__setattr__(self, "rtc", rtc)
             if self.continuity and not self.rtc:
                 raise ValueError("continuity: needs RTC (it scores candidates against the guided prefix)")
 

@@ -367,17 +367,8 @@ def vla_reference(checkpoint, tokenizer, frame, state, task, noise):
     """LeRobot's chunks (robot units) and the input of action_out_proj at the last step, per candidate."""
     import torch
 
-    from lerobot.policies.factory import make_pre_post_processors
-    from policies.lerobot import build_policy, read_checkpoint
-
-    ck = read_checkpoint(checkpoint)
-    policy = build_policy(ck)
-    overrides = {} if ck.type == "smolvla" else {"tokenizer_processor": {"tokenizer_name": str(tokenizer)}}
-    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(checkpoint),
-                                         preprocessor_overrides=overrides)
-    batch = {f"observation.images.{name}": torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255
-             for name, image in frame.items()}
-    batch.update({"observation.state": torch.from_numpy(state)[None], "task": [task]})
+    policy, pre, post, batch = lerobot_vla(checkpoint, tokenizer, frame, state, task)
+    ck_type = policy.config.type
     captured = []
     policy.model.action_out_proj.register_forward_pre_hook(lambda module, args: captured.append(args[0]))
     chunks, features = [], []
@@ -386,8 +377,30 @@ def vla_reference(checkpoint, tokenizer, frame, state, task, noise):
             actions = policy.predict_action_chunk(pre(dict(batch)), noise=torch.from_numpy(noise[i:i + 1]))
         chunks.append(post(actions)[0].numpy())
         out = captured[-1][0]
-        features.append((out.mean(0) if ck.type == "smolvla" else out[0]).numpy())
+        features.append((out.mean(0) if ck_type == "smolvla" else out[0]).numpy())
     return np.stack(chunks), np.stack(features)
+
+
+def lerobot_vla(checkpoint, tokenizer, frame, state, task, rtc=None):
+    """LeRobot's own VLA from the checkpoint (with `rtc`, an RTCConfig, its RTC processor on), its pre- and
+    post-processors, and the batch of one observation as LeRobot takes it."""
+    import torch
+
+    from lerobot.policies.factory import make_pre_post_processors
+    from policies.lerobot import build_policy, read_checkpoint
+
+    ck = read_checkpoint(checkpoint)
+    policy = build_policy(ck)
+    if rtc is not None:
+        policy.config.rtc_config = rtc
+        policy.init_rtc_processor()
+    overrides = {} if ck.type == "smolvla" else {"tokenizer_processor": {"tokenizer_name": str(tokenizer)}}
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(checkpoint),
+                                         preprocessor_overrides=overrides)
+    batch = {f"observation.images.{name}": torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255
+             for name, image in frame.items()}
+    batch.update({"observation.state": torch.from_numpy(state)[None], "task": [task]})
+    return policy, pre, post, batch
 
 
 @pytest.mark.parametrize("family", ["pi0", "pi05", "smolvla"])
@@ -444,23 +457,11 @@ def test_imported_vla_real_time_chunking_matches_lerobots(family, delay, horizon
     plain = engine.infer(Observation(frame, state, task, stamp=0.1), noise=noise)
 
     # LeRobot, with its RTC processor on and the same leftover.
-    from lerobot.policies.factory import make_pre_post_processors
-    from policies.lerobot import build_policy, read_checkpoint
-
-    ck = read_checkpoint(checkpoint)
-    policy = build_policy(ck)
-    policy.config.rtc_config = RTCConfig(enabled=True, execution_horizon=horizon,
-                                         prefix_attention_schedule=RTCAttentionSchedule[schedule])
-    policy.init_rtc_processor()
+    rtc = RTCConfig(enabled=True, execution_horizon=horizon, prefix_attention_schedule=RTCAttentionSchedule[schedule])
+    policy, pre, post, batch = lerobot_vla(checkpoint, tokenizer, frame, state, task, rtc)
     np.testing.assert_allclose(prefix_weights(delay, min(horizon, left), m.chunk_length, schedule.lower()),
                                policy.rtc_processor.get_prefix_weights(delay, min(horizon, left), m.chunk_length),
                                atol=1e-6)
-    overrides = {} if ck.type == "smolvla" else {"tokenizer_processor": {"tokenizer_name": str(tokenizer)}}
-    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(checkpoint),
-                                         preprocessor_overrides=overrides)
-    batch = {f"observation.images.{name}": torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255
-             for name, image in frame.items()}
-    batch.update({"observation.state": torch.from_numpy(state)[None], "task": [task]})
     for i in range(len(noise)):
         with torch.no_grad():
             actions = policy.predict_action_chunk(pre(dict(batch)), noise=torch.from_numpy(noise[i:i + 1]),

@@ -45,6 +45,15 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _in_threads(client, count, timeout=120):
+    """Runs client(0) .. client(count - 1) at once, each on its own thread, and waits for them."""
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+
+
 def _url(server):
     return f"ws://127.0.0.1:{server.port}"
 
@@ -289,11 +298,7 @@ def test_eight_clients_at_once_each_get_their_own_decision(server, policy):
         except Exception as err:  # noqa: BLE001 - reported below
             errors.append(err)
 
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    _in_threads(client, 8)
     assert not errors, errors
     assert len(got) == 80
     for i, chunk in got.items():
@@ -327,11 +332,7 @@ def test_batching_server_infers_several_clients_together_and_each_gets_its_own_d
             except BaseException as err:  # noqa: BLE001 - reported below
                 errors.append(err)
 
-        threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
+        _in_threads(client, 8)
         assert not errors, errors
         assert len(got) == 40
         for key, decision in got.items():
