@@ -71,9 +71,11 @@ class PolicyNode(LifecycleNode):
         # into 96x128), as openpi's clients do; false sends them as captured.
         p("resize_on_client", True)
         # Real-time chunking (runtime.executor.AsyncConfig): "auto" (on when the policy takes it), "on", "off";
-        # the executor plans for this percentile of the measured inference delays (network included).
+        # the executor plans for this percentile of the measured inference delays (network included);
+        # rtc_horizon: LeRobot's execution_horizon, 0 for all that is left of the executing chunk.
         p("rtc", "auto")
         p("delay_percentile", 95.0)
+        p("rtc_horizon", 0)
         self.engine: Engine | None = None
         self.executor_: RealtimeExecutor | None = None
         self.timer = None
@@ -102,7 +104,8 @@ class PolicyNode(LifecycleNode):
             if rtc not in ("auto", "on", "off"):
                 raise ValueError(f"rtc: must be auto, on or off, got {rtc!r}")
             rtc = bool(getattr(self.engine.manifest, "rtc", False)) if rtc == "auto" else rtc == "on"
-            timing = AsyncConfig(rtc=rtc, percentile=float(get("delay_percentile")))
+            timing = AsyncConfig(rtc=rtc, percentile=float(get("delay_percentile")),
+                                 horizon=int(get("rtc_horizon")) or None)
             self.executor_ = RealtimeExecutor(self.engine, ExecutorConfig(n=int(get("n")), execute=int(get("execute"))),
                                               seed=int(get("seed")), clock=self._now, timing=timing)
         except Exception as exc:  # noqa: BLE001 - a bad parameter fails the transition with the reason logged

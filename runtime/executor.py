@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.guidance import DEFAULT_MAX_WEIGHT, DEFAULT_SCHEDULE, SCHEDULES, delay_steps, guidance_from
+from policies.guidance import (DEFAULT_MAX_WEIGHT, DEFAULT_SCHEDULE, SCHEDULES, Guidance, delay_steps,
+                               guidance_from)
 from policies.observation import Observation
 from runtime.engine import Decision, Engine
 
@@ -62,7 +63,9 @@ class AsyncConfig:
     # Guide each chunk toward the executing one (real-time chunking); needs a bundle with `rtc`.
     rtc: bool = True
     # RTC weights: 1 for the `delay` actions that execute during inference, then `schedule` down to 0 at
-    # `horizon` (None: the chunk length, i.e. the whole overlap), capped guidance `max_weight`.
+    # position `horizon` of the new chunk (LeRobot's execution_horizon; None: all that is left of the
+    # executing chunk), capped guidance `max_weight`. Never below delay + 1, so the first action the new
+    # chunk executes is always guided.
     horizon: int | None = None
     schedule: str = DEFAULT_SCHEDULE
     max_weight: float = DEFAULT_MAX_WEIGHT
@@ -79,6 +82,15 @@ class AsyncConfig:
             raise ValueError(f"horizon: expected >= 1, got {self.horizon}")
         if not 0 < self.percentile <= 100 or self.window < 1:
             raise ValueError("percentile must be in (0, 100] and window >= 1")
+
+    def guidance(self, chunk: np.ndarray, times: np.ndarray, stamp: float, dt: float, delay: int,
+                 length: int) -> Guidance | None:
+        """RTC toward the executing `chunk` (robot units, action `times`) for a new chunk of `length` from an
+        observation at `stamp`, planned for `delay` steps of inference; None without RTC."""
+        if not self.rtc:
+            return None
+        horizon = length if self.horizon is None else max(self.horizon, delay + 1)
+        return guidance_from(chunk, times, stamp, dt, delay, horizon, self.schedule, self.max_weight, length)
 
     def check_policy(self, manifest) -> None:
         """Refuses RTC for a policy whose sampler does not take it (an Engine's or a RemoteEngine's manifest)."""
@@ -242,10 +254,9 @@ class AsyncChunkExecutor:
 
     def _start(self, observation: Observation, d: int) -> None:
         guidance = None
-        if self.timing.rtc and self._chunk is not None:
-            h = self.engine.manifest.chunk_length
-            guidance = guidance_from(self._chunk, self._times, observation.stamp, self.dt, d,
-                                     self.timing.horizon or h, self.timing.schedule, self.timing.max_weight, h)
+        if self._chunk is not None:
+            guidance = self.timing.guidance(self._chunk, self._times, observation.stamp, self.dt, d,
+                                            self.engine.manifest.chunk_length)
         seed = decision_seed(self._seed, len(self.decisions), self.config.noise_stream)
         started = time.perf_counter()
         decision = self.engine.infer(observation, n=self.config.n, seed=seed, guidance=guidance)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.guidance import delay_steps, guidance_from
+from policies.guidance import delay_steps
 from policies.observation import Observation
 from runtime.engine import Decision, Engine
 from runtime.executor import AsyncConfig, DelayEstimator, ExecutorConfig, decision_seed, stale_actions
@@ -142,12 +142,10 @@ class RealtimeExecutor:
 
     def _guidance(self, observation: Observation):
         """RTC toward the current chunk for an inference on `observation` (under the lock), or None."""
-        if self.timing is None or not self.timing.rtc or self._decision is None:
+        if self.timing is None or self._decision is None:
             return None
-        h = self.engine.manifest.chunk_length
-        return guidance_from(self._decision.chunk, self._decision.times, observation.stamp, self.dt,
-                             delay_steps(self.delays.seconds(), self.dt), self.timing.horizon or h,
-                             self.timing.schedule, self.timing.max_weight, h)
+        return self.timing.guidance(self._decision.chunk, self._decision.times, observation.stamp, self.dt,
+                                    delay_steps(self.delays.seconds(), self.dt), self.engine.manifest.chunk_length)
 
     def close(self) -> None:
         with self._wake:

@@ -22,7 +22,8 @@ from sim.evaluate import EvalConfig, run_suite
 ASYNC_ARMS = (("async", False, 0.0), ("rtc", True, 0.0), ("rtc+cont", True, None))
 
 
-def sweep(base: EvalConfig, delays: list[float], out_dir: str | Path, continuity: float = 1.0, log=None) -> dict:
+def sweep(base: EvalConfig, delays: list[float], out_dir: str | Path, continuity: float = 1.0,
+          rtc_horizon: int | None = None, log=None) -> dict:
     """Runs the synchronous arm and the asynchronous arms at each delay; writes and returns `sweep.json`."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out_dir)
@@ -34,7 +35,8 @@ def sweep(base: EvalConfig, delays: list[float], out_dir: str | Path, continuity
             if name == "rtc+cont" and weight == 0:
                 continue
             arms.append((name, delay, dataclasses.replace(base, report=None, asynchronous=True, delay_ms=float(delay),
-                                                          rtc=rtc, continuity=weight)))
+                                                          rtc=rtc, continuity=weight,
+                                                          rtc_horizon=rtc_horizon if rtc else None)))
     results = {}
     for name, delay, config in arms:
         key = name if delay is None else f"{name}@{delay:g}"
@@ -50,7 +52,8 @@ def sweep(base: EvalConfig, delays: list[float], out_dir: str | Path, continuity
     rows = []
     for key, (name, delay, config, report) in results.items():
         overall = report["summary"]["overall"]
-        row = {"arm": name, "delay_ms": delay, "rtc": config.rtc, "continuity": config.continuity,
+        row = {"arm": name, "delay_ms": delay, "rtc": config.rtc, "rtc_horizon": config.rtc_horizon,
+               "continuity": config.continuity,
                "overall": {k: overall.get(k) for k in ("episodes", "successes", "success_rate", "wilson95",
                                                        "switch_jump_rad_p50", "switch_jump_rad_p95", "jerk_mean",
                                                        "held_steps_mean", "mean_stage_reward")}}

@@ -32,7 +32,8 @@ def cmd_eval(args) -> int:
                         max_steps=args.max_steps, expert_mode=args.mode, action_noise=args.action_noise,
                         noise_stream=args.noise_stream, report=args.report, video_episodes=args.video_episodes,
                         asynchronous=args.asynchronous, delay_ms=args.delay_ms,
-                        rtc=None if args.rtc is None else args.rtc == "on", continuity=args.continuity)
+                        rtc=None if args.rtc is None else args.rtc == "on", continuity=args.continuity,
+                        rtc_horizon=args.rtc_horizon)
     report = run_suite(config, json_path=args.json)
     print(format_summary(report))
     if args.json:
@@ -143,7 +144,7 @@ def cmd_async_sweep(args) -> int:
     base = EvalConfig(policy=args.policy, verifier=args.verifier, n=args.n, tasks=tasks(args.task),
                       episodes=min(args.episodes, 2) if args.quick else args.episodes, seed=args.seed,
                       execute=args.execute, workers=args.workers, max_steps=args.max_steps)
-    summary = sweep(base, delays, args.out, continuity=args.continuity)
+    summary = sweep(base, delays, args.out, continuity=args.continuity, rtc_horizon=args.rtc_horizon)
     print(format_sweep(summary))
     print(f"wrote {args.out}/sweep.json")
     return 0
@@ -217,6 +218,9 @@ def register(cli) -> None:
                    help="with --async: real-time chunking (default: on when the bundle takes it)")
     p.add_argument("--continuity", type=float, default=0.0,
                    help="with --async and RTC: weight of each candidate's coherence with the executing chunk")
+    p.add_argument("--rtc-horizon", type=int, default=None,
+                   help="with RTC: guide the new chunk's positions up to this one, at least the delay + 1 "
+                        "(LeRobot's execution_horizon; default: all that is left of the executing chunk)")
     p.add_argument("--quick", action="store_true", help="at most 2 episodes per task (for tests)")
 
     p = cli.add("record", "record scripted-expert episodes as a LeRobotDataset v3", run=cmd_record,
@@ -300,6 +304,8 @@ def register(cli) -> None:
     p.add_argument("--n", type=int, default=1)
     p.add_argument("--delays", default="0,100,200,300", help="inference delays, ms, comma-separated")
     p.add_argument("--continuity", type=float, default=1.0, help="weight of the continuity arm (0: no such arm)")
+    p.add_argument("--rtc-horizon", type=int, default=None,
+                   help="RTC execution horizon of the RTC arms (default: all that is left of the executing chunk)")
     p.add_argument("--task", default="transfer_cube")
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)

@@ -38,12 +38,12 @@ def _make(config, task: str):
         cameras = ()
     else:
         from runtime.engine import Engine, EngineConfig
-        from runtime.executor import AsyncChunkExecutor, AsyncConfig, ChunkExecutor, ExecutorConfig
+        from runtime.executor import AsyncChunkExecutor, ChunkExecutor, ExecutorConfig
 
         engine = Engine(config.policy, verifier=config.verifier, config=EngineConfig(continuity=config.continuity))
         execution = ExecutorConfig(n=config.n, execute=config.execute, noise_stream=config.noise_stream)
         if config.asynchronous:
-            controller = AsyncChunkExecutor(engine, execution, AsyncConfig(delay_ms=config.delay_ms, rtc=config.rtc))
+            controller = AsyncChunkExecutor(engine, execution, config.timing())
         else:
             controller = ChunkExecutor(engine, execution)
         cameras = engine.manifest.cameras

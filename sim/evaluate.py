@@ -60,11 +60,13 @@ class EvalConfig:
     # Asynchronous execution (runtime.executor.AsyncChunkExecutor): the robot keeps moving while a chunk
     # is computed, which arrives `delay_ms` later on the simulation's clock (None: the measured wall time,
     # not reproducible). `rtc` guides each chunk toward the executing one (None: when the bundle can);
-    # `continuity` weighs each candidate's coherence with it in selection.
+    # `continuity` weighs each candidate's coherence with it in selection. `rtc_horizon`: the RTC execution
+    # horizon (runtime.executor.AsyncConfig.horizon; None: all that is left of the executing chunk).
     asynchronous: bool = False
     delay_ms: float | None = None
     rtc: bool | None = None
     continuity: float = 0.0
+    rtc_horizon: int | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -89,11 +91,10 @@ class EvalConfig:
         if self.policy == "scripted" and (self.verifier is not None or self.n != 1 or self.noise_stream):
             raise ValueError("verifier, n and noise_stream apply to policy bundles, not to --policy scripted")
         if not self.asynchronous:
-            if self.delay_ms is not None or self.rtc or self.continuity:
-                raise ValueError("delay_ms, rtc and continuity apply to asynchronous execution (--async)")
+            if self.delay_ms is not None or self.rtc or self.continuity or self.rtc_horizon is not None:
+                raise ValueError("delay_ms, rtc, rtc_horizon and continuity apply to asynchronous execution (--async)")
         else:
             from policies.bundle import load_policy_bundle
-            from runtime.executor import AsyncConfig
 
             if self.policy == "scripted":
                 raise ValueError("asynchronous execution applies to policy bundles, not to --policy scripted")
@@ -101,10 +102,18 @@ class EvalConfig:
                 raise ValueError(f"continuity: expected a weight >= 0, got {self.continuity}")
             manifest = load_policy_bundle(self.policy).manifest
             rtc = manifest.rtc if self.rtc is None else bool(self.rtc)
-            AsyncConfig(delay_ms=self.delay_ms, rtc=rtc).check_policy(manifest)  # its own checks
+            self.timing(rtc).check_policy(manifest)  # its own checks
             object.__setattr__(self, "rtc", rtc)
             if self.continuity and not self.rtc:
                 raise ValueError("continuity: needs RTC (it scores candidates against the guided prefix)")
+            if self.rtc_horizon is not None and not self.rtc:
+                raise ValueError("rtc_horizon: needs RTC")
+
+    def timing(self, rtc: bool | None = None):
+        """The asynchronous executor's settings (runtime.executor.AsyncConfig)."""
+        from runtime.executor import AsyncConfig
+
+        return AsyncConfig(delay_ms=self.delay_ms, rtc=self.rtc if rtc is None else rtc, horizon=self.rtc_horizon)
 
     def fingerprint(self) -> str:
         """Identifies the episodes' settings (not workers, backend or report), for resuming.
@@ -120,6 +129,8 @@ class EvalConfig:
         if not self.asynchronous:  # synchronous results from before asynchronous execution still resume
             for key in ("asynchronous", "delay_ms", "rtc", "continuity"):
                 data.pop(key)
+        if self.rtc_horizon is None:  # nor asynchronous ones from before the horizon was a setting
+            data.pop("rtc_horizon")
         data["policy_content"] = _content_id(self.policy)
         data["verifier_content"] = _content_id(self.verifier)
         return canonical_hash(data)

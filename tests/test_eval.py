@@ -168,12 +168,23 @@ def test_asynchronous_settings_are_checked(exported, tmp_path):
     assert EvalConfig(policy=str(flow.path), asynchronous=True).rtc is True
     with pytest.raises(ValueError, match="continuity"):
         EvalConfig(policy=str(old.path), asynchronous=True, continuity=1.0)
+    with pytest.raises(ValueError, match="rtc_horizon"):
+        EvalConfig(policy=str(flow.path), rtc_horizon=6)
+    with pytest.raises(ValueError, match="rtc_horizon"):
+        EvalConfig(policy=str(flow.path), asynchronous=True, rtc=False, rtc_horizon=6)
+    with pytest.raises(ValueError, match="horizon"):
+        EvalConfig(policy=str(flow.path), asynchronous=True, rtc_horizon=0)
+    horizon = EvalConfig(policy=str(flow.path), asynchronous=True, rtc_horizon=6)
+    whole = EvalConfig(policy=str(flow.path), asynchronous=True)
+    assert horizon.timing().horizon == 6 and whole.timing().horizon is None
+    assert horizon.fingerprint() != whole.fingerprint()
 
 
 def test_async_sweep_runs_every_arm_on_the_same_seeds_and_resumes(exported, tmp_path, capsys):
     flow = exported("flow")
     args = ["async-sweep", "--policy", str(flow.path), "--task", "lift_bar", "--episodes", "2", "--max-steps", "30",
-            "--execute", "4", "--delays", "0,40", "--workers", "1", "--out", str(tmp_path / "sweep")]
+            "--execute", "4", "--delays", "0,40", "--workers", "1", "--rtc-horizon", "6",
+            "--out", str(tmp_path / "sweep")]
     assert main(args) == 0
     summary = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     arms = [(r["arm"], r["delay_ms"]) for r in summary["rows"]]
@@ -183,6 +194,7 @@ def test_async_sweep_runs_every_arm_on_the_same_seeds_and_resumes(exported, tmp_
         assert row["paired_vs_sync"]["gained"] + row["paired_vs_sync"]["lost"] <= 2
         assert row["overall"]["episodes"] == 2 and row["overall"]["switch_jump_rad_p95"] is not None
     assert [r["rtc"] for r in summary["rows"]] == [None, False, True, True, False, True, True]
+    assert [r["rtc_horizon"] for r in summary["rows"]] == [None, None, 6, 6, None, 6, 6]
     # Without a delay, asynchronous execution is the synchronous one.
     assert summary["rows"][1]["overall"] == summary["rows"][0]["overall"]
     out = capsys.readouterr().out

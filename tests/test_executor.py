@@ -177,6 +177,24 @@ def test_async_refuses_rtc_on_a_bundle_without_it_and_bad_settings(exported, tmp
             AsyncConfig(**bad)
 
 
+def test_the_rtc_horizon_ends_the_guidance_but_never_before_the_first_action_executed():
+    from runtime.executor import AsyncConfig
+
+    dt, length = 0.02, 16
+    chunk = np.arange(length * 2, dtype=np.float32).reshape(length, 2)
+    times = 1.0 + dt * np.arange(length)
+    whole = AsyncConfig(delay_ms=60).guidance(chunk, times, 1.0 + 4 * dt, dt, 3, length)
+    assert np.flatnonzero(whole.weights).max() == 11  # the 12 actions left, ramping from position 3
+    short = AsyncConfig(delay_ms=60, horizon=6).guidance(chunk, times, 1.0 + 4 * dt, dt, 3, length)
+    assert (short.weights[:3] == 1).all() and 0 < short.weights[5] < short.weights[3] < 1
+    assert (short.weights[6:] == 0).all()
+    np.testing.assert_array_equal(short.target, whole.target)
+    # A horizon inside the delay would leave the new chunk's first executed action (position 3) free.
+    floor = AsyncConfig(delay_ms=60, horizon=2).guidance(chunk, times, 1.0 + 4 * dt, dt, 3, length)
+    assert (floor.weights[:3] == 1).all() and floor.weights[3] == 0.5 and (floor.weights[4:] == 0).all()
+    assert AsyncConfig(delay_ms=60, rtc=False, horizon=6).guidance(chunk, times, 1.0, dt, 3, length) is None
+
+
 def test_measured_delay_plans_for_a_high_percentile_of_recent_decisions():
     from runtime.executor import AsyncConfig, DelayEstimator
 

@@ -403,7 +403,7 @@ def test_the_policy_node_runs_against_a_policy_server(nodes, harness, exported, 
         harness.listen(String, DIAGNOSTICS_TOPIC)
         harness.listen(String, EPISODE_TOPIC, EPISODES_QOS)
         nodes.start("policy", "ros_nodes.policy_node", {"server": f"ws://127.0.0.1:{server.port}",
-                                                        "api_key_file": str(key), "n": 4})
+                                                        "api_key_file": str(key), "n": 4, "rtc_horizon": 6})
         harness.wait(lambda: all(harness.node.count_publishers(t) for t in names), 60, "the policy node's publishers",
                      nodes)
         nodes.start("sim", "ros_nodes.sim_node", {"task": "transfer_cube", "episodes": 1, "max_steps": 60,
