@@ -39,8 +39,15 @@ def cmd_train_policy(args) -> int:
     from policies.train import TrainConfig, export_checkpoint, train_policy
 
     if args.export_checkpoint:
-        bundle = export_checkpoint(args.export_checkpoint, args.out, sampler=args.sampler)
-        print(f"exported {bundle.manifest.provenance['weights']} to {bundle.path}")
+        from policies.shipped import resolve_policy
+
+        like = resolve_policy(args.like) if args.like else None
+        bundle = export_checkpoint(args.export_checkpoint, args.out, sampler=args.sampler, like=like)
+        print(f"exported {bundle.manifest.provenance['weights']} to {bundle.path} (fingerprint "
+              f"{bundle.fingerprint[:12]})")
+        if args.like:
+            print(f"its candidates and features are {args.like}'s bit for bit; bind that bundle's verifiers to it "
+                  "with taco rebind-verifier")
         return 0
     if args.dataset is None:
         raise ValueError("dataset: --dataset is required to train (or pass --export-checkpoint)")
@@ -139,4 +146,8 @@ def register(cli) -> None:
     p.add_argument("--sampler", choices=("unrolled", "stepped"), default="unrolled")
     p.add_argument("--export-checkpoint", default=None, metavar="CKPT",
                    help="only export the EMA weights of this checkpoint (e.g. OUT.ckpt/last.pt) to --out")
+    p.add_argument("--like", default=None, metavar="BUNDLE",
+                   help="with --export-checkpoint: re-export BUNDLE (made from this checkpoint before) with this "
+                        "version's graph inputs, keeping its name, sampler and provenance; refused unless its "
+                        "candidates and features come out bit for bit")
     p.add_argument("--quick", action="store_true", help="30 steps of batch 8 (for tests)")

@@ -291,9 +291,21 @@ def train_policy(config: TrainConfig, log=None) -> Path:
     return bundle.path
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, sampler: str = "unrolled"):
-    """Exports the EMA weights of a training checkpoint (e.g. mid-training, to evaluate it) as a bundle."""
-    from policies.export import export_bundle
+def export_checkpoint(checkpoint: str | Path, out: str | Path, sampler: str = "unrolled",
+                      like: str | Path | None = None):
+    """Exports the EMA weights of a training checkpoint (e.g. mid-training, to evaluate it) as a bundle.
+
+    `like`: the bundle these weights were exported to before. The new export takes this version's graph
+    inputs (real-time chunking, a per-candidate prefix), with `like`'s name, sampler mode and provenance
+    (its best verifier included), once its candidates and features agree with `like`'s bit for bit
+    (`policies.compare.compare_policies`); else ValueError, and `out` is removed.
+    """
+    import datetime
+    import shutil
+
+    from policies.bundle import load_policy_bundle, write_manifest
+    from policies.compare import compare_policies
+    from policies.export import OPSET, export_bundle
     from policies.models import build_policy
 
     state = torch.load(checkpoint, weights_only=False)
@@ -306,5 +318,27 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, sampler: str = "u
     provenance = {"dataset": state["config"]["dataset"], "dataset_fingerprint": state["dataset_fingerprint"],
                   "training": {**state["config"], "final": state["history"][-1] if state["history"] else None},
                   "weights": f"EMA at step {state['step']} (checkpoint {checkpoint})"}
-    return export_bundle(model.eval(), out, normalization=norm, sampler=sampler, overwrite=True,
-                         provenance=provenance)
+    if like is None:
+        return export_bundle(model.eval(), out, normalization=norm, sampler=sampler, overwrite=True,
+                             provenance=provenance)
+    before = load_policy_bundle(like)
+    if before.manifest.provenance.get("dataset_fingerprint") not in (None, state["dataset_fingerprint"]):
+        raise ValueError(f"like: {like} was trained on dataset {before.manifest.provenance['dataset_fingerprint']}, "
+                         f"the checkpoint on {state['dataset_fingerprint']}")
+    reexported = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "torch": torch.__version__, "opset": OPSET, "checkpoint": str(checkpoint), "step": state["step"],
+                  "from_fingerprint": before.fingerprint}
+    bundle = export_bundle(model.eval(), out, normalization=norm, sampler=before.manifest.sampler,
+                           name=before.manifest.name, overwrite=True,
+                           provenance={**before.manifest.provenance, "reexported": reexported})
+    diff = compare_policies(before.path, bundle.path)
+    if max(diff.values()) > 0:
+        shutil.rmtree(bundle.path)
+        raise ValueError(f"like: the checkpoint's export differs from {like} by up to {max(diff.values()):.3g} "
+                         f"({', '.join(k for k, v in diff.items() if v > 0)}); it holds other weights")
+    # What was compared goes into the provenance, which is outside the fingerprint.
+    provenance = bundle.manifest.provenance
+    write_manifest(bundle.path, dataclasses.replace(bundle.manifest, provenance={
+        **provenance, "reexported": {**provenance["reexported"], "max_difference": diff}}))
+    return load_policy_bundle(bundle.path)

@@ -298,11 +298,11 @@ def test_a_bad_observation_in_a_batch_is_returned_in_its_place(flow, observation
 
 
 def test_a_bundle_with_a_shared_prefix_only_batches_its_encoder_call():
-    """Bundles exported before per-candidate prefixes (the shipped ones) take a prefix of batch 1: the
-    batch shares the encoder call and samples each observation on its own."""
+    """Bundles exported before per-candidate prefixes (the shipped flow policy) take a prefix of batch 1:
+    the batch shares the encoder call and samples each observation on its own."""
     from policies.shipped import resolve_policy
 
-    engine = Engine(resolve_policy("default"))
+    engine = Engine(resolve_policy("flow"))
     assert not engine.policy.per_candidate_prefix
     observations = [make_example_observation(engine.manifest, seed=s) for s in range(3)]
     solo = [engine.infer(o, n=4, seed=s).chunk for s, o in enumerate(observations)]

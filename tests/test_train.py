@@ -68,6 +68,46 @@ def test_a_checkpoint_exports_to_the_same_bundle_as_the_run(dataset, tmp_path):
     assert load_policy_bundle(tmp_path / "from_ckpt").manifest.files == load_policy_bundle(path).manifest.files
 
 
+def test_like_re_exports_a_bundle_with_rtc_inputs_keeping_its_provenance_and_refuses_other_weights(dataset, tmp_path,
+                                                                                                   capsys):
+    """`--export-checkpoint CKPT --like B`: B was exported from CKPT before real-time chunking; the new
+    export takes RTC inputs, keeps B's name and provenance, and samples B's candidates bit for bit."""
+    import torch
+
+    from policies.config import PolicyConfig
+    from policies.export import export_bundle
+    from policies.models import build_policy
+    from taco.cli import main
+
+    train_policy(TrainConfig(dataset=str(dataset), out=str(tmp_path / "run"), size="tiny", steps=4, batch_size=2,
+                             val_every=2, checkpoint_every=2, threads=1), log=lambda m: None)
+    ckpt = tmp_path / "run.ckpt" / "last.pt"
+    run = load_policy_bundle(tmp_path / "run")
+    state = torch.load(ckpt, weights_only=False)
+    model = build_policy(PolicyConfig.from_dict(state["policy_config"]))
+    model.load_state_dict(state["ema"])
+    provenance = {**run.manifest.provenance, "best_verifier": {"name": "consensus", "n": 16}}
+    before = export_bundle(model.eval(), tmp_path / "shipped", normalization=run.manifest.normalization,
+                           name="shipped", rtc=False, provenance=provenance)
+    assert main(["train-policy", "--export-checkpoint", str(ckpt), "--like", str(before.path),
+                 "--out", str(tmp_path / "again")]) == 0
+    again = load_policy_bundle(tmp_path / "again")
+    assert again.manifest.rtc and not before.manifest.rtc and again.fingerprint != before.fingerprint
+    assert again.manifest.name == "shipped" and again.manifest.provenance["best_verifier"]["name"] == "consensus"
+    reexported = again.manifest.provenance["reexported"]
+    assert reexported["from_fingerprint"] == before.fingerprint and reexported["checkpoint"] == str(ckpt)
+    assert reexported["max_difference"] == {"chunks": 0.0, "features": 0.0, "normalization": 0.0}
+
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    other = export_bundle(model.eval(), tmp_path / "other", normalization=run.manifest.normalization, rtc=False,
+                          provenance=provenance)
+    assert main(["train-policy", "--export-checkpoint", str(ckpt), "--like", str(other.path),
+                 "--out", str(tmp_path / "refused")]) != 0
+    assert "holds other weights" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+
+
 def test_resume_refuses_another_configuration(dataset, tmp_path):
     common = dict(dataset=str(dataset), out=str(tmp_path / "p"), size="tiny", batch_size=2, val_every=5,
                   checkpoint_every=5, threads=1)

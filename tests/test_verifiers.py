@@ -191,3 +191,50 @@ def test_a_combined_verifier_sums_its_components_standardised_over_the_candidate
     assert main(["combine-verifiers", "--verifier", str(cfn.path), "--out", str(tmp_path / "x")]) == 2
     assert main(["combine-verifiers", "--verifier", str(cfn.path), "--verifier", str(rnd.path), "--weights", "1",
                  "--out", str(tmp_path / "y")]) == 2
+
+
+def test_a_verifier_follows_a_re_export_of_its_policy_and_no_other(exported, tmp_path, capsys):
+    """`taco rebind-verifier`: a re-export of the same weights with new graph inputs (here RTC) has a new
+    fingerprint; the verifier follows it once the candidates and features agree bit for bit, and scores
+    as before. Other weights, another kind, or a verifier of another policy are refused."""
+    import copy
+
+    import torch
+
+    from policies import BundleError, make_example_observation
+    from policies.export import export_bundle
+    from runtime import Engine
+    from taco.cli import main
+    from verifiers.rebind import rebind_verifier
+    from verifiers.train import untrained_verifier
+
+    flow = exported("flow")
+    old = export_bundle(flow.policy, tmp_path / "old", normalization=flow.normalization, rtc=False)
+    assert old.fingerprint != flow.bundle.fingerprint
+    verifier = untrained_verifier("consensus", old.path, tmp_path / "consensus")
+    with pytest.raises(BundleError, match="trained on policy"):
+        Engine(flow.bundle, verifier=verifier.path)
+    out = tmp_path / "rebound"
+    assert main(["rebind-verifier", "--verifier", str(verifier.path), "--from-policy", str(old.path),
+                 "--policy", str(flow.path), "--out", str(out), "--observations", "3"]) == 0
+    assert "differ by at most 0 (chunks), 0 (features)" in capsys.readouterr().out
+    rebound = load_verifier(out)
+    assert rebound.policy_fingerprint == flow.bundle.fingerprint
+    assert rebound.manifest.provenance["rebound"]["from_policy"] == old.fingerprint
+    obs = make_example_observation(flow.bundle.manifest, seed=1, image_size=(64, 64))
+    before = Engine(old, verifier=verifier.path).infer(obs, n=8, seed=2)
+    after = Engine(flow.bundle, verifier=out).infer(obs, n=8, seed=2)
+    np.testing.assert_array_equal(after.scores, before.scores)
+    assert after.index == before.index
+
+    nudged = copy.deepcopy(flow.policy)
+    with torch.no_grad():
+        next(nudged.parameters()).add_(1e-3)
+    other = export_bundle(nudged, tmp_path / "nudged", normalization=flow.normalization)
+    with pytest.raises(ValueError, match="differ by up to"):
+        rebind_verifier(verifier.path, old.path, other.path, tmp_path / "no", observations=2)
+    with pytest.raises(ValueError, match="kind"):
+        rebind_verifier(verifier.path, old.path, exported("diffusion").path, tmp_path / "no", observations=2)
+    with pytest.raises(ValueError, match="bound to policy"):
+        rebind_verifier(out, old.path, flow.path, tmp_path / "no", observations=2)
+    assert not (tmp_path / "no").exists()

@@ -78,6 +78,21 @@ def cmd_combine_verifiers(args) -> int:
     return 0
 
 
+def cmd_rebind_verifier(args) -> int:
+    from policies.shipped import resolve_policy
+    from verifiers.rebind import rebind_verifier
+    from verifiers.shipped import resolve_verifier
+
+    old = resolve_policy(args.from_policy)
+    verifier = rebind_verifier(resolve_verifier(args.verifier, old), old, resolve_policy(args.policy), args.out,
+                               observations=args.observations, n=args.n, atol=args.atol, overwrite=args.overwrite)
+    diff = verifier.manifest.provenance["rebound"]["max_difference"]
+    print(f"wrote {verifier.path}, bound to policy {verifier.policy_fingerprint[:12]}; on {args.observations} "
+          f"observations x {args.n} candidates the policies differ by at most "
+          + ", ".join(f"{v:.3g} ({k})" for k, v in diff.items()))
+    return 0
+
+
 def cmd_best_verifier(args) -> int:
     import json
     import shlex
@@ -134,6 +149,18 @@ def register(cli) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quick", action="store_true", help="3 epochs (for tests)")
+
+    p = cli.add("rebind-verifier", "bind a verifier to a re-export of its policy (e.g. with real-time chunking "
+                                   "inputs), once both give the same candidates and features",
+                run=cmd_rebind_verifier)
+    p.add_argument("--verifier", required=True, help="verifier bundle, or a shipped name of --from-policy's")
+    p.add_argument("--from-policy", required=True, help="the policy the verifier is bound to")
+    p.add_argument("--policy", required=True, help="the re-exported policy")
+    p.add_argument("--out", required=True, help="verifier bundle folder")
+    p.add_argument("--observations", type=int, default=8, help="random observations compared")
+    p.add_argument("--n", type=int, default=16, help="candidates per observation")
+    p.add_argument("--atol", type=float, default=0.0, help="largest difference allowed (default: bit for bit)")
+    p.add_argument("--overwrite", action="store_true")
 
     p = cli.add("combine-verifiers", "one verifier graph from several: the weighted sum of their scores, each "
                                      "standardised over the N candidates", run=cmd_combine_verifiers, extras=("train",))
