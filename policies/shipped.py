@@ -26,6 +26,9 @@ def artifacts_dir() -> Path:
 def resolve_policy(name_or_path: str) -> str:
     """'default' (or 'flow' / 'diffusion') -> the shipped bundle's path; anything else is taken as a path."""
     if name_or_path in POLICY_NAMES:
+        if Path(name_or_path).is_dir():
+            raise BundleError("policy", f"{name_or_path!r} names a shipped policy and a folder here; write "
+                                        f"./{name_or_path} for the folder")
         kind = DEFAULT_POLICY_KIND if name_or_path == "default" else name_or_path
         path = artifacts_dir() / "bundles" / kind
         if not (path / "manifest.json").is_file():

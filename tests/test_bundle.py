@@ -111,6 +111,22 @@ def test_missing_manifest_and_missing_folder(tmp_path):
         load_policy_bundle(tmp_path)
 
 
+def test_a_shipped_name_that_is_also_a_folder_here_is_refused_not_guessed(tmp_path, monkeypatch):
+    from policies.shipped import resolve_policy
+    from verifiers.shipped import resolve_verifier
+
+    monkeypatch.chdir(tmp_path)
+    shipped = resolve_policy("flow")
+    assert resolve_verifier("cfn", shipped).endswith("flow-cfn")
+    (tmp_path / "flow").mkdir()
+    (tmp_path / "cfn").mkdir()
+    with pytest.raises(BundleError, match="./flow"):
+        resolve_policy("flow")
+    with pytest.raises(BundleError, match="./cfn"):
+        resolve_verifier("cfn", shipped)
+    assert resolve_policy("./flow") == "./flow" and resolve_policy("default") != "default"
+
+
 def make_verifier(tmp_path, bundle, feature_dim=None, fingerprint=None, name="v"):
     f = feature_dim or bundle.manifest.feature_dim
     onnx_path = linear_verifier_onnx(tmp_path / f"{name}.onnx", np.ones(f))

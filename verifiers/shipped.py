@@ -39,6 +39,9 @@ def resolve_verifier(name_or_path: str | None, policy_path: str) -> str | None:
     if name_or_path is None or name_or_path == "none":
         return None
     if name_or_path in VERIFIER_NAMES:
+        if Path(name_or_path).is_dir():
+            raise BundleError("verifier", f"{name_or_path!r} names a shipped verifier and a folder here; write "
+                                          f"./{name_or_path} for the folder")
         policy = Path(policy_path)
         path = policy.parent / f"{policy.name}-{name_or_path}"
         if not (path / "manifest.json").is_file():
