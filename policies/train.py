@@ -332,11 +332,14 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, sampler: str = "u
     bundle = export_bundle(model.eval(), out, normalization=norm, sampler=before.manifest.sampler,
                            name=before.manifest.name, overwrite=True,
                            provenance={**before.manifest.provenance, "reexported": reexported})
-    diff = compare_policies(before.path, bundle.path)
-    if max(diff.values()) > 0:
+    try:
+        diff = compare_policies(before.path, bundle.path)
+        if max(diff.values()) > 0:
+            raise ValueError(f"like: the checkpoint's export differs from {like} by up to {max(diff.values()):.3g} "
+                             f"({', '.join(k for k, v in diff.items() if v > 0)}); it holds other weights")
+    except ValueError:
         shutil.rmtree(bundle.path)
-        raise ValueError(f"like: the checkpoint's export differs from {like} by up to {max(diff.values()):.3g} "
-                         f"({', '.join(k for k, v in diff.items() if v > 0)}); it holds other weights")
+        raise
     # What was compared goes into the provenance, which is outside the fingerprint.
     provenance = bundle.manifest.provenance
     write_manifest(bundle.path, dataclasses.replace(bundle.manifest, provenance={
