@@ -122,14 +122,20 @@ def cmd_artifacts(args) -> int:
 ARTIFACTS_OVERRIDES = ("task", "episodes", "recovery_episodes", "perturb", "kinds", "steps", "k", "stride")
 
 
-def cmd_compare(args) -> int:
-    from sim.compare import Arm, compare, format_compare
+def paired_base(args, **fields):
+    """The EvalConfig every arm of `taco compare` / `taco async-sweep` starts from (add_paired_flags)."""
     from sim.evaluate import EvalConfig
 
-    arms = [Arm.parse(a) for a in args.arm]
-    base = EvalConfig(policy=args.policy, tasks=tasks(args.task),
+    return EvalConfig(policy=args.policy, tasks=tasks(args.task),
                       episodes=min(args.episodes, 2) if args.quick else args.episodes, seed=args.seed,
-                      execute=args.execute, workers=args.workers, max_steps=args.max_steps)
+                      execute=args.execute, workers=args.workers, max_steps=args.max_steps, **fields)
+
+
+def cmd_compare(args) -> int:
+    from sim.compare import Arm, compare, format_compare
+
+    arms = [Arm.parse(a) for a in args.arm]
+    base = paired_base(args)
     report = compare(args.policy, arms, base, args.out, reference_streams=args.reference_streams)
     print(format_compare(report))
     print(f"wrote {args.out}/compare.json")
@@ -138,12 +144,9 @@ def cmd_compare(args) -> int:
 
 def cmd_async_sweep(args) -> int:
     from sim.async_sweep import format_sweep, sweep
-    from sim.evaluate import EvalConfig
 
     delays = [float(v) for v in args.delays.split(",")]
-    base = EvalConfig(policy=args.policy, verifier=args.verifier, n=args.n, tasks=tasks(args.task),
-                      episodes=min(args.episodes, 2) if args.quick else args.episodes, seed=args.seed,
-                      execute=args.execute, workers=args.workers, max_steps=args.max_steps)
+    base = paired_base(args, verifier=args.verifier, n=args.n)
     summary = sweep(base, delays, args.out, continuity=args.continuity, rtc_horizon=args.rtc_horizon)
     print(format_sweep(summary))
     print(f"wrote {args.out}/sweep.json")
@@ -185,6 +188,16 @@ def _eval_needs(args) -> tuple[str, ...]:
 def _demo_needs(args) -> tuple[str, ...]:
     # --example runs no simulation; it exports its example bundle with torch when there is none yet.
     return ("train",) if args.example else ("sim",)
+
+
+def add_paired_flags(p, task: str, episodes: int) -> None:
+    """The episodes every arm of a paired run shares (read by paired_base)."""
+    p.add_argument("--task", default=task)
+    p.add_argument("--episodes", type=int, default=episodes)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--execute", type=int, default=8)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--workers", type=int, default=2)
 
 
 def register(cli) -> None:
@@ -284,12 +297,7 @@ def register(cli) -> None:
     p.add_argument("--arm", action="append", required=True,
                    help="NAME:N[@STREAM][:VERIFIER], repeated; the first is the reference (e.g. none:1; "
                         "none2:1@2:none is N=1 on noise stream 2)")
-    p.add_argument("--task", default="all")
-    p.add_argument("--episodes", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--execute", type=int, default=8)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--workers", type=int, default=2)
+    add_paired_flags(p, task="all", episodes=100)
     p.add_argument("--reference-streams", type=int, default=1, metavar="K",
                    help="also run the reference on noise streams 1..K-1 (same seeds), pool them, and test every "
                         "arm against the pooled rate too (one stream of a noisy policy can sit far off its mean)")
@@ -306,12 +314,7 @@ def register(cli) -> None:
     p.add_argument("--continuity", type=float, default=1.0, help="weight of the continuity arm (0: no such arm)")
     p.add_argument("--rtc-horizon", type=int, default=None,
                    help="RTC execution horizon of the RTC arms (default: all that is left of the executing chunk)")
-    p.add_argument("--task", default="transfer_cube")
-    p.add_argument("--episodes", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--execute", type=int, default=8)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--workers", type=int, default=2)
+    add_paired_flags(p, task="transfer_cube", episodes=50)
     p.add_argument("--out", required=True, help="folder for per-arm JSON (resumable) and sweep.json")
     p.add_argument("--quick", action="store_true")
 
