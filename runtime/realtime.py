@@ -166,10 +166,7 @@ class RealtimeExecutor:
                 guidance = self._guidance(observation)
             started = time.perf_counter()
             try:
-                if guidance is None:
-                    decision = self.engine.infer(observation, n=self.config.n, seed=seed)
-                else:
-                    decision = self.engine.infer(observation, n=self.config.n, seed=seed, guidance=guidance)
+                decision = self.engine.infer(observation, n=self.config.n, seed=seed, guidance=guidance)
                 wall = time.perf_counter() - started
             except Exception as exc:  # noqa: BLE001 - reported to the node, which logs it and holds
                 with self._wake:
