@@ -58,10 +58,9 @@ RTC_INPUTS = ("rtc_target", "rtc_weights", "rtc_max_weight")
 RTC_AXES = {"rtc_target": {0: "prefix_batch"}, "rtc_weights": {0: "prefix_batch"}}
 
 
-def rtc_example(cfg):
-    """Tracing inputs of the RTC graph inputs: no guidance (all-zero weights)."""
-    h, a = cfg.chunk_length, len(cfg.action_names)
-    return torch.zeros(1, h, a), torch.zeros(1, h), torch.tensor(10.0)
+def rtc_example(length: int, width: int):
+    """Tracing inputs of the RTC graph inputs for a noise of [length, width]: no guidance (all-zero weights)."""
+    return torch.zeros(1, length, width), torch.zeros(1, length), torch.tensor(10.0)
 
 
 def example_inputs(cfg, batch: int = 1, n: int = 2, seed: int = 0):
@@ -171,7 +170,7 @@ def export_bundle(
                 {name: {0: "batch"} for name in [*cam_inputs, "state", "tokens", "prefix_kv", "prefix_bias"]},
                 graph_metadata(cfg, "encoder"),
             )
-            guidance, guidance_names = (rtc_example(cfg), list(RTC_INPUTS)) if rtc else ((), [])
+            guidance, guidance_names = (rtc_example(*noise.shape[1:]), list(RTC_INPUTS)) if rtc else ((), [])
             axes = {**PREFIX_AXES, **(RTC_AXES if rtc else {}), "features": {0: "n"}}
             if sampler == "unrolled":
                 _export(

@@ -710,14 +710,10 @@ def rtc_guided(denoise, rtc):
     """A velocity function (x_t, t[N]) -> v with real-time chunking: LeRobot 0.6.1's RTCProcessor.denoise_step,
     whose autograd "correction" is the identity (its v carries no graph), i.e. forward-only
     v - w(t) * W * (Y - (x_t - t v)). `rtc`: the graph's (target [1, Hn, D], weights [1, Hn], cap)."""
-    from policies.models.policy import guidance_weight
-
-    target, weights, max_weight = rtc
+    from policies.models.policy import guided_velocity
 
     def guided(x_t, t):
-        v = denoise(x_t, t)
-        time = t[:1]
-        return v - guidance_weight(time, max_weight) * weights[:, :, None] * (target - (x_t - time * v))
+        return guided_velocity(denoise(x_t, t), x_t, t[:1], rtc)
 
     return guided
 
@@ -733,7 +729,7 @@ def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tupl
     `external_data_above`: weights above this many bytes go to `<graph>.onnx.data` (default: 1.5 GB).
     """
     torch = require("torch")
-    from policies.export import EXTERNAL_DATA_BYTES, OPSET, RTC_INPUTS, _export
+    from policies.export import EXTERNAL_DATA_BYTES, OPSET, RTC_INPUTS, _export, rtc_example
 
     external = EXTERNAL_DATA_BYTES if external_data_above is None else external_data_above
 
@@ -770,8 +766,8 @@ def import_lerobot(checkpoint: str | Path, out: str | Path, *, joint_names: tupl
                 args += (torch.randn(plan.num_steps - 1, n, *plan.noise_shape, generator=g),)
                 inputs.append("step_noise")
                 axes["step_noise"] = {1: "n"}
-            if plan.rtc:  # no guidance while tracing: all-zero weights
-                args += (torch.zeros(1, *plan.noise_shape), torch.zeros(1, plan.noise_shape[0]), torch.tensor(10.0))
+            if plan.rtc:
+                args += rtc_example(*plan.noise_shape)
                 inputs += list(RTC_INPUTS)
             written += _export(plan.sampler, args, tmp / "sampler.onnx", inputs, ["chunks", "features"], axes,
                                {"taco.graph": "sampler", **facts}, external)

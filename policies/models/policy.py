@@ -150,6 +150,13 @@ def guidance_weight(t: torch.Tensor, max_weight: torch.Tensor) -> torch.Tensor:
     return torch.minimum((t * t + (1 - t) * (1 - t)) / (t * (1 - t)).clamp(min=1e-4), max_weight)
 
 
+def guided_velocity(v: torch.Tensor, x: torch.Tensor, t: torch.Tensor, rtc) -> torch.Tensor:
+    """A flow velocity v at (x, t) with real-time chunking `rtc` = (target, weights, max_weight): LeRobot's
+    forward-only guidance v - w(t) * W * (Y - (x - t v)), x - t v being the step's clean estimate."""
+    target, weights, max_weight = rtc
+    return v - guidance_weight(t, max_weight) * weights[:, :, None] * (target - (x - t * v))
+
+
 class ChunkPolicy(nn.Module):
     """Base of both kinds: `encode` once, then `sample` (all steps) or `step` (one step) per candidate batch."""
 
@@ -201,8 +208,7 @@ class FlowPolicy(ChunkPolicy):
         t = (1.0 - k / s).reshape(1)
         v, features = self.expert(x, t.expand(x.shape[0]), prefix_kv, prefix_bias)
         if rtc is not None:
-            target, weights, max_weight = rtc
-            v = v - guidance_weight(t, max_weight) * weights[:, :, None] * (target - (x - t * v))
+            v = guided_velocity(v, x, t, rtc)
         return x - v / s, features
 
     def denoising_loss(self, prefix_kv, prefix_bias, actions, generator=None):
