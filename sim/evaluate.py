@@ -292,8 +292,8 @@ def format_summary(report: dict) -> str:
     overall = report["summary"]["overall"]
     if overall.get("switch_jump_rad_p95") is not None:
         lines.append(f"switch jump p50 {overall['switch_jump_rad_p50']:.3f} rad, "
-                     f"p95 {overall['switch_jump_rad_p95']:.3f} rad; jerk mean {overall['jerk_mean']:.0f} rad/s^3; held {overall['held_steps_mean']:.1f}"
-                     " steps per episode")
+                     f"p95 {overall['switch_jump_rad_p95']:.3f} rad; jerk mean {overall['jerk_mean']:.0f} rad/s^3; "
+                     f"held {overall['held_steps_mean']:.1f} steps per episode")
     run = report["run"]
     if run["episodes_per_minute"]:
         lines.append(f"{run['episodes_run']} episodes in {run['wall_s']:.1f} s with {run['workers']} "
