@@ -59,11 +59,15 @@ class RobotProfile:
     # The joint_states entry the gripper state is read from, and the joint the gripper command names.
     gripper_state_joint: str = "left_finger"
     gripper_command_joint: str = "gripper"
+    # float[14]: acceleration limits (rad/s^2, normalised units/s^2 for grippers), and jerk limits (/s^3);
+    # None: no such limit. A robot's URDF and joint_limits parameters may override them (hardware.limits).
+    max_acceleration: tuple[float, ...] | None = None
+    max_jerk: tuple[float, ...] | None = None
 
     def __post_init__(self):
         n = len(self.joint_names)
-        for field in ("lower", "upper", "max_velocity", "home", "sleep"):
-            if len(getattr(self, field)) != n:
+        for field in ("lower", "upper", "max_velocity", "home", "sleep", "max_acceleration", "max_jerk"):
+            if getattr(self, field) is not None and len(getattr(self, field)) != n:
                 raise ValueError(f"{self.name}.{field}: expected {n} values, got {len(getattr(self, field))}")
         lower, upper = np.asarray(self.lower), np.asarray(self.upper)
         if (lower >= upper).any():
@@ -71,8 +75,9 @@ class RobotProfile:
         if 2 * (len(self.arm_joint_names) + 1) != n:
             raise ValueError(f"{self.name}.arm_joint_names: {len(self.arm_joint_names)} arm joints + a gripper "
                              f"per arm do not make the {n} joints")
-        if (np.asarray(self.max_velocity) <= 0).any():
-            raise ValueError(f"{self.name}.max_velocity: must be > 0")
+        for field in ("max_velocity", "max_acceleration", "max_jerk"):
+            if getattr(self, field) is not None and (np.asarray(getattr(self, field)) <= 0).any():
+                raise ValueError(f"{self.name}.{field}: must be > 0")
         for pose in ("home", "sleep"):
             p = np.asarray(getattr(self, pose))
             if ((p < lower) | (p > upper)).any():
@@ -85,6 +90,12 @@ class RobotProfile:
 
 # ViperX 300 6DOF arms of ALOHA: position limits from the arm's joint ranges (as in gym-aloha's MJCF),
 # speed limits pi rad/s (the XM540/XM430 servos' rated ~30 rev/min), grippers 0..1 in 0.2 s.
+# Acceleration 80 rad/s^2: the scripted experts' recorded actions (the policies' training data, their
+# smoothed noise included) reach at most 61 rad/s^2 (50 Hz, 12 episodes of transfer_cube and insertion),
+# while a command that jumps to full speed in one 20 ms tick is 157 rad/s^2. Grippers 250 /s^2 (the
+# experts open and close them at up to 187). No jerk limit by default: the recorded actions' jerk reaches
+# thousands of rad/s^3 at 50 Hz, so a limit that leaves them alone would stop nothing; set one in the
+# robot's joint_limits parameters.
 _ARM_LOWER = (-3.14158, -1.85005, -1.76278, -3.14158, -1.8675, -3.14158)
 _ARM_UPPER = (3.14158, 1.25664, 1.6057, 3.14158, 2.23402, 3.14158)
 _ARM_HOME = (0.0, -0.96, 1.16, 0.0, -0.3, 0.0)
@@ -98,6 +109,7 @@ ALOHA_VIPERX = RobotProfile(
     max_velocity=(np.pi,) * 6 + (5.0,) + (np.pi,) * 6 + (5.0,),
     home=(*_ARM_HOME, 1.0) * 2,
     sleep=(*_ARM_SLEEP, 0.0) * 2,
+    max_acceleration=(80.0,) * 6 + (250.0,) + (80.0,) * 6 + (250.0,),
     cameras=("cam_high", "cam_low", "cam_left_wrist", "cam_right_wrist"),
     # ALOHA's follower grippers are commanded through the "gripper" joint (rad) but report their
     # opening as the "left_finger" position (m); both ranges are ACT's puppet gripper constants.

@@ -50,7 +50,7 @@ def test_filter_clamps_and_reports():
     target[6] = 1.5  # gripper beyond open
     target[13] = 1.0
     safe, report = f(target, DT)
-    assert report.clamped == 2 and report.rate_limited >= 1 and not report.held
+    assert report.clamped == 2 and report.rate_limited + report.accel_limited >= 1 and not report.held
     assert safe[6] <= 1.0 and safe[1] <= UPPER[1]
     safe, report = f(np.full(13, 0.0), DT)
     assert report.held and "shape" in report.reason
@@ -88,11 +88,14 @@ def test_estop_latches_until_explicitly_reset():
     layer = SafetyLayer(PROFILE)
     home = np.asarray(PROFILE.home)
     layer.reset(home)
-    layer.estop("operator pressed the button")
+    estop_id = layer.estop("operator pressed the button")
     for _ in range(5):
         safe, report = layer.command(home - 0.01, now=1.0, observation_stamp=1.0)
         assert report.held and "e-stop" in report.reason and np.array_equal(safe, home)
-    layer.reset_estop()
+    with pytest.raises(ValueError, match="names"):
+        layer.reset_estop("deadbeef")  # a stray or replayed reset does not release it
+    assert layer.estopped
+    layer.reset_estop(estop_id)
     safe, report = layer.command(home - 0.01, now=1.0, observation_stamp=1.0)
     assert not report.held
 
@@ -106,3 +109,94 @@ def test_profile_validation_and_gripper_mapping():
     assert g.to_normalised(g.to_joint(0.37)) == pytest.approx(0.37)
     with pytest.raises(ValueError, match="outside the joint limits"):
         RobotProfile(**{**PROFILE.__dict__, "home": (5.0,) * 14})
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2**32 - 1), scale=st.floats(0.01, 50.0))
+def test_no_stream_changes_speed_faster_than_the_acceleration_limits(seed, scale):
+    """A chunk switch without RTC used to start at full speed in one tick; now each step's change of speed is
+    bounded by max_acceleration * dt (max_deceleration when slowing down)."""
+    rng = np.random.default_rng(seed)
+    f = SafetyFilter(PROFILE)
+    accel = f.limits.max_acceleration
+    f.reset(rng.uniform(LOWER, UPPER, size=(STREAMS_PER_EXAMPLE, 14)))
+    positions = [f.hold()]
+    for _ in range(STEPS):
+        command = rng.uniform(LOWER - scale, UPPER + scale, size=(STREAMS_PER_EXAMPLE, 14))
+        positions.append(f(command, DT)[0])
+    velocity = np.diff(np.stack(positions), axis=0) / DT
+    change = np.abs(np.diff(np.concatenate([np.zeros((1, *velocity.shape[1:])), velocity]), axis=0))
+    assert (change <= accel * DT * (1 + 1e-9) + 1e-9).all()
+
+
+def _step_response(limits, distance, steps=200):
+    f = SafetyFilter(PROFILE, limits)
+    home = np.asarray(PROFILE.home)
+    f.reset(home)
+    target = home.copy()
+    target[1] += distance
+    out = [home[1]] + [f(target, DT)[0][1] for _ in range(steps)]
+    return np.asarray(out) - home[1]
+
+
+@pytest.mark.parametrize("jerk", [np.inf, 2000.0, 500.0])
+def test_a_jump_in_the_target_is_reached_without_overshoot_within_the_limits(jerk):
+    from hardware.limits import JointLimits, profile_limits
+
+    base = profile_limits(PROFILE)
+    limits = JointLimits(base.lower, base.upper, base.max_velocity, np.full(14, 40.0), np.full(14, 40.0),
+                         np.full(14, jerk))
+    x = _step_response(limits, 0.5)
+    v = np.diff(x) / DT
+    a = np.diff(np.r_[0.0, v]) / DT
+    assert x.max() <= 0.5 + 1e-12 and x[-1] == pytest.approx(0.5)  # it stops at the target, not past it
+    assert np.abs(v).max() <= np.pi + 1e-9 and np.abs(a).max() <= 40.0 + 1e-9
+    if np.isfinite(jerk):
+        # A move short enough not to reach the speed limit keeps the jerk limit too (a stop at the speed
+        # or position limit may need more: they take precedence).
+        x = _step_response(limits, 0.05)
+        a = np.diff(np.r_[0.0, np.diff(x) / DT]) / DT
+        assert np.abs(np.diff(np.r_[0.0, a])).max() / DT <= jerk * (1 + 1e-6)
+        assert x.max() <= 0.05 + 1e-12 and x[-1] == pytest.approx(0.05)
+
+
+URDF = """<robot name="aloha">
+  <joint name="left_waist" type="revolute"><limit lower="-1.0" upper="1.0" velocity="1.5" effort="10"/></joint>
+  <joint name="left_gripper" type="prismatic"><limit lower="0.0" upper="0.5" velocity="2.0" effort="1"/></joint>
+  <joint name="right_wrist_rotate" type="continuous"><limit velocity="2.5" effort="1"/></joint>
+  <joint name="unrelated" type="fixed"/>
+</robot>"""
+
+
+def test_limits_come_from_the_urdf_then_joint_limits_parameters_then_the_profile():
+    from hardware.limits import limits_of
+
+    params = {"taco_policy": {"ros__parameters": {"joint_limits": {
+        "left_waist": {"has_acceleration_limits": True, "max_acceleration": 10.0, "has_jerk_limits": True,
+                       "max_jerk": 300.0, "has_velocity_limits": True, "max_velocity": 1.2},
+        "left_shoulder": {"has_acceleration_limits": False, "max_acceleration": 5.0},
+        "left_elbow": {"max_acceleration": 5.0},  # a value without its flag counts for nothing
+        "right_waist": {"has_deceleration_limits": True, "max_deceleration": 30.0}}}}}
+    lim = limits_of(PROFILE, URDF, params)
+    i = {name: k for k, name in enumerate(PROFILE.joint_names)}
+    assert (lim.lower[0], lim.upper[0]) == (-1.0, 1.0)
+    assert lim.max_velocity[0] == 1.2 and lim.max_acceleration[0] == 10.0 and lim.max_jerk[0] == 300.0
+    assert lim.max_deceleration[0] == 10.0  # no deceleration limit: the acceleration one (as ros2_control)
+    assert lim.max_acceleration[i["left_shoulder"]] == np.inf  # removed by its flag
+    assert lim.max_acceleration[i["left_elbow"]] == PROFILE.max_acceleration[2]
+    assert lim.max_deceleration[i["right_waist"]] == 30.0
+    assert lim.max_velocity[i["right_wrist_rotate"]] == 2.5
+    assert (lim.lower[i["right_wrist_rotate"]], lim.upper[i["right_wrist_rotate"]]) == (LOWER[13 - 1], UPPER[12])
+    g = i["left_gripper"]  # the gripper joint's metres become normalised opening, within the profile's range
+    assert lim.max_velocity[g] == pytest.approx(2.0 / (PROFILE.gripper.open - PROFILE.gripper.closed))
+    assert 0.0 <= lim.lower[g] < lim.upper[g] <= 1.0
+    assert lim.sources[0] == "joint_limits" and lim.sources[i["right_elbow"]] == "profile"
+    with pytest.raises(ValueError, match="names none of the profile's joints"):
+        limits_of(PROFILE, '<robot name="x"><joint name="j1" type="revolute"><limit lower="0" upper="1" '
+                           'velocity="1"/></joint></robot>')
+    with pytest.raises(ValueError, match="not a URDF"):
+        limits_of(PROFILE, "<robot")
+    f = SafetyFilter(PROFILE, lim)
+    f.reset(np.asarray(PROFILE.home))
+    safe, _ = f(np.asarray(PROFILE.home) + 5.0, DT)
+    assert safe[0] <= 1.0 and abs(safe[0] - PROFILE.home[0]) <= 10.0 * DT * DT + 1e-12
