@@ -75,6 +75,10 @@ class StateAssembler:
     def ready(self) -> bool:
         return all(arm is not None for arm in self._arms)
 
+    def stamps(self) -> list[float]:
+        """The stamp of each arm's latest reading (arms not received yet left out)."""
+        return [arm.stamp for arm in self._arms if arm is not None]
+
     def state(self) -> tuple[np.ndarray, float]:
         """float32[14] state and the oldest of the two arms' stamps."""
         for arm, reading in enumerate(self._arms):

@@ -277,18 +277,28 @@ class History:
         self._lock = threading.Lock()
 
     def push(self, observation: Observation | Mapping) -> dict[str, np.ndarray]:
-        """Validates and preprocesses one observation and keeps it; returns its feeds. The same
-        observation pushed twice (same stamp: observed, then inferred on) is kept once."""
+        """Validates and preprocesses one observation and keeps it in stamp order; returns its feeds. The
+        same observation pushed twice (same stamp: observed, then inferred on) is kept once; one older
+        than every observation kept when the history is full is not kept."""
         if isinstance(observation, Mapping):
             observation = Observation.from_dict(observation)
         feeds = self._preprocess(observation)
         stamp = observation.stamp
         with self._lock:
-            if self._frames and self._stamps[-1] == stamp:
-                self._frames[-1] = feeds
-            else:
+            stamps = list(self._stamps)
+            if stamp in stamps:
+                self._frames[stamps.index(stamp)] = feeds
+            elif not stamps or stamp > stamps[-1] or self.steps == 1:
                 self._frames.append(feeds)
                 self._stamps.append(stamp)
+            elif len(stamps) < self.steps or stamp > stamps[0]:
+                # Arrived late (a worker thread pushing after the control thread): into its place in time.
+                at = int(np.searchsorted(stamps, stamp))
+                frames = list(self._frames)
+                frames.insert(at, feeds)
+                stamps.insert(at, stamp)
+                self._frames = deque(frames[-self.steps:], maxlen=self.steps)
+                self._stamps = deque(stamps[-self.steps:], maxlen=self.steps)
         return feeds
 
     def clear(self) -> None:
@@ -313,10 +323,15 @@ class History:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def feeds(self) -> dict[str, np.ndarray]:
-        """The encoder's feeds for the observations kept (see `stack_history`)."""
+    def feeds(self, until: float | None = None) -> dict[str, np.ndarray]:
+        """The encoder's feeds for the observations kept (see `stack_history`); `until`: only those
+        stamped at or before it (an inference on an observation older than the newest kept)."""
         with self._lock:
-            frames = list(self._frames)
+            frames = [f for f, t in zip(self._frames, self._stamps) if until is None or t <= until]
+            oldest = self._stamps[0] if self._stamps else None
+        if not frames and oldest is not None:
+            raise ObservationError("stamp", f"{until} is older than every observation the history keeps "
+                                            f"(oldest {oldest})")
         if not frames:
             raise ObservationError("observation", "no observation has been pushed yet")
         return stack_history(frames, self.steps)

@@ -17,6 +17,7 @@ from runtime.select import finite_candidates, select
 from runtime.sessions import SessionConfig, make_session
 from runtime.timing import StageTimer
 from verifiers import check_verifier, load_verifier
+from verifiers.bundle import read_verifier_manifest
 from verifiers.base import Verifier, score_candidates
 
 # Largest N accepted per step; more is almost surely a units mistake (and would exhaust memory).
@@ -112,11 +113,19 @@ class Engine:
         return self._verifier
 
     def load_verifier(self, verifier: str | Path | Verifier) -> Verifier:
-        """Loads and checks a verifier against this policy without installing it."""
-        if not isinstance(verifier, Verifier):
+        """Loads and checks a verifier against this policy without installing it. A path must be a bundle
+        bound to this policy; a Verifier object made in this process (a plugin) may be unbound."""
+        made_here = isinstance(verifier, Verifier)
+        if not made_here:
+            self.check_verifier_bundle(verifier)  # refuses a foreign one before hashing and loading it
             verifier = load_verifier(verifier, lambda p: make_session(p, self.config.session))
-        check_verifier(verifier, self.manifest.feature_dim, self.bundle.fingerprint)
+        check_verifier(verifier, self.manifest.feature_dim, self.bundle.fingerprint, allow_unbound=made_here)
         return verifier
+
+    def check_verifier_bundle(self, path: str | Path) -> None:
+        """The cheap half of `load_verifier`: the bundle's manifest is valid and bound to this policy (its
+        files are not hashed, its graph not loaded). Raises BundleError naming the field."""
+        check_verifier(read_verifier_manifest(path), self.manifest.feature_dim, self.bundle.fingerprint)
 
     def set_verifier(self, verifier: str | Path | Verifier | None) -> Verifier | None:
         """Swaps the verifier between two steps. An invalid one raises and the old one stays."""
@@ -254,7 +263,7 @@ class Engine:
         if isinstance(observation, Mapping):
             observation = Observation.from_dict(observation)
         history.push(observation)
-        return history.feeds(), float(observation.stamp)
+        return history.feeds(until=observation.stamp), float(observation.stamp)
 
     def _decide(self, chunks: np.ndarray, features: np.ndarray, verifier: Verifier | None, n: int, seed: int,
                 stamp: float, timer: StageTimer, guidance: Guidance | None = None) -> Decision:

@@ -1,12 +1,18 @@
 """Chunk execution against a clock, with inference on a worker thread: what a robot node runs.
 
 The control loop calls `observe(observation)` whenever a new observation is assembled and
-`action(now)` once per control tick. `action` never waits for the engine: it hands out the action of
-the current chunk whose time is `now` (actions whose time has passed are dropped, never executed
-late), and asks the worker for a new chunk once `execute` actions of the current one are used. The
-worker runs `Engine.infer` on the latest observation; when the new chunk arrives it replaces the old
-one from the next tick on. If the chunk runs dry before that, `action` returns None and the safety
-layer holds the robot.
+`action(now)` once per control tick. `action` never waits for the engine: it hands out the current
+chunk at time `now`, between the two actions whose times are around it (so a policy of 30 actions a
+second plays at its own speed on a 50 Hz node), drops the actions whose time passed between two ticks
+(never executed late), and asks the worker for a new chunk once `execute` actions of the current one
+are used. The worker runs `Engine.infer` on the latest observation; when the new chunk arrives it
+replaces the old one from the next tick on. If the chunk runs dry before that, `action` returns None
+and the safety layer holds the robot.
+
+`invalidate` (an episode reset, an e-stop, a verifier swap, a hold) forgets the chunk and the
+observation waiting, and a decision whose inference started before it is thrown away when it
+arrives: nothing computed before the event reaches the robot after it. The control thread does no
+preprocessing: observations of a policy with history are handed to the worker, which keeps them.
 
 With an `AsyncConfig` it plans for the inference delay as `runtime.executor.AsyncChunkExecutor` does in
 simulation: it measures each decision's wall time (a remote server's network time included), plans for
@@ -17,6 +23,7 @@ re-indexed to the new observation's time.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import deque
@@ -27,7 +34,7 @@ import numpy as np
 from policies.guidance import delay_steps
 from policies.observation import Observation
 from runtime.engine import Decision, Engine
-from runtime.executor import AsyncConfig, DelayEstimator, ExecutorConfig, decision_seed, stale_actions
+from runtime.executor import AsyncConfig, DelayEstimator, ExecutorConfig, decision_seed
 
 
 @dataclass
@@ -73,34 +80,56 @@ class RealtimeExecutor:
         self._next = 0
         self._executed = 0
         self._wanted = True  # a new chunk is wanted
+        self._reset_history = False  # the worker must empty the engine's history before the next inference
         self._started_at: float | None = None  # clock time the inference in flight started
         self._span: tuple[float | None, float | None] = (None, None)  # of the current decision
         self._count = 0
         self._closed = False
+        # Bumped by `invalidate`; a decision started under an older epoch is discarded.
+        self._epoch = 0
+        # Observations for a policy with history, for the worker to keep (oldest first).
+        self._pending: deque[Observation] = deque(maxlen=4 * max(1, engine.manifest.history))
         # Recent inference errors (e.g. an observation the bundle refuses); the node drains and logs them.
         self.errors: deque[Exception] = deque(maxlen=100)
         self.dropped = 0
+        # Decisions thrown away because an invalidation came while they were computed.
+        self.discarded = 0
         self._worker = threading.Thread(target=self._run, name="taco-inference", daemon=True)
         self._worker.start()
 
     def observe(self, observation: Observation) -> None:
         """Makes `observation` the one the next inference uses (and, for a policy with history, one
-        of those it encodes together)."""
-        try:
-            self.engine.observe(observation)
-        except Exception as exc:  # noqa: BLE001 - reported to the node like an inference error
-            with self._wake:
-                self.errors.append(exc)
-            return
+        of those it encodes together). Cheap: the worker preprocesses it."""
         with self._wake:
+            if self.engine.manifest.history > 1:
+                self._pending.append(observation)
             self._latest = observation
             self._wake.notify()
 
     def reset(self) -> None:
-        """Forgets the current chunk (e.g. at an episode start or after an e-stop reset)."""
+        """Forgets the current chunk and the observation history (an episode start)."""
+        self.invalidate(history=True)
+
+    def invalidate(self, history: bool = False) -> None:
+        """Forgets the current chunk and the observation waiting; the decision in flight, if any, is
+        discarded when it arrives. `history`: also forget the observations a policy with history keeps."""
         with self._wake:
-            self._decision, self._latest, self._wanted = None, None, True
-        self.engine.reset()
+            self._epoch += 1
+            self._decision, self._latest, self._wanted, self._fresh = None, None, True, False
+            if history:
+                self._pending.clear()
+                self._reset_history = True
+            self._wake.notify()
+
+    def waiting(self) -> bool:
+        """Whether an observation waits for the worker to take it (it is busy, or about to be)."""
+        with self._wake:
+            return self._wanted and self._latest is not None and not self._closed
+
+    def inference_elapsed(self) -> float:
+        """Seconds the inference in flight has been running (0 when none is)."""
+        with self._wake:
+            return 0.0 if self._started_at is None else self._clock() - self._started_at
 
     def action(self, now: float) -> Tick:
         with self._wake:
@@ -108,30 +137,44 @@ class RealtimeExecutor:
             decision = self._decision
             if decision is None:
                 return Tick(None, None, False, elapsed)
-            times = decision.times
-            stale = stale_actions(times, self._next, now, self.dt)
-            self.dropped += stale
-            self._next += stale
             new, self._fresh = self._fresh, False
             span = self._span
-            if self._next >= len(times):
+            last = len(decision.times) - 1
+            # Fractional index of `now` in the chunk; the action nearest it is the one in force.
+            position = (now - decision.times[0]) / self.dt
+            nearest = math.floor(position + 0.5)
+            if abs(position - nearest) < 1e-6:  # a tick at an action's time executes that action exactly
+                position = float(nearest)
+            if nearest > last:
+                self.dropped += max(0, last + 1 - self._next)
+                self._next = last + 1
                 self._wanted = True
                 self._wake.notify()
                 return Tick(None, decision, new, elapsed, *span)
-            action = decision.chunk[self._next].astype(np.float64)
-            self._next += 1
-            self._executed += 1
-            if self._executed >= self._due() and not self._wanted:
-                self._wanted = True
-                self._wake.notify()
+            if nearest >= self._next:
+                self.dropped += nearest - self._next  # their time passed between two ticks
+                self._next = nearest + 1
+                self._executed += 1
+                if self._executed >= self._due() and not self._wanted:
+                    self._wanted = True
+                    self._wake.notify()
+            position = min(max(position, 0.0), float(last))
+            i = min(int(position), last - 1) if last > 0 else 0
+            w = position - i
+            chunk = decision.chunk
+            action = chunk[i].astype(np.float64) if w == 0 or last == 0 else \
+                (1 - w) * chunk[i].astype(np.float64) + w * chunk[i + 1].astype(np.float64)
             return Tick(action, decision, new, elapsed, *span)
 
-    def upcoming(self, limit: int) -> np.ndarray:
-        """float64[K, A]: the actions after the one last handed out, at most `limit` (for trajectory sinks)."""
+    def upcoming(self, now: float, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """The current chunk's actions for times after `now`, at most `limit`: (times float64[K],
+        actions float64[K, A]), for trajectory sinks."""
         with self._wake:
-            if self._decision is None:
-                return np.empty((0, len(self.engine.manifest.action_names)))
-            return self._decision.chunk[self._next: self._next + limit].astype(np.float64)
+            decision = self._decision
+            if decision is None:
+                return np.empty(0), np.empty((0, len(self.engine.manifest.action_names)))
+            later = np.flatnonzero(decision.times > now)[:limit]
+            return decision.times[later].copy(), decision.chunk[later].astype(np.float64)
 
     def _due(self) -> int:
         """Actions of the current chunk used before the next is asked for: `execute`, less the delay planned
@@ -160,12 +203,20 @@ class RealtimeExecutor:
                 if self._closed:
                     return
                 observation, self._latest = self._latest, None
+                pending, self._pending = list(self._pending), deque(maxlen=self._pending.maxlen)
+                reset_history, self._reset_history = self._reset_history, False
+                epoch = self._epoch
                 self._started_at = self._clock()
                 seed = decision_seed(self._seed, self._count, self.config.noise_stream)
                 self._count += 1
                 guidance = self._guidance(observation)
             started = time.perf_counter()
             try:
+                if reset_history:
+                    self.engine.reset()
+                for earlier in pending:  # a policy with history keeps the observations between decisions
+                    if earlier is not observation:
+                        self.engine.observe(earlier)
                 decision = self.engine.infer(observation, n=self.config.n, seed=seed, guidance=guidance)
                 wall = time.perf_counter() - started
             except Exception as exc:  # noqa: BLE001 - reported to the node, which logs it and holds
@@ -175,7 +226,10 @@ class RealtimeExecutor:
                 continue
             with self._wake:  # the control thread reads the delays (under this lock)
                 self.delays.add(wall)
+                started_at, self._started_at = self._started_at, None
+                if epoch != self._epoch:  # invalidated while it was computed: never executed
+                    self.discarded += 1
+                    continue
                 self._decision, self._fresh = decision, True
                 self._next, self._executed, self._wanted = 0, 0, False
-                self._span = (self._started_at, self._clock())
-                self._started_at = None
+                self._span = (started_at, self._clock())

@@ -311,3 +311,29 @@ def test_a_bundle_with_a_shared_prefix_only_batches_its_encoder_call():
     assert calls == [{"prefix_kv": 1, "prefix_bias": 1}] * 3
     for a, b in zip(solo, batch):
         np.testing.assert_allclose(b.chunk, a, atol=1e-5)
+
+
+def test_a_history_keeps_observations_in_time_order_whoever_pushes_them_last():
+    """The control thread observes t=2 while the worker still pushes the t=1 it infers on: the history stays
+    t=0, 1, 2 and an inference on t=1 encodes t=0, 1, not 2 (it used to append t=1 after t=2)."""
+    from policies.observation import Observation
+    from policies.sampler import History
+
+    history = History(3, lambda o: {"state": np.asarray(o.state, np.float32)[None]})
+
+    def obs(t):
+        return Observation(images={}, state=np.array([t], np.float32), task="", stamp=float(t))
+
+    for t in (0, 2, 1):
+        history.push(obs(t))
+    np.testing.assert_array_equal(history.feeds()["state"][0, :, 0], [0, 1, 2])
+    np.testing.assert_array_equal(history.feeds(until=1.0)["state"][0, :, 0], [0, 0, 1])
+    history.push(obs(3))
+    history.push(obs(0.5))  # older than all kept of a full history: not kept
+    np.testing.assert_array_equal(history.feeds()["state"][0, :, 0], [1, 2, 3])
+    with pytest.raises(ObservationError, match="older than every observation"):
+        history.feeds(until=0.5)
+    single = History(1, lambda o: {"state": np.asarray(o.state, np.float32)[None]})
+    single.push(obs(5))
+    single.push(obs(4))  # one step: the observation pushed is the one encoded, whatever its stamp
+    assert single.feeds(until=4.0)["state"][0, 0] == 4

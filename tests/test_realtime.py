@@ -45,7 +45,9 @@ def test_actions_follow_the_clock_and_replan_after_execute(executor, flow):
     late = executor.action(3 * dt)
     np.testing.assert_array_equal(late.action, first.decision.chunk[3])
     assert executor.dropped == 2 and not late.new_decision
-    np.testing.assert_array_equal(executor.upcoming(2), first.decision.chunk[4:6])
+    times, rows = executor.upcoming(3 * dt, 2)
+    np.testing.assert_array_equal(rows, first.decision.chunk[4:6])
+    np.testing.assert_array_equal(times, first.decision.times[4:6])
     # `execute` = 3 actions handed out -> a new chunk is wanted; it comes from the next observation.
     executor.observe(replace(obs, stamp=4 * dt))
     second = _wait_for(executor, 4 * dt, lambda t: t.decision is not first.decision)

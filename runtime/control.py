@@ -1,0 +1,261 @@
+"""The robot-side control loop without ROS: what the policy node runs, so that its rules are unit-tested.
+
+The node converts each message and calls one method here (`joint_state`, `image`, `instruction`,
+`reset`, `estop`, `estop_reset`, `heartbeat`, `invalidate` after a verifier swap) and, once per control
+tick, `tick(now)`, whose result it publishes through its sink. Every command passes the safety layer.
+
+The rule that ties events to commands: an episode reset, an e-stop (latched or released), a change of
+instruction, a verifier swap, and every hold the watchdog decides (a stale or future-stamped
+observation, a missing heartbeat, an overrunning inference) invalidate the chunk being executed and
+the inference in flight. The robot then holds until a decision arrives whose inference started after
+the event, from an observation every part of which arrived after it: no command computed before an
+event reaches the robot after it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hardware.limits import JointLimits
+from hardware.profiles import RobotProfile
+from hardware.robot_io import StateAssembler, assemble_observation
+from hardware.safety import FilterReport, SafetyLayer, WatchdogConfig, preview
+from policies.observation import Observation
+from policies.tokenizer import NoTokenizer
+from runtime.executor import AsyncConfig, ExecutorConfig
+from runtime.realtime import RealtimeExecutor, Tick
+
+
+def check_robot(manifest, profile: RobotProfile, rate: float, trajectory_sink: bool) -> None:
+    """Refuses, naming the field, a policy (an Engine's or a RemoteEngine's manifest) that does not fit the
+    robot: its state and action joints must be the profile's, in the profile's order; a sink that sends
+    one command per tick must tick at least as often as the policy's actions come (else actions would be
+    skipped; a trajectory sink sends them at their own times, so any rate works)."""
+    for field_name, names in (("action.names", manifest.action_names), ("state.names", manifest.state_names)):
+        names, robot = tuple(names), tuple(profile.joint_names)
+        if names != robot:
+            if sorted(names) == sorted(robot):
+                i = next(k for k, (a, b) in enumerate(zip(names, robot)) if a != b)
+                raise ValueError(f"{field_name}: the policy {manifest.name!r} orders its joints differently from "
+                                 f"the robot profile {profile.name!r} (position {i}: {names[i]!r}, robot "
+                                 f"{robot[i]!r}); re-export it in the robot's order")
+            raise ValueError(f"{field_name}: the policy {manifest.name!r} has joints {list(names)}, the robot "
+                             f"profile {profile.name!r} has {list(robot)}")
+    policy_hz = 1.0 / manifest.action_dt
+    if not trajectory_sink and rate < policy_hz * (1 - 1e-6):
+        raise ValueError(f"rate: {rate:g} Hz is slower than the policy's {policy_hz:g} actions a second, so a "
+                         f"sink that sends one command per tick would skip actions; run at >= {policy_hz:g} Hz "
+                         "or use the jtc sink")
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """Settings of a ControlLoop (the policy node's parameters)."""
+
+    # Control ticks per second: one command per tick.
+    rate: float
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    # The session's noise seed (decision k draws decision_seed(seed, k)).
+    seed: int = 0
+    # Delay planning and real-time chunking; None: neither.
+    timing: AsyncConfig | None = None
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    # Future actions sent with each tick's command (trajectory sinks); 0: the command alone.
+    horizon: int = 0
+
+    def __post_init__(self):
+        if not self.rate > 0 or self.horizon < 0:
+            raise ValueError(f"rate must be > 0 and horizon >= 0, got {self.rate}, {self.horizon}")
+
+
+@dataclass
+class TickResult:
+    """What one control tick sends. `command` None: nothing is sent yet (no measured position to start from)."""
+
+    # float64[J]: the safe command for now, robot units.
+    command: np.ndarray | None
+    report: FilterReport
+    # Trajectory sinks: (seconds after now float64[K], safe commands float64[K, J]) of the rest of the chunk.
+    upcoming: tuple[np.ndarray, np.ndarray] | None = None
+    # The executor's tick (the decision the command comes from), or None when holding for an event.
+    tick: Tick | None = None
+
+
+class ControlLoop:
+    """Observation assembly, chunk execution and the safety layer for one robot. Thread-safe: every method
+    may be called from the node's callbacks while another thread ticks."""
+
+    # Recent (arrival - stamp) offsets kept per source, for the clock diagnostics.
+    offset_window = 50
+
+    def __init__(self, engine, profile: RobotProfile, config: ControlConfig, limits: JointLimits | None = None,
+                 clock=time.monotonic, trajectory_sink: bool | None = None):
+        trajectory_sink = config.horizon > 0 if trajectory_sink is None else trajectory_sink
+        check_robot(engine.manifest, profile, config.rate, trajectory_sink)
+        self.engine, self.profile, self.config = engine, profile, config
+        self.executor = RealtimeExecutor(engine, config.executor, seed=config.seed, clock=clock, timing=config.timing)
+        self.safety = SafetyLayer(profile, config.watchdog, limits)
+        self.safety.dt = 1.0 / config.rate
+        self.assembler = StateAssembler(profile)
+        self.cameras = [c.name for c in engine.manifest.cameras]
+        self.task = ""
+        # A policy without a tokenizer takes no instruction; every other one holds until it has one.
+        self.needs_task = not isinstance(getattr(engine.manifest, "tokenizer", None), NoTokenizer)
+        self._lock = threading.RLock()
+        # Per observation part (arm joint states, cameras): the message's stamp and when it arrived.
+        self._images: dict[str, tuple[np.ndarray, float]] = {}
+        self._arrived: dict[str, float] = {}
+        self._offsets: dict[str, deque[float]] = {}
+        self.anchored = False  # the safety filter knows where the robot is
+        self.reset_stamp = -np.inf
+        # When the last invalidating event happened (this computer's clock), and what it was.
+        self.invalidated_at = -np.inf
+        self.last_event: str | None = None
+        self.stats = {"ticks": 0, "held_ticks": 0, "decisions": 0, "invalidations": 0}
+
+    # -- inputs ------------------------------------------------------------------------------------
+
+    def joint_state(self, arm: int, names, positions, stamp: float, now: float) -> None:
+        """One arm's sensor_msgs/JointState fields; raises ObservationError naming a bad field."""
+        with self._lock:
+            self.assembler.update(arm, names, positions, stamp)
+            self._arrival(f"{self.profile.arm_namespaces[arm]}/joint_states", stamp, now)
+
+    def image(self, camera: str, image: np.ndarray, stamp: float, now: float) -> None:
+        with self._lock:
+            self._images[camera] = (image, stamp)
+            self._arrival(camera, stamp, now)
+
+    def _arrival(self, source: str, stamp: float, now: float) -> None:
+        self._arrived[source] = now
+        self._offsets.setdefault(source, deque(maxlen=self.offset_window)).append(now - stamp)
+
+    def instruction(self, text: str, now: float) -> None:
+        with self._lock:
+            if text != self.task:
+                self.task = text
+                self.invalidate("instruction changed", now)
+
+    def reset(self, stamp: float, now: float) -> None:
+        """A new episode: the chunk and the history are forgotten, and commands start again only from a
+        state measured at or after `stamp`."""
+        with self._lock:
+            self.executor.reset()
+            self._invalidated("episode reset", now)
+            self.anchored = False
+            self.reset_stamp = stamp
+
+    def estop(self, reason: str, now: float) -> str:
+        """Latches the e-stop; returns its id, which `estop_reset` must name."""
+        with self._lock:
+            estop_id = self.safety.estop(reason)
+            self.invalidate(f"e-stop: {reason}", now)
+            return estop_id
+
+    def estop_reset(self, estop_id: str, now: float) -> None:
+        """Releases the e-stop if `estop_id` names it and the operator's heartbeat is alive; raises
+        ValueError saying why not. Commands resume from a freshly measured position."""
+        with self._lock:
+            missing = self.safety.heartbeat_missing(now)
+            if missing:
+                raise ValueError(f"e-stop reset refused: {missing}")
+            self.safety.reset_estop(estop_id)
+            self.anchored = False  # re-anchored on a position measured after the release
+            self.invalidate("e-stop released", now)
+
+    def heartbeat(self, now: float) -> None:
+        with self._lock:
+            self.safety.heartbeat(now)
+
+    def invalidate(self, why: str, now: float) -> None:
+        """Forgets the chunk and the inference in flight (see the module docstring)."""
+        with self._lock:
+            self.executor.invalidate()
+            self._invalidated(why, now)
+
+    def _invalidated(self, why: str, now: float) -> None:
+        self.stats["invalidations"] += 1
+        self.invalidated_at, self.last_event = now, why
+
+    # -- the tick ----------------------------------------------------------------------------------
+
+    def observation(self) -> tuple[Observation | None, str | None]:
+        """The latest complete observation, or None and what is missing."""
+        with self._lock:
+            if not self.assembler.ready:
+                return None, "joint states of both arms not received yet"
+            missing = [c for c in self.cameras if c not in self._images]
+            if missing:
+                return None, f"no image yet from {missing}"
+            if self.needs_task and not self.task:
+                return None, "no task instruction (the task parameter or /taco/instruction)"
+            state, stamp = self.assembler.state()
+            return assemble_observation(state, stamp, {c: self._images[c] for c in self.cameras}, self.task), None
+
+    def _sources(self) -> list[str]:
+        return [f"{ns}/joint_states" for ns in self.profile.arm_namespaces] + self.cameras
+
+    def _arrived_after_event(self) -> bool:
+        return all(self._arrived.get(s, -np.inf) > self.invalidated_at for s in self._sources())
+
+    def _newest_part(self) -> tuple[str, float] | None:
+        """(name, stamp) of the observation's most recently stamped part."""
+        parts = [(c, stamp) for c, (_, stamp) in self._images.items() if c in self.cameras]
+        parts += [(f"{ns}/joint_states", stamp) for ns, stamp in zip(self.profile.arm_namespaces,
+                                                                     self.assembler.stamps())]
+        return max(parts, key=lambda p: p[1], default=None)
+
+    def tick(self, now: float) -> TickResult:
+        with self._lock:
+            self.stats["ticks"] += 1
+            observation, why = self.observation()
+            fresh = observation is not None and self._arrived_after_event()
+            if not self.anchored:
+                # No command before the filter knows where the robot is, from a state measured after a reset.
+                if not fresh or observation.stamp < self.reset_stamp:
+                    return TickResult(None, FilterReport(held=True, reason=why or "waiting for a state measured "
+                                                                                  "after the last reset"))
+                self.safety.reset(observation.state)
+                self.anchored = True
+            reason = self.safety.check(now, None if observation is None else observation.stamp,
+                                       self.executor.inference_elapsed() or None, self._newest_part())
+            if observation is None and reason == "observation has no valid stamp":
+                reason = why
+            if reason is not None:
+                self.invalidate(reason, now)
+                return self._hold(now, reason)
+            if fresh:
+                self.executor.observe(observation)
+            tick = self.executor.action(now)
+            if tick.action is None:
+                waiting = tick.decision is None and self.last_event is not None
+                return self._hold(now, f"waiting for a decision made after: {self.last_event}" if waiting
+                                  else "no action available", tick)
+            if tick.new_decision:
+                self.stats["decisions"] += 1
+            command, report = self.safety.step(tick.action)
+            upcoming = None
+            if self.config.horizon:
+                times, actions = self.executor.upcoming(now, self.config.horizon)
+                rows = preview(self.safety.filter, actions, np.diff(np.concatenate([[now], times])))
+                self.safety.commit(np.concatenate([[now], times]), np.vstack([command[None], rows]))
+                upcoming = (times - now, rows)
+            return TickResult(command, report, upcoming, tick)
+
+    def _hold(self, now: float, reason: str, tick: Tick | None = None) -> TickResult:
+        self.stats["held_ticks"] += 1
+        return TickResult(self.safety.hold(now), FilterReport(held=True, reason=reason), None, tick)
+
+    def clock_offsets_ms(self) -> dict[str, float]:
+        """Per source, the median of (arrival on this computer's clock - message stamp) over recent messages,
+        ms: transport latency when the clocks agree; negative when a driver's clock runs ahead."""
+        with self._lock:
+            return {s: round(float(np.median(v)) * 1e3, 3) for s, v in self._offsets.items() if v}
+
+    def close(self) -> None:
+        self.executor.close()

@@ -1,0 +1,349 @@
+"""The robot-side control loop (runtime.control): what the policy node runs, without ROS.
+
+A fake engine makes every decision wait until the test lets it finish, so events can be placed while
+an inference is in flight; each decision's chunk carries its own id, so every command the loop sends can
+be traced back to the decision and the observation it came from.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hardware.profiles import ALOHA_VIPERX as PROFILE
+from hardware.safety import WatchdogConfig
+from runtime.control import ControlConfig, ControlLoop, check_robot
+from runtime.engine import Decision
+from runtime.executor import ExecutorConfig
+
+HOME = np.asarray(PROFILE.home, np.float64)
+CHUNK = 100
+
+
+@dataclass
+class FakeManifest:
+    name: str = "fake"
+    action_names: tuple = PROFILE.joint_names
+    state_names: tuple = PROFILE.joint_names
+    action_dt: float = 0.02
+    chunk_length: int = CHUNK  # 2 s: events come while a chunk is executing
+    history: int = 1
+    rtc: bool = False
+    cameras: tuple = ()
+
+
+class FakeEngine:
+    """Decisions on demand: `infer` blocks until `finish()`; decision k's chunk is HOME + k * 1e-4 (+ a ramp),
+    and `made[k]` records when its inference started and the observation it was computed from."""
+
+    def __init__(self, clock, manifest=None):
+        self.manifest = manifest or FakeManifest()
+        self.verifier = None
+        self.clock = clock
+        self.made: dict[int, tuple[float, object]] = {}
+        self._go = threading.Semaphore(0)
+        self.returned = 0
+        self.entered = 0
+
+    def observe(self, observation):
+        pass
+
+    def reset(self):
+        pass
+
+    def finish(self):
+        self._go.release()
+
+    def infer(self, observation, n=None, seed=None, guidance=None):
+        k = len(self.made) + 1
+        self.made[k] = (self.clock(), observation)
+        self.entered += 1
+        assert self._go.acquire(timeout=10), "the test never let the inference finish"
+        m = self.manifest
+        # Joint 0 carries the decision's id; the others move along the chunk.
+        ramp = np.linspace(0, 0.002, m.chunk_length)[:, None] * np.r_[0, np.ones(5), 0, np.ones(6), 0]
+        chunk = (HOME + k * 1e-4 * np.eye(14)[0] + ramp).astype(np.float64)
+        self.returned += 1
+        return Decision(chunk=chunk, times=observation.stamp + m.action_dt * np.arange(m.chunk_length),
+                        index=0, scores=None, candidates=None, features=None, timings={"total": 0.0}, n=1,
+                        seed=int(seed or 0), verifier=None, policy_fingerprint="f" * 64)
+
+
+def decision_id(command) -> int:
+    """Which decision a command came from (the filter passes these small steps unchanged)."""
+    return int(round((command[0] - HOME[0]) / 1e-4))
+
+
+class Robot:
+    """The test's robot: a clock (shared with the loop's executor), and joint states delivered to the loop."""
+
+    def __init__(self, loop, engine, clock):
+        self.loop, self.engine, self.clock = loop, engine, clock
+        self.arrivals: dict[float, float] = {}  # observation stamp -> when its parts arrived
+
+    @property
+    def now(self):
+        return self.clock.now
+
+    def publish(self, stamp_offset=0.0, heartbeat=True):
+        stamp = self.now + stamp_offset
+        names = [*PROFILE.arm_joint_names, PROFILE.gripper_state_joint]
+        for arm in range(2):
+            part = HOME[7 * arm: 7 * arm + 7]
+            self.loop.joint_state(arm, names, [*part[:6], PROFILE.gripper_state.to_joint(part[6])], stamp, self.now)
+        self.arrivals[stamp] = self.now
+        if heartbeat:
+            self.loop.heartbeat(self.now)
+
+    def step(self, dt=0.02, **publish):
+        """Time passes, fresh measurements arrive, one control tick."""
+        self.clock.now += dt
+        self.publish(**publish)
+        return self.tick()
+
+    def tick(self):
+        """One control tick; returns once the worker has taken the observation it was handed, if any (so
+        that which inference is in flight when the next event comes does not depend on scheduling)."""
+        result = self.loop.tick(self.now)
+        _wait(lambda: not self.loop.executor.waiting() or self.engine.entered > self.engine.returned,
+              "the worker to take the observation")
+        return result
+
+    def decide(self):
+        """Lets the inference in flight finish (waiting for it to start first) and be installed or dropped."""
+        k = self.engine.returned + 1
+        _wait(lambda: self.engine.entered >= k, "an inference to start")
+        self.engine.finish()
+        _settle(self.loop, self.engine, k)
+
+
+class Clock:
+    def __init__(self, now=100.0):
+        self.now = now
+
+
+def make_loop(*, heartbeat=0.5, horizon=0, manifest=None, rate=50.0):
+    clock = Clock()
+    engine = FakeEngine(lambda: clock.now, manifest)
+    watchdog = WatchdogConfig(max_observation_age=0.2, max_inference_time=5.0, max_future_stamp=0.05,
+                              heartbeat_timeout=heartbeat)
+    loop = ControlLoop(engine, PROFILE, ControlConfig(rate=rate, executor=ExecutorConfig(n=1, execute=8),
+                                                      watchdog=watchdog, horizon=horizon),
+                       clock=lambda: clock.now)
+    loop.instruction("transfer the cube", clock.now)
+    robot = Robot(loop, engine, clock)
+    robot.publish()
+    return loop, engine, robot
+
+
+def _wait(pred, what, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _settle(loop, engine, k):
+    """Waits until the worker has returned decision `k` and installed or discarded it."""
+    _wait(lambda: engine.returned >= k and loop.executor.inference_elapsed() == 0.0, "the worker")
+
+
+@pytest.fixture
+def started():
+    """A loop that has made its first decision, and its robot."""
+    loop, engine, robot = make_loop()
+    robot.step()  # anchors on the measured position, asks for a decision
+    robot.decide()
+    yield loop, engine, robot
+    for _ in range(3):
+        engine.finish()
+    loop.close()
+
+
+# -- the robot's rules -----------------------------------------------------------------------------------
+
+
+def test_a_policy_whose_joints_are_not_the_robots_is_refused_by_name():
+    with pytest.raises(ValueError, match="orders its joints differently.*position 0: 'left_shoulder'"):
+        names = (PROFILE.joint_names[1], PROFILE.joint_names[0], *PROFILE.joint_names[2:])
+        check_robot(FakeManifest(action_names=names), PROFILE, 50.0, False)
+    with pytest.raises(ValueError, match="state.names"):
+        check_robot(FakeManifest(state_names=tuple(f"s{i}" for i in range(14))), PROFILE, 50.0, False)
+    with pytest.raises(ValueError, match="rate: 25 Hz is slower than the policy's 50"):
+        check_robot(FakeManifest(), PROFILE, 25.0, False)
+    check_robot(FakeManifest(), PROFILE, 25.0, True)  # a trajectory sink sends each action at its time
+
+
+def test_a_30_fps_policy_plays_at_its_own_speed_on_a_50_hz_loop():
+    """Each tick commands the chunk at that moment (between the actions around it): 0.3 s after the
+    observation the arm is where the policy's 10th action (0.3 s at 30 fps) puts it, not its 15th."""
+    loop, engine, robot = make_loop(manifest=FakeManifest(action_dt=1 / 30))
+    try:
+        robot.step()
+        robot.decide()
+        while True:
+            result = robot.step()
+            decision = result.tick.decision
+            if robot.now >= decision.times[0] + 0.3 - 1e-9:
+                break
+        np.testing.assert_allclose(result.command, decision.chunk[9], atol=1e-9)
+        expected = [np.interp(robot.now, decision.times, decision.chunk[:, j]) for j in range(14)]
+        np.testing.assert_allclose(result.command, expected, atol=1e-9)
+        assert loop.executor.dropped == 1  # only action 0: its time had passed when the decision arrived
+    finally:
+        engine.finish()
+        loop.close()
+
+
+def test_the_trajectory_sink_gets_each_action_at_its_own_time():
+    loop, engine, robot = make_loop(manifest=FakeManifest(action_dt=1 / 30), horizon=16, rate=20.0)
+    try:
+        robot.step(0.05)
+        robot.decide()
+        result = robot.step(0.05)
+        offsets, rows = result.upcoming
+        decision = result.tick.decision
+        later = decision.times > robot.now
+        np.testing.assert_allclose(offsets, decision.times[later][:16] - robot.now)
+        np.testing.assert_allclose(rows, decision.chunk[later][:16], atol=1e-9)
+        # What went ahead is what a hold stops at: the trajectory's position then, not the last tick's.
+        robot.clock.now += 0.01
+        held = loop.safety.hold(robot.now)
+        times = np.concatenate([[robot.now - 0.01], decision.times[later][:16]])
+        commands = np.vstack([result.command, rows])
+        np.testing.assert_allclose(held, [np.interp(robot.now, times, commands[:, j]) for j in range(14)])
+    finally:
+        engine.finish()
+        loop.close()
+
+
+def test_reset_discards_the_inference_in_flight(started):
+    loop, engine, robot = started
+    assert not robot.step().report.held  # executing decision 1
+    loop.executor.invalidate()  # (a replan is due; start decision 2 now)
+    robot.step()
+    _wait(lambda: engine.entered == 2, "decision 2 to start")
+    loop.reset(robot.now, robot.now)  # a new episode while decision 2 is computed
+    robot.decide()
+    assert loop.executor.discarded == 1
+    for _ in range(5):
+        result = robot.step()
+        assert result.command is None or result.report.held  # nothing of the old episode's decisions
+    robot.decide()
+    result = robot.step()
+    assert not result.report.held and decision_id(result.command) == 3
+
+
+def test_estop_holds_and_needs_its_id_and_the_heartbeat_to_release(started):
+    loop, engine, robot = started
+    assert not robot.step().report.held
+    estop = loop.estop("operator", robot.now)
+    result = robot.step()
+    assert result.report.held and "e-stop" in result.report.reason
+    with pytest.raises(ValueError, match="names"):
+        loop.estop_reset("0000", robot.now)
+    robot.clock.now += 1.0  # the operator's console went quiet
+    with pytest.raises(ValueError, match="heartbeat"):
+        loop.estop_reset(estop, robot.now)
+    robot.publish()
+    loop.estop_reset(estop, robot.now)
+    assert not loop.safety.estopped and not loop.anchored  # re-anchored on the next measured position
+    result = robot.step()
+    assert result.command is not None and result.report.held  # no decision made after the release yet
+    robot.decide()
+    result = robot.step()
+    assert not result.report.held and decision_id(result.command) == 2
+
+
+def test_a_future_stamped_observation_holds_with_the_part_named_and_the_offset_is_reported(started):
+    loop, engine, robot = started
+    result = robot.step(stamp_offset=0.3)  # the drivers' clock runs 300 ms ahead of ours
+    assert result.report.held and "joint_states stamped 300 ms in the future" in result.report.reason
+    for _ in range(4):
+        robot.step(stamp_offset=0.3)
+    assert loop.clock_offsets_ms()["follower_left/joint_states"] == pytest.approx(-300.0)
+
+
+def test_a_lost_heartbeat_holds_until_a_decision_made_after_it_returns(started):
+    loop, engine, robot = started
+    last_heartbeat = robot.now
+    for _ in range(40):  # 0.8 s of measurements without a heartbeat
+        result = robot.step(heartbeat=False)
+    assert result.report.held and "heartbeat lost" in result.report.reason
+    result = robot.step()  # the heartbeat is back
+    assert result.report.held  # decision 1 (and any started before the loss) never again
+    for _ in range(5):
+        if engine.entered > engine.returned:
+            robot.decide()
+        result = robot.step()
+        if not result.report.held:
+            break
+    assert not result.report.held
+    assert engine.made[decision_id(result.command)][0] > last_heartbeat + 0.5
+
+
+# -- no command computed before an event reaches the robot after it ---------------------------------------
+
+EVENTS = ["tick", "tick", "tick", "finish", "finish", "stale", "future", "reset", "estop", "release", "swap",
+          "instruction", "quiet"]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(EVENTS), min_size=5, max_size=50))
+def test_no_command_computed_before_an_event_reaches_the_sink_after_it(events):
+    loop, engine, robot = make_loop()
+    last_event = -np.inf
+    estop_id = None
+    try:
+        for event in ["tick", *events, "finish", "tick", "tick"]:
+            if event == "finish":
+                if engine.entered > engine.returned:
+                    robot.decide()
+                continue
+            robot.clock.now += 0.02
+            if event == "stale":
+                robot.publish(stamp_offset=-1.0)
+                last_event = robot.now  # the loop holds at this tick
+            elif event == "future":
+                robot.publish(stamp_offset=+1.0)
+                last_event = robot.now
+            elif event == "quiet":  # no heartbeat for longer than its timeout
+                robot.clock.now += 0.6
+                robot.publish(heartbeat=False)
+                last_event = robot.now
+            else:
+                robot.publish()
+            if event == "reset":
+                loop.reset(robot.now, robot.now)
+                last_event = robot.now
+            elif event == "estop":
+                estop_id = loop.estop("test", robot.now)
+                last_event = robot.now
+            elif event == "release" and estop_id is not None:
+                loop.estop_reset(estop_id, robot.now)
+                estop_id = None
+                last_event = robot.now
+            elif event == "swap":
+                loop.invalidate("verifier swapped", robot.now)
+                last_event = robot.now
+            elif event == "instruction":
+                loop.instruction(f"task at {robot.now}", robot.now)
+                last_event = robot.now
+            result = robot.tick()
+            if result.command is not None and not result.report.held:
+                k = decision_id(result.command)
+                started_at, observation = engine.made[k]
+                assert started_at > last_event, (event, k, started_at, last_event)
+                assert robot.arrivals[observation.stamp] > last_event, (event, k)
+    finally:
+        for _ in range(engine.entered - engine.returned + 1):
+            engine.finish()
+        loop.close()
