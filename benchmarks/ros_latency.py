@@ -44,11 +44,11 @@ def main() -> None:
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image, JointState
-    from std_msgs.msg import String
+    from std_msgs.msg import Header, String
 
     from hardware.profiles import ALOHA_VIPERX as PROFILE
-    from ros_nodes.common import (DIAGNOSTICS_TOPIC, IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS,
-                                  joint_state_topic)
+    from ros_nodes.common import (DIAGNOSTICS_TOPIC, HEARTBEAT_TOPIC, IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC,
+                                  LATCHED_QOS, joint_state_topic)
     from ros_nodes.convert import image_to_cdr, joint_state_msg
     from ros_nodes.launcher import node_command
     from policies.shipped import resolve_policy
@@ -58,6 +58,7 @@ def main() -> None:
     node = rclpy.create_node("taco_latency_bench")
     states = [node.create_publisher(JointState, joint_state_topic(ns), 10) for ns in PROFILE.arm_namespaces]
     camera = node.create_publisher(Image, IMAGE_TOPIC.format(camera="cam_high"), IMAGE_QOS)
+    heartbeat = node.create_publisher(Header, HEARTBEAT_TOPIC, 10)  # the operator's: without it the node holds
     node.create_publisher(String, INSTRUCTION_TOPIC, LATCHED_QOS).publish(String(data="transfer the cube"))
     frame = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
     names = [*PROFILE.arm_joint_names, PROFILE.gripper_state_joint, "right_finger"]
@@ -72,6 +73,7 @@ def main() -> None:
         # Serialized directly, as a C++ camera driver would: rclpy's own Image conversion costs ~30 ms
         # for 480x640 and would be counted as latency.
         camera.publish(image_to_cdr(frame, now, "cam_high"))
+        heartbeat.publish(Header(stamp=node.get_clock().now().to_msg()))
 
     def on_diagnostics(msg):
         arrived = node.get_clock().now().nanoseconds * 1e-9

@@ -39,12 +39,16 @@ def cmd_ros(args) -> int:
         if args.server:
             params.update(server=args.server, api_key_file=args.api_key_file or "")
         if args.target == "robot":
-            params["task"] = args.task
+            # No --task: the node waits for one on /taco/instruction (a sim task's name means nothing to a robot).
+            params["task"] = args.task or ""
+            if args.heartbeat_timeout is not None:
+                params["heartbeat_timeout"] = args.heartbeat_timeout
+            params.update(urdf_file=args.urdf or "", joint_limits_file=args.joint_limits or "")
         commands["policy"] = node_command("ros_nodes.policy_node", params)
     record = args.record or ("taco_run.mcap" if args.target == "record" else None)
     if args.target == "sim":
         # With a recorder, the sim's first step waits until the recorder has matched every topic of the run.
-        commands["sim"] = node_command("ros_nodes.sim_node", {"task": args.task, "sink": args.sink,
+        commands["sim"] = node_command("ros_nodes.sim_node", {"task": args.task or "transfer_cube", "sink": args.sink,
                                                               "profile": args.profile, "episodes": args.episodes,
                                                               "seed": args.seed, "wait_for_recorder": bool(record)})
     if record:
@@ -71,7 +75,15 @@ def register(cli) -> None:
     p.add_argument("--execute", type=int, default=8, help="actions executed per chunk before replanning")
     p.add_argument("--sink", default="interbotix", choices=["interbotix", "forward", "jtc"])
     p.add_argument("--profile", default="aloha_viperx")
-    p.add_argument("--task", default="transfer_cube", help="sim task (sim) or instruction (robot)")
+    p.add_argument("--task", default=None,
+                   help="sim: the sim task (default transfer_cube); robot: the instruction (default: none until "
+                        "one arrives on /taco/instruction)")
+    p.add_argument("--heartbeat-timeout", type=float, default=None, metavar="S",
+                   help="robot: hold when no operator heartbeat arrives on /taco/heartbeat for S seconds "
+                        "(node default 0.5; 0 requires none). `taco ros sim` publishes its own")
+    p.add_argument("--urdf", default=None, metavar="FILE", help="robot: URDF whose joint limits narrow the profile's")
+    p.add_argument("--joint-limits", default=None, metavar="FILE",
+                   help="robot: ros2_control joint_limits YAML whose limits narrow the profile's")
     p.add_argument("--episodes", type=int, default=0, help="sim: stop after this many episodes (0: run until Ctrl-C)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--server", default=None, metavar="ws://HOST:PORT",

@@ -10,6 +10,10 @@ INSTRUCTION_TOPIC = "/taco/instruction"
 RESET_TOPIC = "/taco/reset"
 ESTOP_TOPIC = "/taco/estop"
 ESTOP_RESET_TOPIC = "/taco/estop_reset"
+# The e-stop latch's state (JSON, latched): {"latched", "id", "reason", "stamp", "refused"}.
+ESTOP_STATE_TOPIC = "/taco/estop_state"
+# The operator's heartbeat (std_msgs/Header): without one within `heartbeat_timeout`, the robot holds.
+HEARTBEAT_TOPIC = "/taco/heartbeat"
 DIAGNOSTICS_TOPIC = "/taco/diagnostics"
 EPISODE_TOPIC = "/taco/sim/episode"
 # The recorder's state (JSON, latched): {"out": path, "matched": {topic: publishers matched}}.

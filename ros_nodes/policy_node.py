@@ -4,15 +4,24 @@
 
 Subscribes to `/<ns>/joint_states` per arm, `/<camera>/image_raw` per camera of the bundle (best effort,
 depth 1), `/taco/instruction` (std_msgs/String), `/taco/reset` (a new episode: forget the chunk, re-anchor
-the safety filter on the measured position), `/taco/estop` (String reason; latches) and `/taco/estop_reset`.
-Inference runs on a worker thread (`runtime.realtime`); a timer publishes one command per tick through the
-sink, always through the safety layer, and a JSON diagnostics message per new decision on /taco/diagnostics
-(chosen index, scores, latency per stage, holds, rejected messages).
+the safety filter on the measured position), `/taco/heartbeat` (std_msgs/Header, the operator's: without
+one for `heartbeat_timeout` seconds the robot holds), `/taco/estop` (String reason; latches) and
+`/taco/estop_reset` (String: the id of the latched e-stop, published on the latched `/taco/estop_state`).
+Inference runs on a worker thread; a timer publishes one command per tick through the sink, always
+through the safety layer, and a JSON diagnostics message per new decision on /taco/diagnostics (chosen
+index, scores, latency per stage, holds, rejected messages, clock offsets). All of the logic is
+`runtime.control.ControlLoop`; this node converts messages.
 
 It is a lifecycle node: the engine is made in on_configure and released in on_cleanup; with
-`autostart` (default) it configures and activates itself. Setting the `verifier` parameter swaps the
-verifier between two steps; a bundle that does not load or does not belong to the policy is refused and
-the old verifier stays.
+`autostart` (default) it configures and activates itself. Setting the `verifier` parameter checks the
+bundle's manifest and its binding to the policy at once (a verifier of another policy, a bare ONNX file
+or a missing bundle is refused, and the old verifier stays), then hashes and loads it on a thread of
+its own while ticks go on, swaps it in and invalidates the chunk; if the load fails (a checksum that
+does not match, a graph ONNX Runtime refuses), the parameter goes back to the old verifier, which never
+stopped. (A second executor thread would do it too, but rclpy's MultiThreadedExecutor cannot keep up
+with a 50 Hz tick and its messages on two cores: joint states queued 95 ms.) The robot's limits come from the profile, replaced joint by joint by
+`robot_description` (the URDF text) or `urdf_file`, then `joint_limits_file` (ros2_control joint_limits
+YAML) when given; position ranges are only ever narrowed.
 
 With `server:=ws://HOST:8000` (and `api_key_file` when the server wants a key) the node runs no model:
 each decision is asked of a `taco serve` server (`serving.RemoteEngine`), which chooses the policy and the
@@ -23,29 +32,35 @@ time the whole request.
 from __future__ import annotations
 
 import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Empty, Header, String
+from rclpy.parameter import Parameter
+from std_msgs.msg import Header, String
 
+from hardware.limits import limits_of
 from hardware.profiles import get_profile
-from hardware.robot_io import StateAssembler, assemble_observation
-from hardware.safety import FilterReport, SafetyLayer, WatchdogConfig, preview
+from hardware.safety import WatchdogConfig
 from policies.errors import SpecError
 from policies.shipped import resolve_policy
-from ros_nodes.common import (DIAGNOSTICS_TOPIC, ESTOP_RESET_TOPIC, ESTOP_TOPIC, IMAGE_QOS, IMAGE_TOPIC,
-                              INSTRUCTION_TOPIC, LATCHED_QOS, RESET_TOPIC, dumps, init_ros, joint_state_topic,
-                              run_node)
+from ros_nodes.common import (DIAGNOSTICS_TOPIC, ESTOP_RESET_TOPIC, ESTOP_STATE_TOPIC, ESTOP_TOPIC, HEARTBEAT_TOPIC,
+                              IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS, RESET_TOPIC, dumps, init_ros,
+                              joint_state_topic, run_node)
 from ros_nodes.convert import image_from_msg, to_seconds
 from ros_nodes.sinks import SINKS, Sink
+from runtime.control import ControlConfig, ControlLoop
 from runtime.engine import Engine, EngineConfig
 from runtime.executor import AsyncConfig, ExecutorConfig
-from runtime.realtime import RealtimeExecutor
 from runtime.sessions import SessionConfig
 from verifiers.shipped import resolve_verifier
+
+# Parameters that may change on a running node; the others are read at configure.
+LIVE_PARAMETERS = ("verifier", "task")
 
 
 class PolicyNode(LifecycleNode):
@@ -59,9 +74,18 @@ class PolicyNode(LifecycleNode):
         p("rate", 0.0)  # Hz; 0: the robot profile's control rate
         p("profile", "aloha_viperx")
         p("sink", "interbotix")
-        p("task", "")  # instruction used until one arrives on /taco/instruction
+        p("task", "")  # instruction used until one arrives on /taco/instruction; settable live
         p("max_observation_age", 0.2)
         p("max_inference_time", 0.5)
+        # An observation part stamped this far (s) after this computer's clock holds the robot (clock skew).
+        p("max_future_stamp", 0.05)
+        # Seconds without an operator heartbeat on /taco/heartbeat before the robot holds; 0: none required.
+        p("heartbeat_timeout", 0.5)
+        # The robot's URDF (the XML text, as robot_state_publisher's robot_description, or a file of it)
+        # and a ros2_control joint_limits YAML file: they narrow the profile's limits (hardware.limits).
+        p("robot_description", "")
+        p("urdf_file", "")
+        p("joint_limits_file", "")
         p("provider", "cpu")
         p("threads", 1)
         p("seed", 0)
@@ -76,10 +100,12 @@ class PolicyNode(LifecycleNode):
         p("rtc", "auto")
         p("delay_percentile", 95.0)
         p("rtc_horizon", 0)
-        self.engine: Engine | None = None
-        self.executor_: RealtimeExecutor | None = None
+        self.loop: ControlLoop | None = None
+        self.engine = None
         self.timer = None
         self._subs, self._pubs = [], []
+        self._loading: threading.Thread | None = None  # a verifier being loaded
+        self._reverting = False
         self.add_on_set_parameters_callback(self._on_parameters)
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -90,6 +116,8 @@ class PolicyNode(LifecycleNode):
             self.profile = get_profile(get("profile"))
             if get("sink") not in SINKS:
                 raise ValueError(f"sink: must be one of {', '.join(SINKS)}, got {get('sink')!r}")
+            urdf = get("robot_description") or _read_text("urdf_file", get("urdf_file")) or None
+            limits = limits_of(self.profile, urdf, _read_yaml(get("joint_limits_file")))
             if get("server"):
                 from serving.client import RemoteEngine, read_api_key
 
@@ -104,46 +132,56 @@ class PolicyNode(LifecycleNode):
             if rtc not in ("auto", "on", "off"):
                 raise ValueError(f"rtc: must be auto, on or off, got {rtc!r}")
             rtc = bool(getattr(self.engine.manifest, "rtc", False)) if rtc == "auto" else rtc == "on"
-            timing = AsyncConfig(rtc=rtc, percentile=float(get("delay_percentile")),
-                                 horizon=int(get("rtc_horizon")) or None)
-            self.executor_ = RealtimeExecutor(self.engine, ExecutorConfig(n=int(get("n")), execute=int(get("execute"))),
-                                              seed=int(get("seed")), clock=self._now, timing=timing)
+            heartbeat = float(get("heartbeat_timeout"))
+            config = ControlConfig(
+                rate=float(get("rate")) or self.profile.control_hz,
+                executor=ExecutorConfig(n=int(get("n")), execute=int(get("execute"))), seed=int(get("seed")),
+                timing=AsyncConfig(rtc=rtc, percentile=float(get("delay_percentile")),
+                                   horizon=int(get("rtc_horizon")) or None),
+                watchdog=WatchdogConfig(float(get("max_observation_age")), float(get("max_inference_time")),
+                                        float(get("max_future_stamp")), heartbeat if heartbeat > 0 else None),
+                horizon=self.sink_horizon if get("sink") == "jtc" else 0)
+            self.loop = ControlLoop(self.engine, self.profile, config, limits, clock=self._now)
         except Exception as exc:  # noqa: BLE001 - a bad parameter fails the transition with the reason logged
             self.get_logger().error(f"configure failed: {exc}")
+            if self.engine is not None and hasattr(self.engine, "close"):
+                self.engine.close()
+            self.engine = None
             return TransitionCallbackReturn.FAILURE
         self.policy_path = policy
-        self.rate = float(get("rate")) or self.profile.control_hz
-        self.safety = SafetyLayer(self.profile, WatchdogConfig(float(get("max_observation_age")),
-                                                               float(get("max_inference_time"))))
-        self.safety.dt = 1.0 / self.rate
-        self.assembler = StateAssembler(self.profile)
-        self.cameras = [c.name for c in self.engine.manifest.cameras]
-        self.images: dict[str, tuple[np.ndarray, float]] = {}
-        self.task = get("task")
-        self.anchored = False  # the safety filter knows where the robot is
-        self.stats = {"ticks": 0, "held_ticks": 0, "rejected_messages": 0, "decisions": 0, "inference_errors": 0}
-        self.last_hold_reason: str | None = None
+        self.rate = config.rate
+        if heartbeat <= 0:
+            self.get_logger().warning("heartbeat_timeout 0: no operator heartbeat required (the robot does not "
+                                      "hold when the operator's console goes away)")
+        self.loop.instruction(get("task"), self._now())
+        self.rejected_messages = 0
+        self.inference_errors = 0
         self.last_rejection: str | None = None
+        self.last_hold_reason: str | None = None
         self._last_diagnostics = -np.inf
-        self.reset_stamp = -np.inf
         self.image_delay_ms = float("nan")
         self.sink = Sink(self, get("sink"), self.profile)
-        self._pubs = [self.create_publisher(String, DIAGNOSTICS_TOPIC, 10)]
+        self._pubs = [self.create_publisher(String, DIAGNOSTICS_TOPIC, 10),
+                      self.create_publisher(String, ESTOP_STATE_TOPIC, LATCHED_QOS)]
         sub = self.create_subscription
         self._subs = [sub(JointState, joint_state_topic(ns), lambda m, a=arm: self._on_joint_state(a, m), 10)
                       for arm, ns in enumerate(self.profile.arm_namespaces)]
         self._subs += [sub(Image, IMAGE_TOPIC.format(camera=c), lambda m, c=c: self._on_image(c, m), IMAGE_QOS)
-                       for c in self.cameras]
+                       for c in self.loop.cameras]
         # The instruction twice: transient-local to get a latched one sent before we started, volatile so
         # that a plain `ros2 topic pub` (volatile, incompatible with a transient-local reader) gets through.
         self._subs += [sub(String, INSTRUCTION_TOPIC, self._on_instruction, LATCHED_QOS),
                        sub(String, INSTRUCTION_TOPIC, self._on_instruction, 10),
                        sub(Header, RESET_TOPIC, self._on_reset, LATCHED_QOS),
+                       sub(Header, HEARTBEAT_TOPIC, self._on_heartbeat, 10),
                        sub(String, ESTOP_TOPIC, self._on_estop, 10),
-                       sub(Empty, ESTOP_RESET_TOPIC, self._on_estop_reset, 10)]
+                       sub(String, ESTOP_RESET_TOPIC, self._on_estop_reset, 10)]
+        self._publish_estop_state()
         verifier = self.engine.verifier.name if self.engine.verifier is not None else "none"
+        sources = sorted(set(limits.sources))
         self.get_logger().info(f"configured: policy {policy} ({self.engine.manifest.fingerprint[:12]}), verifier "
-                               f"{verifier}, n={get('n')}, sink {get('sink')}, {self.rate:g} Hz")
+                               f"{verifier}, n={get('n')}, sink {get('sink')}, {self.rate:g} Hz (policy "
+                               f"{1 / self.engine.manifest.action_dt:g} actions/s), limits from {', '.join(sources)}")
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
@@ -173,9 +211,9 @@ class PolicyNode(LifecycleNode):
         for pub in self._pubs + getattr(getattr(self, "sink", None), "_pubs", []):
             self.destroy_publisher(pub)
         self._subs, self._pubs = [], []
-        if self.executor_ is not None:
-            self.executor_.close()
-        self.executor_, self.engine = None, None
+        if self.loop is not None:
+            self.loop.close()
+        self.loop, self.engine = None, None
 
     # -- inputs ------------------------------------------------------------------------------------
 
@@ -183,125 +221,143 @@ class PolicyNode(LifecycleNode):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _reject(self, what: str) -> None:
-        self.stats["rejected_messages"] += 1
+        self.rejected_messages += 1
         self.last_rejection = what
         self.get_logger().warning(f"rejected: {what}", throttle_duration_sec=1.0)
 
     def _on_joint_state(self, arm: int, msg: JointState) -> None:
         try:
-            self.assembler.update(arm, msg.name, msg.position, to_seconds(msg.header.stamp))
+            self.loop.joint_state(arm, msg.name, msg.position, to_seconds(msg.header.stamp), self._now())
         except SpecError as exc:
             self._reject(str(exc))
 
     def _on_image(self, camera: str, msg: Image) -> None:
         try:
-            stamp = to_seconds(msg.header.stamp)
-            self.images[camera] = (image_from_msg(msg, IMAGE_TOPIC.format(camera=camera)), stamp)
+            stamp, now = to_seconds(msg.header.stamp), self._now()
+            self.loop.image(camera, image_from_msg(msg, IMAGE_TOPIC.format(camera=camera)), stamp, now)
             # How old frames are when this node gets to them (transport + executor queueing).
-            self.image_delay_ms = (self._now() - stamp) * 1e3
+            self.image_delay_ms = (now - stamp) * 1e3
         except SpecError as exc:
             self._reject(str(exc))
 
     def _on_instruction(self, msg: String) -> None:
-        self.task = msg.data
+        self.loop.instruction(msg.data, self._now())
 
     def _on_reset(self, msg: Header) -> None:
-        if self.executor_ is not None:
-            self.executor_.reset()
-        self.anchored = False
-        self.reset_stamp = to_seconds(msg.stamp)
+        self.loop.reset(to_seconds(msg.stamp), self._now())
         self.get_logger().info(f"reset (episode {msg.frame_id})")
 
-    def _on_estop(self, msg: String) -> None:
-        self.safety.estop(msg.data or "e-stop")
-        self.get_logger().error(f"E-STOP latched: {msg.data}")
+    def _on_heartbeat(self, msg: Header) -> None:
+        self.loop.heartbeat(self._now())
 
-    def _on_estop_reset(self, msg: Empty) -> None:
-        self.safety.reset_estop()
-        self.anchored = False
-        self.get_logger().warning("e-stop reset")
+    def _on_estop(self, msg: String) -> None:
+        estop_id = self.loop.estop(msg.data or "e-stop", self._now())
+        self.get_logger().error(f"E-STOP latched: {msg.data} (release: publish '{estop_id}' on {ESTOP_RESET_TOPIC})")
+        self._publish_estop_state()
+
+    def _on_estop_reset(self, msg: String) -> None:
+        try:
+            self.loop.estop_reset(msg.data.strip(), self._now())
+        except ValueError as exc:
+            self.get_logger().error(str(exc))
+            self._publish_estop_state(refused=str(exc))
+            return
+        self.get_logger().warning("e-stop released")
+        self._publish_estop_state()
+
+    def _publish_estop_state(self, refused: str | None = None) -> None:
+        safety = self.loop.safety
+        self._pubs[1].publish(String(data=dumps({"latched": safety.estopped, "id": safety.estop_id,
+                                                 "reason": safety.estop_reason, "stamp": self._now(),
+                                                 "refused": refused})))
 
     def _on_parameters(self, params) -> SetParametersResult:
         for param in params:
-            if param.name == "verifier" and self.engine is not None:
-                if self.get_parameter("server").value:
-                    return SetParametersResult(successful=False, reason="the policy server chooses the verifier "
-                                                                        "(taco serve --verifier)")
-                try:
-                    self.engine.set_verifier(resolve_verifier(param.value, self.policy_path))
-                except Exception as exc:  # noqa: BLE001 - refused; the old verifier stays
-                    self.get_logger().error(f"verifier {param.value!r} refused: {exc}")
-                    return SetParametersResult(successful=False, reason=str(exc))
-                self.get_logger().info(f"verifier swapped to {param.value!r}")
-            elif param.name not in ("verifier", "task") and self.engine is not None:
+            if self.loop is None or self._reverting:
+                continue
+            if param.name not in LIVE_PARAMETERS:
                 return SetParametersResult(successful=False,
                                            reason=f"{param.name} is read at configure; cleanup and configure again")
+            if param.name == "task":
+                self.loop.instruction(str(param.value), self._now())
+            elif param.name == "verifier":
+                refused = self._swap_verifier(str(param.value))
+                if refused:
+                    self.get_logger().error(f"verifier {param.value!r} refused: {refused}")
+                    return SetParametersResult(successful=False, reason=refused)
         return SetParametersResult(successful=True)
 
+    def _swap_verifier(self, value: str) -> str | None:
+        """Checks the new verifier's manifest here and loads it on a thread; returns why it is refused."""
+        if self.get_parameter("server").value:
+            return "the policy server chooses the verifier (taco serve --verifier)"
+        if self._loading is not None and self._loading.is_alive():
+            return "another verifier is still loading; set it again when it is in (see /taco/diagnostics)"
+        try:
+            path = resolve_verifier(value, self.policy_path)
+            if path is not None:
+                self.engine.check_verifier_bundle(path)
+        except Exception as exc:  # noqa: BLE001 - refused; the old verifier stays
+            return str(exc)
+        previous = self.get_parameter("verifier").value
+        self._loading = threading.Thread(target=self._load_verifier, args=(path, value, previous),
+                                         name="taco-verifier-load", daemon=True)
+        self._loading.start()
+        return None
+
+    def _load_verifier(self, path: str | None, value: str, previous: str) -> None:
+        engine, loop = self.engine, self.loop
+        try:
+            engine.set_verifier(None if path is None else engine.load_verifier(path))
+        except Exception as exc:  # noqa: BLE001 - the old verifier stays, and so does the parameter
+            self.get_logger().error(f"verifier {value!r} refused while loading: {exc}; keeping {previous!r}")
+            self._reverting = True
+            try:
+                self.set_parameters([Parameter("verifier", value=previous)])
+            finally:
+                self._reverting = False
+            return
+        loop.invalidate(f"verifier swapped to {value!r}", self._now())
+        self.get_logger().info(f"verifier swapped to {value!r}")
+
     # -- control loop ------------------------------------------------------------------------------
-
-    def _observation(self, now: float):
-        """The latest complete observation, or None (and why) when something is missing."""
-        if not self.assembler.ready:
-            return None, "joint states of both arms not received yet"
-        missing = [c for c in self.cameras if c not in self.images]
-        if missing:
-            return None, f"no image yet from {missing}"
-        if not self.task:
-            return None, "no task instruction (set the `task` parameter or publish /taco/instruction)"
-        state, stamp = self.assembler.state()
-        return assemble_observation(state, stamp, {c: self.images[c] for c in self.cameras}, self.task), None
-
-    def _tick(self) -> None:
-        now = self._now()
-        self.stats["ticks"] += 1
-        observation, why = self._observation(now)
-        if observation is not None and now - observation.stamp <= self.safety.watchdog.max_observation_age:
-            self.executor_.observe(observation)
-        if not self.anchored:
-            # No command before the filter knows where the robot is, and only from a state measured after a reset.
-            if observation is None or observation.stamp < self.reset_stamp:
-                self.last_hold_reason = why or "waiting for a state measured after the reset"
-                if now - self._last_diagnostics >= self.diagnostics_period:
-                    self._publish_diagnostics(None, now, FilterReport(held=True, reason=self.last_hold_reason))
-                return
-            self.safety.reset(observation.state)
-            self.anchored = True
-        tick = self.executor_.action(now)
-        while self.executor_.errors:
-            self.stats["inference_errors"] += 1
-            self.get_logger().error(f"inference failed: {self.executor_.errors.popleft()}",
-                                    throttle_duration_sec=1.0)
-        command, report = self.safety.command(tick.action, now, None if observation is None else observation.stamp,
-                                              tick.inference_elapsed or None)
-        upcoming = None
-        if self.sink.kind == "jtc" and not report.held:
-            upcoming = preview(self.safety.filter, self.executor_.upcoming(self.sink_horizon), 1.0 / self.rate)
-        self.sink.send(command, now, upcoming, 1.0 / self.rate)
-        if report.held:
-            self.stats["held_ticks"] += 1
-            reason = report.reason if observation is not None else why
-            if reason != self.last_hold_reason:
-                self.get_logger().warning(f"holding: {reason}", throttle_duration_sec=1.0)
-            self.last_hold_reason = reason
-        else:
-            self.last_hold_reason = None
-        if tick.new_decision:
-            self.stats["decisions"] += 1
-        if tick.new_decision or now - self._last_diagnostics >= self.diagnostics_period:
-            self._publish_diagnostics(tick if tick.new_decision else None, now, report)
 
     # Seconds between diagnostics when no new decision comes (so a holding node still reports why).
     diagnostics_period = 0.5
     # Most future points a trajectory sink sends.
     sink_horizon = 16
 
+    def _tick(self) -> None:
+        now = self._now()
+        result = self.loop.tick(now)
+        while self.loop.executor.errors:
+            self.inference_errors += 1
+            self.get_logger().error(f"inference failed: {self.loop.executor.errors.popleft()}",
+                                    throttle_duration_sec=1.0)
+        report = result.report
+        if result.command is not None:
+            self.sink.send(result.command, result.upcoming)
+        if report.held:
+            if report.reason != self.last_hold_reason:
+                self.get_logger().warning(f"holding: {report.reason}", throttle_duration_sec=1.0)
+            self.last_hold_reason = report.reason
+        else:
+            self.last_hold_reason = None
+        new = result.tick is not None and result.tick.new_decision
+        if new or now - self._last_diagnostics >= self.diagnostics_period:
+            self._publish_diagnostics(result.tick if new else None, now, report)
+
     def _publish_diagnostics(self, tick, now: float, report) -> None:
         self._last_diagnostics = now
+        loop = self.loop
         data = {"stamp": now, "held": report.held, "hold_reason": report.reason or self.last_hold_reason,
                 "clamped": report.clamped, "rate_limited": report.rate_limited,
-                "dropped_actions": self.executor_.dropped, "last_rejection": self.last_rejection,
-                "verifier": None if self.engine.verifier is None else self.engine.verifier.name, **self.stats}
+                "accel_limited": report.accel_limited, "jerk_limited": report.jerk_limited,
+                "dropped_actions": loop.executor.dropped, "discarded_decisions": loop.executor.discarded,
+                "last_event": loop.last_event, "last_rejection": self.last_rejection,
+                "rejected_messages": self.rejected_messages, "clock_offsets_ms": loop.clock_offsets_ms(),
+                "estop": loop.safety.estop_id, "inference_errors": self.inference_errors,
+                "verifier": None if self.engine.verifier is None else self.engine.verifier.name, **loop.stats}
         if tick is not None:
             decision, observed = tick.decision, float(tick.decision.times[0])
             data.update({
@@ -321,6 +377,28 @@ class PolicyNode(LifecycleNode):
         else:
             data["decision"] = False
         self._pubs[0].publish(String(data=dumps(data)))
+
+
+def _read_text(parameter: str, path: str) -> str:
+    """The text of the file a parameter names; "" for none."""
+    if not path:
+        return ""
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise ValueError(f"{parameter}: cannot read {path}: {err}") from err
+
+
+def _read_yaml(path: str):
+    """A ros2_control joint_limits YAML file, parsed; None for no file."""
+    if not path:
+        return None
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"joint_limits_file: cannot read {path}: {err}") from err
 
 
 def main(args=None) -> int:

@@ -5,7 +5,8 @@ drivers do, takes commands through the same sinks, and runs episodes back to bac
 
 Per episode it publishes a std_msgs/Header on /taco/reset (frame_id = episode number) when it starts and
 a JSON summary on /taco/sim/episode when it ends. Physics waits for the first command, so a policy node
-that is still loading does not lose the first episode; with `wait_for_recorder` it also waits until the
+that is still loading does not lose the first episode; with `wait_for_listeners` it also waits for that
+many subscribers of the episode summaries; with `wait_for_recorder` it also waits until the
 recorder has matched every topic of the run (its /taco/recorder/status), so the recording holds the
 episode from its first step, and before exiting it waits until every matched subscriber has
 acknowledged the episode summaries.
@@ -26,8 +27,9 @@ from std_msgs.msg import Header, String
 
 from hardware.interface import CameraConfig
 from hardware.profiles import get_profile
-from ros_nodes.common import (EPISODES_QOS, EPISODE_TOPIC, IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS,
-                              RECORDER_STATUS_TOPIC, RESET_TOPIC, dumps, init_ros, joint_state_topic, run_node)
+from ros_nodes.common import (EPISODES_QOS, EPISODE_TOPIC, HEARTBEAT_TOPIC, IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC,
+                              LATCHED_QOS, RECORDER_STATUS_TOPIC, RESET_TOPIC, dumps, init_ros, joint_state_topic,
+                              run_node)
 from ros_nodes.convert import image_to_cdr, joint_state_msg, to_stamp
 from ros_nodes.sinks import CommandSource, topics
 
@@ -48,6 +50,13 @@ class SimNode(Node):
         self.wait_for_commands = bool(p("wait_for_commands", True).value)
         # Start the first episode only once the recorder has matched every topic of the run.
         self.wait_for_recorder = bool(p("wait_for_recorder", False).value)
+        # Start the first episode only once this many subscribers have matched the episode summaries' topic
+        # (a test harness or a script that reads them): a short episode can end before discovery does.
+        self.wait_for_listeners = int(p("wait_for_listeners", 0).value)
+        # The operator's heartbeat the policy node requires, at this rate (Hz; 0: none). In simulation the
+        # sim stands in for the operator's console.
+        heartbeat_hz = float(p("heartbeat_hz", 10.0).value)
+        self.heartbeat_every = max(1, round(self.rate / heartbeat_hz)) if heartbeat_hz > 0 else 0
         sink = p("sink", "interbotix").value
 
         from sim.env import AlohaSimEnv  # mujoco stays out of the import path of the other nodes
@@ -60,6 +69,7 @@ class SimNode(Node):
                            for ns in self.profile.arm_namespaces]
         self.image_pubs = {c: self.create_publisher(Image, IMAGE_TOPIC.format(camera=c), IMAGE_QOS) for c in cameras}
         self.reset_pub = self.create_publisher(Header, RESET_TOPIC, LATCHED_QOS)
+        self.heartbeat_pub = self.create_publisher(Header, HEARTBEAT_TOPIC, 10)
         self.episode_pub = self.create_publisher(String, EPISODE_TOPIC, EPISODES_QOS)
         instruction = self.create_publisher(String, INSTRUCTION_TOPIC, LATCHED_QOS)
         instruction.publish(String(data=self.env.task.instruction))
@@ -111,6 +121,8 @@ class SimNode(Node):
             part = state[arm * per_arm: (arm + 1) * per_arm].astype(np.float64)
             finger = float(self.profile.gripper_state.to_joint(part[-1]))
             pub.publish(joint_state_msg(names, [*part[:-1], finger, -finger], now))
+        if self.heartbeat_every and self.ticks % self.heartbeat_every == 0:
+            self.heartbeat_pub.publish(Header(stamp=to_stamp(now), frame_id="taco_sim"))
         if self.ticks % self.camera_every == 0:
             for camera, height, width in self.cameras:
                 self.image_pubs[camera].publish(image_to_cdr(self.env.render(camera, height, width), now, camera))
@@ -119,11 +131,12 @@ class SimNode(Node):
         if self.finished:
             return
         now = self._now()
-        command = self.source.command(now)
+        command = self.source.command(now, self.env.state().astype(np.float64))
         unrecorded = self.recorder_waits_for() if self.wait_for_recorder and not self.started else []
         if unrecorded:
             self.get_logger().info(f"waiting for the recorder to match {unrecorded}", throttle_duration_sec=5.0)
-        if ((command is None and self.wait_for_commands) or unrecorded) and not self.started:
+        unheard = not self.started and self.episode_pub.get_subscription_count() < self.wait_for_listeners
+        if ((command is None and self.wait_for_commands) or unrecorded or unheard) and not self.started:
             self._publish_observation(now)  # keep the observation fresh while the policy and recorder come up
             self.ticks += 1
             return

@@ -6,11 +6,16 @@
 - `forward`: ros2_control forward_command_controller, std_msgs/Float64MultiArray: 6 arm joints on
   `/<side>_arm_controller/commands` and the gripper joint on `/<side>_gripper_controller/commands`.
 - `jtc`: ros2_control joint_trajectory_controller, trajectory_msgs/JointTrajectory on
-  `/<side>_arm_controller/joint_trajectory`: the tick's command and the rest of the chunk, one point per
-  action with `time_from_start` (every point already through the safety filter).
+  `/<side>_arm_controller/joint_trajectory`: the tick's command at `time_from_start` 0, then the rest of
+  the chunk at the times its actions are for (every point already through the safety filter). The
+  header stamp is 0, which JTC reads as "start when it arrives": a trajectory stamped with this node's
+  clock is dropped by JTC once it ends before the controller's clock (a one-point hold always does, and
+  so does everything when the robot's clock runs ahead of ours), and the arm keeps executing the old one.
+  A hold is one point, the position held, at `time_from_start` 0.
 
 A source turns what it receives back into the 14-entry command at a given time; the sim node uses the
 source of the sink the policy node publishes through, so a run in simulation exercises the same topics.
+The `jtc` source is `ros_nodes.jtc.TrajectoryControllerModel`: JTC's own acceptance rules and sampling.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from hardware.profiles import RobotProfile
 from hardware.robot_io import join_command, split_command
-from ros_nodes.convert import to_seconds, to_stamp
+from ros_nodes.jtc import TrajectoryControllerModel
 
 SIDES = ("left", "right")
 SINKS = ("interbotix", "forward", "jtc")
@@ -48,7 +53,8 @@ def topics(sink: str, profile: RobotProfile) -> list[str]:
     raise ValueError(f"sink: must be one of {', '.join(SINKS)}, got {sink!r}")
 
 
-def _arm_joint_names(profile: RobotProfile, arm: int) -> list[str]:
+def arm_joint_names(profile: RobotProfile, arm: int) -> list[str]:
+    """The joints of one arm's trajectory controller (6 arm joints and the gripper), in action order."""
     per_arm = len(profile.arm_joint_names) + 1
     return list(profile.joint_names[arm * per_arm: (arm + 1) * per_arm])
 
@@ -68,7 +74,9 @@ class Sink:
         else:
             self._pubs = [node.create_publisher(JointTrajectory, t, qos) for t in names]
 
-    def send(self, command: np.ndarray, now: float, upcoming: np.ndarray | None = None, dt: float = 0.02) -> None:
+    def send(self, command: np.ndarray, upcoming: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Publishes the tick's `command` float[14]; a trajectory sink also sends `upcoming`: (seconds after
+        now float64[K], strictly increasing and > 0, commands float64[K, 14]), the safe rest of the chunk."""
         arms = split_command(self.profile, command)
         if self.kind == "interbotix":
             group, single = self._types
@@ -80,24 +88,27 @@ class Sink:
                 self._pubs[2 * arm].publish(Float64MultiArray(data=[float(j) for j in joints]))
                 self._pubs[2 * arm + 1].publish(Float64MultiArray(data=[gripper]))
         else:
-            rows = [command] if upcoming is None or not len(upcoming) else [command, *upcoming]
-            per_tick = [split_command(self.profile, row) for row in rows]
+            offsets, rows = (np.empty(0), np.empty((0, len(command)))) if upcoming is None else upcoming
+            if len(offsets) and not (offsets[0] > 0 and (np.diff(offsets) > 0).all()):
+                raise ValueError(f"upcoming: times must be > 0 and strictly increasing, got {offsets}")
+            per_point = [arms, *(split_command(self.profile, row) for row in rows)]
             for arm in range(2):
-                msg = JointTrajectory()
-                msg.header.stamp = to_stamp(now)
-                msg.joint_names = _arm_joint_names(self.profile, arm)
-                for i, split in enumerate(per_tick):
+                msg = JointTrajectory()  # header.stamp 0: JTC starts it when it arrives
+                msg.joint_names = arm_joint_names(self.profile, arm)
+                for t, split in zip((0.0, *offsets), per_point):
                     joints, gripper = split[arm]
-                    t = i * dt
+                    sec = int(t)
                     msg.points.append(JointTrajectoryPoint(
                         positions=[*map(float, joints), gripper],
-                        time_from_start=Duration(sec=int(t), nanosec=int(round((t - int(t)) * 1e9)))))
+                        time_from_start=Duration(sec=sec, nanosec=min(int(round((t - sec) * 1e9)), 999_999_999))))
                 self._pubs[arm].publish(msg)
 
 
 class CommandSource:
-    """Subscribes to a sink's topics and answers `command(now)`: the 14-entry command in force at `now`
-    (None until every part has been received). Malformed messages are counted and ignored."""
+    """Subscribes to a sink's topics and answers `command(now, measured)`: the 14-entry command in force at
+    `now` (None until every part has been received), as the robot's controllers would execute it.
+    Malformed messages are counted and ignored; for `jtc` that is every message JTC's own rules refuse
+    (`controllers[arm].refused` says why)."""
 
     def __init__(self, node, kind: str, profile: RobotProfile, qos: int = 10):
         self.kind, self.profile, self.node = kind, profile, node
@@ -105,7 +116,8 @@ class CommandSource:
         self.received = 0
         self._joints: list[np.ndarray | None] = [None, None]
         self._grippers: list[float | None] = [None, None]
-        self._trajectories: list[tuple[float, np.ndarray, np.ndarray] | None] = [None, None]
+        # jtc: one joint_trajectory_controller per arm, with JTC's acceptance rules and sampling.
+        self.controllers = [TrajectoryControllerModel(arm_joint_names(profile, arm)) for arm in range(2)]
         names = topics(kind, profile)
         self._subs = []
         for i, topic in enumerate(names):
@@ -145,26 +157,28 @@ class CommandSource:
         self.received += 1
 
     def _on_trajectory(self, arm: int, msg: JointTrajectory) -> None:
-        expected = _arm_joint_names(self.profile, arm)
-        if list(msg.joint_names) != expected or not msg.points:
-            return self._reject(f"trajectory {arm}: joints {list(msg.joint_names)} (expected {expected}), "
-                                f"{len(msg.points)} points")
-        positions = np.array([p.positions for p in msg.points], np.float64)
-        if positions.shape != (len(msg.points), len(expected)) or not np.isfinite(positions).all():
-            return self._reject(f"trajectory {arm}: malformed or non-finite positions")
-        offsets = np.array([to_seconds(p.time_from_start) for p in msg.points])
-        self._trajectories[arm] = (to_seconds(msg.header.stamp), offsets, positions)
+        reason = self.controllers[arm].receive(msg, self._now())
+        if reason is not None:
+            return self._reject(f"trajectory {arm}: {reason}")
         self.received += 1
 
-    def command(self, now: float) -> np.ndarray | None:
+    def _now(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def command(self, now: float, measured: np.ndarray | None = None) -> np.ndarray | None:
+        """The command in force at `now`; `measured` float[14] is the robot's position (a trajectory
+        controller interpolates from it to the first point of a new trajectory)."""
         if self.kind == "jtc":
+            if measured is None:
+                raise ValueError("the jtc source needs the measured position")
+            measured_arms = split_command(self.profile, measured)
             arms = []
-            for traj in self._trajectories:
-                if traj is None:
+            for arm, controller in enumerate(self.controllers):
+                joints, gripper = measured_arms[arm]
+                positions = controller.command(now, [*joints, gripper])
+                if positions is None:
                     return None
-                start, offsets, positions = traj
-                i = int(np.clip(np.searchsorted(start + offsets, now + 1e-6, side="right") - 1, 0, len(offsets) - 1))
-                arms.append((positions[i, :-1], positions[i, -1]))
+                arms.append((positions[:-1], positions[-1]))
             return join_command(self.profile, arms)
         if any(j is None for j in self._joints) or any(g is None for g in self._grippers):
             return None

@@ -213,7 +213,7 @@ def test_sim_and_policy_nodes_run_an_episode_through_each_sink(sink, nodes, harn
                  nodes)
     nodes.start("sim", "ros_nodes.sim_node", {"task": "transfer_cube", "sink": sink, "episodes": 1,
                                               "max_steps": steps, "image_height": 48, "image_width": 64,
-                                              "wait_for_recorder": sink == "jtc"})
+                                              "wait_for_recorder": sink == "jtc", "wait_for_listeners": 1})
     harness.wait(lambda: harness.messages(EPISODE_TOPIC), 90, "the episode to end", nodes)
     summary = json.loads(harness.messages(EPISODE_TOPIC)[0][1].data)
     assert summary["steps"] == steps and summary["rejected_commands"] == 0
@@ -227,9 +227,11 @@ def test_sim_and_policy_nodes_run_an_episode_through_each_sink(sink, nodes, harn
         # The control rate: the median interval between commands is one tick (loaded CI machines jitter).
         assert np.median(np.diff(times)) == pytest.approx(DT, rel=0.3)
     if sink == "jtc":
-        _, msg = harness.messages(names[0])[-1]
+        # The tick's command, then the chunk's later actions at their own times (one per action_dt = DT).
+        _, msg = [m for m in harness.messages(names[0]) if len(m[1].points) > 2][-1]
         offsets = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
-        np.testing.assert_allclose(np.diff(offsets), DT, atol=1e-6)
+        assert offsets[0] == 0 and 0 < offsets[1] <= DT + 1e-6
+        np.testing.assert_allclose(np.diff(offsets[1:]), DT, atol=1e-6)
         _check_arm_stream([p.positions[:6] for p in msg.points], 0, "jtc trajectory points")
     decisions = [d for d in harness.diagnostics() if d["decision"]]
     assert decisions and all(d["n"] == 4 and d["timings_ms"]["total"] > 0 for d in decisions)
@@ -318,7 +320,7 @@ def test_an_imported_lerobot_diffusion_policy_drives_the_sim_through_the_nodes(n
     steps = 60
     nodes.start("sim", "ros_nodes.sim_node", {"task": "transfer_cube", "sink": "interbotix", "episodes": 1,
                                               "max_steps": steps, "image_height": 48, "image_width": 64,
-                                              "cameras": ["cam_high", "cam_low"]})
+                                              "cameras": ["cam_high", "cam_low"], "wait_for_listeners": 1})
     harness.wait(lambda: harness.messages(EPISODE_TOPIC), 90, "the episode to end", nodes)
     summary = json.loads(harness.messages(EPISODE_TOPIC)[0][1].data)
     assert summary["steps"] == steps and summary["commanded_steps"] >= steps - 5
@@ -407,7 +409,7 @@ def test_the_policy_node_runs_against_a_policy_server(nodes, harness, exported, 
         harness.wait(lambda: all(harness.node.count_publishers(t) for t in names), 60, "the policy node's publishers",
                      nodes)
         nodes.start("sim", "ros_nodes.sim_node", {"task": "transfer_cube", "episodes": 1, "max_steps": 60,
-                                                  "image_height": 48, "image_width": 64})
+                                                  "image_height": 48, "image_width": 64, "wait_for_listeners": 1})
         harness.wait(lambda: harness.messages(EPISODE_TOPIC), 90, "the episode to end", nodes)
         summary = json.loads(harness.messages(EPISODE_TOPIC)[0][1].data)
         assert summary["rejected_commands"] == 0 and summary["commanded_steps"] >= 50
@@ -430,15 +432,18 @@ def test_the_policy_node_runs_against_a_policy_server(nodes, harness, exported, 
 
 
 class FakeRobot:
-    """Publishes the robot's joint states and camera at 50 Hz from the test; `mode` breaks them on purpose."""
+    """Publishes the robot's joint states and camera at 50 Hz from the test, and the operator's heartbeat;
+    `mode` breaks them on purpose."""
 
     def __init__(self, harness, height=48, width=64):
         from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Header
 
-        from ros_nodes.common import IMAGE_QOS, IMAGE_TOPIC, joint_state_topic
+        from ros_nodes.common import HEARTBEAT_TOPIC, IMAGE_QOS, IMAGE_TOPIC, joint_state_topic
 
         node = harness.node
         self.node = node
+        self.heartbeat = node.create_publisher(Header, HEARTBEAT_TOPIC, 10)
         self.states = [node.create_publisher(JointState, joint_state_topic(ns), 10) for ns in PROFILE.arm_namespaces]
         self.image = node.create_publisher(Image, IMAGE_TOPIC.format(camera="cam_high"), IMAGE_QOS)
         self.frame = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
@@ -460,6 +465,7 @@ class FakeRobot:
             msg = joint_state_msg(names[:5] if self.mode == "wrong_count" else names,
                                   positions[:5] if self.mode == "wrong_count" else positions, stamp)
             pub.publish(msg)
+        self.heartbeat.publish(joint_state_msg([], [], now).header)
         image = image_to_msg(self.frame, stamp)
         if self.mode == "bad_image":
             image.height += 1  # data no longer matches height x step

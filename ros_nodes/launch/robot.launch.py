@@ -1,7 +1,10 @@
 """The policy node for a real dual-arm robot whose drivers are already up (ROS 2 installs with `launch`).
 
     ros2 launch ros_nodes/launch/robot.launch.py policy:=default verifier:=cfn n:=16 sink:=interbotix \
-        task:="transfer the cube to the left arm"
+        task:="transfer the cube to the left arm" joint_limits_file:=limits.yaml
+
+The node holds the robot unless an operator heartbeat (std_msgs/Header) arrives on /taco/heartbeat at least
+every `heartbeat_timeout` seconds (docs/ros.md, "E-stop and heartbeat").
 
 Without `launch`, `taco ros robot` starts the same node. Add `record:=run.mcap` to record the run.
 """
@@ -14,7 +17,9 @@ from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PythonExpression
 
 ARGS = {"policy": "default", "verifier": "none", "n": "16", "execute": "8", "sink": "interbotix",
-        "profile": "aloha_viperx", "task": "", "rate": "0.0", "max_observation_age": "0.2", "record": ""}
+        "profile": "aloha_viperx", "task": "", "rate": "0.0", "max_observation_age": "0.2",
+        "max_inference_time": "0.5", "max_future_stamp": "0.05", "heartbeat_timeout": "0.5", "urdf_file": "",
+        "joint_limits_file": "", "record": ""}
 
 
 def _params(names):
@@ -27,8 +32,7 @@ def _params(names):
 def generate_launch_description():
     python = sys.executable
     policy = ExecuteProcess(cmd=[python, "-m", "ros_nodes.policy_node", "--ros-args",
-                                 *_params(["policy", "verifier", "n", "execute", "sink", "profile", "task", "rate",
-                                           "max_observation_age"])], output="screen")
+                                 *_params([k for k in ARGS if k != "record"])], output="screen")
     recorder = ExecuteProcess(cmd=[python, "-m", "ros_nodes.recorder", "--ros-args", "-p",
                                    ["out:=", LaunchConfiguration("record")]],
                               condition=IfCondition(PythonExpression(["'", LaunchConfiguration("record"), "' != ''"])),
