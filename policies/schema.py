@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from policies.errors import BundleError
+from policies.onnx_data import check_external_data
 
 
 class Reader:
@@ -138,7 +139,8 @@ def read_manifest(folder: Path) -> dict:
 
 
 def check_files(folder: Path, files: dict[str, str], path: str = "files") -> None:
-    """Verifies that each file exists and matches its recorded sha256."""
+    """Verifies that each file exists and matches its recorded sha256, and that every ONNX graph among them
+    reads external data only from these files."""
     for name, expected in files.items():
         file = Path(folder) / name
         if "/" in name or "\\" in name or name.startswith("."):
@@ -150,6 +152,9 @@ def check_files(folder: Path, files: dict[str, str], path: str = "files") -> Non
             raise BundleError(
                 f"{path}.{name}", f"checksum mismatch: manifest says {expected[:12]}..., file is {actual[:12]}..."
             )
+    for name in files:
+        if name.endswith(".onnx"):
+            check_external_data(folder, name, files, path)
 
 
 @contextlib.contextmanager

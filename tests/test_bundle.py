@@ -215,3 +215,133 @@ def test_a_staged_folder_appears_whole_or_not_at_all(tmp_path):
     with staged_folder(out) as tmp:
         (tmp / "manifest.json").write_text("{}")
     assert (out / "manifest.json").read_text() == "{}" and list(out.parent.iterdir()) == [out]
+
+
+# --- external data: a graph reads only files its manifest hashes --------------------------------------------
+
+
+def _save_external(model, path, location="weights.bin"):
+    """Saves `model` to `path` with every tensor's data in the file `location` beside it."""
+    import onnx
+
+    onnx.save_model(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location=location,
+                    size_threshold=0, convert_attribute=True)
+    return path
+
+
+def _relocate(onnx_path, location):
+    """Points every external tensor of the graph at `location`, as a hand-edited or hostile file would."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    model = onnx.load(onnx_path, load_external_data=False)
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = location
+    onnx.save(model, onnx_path)
+
+
+def _rehash(folder, name):
+    from policies.schema import sha256_file
+
+    edit_manifest(folder, lambda m: m["files"].__setitem__(name, sha256_file(folder / name)))
+
+
+def test_external_data_locations_are_read_as_onnx_reads_them(tmp_path):
+    """Our protobuf walk finds the same external tensors as the `onnx` package, subgraph constants included."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    from policies.onnx_data import external_data
+
+    def constant(name, value):
+        return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name + "_value"))
+
+    then = helper.make_graph([constant("a", np.full(64, 1.0, np.float32))], "then", [],
+                             [helper.make_tensor_value_info("a", TensorProto.FLOAT, [64])])
+    other = helper.make_graph([constant("b", np.full(64, 2.0, np.float32))], "else", [],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, [64])])
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["picked"], then_branch=then, else_branch=other),
+         helper.make_node("Add", ["picked", "w"], ["out"])], "nested",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [64])],
+        initializer=[numpy_helper.from_array(np.arange(64, dtype=np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = _save_external(model, tmp_path / "nested.onnx")
+    ours = sorted(external_data(path))
+    theirs = sorted((t.name, next(e.value for e in t.external_data if e.key == "location"))
+                    for t in _get_all_tensors(onnx.load(path, load_external_data=False)) if uses_external_data(t))
+    assert ours == theirs
+    assert {name for name, _ in ours} == {"w", "a_value", "b_value"}  # the two inside the If's branches
+    assert {location for _, location in ours} == {"weights.bin"}
+    # An in-file graph has none; a file that is not a protobuf is refused, naming itself.
+    assert external_data(linear_verifier_onnx(tmp_path / "inline.onnx", np.ones(4))) == []
+    (tmp_path / "junk.onnx").write_bytes(b"\x0f\x00\x01")
+    with pytest.raises(ValueError, match="junk.onnx: not a valid ONNX protobuf"):
+        external_data(tmp_path / "junk.onnx")
+
+
+def test_a_verifier_with_external_data_is_wrapped_whole_and_scores_as_before(tmp_path):
+    import onnx
+
+    weights = np.linspace(-1, 1, 8)
+    inline = load_verifier(linear_verifier_onnx(tmp_path / "inline.onnx", weights))
+    (tmp_path / "src").mkdir()
+    loose = _save_external(onnx.load(tmp_path / "inline.onnx"), tmp_path / "src" / "v.onnx")
+    verifier = write_verifier_bundle(loose, tmp_path / "wrapped", policy_fingerprint="f" * 64, feature_dim=8)
+    assert set(verifier.manifest.files) == {"verifier.onnx", "weights.bin"}
+    features = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    np.testing.assert_array_equal(verifier.score(features), inline.score(features))
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "/etc/hostname", "sub/weights.bin", "unlisted.bin",
+                                      "verifier.onnx"])
+def test_a_verifier_bundle_whose_graph_reads_a_file_it_does_not_hash_is_refused(tmp_path, location):
+    import onnx
+
+    linear_verifier_onnx(tmp_path / "inline.onnx", np.ones(8))
+    (tmp_path / "src").mkdir()
+    loose = _save_external(onnx.load(tmp_path / "inline.onnx"), tmp_path / "src" / "v.onnx")
+    folder = write_verifier_bundle(loose, tmp_path / "b" / "bundle", policy_fingerprint="f" * 64,
+                                   feature_dim=8).path
+    # The data the edited graph names exists where it points (so onnxruntime could read it), hashed or not.
+    target = folder / location if not location.startswith("/") else None
+    if target is not None and location != "verifier.onnx":
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / "weights.bin", target)
+    _relocate(folder / "verifier.onnx", location)
+    _rehash(folder, "verifier.onnx")
+    with pytest.raises(BundleError, match="not one of the bundle's files") as info:
+        load_verifier(folder)
+    assert info.value.field == "files.verifier.onnx" and repr(location) in str(info.value)
+    # Loose, beside its data or not, the graph is refused too: only a plain sibling name is wrapped.
+    if location != "unlisted.bin":
+        shutil.copyfile(folder / "verifier.onnx", tmp_path / "b" / "loose.onnx")
+        with pytest.raises(BundleError, match="only a plain file name beside the graph|which is not in"):
+            load_verifier(tmp_path / "b" / "loose.onnx")
+
+
+def test_a_policy_bundle_whose_graph_reads_outside_its_folder_is_refused(bundle_copy):
+    import onnx
+
+    _save_external(onnx.load(bundle_copy / "encoder.onnx"), bundle_copy / "encoder.onnx", "encoder.onnx.data")
+    # Hashed and listed, the external file is accepted ...
+    edit_manifest(bundle_copy, lambda m: m["files"].__setitem__("encoder.onnx.data", "0"))
+    _rehash(bundle_copy, "encoder.onnx.data")
+    _rehash(bundle_copy, "encoder.onnx")
+    load_policy_bundle(bundle_copy)
+    # ... moved out of the folder, with the graph pointing at it, it is not.
+    shutil.move(bundle_copy / "encoder.onnx.data", bundle_copy.parent / "stolen.bin")
+    edit_manifest(bundle_copy, lambda m: m["files"].pop("encoder.onnx.data"))
+    _relocate(bundle_copy / "encoder.onnx", "../stolen.bin")
+    _rehash(bundle_copy, "encoder.onnx")
+    with pytest.raises(BundleError, match=r"reads external data from '\.\./stolen\.bin'") as info:
+        load_policy_bundle(bundle_copy)
+    assert info.value.field == "files.encoder.onnx"
+    with pytest.raises(BundleError):
+        Engine(bundle_copy)

@@ -238,3 +238,26 @@ def test_a_verifier_follows_a_re_export_of_its_policy_and_no_other(exported, tmp
     with pytest.raises(ValueError, match="bound to policy"):
         rebind_verifier(out, old.path, flow.path, tmp_path / "no", observations=2)
     assert not (tmp_path / "no").exists()
+
+
+def test_a_bare_onnx_verifier_is_refused_by_the_engine_until_wrapped_for_the_policy(exported, tmp_path, capsys):
+    from policies import BundleError
+    from runtime import Engine
+    from taco.cli import main
+    from verifiers.synthetic import linear_verifier_onnx
+
+    flow = exported("flow")
+    f = flow.bundle.manifest.feature_dim
+    bare = linear_verifier_onnx(tmp_path / "mine.onnx", np.ones(f))
+    engine = Engine(flow.bundle)
+    with pytest.raises(BundleError, match="bound to no policy.*taco wrap-verifier"):
+        engine.set_verifier(bare)
+    with pytest.raises(BundleError, match="bare file"):
+        engine.check_verifier_bundle(bare)
+    assert engine.verifier is None
+    assert main(["wrap-verifier", str(bare), "--policy", str(flow.path), "--out", str(tmp_path / "wrapped")]) == 0
+    assert "bound to policy" in capsys.readouterr().out
+    assert engine.set_verifier(tmp_path / "wrapped").policy_fingerprint == flow.bundle.fingerprint
+    other = exported("diffusion")
+    with pytest.raises(BundleError, match="trained on policy"):
+        Engine(other.bundle).check_verifier_bundle(tmp_path / "wrapped")

@@ -1,7 +1,9 @@
 """Verifier bundles: a folder with manifest.json and verifier.onnx (`features[N, F] -> scores[N]`).
 
-Any ONNX file with that signature is a verifier: wrap it in a bundle with `write_verifier_bundle`
-(which binds it to a policy's fingerprint), or load the bare file with `load_verifier(path)`. A graph
+Any ONNX file with that signature is a verifier: wrap it in a bundle with `write_verifier_bundle` or
+`taco wrap-verifier` (which bind it to a policy's fingerprint). `load_verifier(path)` also reads a bare
+file (for inspection), but the engine, the server and the ROS node refuse one: bound to no policy, its
+features could be any policy's. A graph
 may take a second input named `chunks`, float32[N, H, A]: the candidates' chunks in the policy's
 normalised action units (a verifier that scores the actions themselves, or compares the candidates),
 and an input named `seed`, int64 scalar: the decision's noise seed (a reproducible pick that must not
@@ -22,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from policies.errors import BundleError
+from policies.onnx_data import sibling_data_files
 from policies.sampler import cpu_session
 from policies.schema import Reader, check_files, read_manifest, sha256_file
 
@@ -161,6 +164,7 @@ def load_verifier(path: str | Path, session_factory: Callable[[Path], ort.Infere
         raise BundleError("verifier", f"{path} does not exist")
     if path.is_file() and path.suffix == ".onnx":
         log.warning("verifier %s is a bare ONNX file: its policy fingerprint cannot be checked", path)
+        sibling_data_files(path)  # its external data stays beside it, whatever onnxruntime allows
         return OnnxVerifier(make_session(path), path.stem, None, None, path=path)
     manifest = VerifierManifest.from_dict(read_manifest(path))
     check_files(path, manifest.files)
@@ -180,14 +184,21 @@ def write_verifier_bundle(onnx_path: str | Path, out_dir: str | Path, *, policy_
         if not overwrite:
             raise FileExistsError(f"{out} exists; pass overwrite=True to replace it")
         shutil.rmtree(out)
+    data = sibling_data_files(onnx_path)
+    clash = set(data) & {VERIFIER_FILE, "manifest.json"}
+    if clash:
+        raise BundleError("verifier", f"{onnx_path}: its external data file {sorted(clash)[0]!r} has a name the "
+                                      "bundle uses for itself; re-save the graph with another location")
     out.mkdir(parents=True)
     shutil.copyfile(onnx_path, out / VERIFIER_FILE)
+    for name in data:  # the graph names them relative to its folder, so they keep their names
+        shutil.copyfile(Path(onnx_path).parent / name, out / name)
     manifest = VerifierManifest(
         type=type,
         name=name or out.name,
         feature_dim=feature_dim,
         policy_fingerprint=policy_fingerprint,
-        files={VERIFIER_FILE: sha256_file(out / VERIFIER_FILE)},
+        files={name: sha256_file(out / name) for name in (VERIFIER_FILE, *data)},
         provenance={"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     **(provenance or {})},
     )
@@ -195,12 +206,35 @@ def write_verifier_bundle(onnx_path: str | Path, out_dir: str | Path, *, policy_
     return load_verifier(out)
 
 
-def check_verifier(verifier, feature_dim: int, policy_fingerprint: str) -> None:
-    """Raises BundleError if `verifier` was not made for this policy's features."""
+def read_verifier_manifest(path: str | Path) -> VerifierManifest:
+    """A verifier bundle's manifest, validated, without hashing its files or loading its graph: the cheap
+    part of `load_verifier`, enough to refuse a verifier of another policy before the expensive part.
+    A bare ONNX file is refused (it names no policy)."""
+    path = Path(path)
+    if not path.exists():
+        raise BundleError("verifier", f"{path} does not exist")
+    if path.is_file():
+        raise BundleError("verifier", f"{path} is a bare file, bound to no policy: wrap it in a bundle for its "
+                                      "policy with `taco wrap-verifier`")
+    manifest = VerifierManifest.from_dict(read_manifest(path))
+    for name in manifest.files:
+        if not (path / name).is_file():
+            raise BundleError(f"files.{name}", f"listed in the manifest but missing from {path}")
+    return manifest
+
+
+def check_verifier(verifier, feature_dim: int, policy_fingerprint: str, allow_unbound: bool = False) -> None:
+    """Raises BundleError if `verifier` (a loaded verifier or a VerifierManifest) was not made for this
+    policy's features. One bound to no policy (a bare ONNX file) is refused unless `allow_unbound`, which
+    only code holding a verifier object it made itself (a plugin) should pass."""
     where = f"verifier {getattr(verifier, 'name', '?')!r}"
     if verifier.feature_dim is not None and verifier.feature_dim != feature_dim:
         raise BundleError(f"{where}.feature_dim",
                           f"takes {verifier.feature_dim}-d features, the policy exports {feature_dim}-d")
+    if verifier.policy_fingerprint is None and not allow_unbound:
+        raise BundleError(f"{where}.policy_fingerprint",
+                          "bound to no policy (a bare ONNX file): wrap it in a bundle for this policy with "
+                          "`taco wrap-verifier`")
     if verifier.policy_fingerprint is not None and verifier.policy_fingerprint != policy_fingerprint:
         raise BundleError(f"{where}.policy_fingerprint",
                           f"trained on policy {verifier.policy_fingerprint[:12]}..., "

@@ -24,6 +24,24 @@ def cmd_collect_features(args) -> int:
     return 0
 
 
+def cmd_wrap_verifier(args) -> int:
+    from policies.bundle import load_policy_bundle
+    from policies.shipped import resolve_policy
+    from verifiers.bundle import load_verifier, write_verifier_bundle
+
+    bundle = load_policy_bundle(resolve_policy(args.policy))
+    graph = load_verifier(args.onnx)  # the signature is checked before anything is written
+    f = bundle.manifest.feature_dim
+    if graph.feature_dim is not None and graph.feature_dim != f:
+        raise SpecError("verifier.feature_dim", f"{args.onnx} takes {graph.feature_dim}-d features, the policy "
+                                                f"exports {f}-d")
+    verifier = write_verifier_bundle(args.onnx, args.out, policy_fingerprint=bundle.fingerprint, feature_dim=f,
+                                     name=args.name, provenance={"wrapped": os.path.basename(args.onnx)},
+                                     overwrite=args.overwrite)
+    print(f"wrote verifier {verifier.path} ({verifier.name}) bound to policy {bundle.fingerprint[:12]}")
+    return 0
+
+
 def _given(value, default):
     """A flag's value, or the config's default when the flag was not given (0 is a value)."""
     return default if value is None else value
@@ -149,6 +167,14 @@ def register(cli) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quick", action="store_true", help="3 epochs (for tests)")
+
+    p = cli.add("wrap-verifier", "bind an ONNX graph with the verifier signature (features[N, F] -> scores[N]) "
+                                 "to a policy, as a verifier bundle", run=cmd_wrap_verifier)
+    p.add_argument("onnx", help="the .onnx file")
+    p.add_argument("--policy", required=True, help="the policy bundle whose features it scores, or 'default'")
+    p.add_argument("--out", required=True, help="verifier bundle folder")
+    p.add_argument("--name", default=None, help="its name (default: the folder's)")
+    p.add_argument("--overwrite", action="store_true")
 
     p = cli.add("rebind-verifier", "bind a verifier to a re-export of its policy (e.g. with real-time chunking "
                                    "inputs), once both give the same candidates and features",
