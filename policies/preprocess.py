@@ -16,17 +16,36 @@ from policies.observation import Observation
 STATE_DTYPES = (np.float32, np.float64)
 
 
+# Largest image side accepted anywhere an image enters (the server's wire parser, the preprocessor, the ROS
+# node): a 4K UHD camera is 3840 x 2160. Bounds the resize's memory and time, whatever a client sends.
+MAX_IMAGE_SIDE = 4096
+# Longest task instruction, in characters (tokenisers cut far shorter; this bounds their work).
+MAX_TASK_CHARS = 4096
+
+
+def check_image_size(field: str, height: int, width: int) -> None:
+    """Raises ObservationError naming `field` unless 1 <= height, width <= MAX_IMAGE_SIDE."""
+    if not (1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE):
+        raise ObservationError(field, f"image of {height} x {width} pixels: each side must be in [1, {MAX_IMAGE_SIDE}]")
+
+
 @lru_cache(maxsize=64)
-def _area_weights(n_in: int, n_out: int) -> np.ndarray:
-    """float32[n_out, n_in]: each output pixel averages the input pixels it covers (box filter)."""
-    weights = np.zeros((n_out, n_in), np.float64)
+def _area_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int64[n_out, k], float32[n_out, k]): the input pixels each output pixel covers and their overlap
+    weights, normalised (box filter). k <= ceil(n_in / n_out) + 1, so the table is small for any size;
+    short rows are padded with weight 0 on pixel 0."""
     scale = n_in / n_out
-    for o in range(n_out):
-        lo, hi = o * scale, (o + 1) * scale
-        for i in range(int(math.floor(lo)), min(int(math.ceil(hi)), n_in)):
-            weights[o, i] = min(hi, i + 1) - max(lo, i)
-    weights /= weights.sum(axis=1, keepdims=True)
-    return weights.astype(np.float32)
+    lo = np.arange(n_out) * scale
+    hi = lo + scale
+    first = np.floor(lo).astype(np.int64)
+    last = np.minimum(np.ceil(hi).astype(np.int64), n_in)  # exclusive
+    k = int((last - first).max())
+    index = first[:, None] + np.arange(k)[None]
+    weight = np.minimum(hi[:, None], index + 1) - np.maximum(lo[:, None], index)
+    valid = index < last[:, None]
+    weight = np.where(valid, np.maximum(weight, 0.0), 0.0)
+    weight /= weight.sum(axis=1, keepdims=True)
+    return np.where(valid, index, 0), weight.astype(np.float32)
 
 
 def _box_sum(image: np.ndarray, fy: int, fx: int) -> np.ndarray:
@@ -52,20 +71,29 @@ def _box_downscale(image: np.ndarray, fy: int, fx: int) -> np.ndarray:
 
 
 def resize_area(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resizes uint8[h, w, 3] to float32[height, width, 3] in [0, 255] with area averaging.
+    """Resizes uint8[h, w, 3] to float32[height, width, 3] in [0, 255] with area averaging (each output
+    pixel is the overlap-weighted mean of the input pixels it covers; equal to OpenCV's INTER_AREA on a
+    float image, tests/test_preprocess.py).
 
-    Integer down-scaling factors (480x640 -> 96x128) take a fast path; other sizes use two matrix
-    products with box-filter weights (rows, then columns).
+    Integer down-scaling factors (480x640 -> 96x128) take a fast path; other sizes filter rows, then
+    columns, each output pixel from its few taps, so memory stays O(input + output) for any size.
+    Our own rather than OpenCV's: the inference path is numpy + onnxruntime, and a pip OpenCV beside
+    JetPack's own is a known source of conflicts on the robot computers this runs on.
     """
     h, w, c = image.shape
     if (h, w) == (height, width):
         return image.astype(np.float32)
     if h % height == 0 and w % width == 0:
         return _box_downscale(image, h // height, w // width)
-    wy, wx = _area_weights(h, height), _area_weights(w, width)
-    rows = wy @ image.reshape(h, w * c).astype(np.float32)  # [height, w * c]
-    cols = rows.reshape(height, w, c).transpose(0, 2, 1).reshape(height * c, w) @ wx.T  # [height * c, width]
-    return np.ascontiguousarray(cols.reshape(height, c, width).transpose(0, 2, 1))
+    index, weight = _area_taps(h, height)
+    rows = np.zeros((height, w, c), np.float32)
+    for j in range(index.shape[1]):
+        rows += weight[:, j, None, None] * image[index[:, j]]
+    index, weight = _area_taps(w, width)
+    out = np.zeros((height, width, c), np.float32)
+    for j in range(index.shape[1]):
+        out += weight[None, :, j, None] * rows[:, index[:, j]]
+    return out
 
 
 def resize_with_pad(image: np.ndarray, height: int, width: int, align: str = "pad_center") -> np.ndarray:
@@ -136,6 +164,8 @@ class Preprocessor:
         feeds["state"] = self._state(observation.state)
         if not isinstance(observation.task, str):
             raise ObservationError("task", f"expected str, got {type(observation.task).__name__}")
+        if len(observation.task) > MAX_TASK_CHARS:
+            raise ObservationError("task", f"{len(observation.task)} characters; at most {MAX_TASK_CHARS}")
         tokenizer = self.manifest.tokenizer
         if getattr(tokenizer, "needs_state", False):  # pi05 writes the normalised state into its prompt
             tokens = tokenizer.encode(observation.task, feeds["state"][0])
@@ -155,8 +185,7 @@ class Preprocessor:
             raise ObservationError(field, f"expected dtype uint8 (RGB 0..255), got {image.dtype}")
         if image.ndim != 3 or image.shape[2] != 3:
             raise ObservationError(field, f"expected shape [H, W, 3] (RGB channels last), got {list(image.shape)}")
-        if image.shape[0] < 1 or image.shape[1] < 1:
-            raise ObservationError(field, f"empty image of shape {list(image.shape)}")
+        check_image_size(field, image.shape[0], image.shape[1])
         pixels = resize_with_pad(image, height, width, self.manifest.image_resize)  # [h, w, 3] float32 0..255
         chw = np.ascontiguousarray(pixels.transpose(2, 0, 1))
         chw *= self._img_scale

@@ -21,7 +21,7 @@ from policies.errors import ObservationError, SpecError
 from policies.guidance import Guidance
 from policies.manifest import CameraSpec
 from policies.observation import Observation
-from policies.preprocess import fit_uint8
+from policies.preprocess import check_image_size, fit_uint8
 from runtime.engine import Decision
 from serving.wire import pack, unpack
 
@@ -223,6 +223,7 @@ class RemoteEngine:
             image = np.asarray(images[name])
             if self.resize_on_client and image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3 \
                     and image.shape[:2] != (height, width):
+                check_image_size(f"images[{name!r}]", image.shape[0], image.shape[1])
                 image = fit_uint8(image, height, width, self.manifest.image_resize)
             out[name] = image
         return out

@@ -42,6 +42,7 @@ import numpy as np
 from policies.errors import ObservationError, SpecError
 from policies.guidance import DEFAULT_MAX_WEIGHT, Guidance
 from policies.observation import Observation
+from policies.preprocess import MAX_TASK_CHARS, check_image_size
 from runtime.executor import decision_seed
 from serving.wire import MAX_MESSAGE_BYTES, WireError, pack, unpack
 
@@ -125,6 +126,8 @@ def parse_request(message: object, cameras: tuple[str, ...], default_n: int, max
     prompt = message.get("prompt", task)
     if not isinstance(prompt, str):
         raise ObservationError("prompt", f"expected a string, got {type(prompt).__name__}")
+    if len(prompt) > MAX_TASK_CHARS:
+        raise ObservationError("prompt", f"{len(prompt)} characters; at most {MAX_TASK_CHARS}")
     n = _integer(message.get("n", default_n), "n", 1, max_n)
     seed = message.get("seed")
     if seed is not None:
@@ -167,8 +170,13 @@ def _hwc(image: object, name: str) -> np.ndarray:
         what = f"{image.dtype}{list(image.shape)}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ObservationError(name, f"expected uint8[3, H, W] or uint8[H, W, 3], got {what}")
     if image.shape[0] == 3 and image.shape[-1] != 3:
-        return np.ascontiguousarray(image.transpose(1, 2, 0))
-    return image
+        image = image.transpose(1, 2, 0)
+    elif image.shape[-1] != 3:
+        raise ObservationError(name, f"expected uint8[3, H, W] or uint8[H, W, 3], got uint8{list(image.shape)}")
+    # Checked here, before the request waits for the batcher: no size a client sends costs the worker more
+    # than the largest camera's resize.
+    check_image_size(name, image.shape[0], image.shape[1])
+    return np.ascontiguousarray(image)
 
 
 def _integer(value: object, name: str, low: int, high: int) -> int:

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from policies import Observation, Preprocessor
-from policies.preprocess import _area_weights, fit_uint8, resize_area, resize_with_pad
+from policies.observation import make_example_observation
+from policies.errors import ObservationError
+from policies.preprocess import MAX_IMAGE_SIDE, MAX_TASK_CHARS, _area_taps, fit_uint8, resize_area, resize_with_pad
 from policies.tokenizer import ByteTokenizer
 
 
@@ -38,8 +40,50 @@ def test_robot_sized_image_takes_the_integer_fast_path_exactly():
     np.testing.assert_allclose(resize_area(image, 96, 128), expected, atol=1e-3)
 
 
-def test_area_weights_rows_sum_to_one():
-    np.testing.assert_allclose(_area_weights(37, 11).sum(axis=1), 1.0, atol=1e-6)
+@pytest.mark.parametrize("n_in,n_out", [(37, 11), (11, 37), (640, 299), (4096, 7)])
+def test_area_taps_are_few_and_their_weights_sum_to_one(n_in, n_out):
+    index, weight = _area_taps(n_in, n_out)
+    assert index.shape == weight.shape and index.shape[1] <= int(np.ceil(n_in / n_out)) + 1
+    assert (index >= 0).all() and (index < n_in).all() and (weight >= 0).all()
+    np.testing.assert_allclose(weight.sum(axis=1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,size", [((480, 640, 3), (224, 299)), ((100, 33, 3), (7, 30)), ((8, 8, 3), (12, 10)),
+                                        ((1, 4096, 3), (1, 128))])
+def test_resize_area_is_opencvs_inter_area(shape, size):
+    """OpenCV's area interpolation (on a float image, so that it does not round) is the reference a
+    library made for resizing gives; ours stays numpy-only on the inference path."""
+    import cv2
+
+    image = np.random.default_rng(4).integers(0, 256, shape, dtype=np.uint8)
+    theirs = cv2.resize(image.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+    np.testing.assert_allclose(resize_area(image, *size), theirs.reshape(*size, 3), atol=1e-3)
+
+
+def test_resize_memory_is_bounded_by_the_images_not_their_product():
+    """A long thin image used to build a dense [out, in] weight matrix (gigabytes for a 1e6-pixel side)."""
+    import tracemalloc
+
+    image = np.random.default_rng(5).integers(0, 256, (3, MAX_IMAGE_SIDE, 3), dtype=np.uint8)
+    tracemalloc.start()
+    out = resize_with_pad(image, 224, 224)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out.shape == (224, 224, 3)
+    assert peak < 2 * (image.nbytes * 4 + out.nbytes), peak  # the dense matrix alone was 224 x 4096 float64, 7 MiB
+
+
+def test_preprocessor_refuses_oversized_images_and_instructions_naming_them(flow):
+    manifest = flow.bundle.manifest
+    obs = make_example_observation(manifest)
+    cam = manifest.cameras[0].name
+    pre = Preprocessor(manifest)
+    for shape in [(1, MAX_IMAGE_SIDE + 1, 3), (MAX_IMAGE_SIDE + 1, 2, 3), (0, 4, 3)]:
+        with pytest.raises(ObservationError, match=rf"images\['{cam}'\].*each side must be in \[1, {MAX_IMAGE_SIDE}\]"):
+            pre(Observation({cam: np.zeros(shape, np.uint8)}, obs.state, obs.task, obs.stamp))
+    with pytest.raises(ObservationError, match=rf"task: {MAX_TASK_CHARS + 1} characters; at most {MAX_TASK_CHARS}"):
+        pre(Observation(obs.images, obs.state, "x" * (MAX_TASK_CHARS + 1), obs.stamp))
+    assert pre(Observation(obs.images, obs.state, "x" * MAX_TASK_CHARS, obs.stamp))["state"].shape == (1, 14)
 
 
 def test_resize_with_pad_keeps_aspect_and_pads_black():

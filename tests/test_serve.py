@@ -282,6 +282,50 @@ def test_fuzz_a_thousand_hostile_messages_leave_the_server_serving(server, polic
                                       Engine(policy).infer(obs, n=4, seed=9).chunk)
 
 
+def test_every_oversized_shape_is_refused_naming_its_field_without_the_servers_memory_growing(server, policy):
+    """Each message fits the 4 MiB message limit; before the caps a [1, 1e6, 3] image built a dense
+    224 x 1e6 float64 resize matrix (1.8 GB) and the server went silent."""
+    import resource
+
+    from websockets.sync.client import connect
+
+    from policies.preprocess import MAX_IMAGE_SIDE, MAX_TASK_CHARS
+
+    manifest = Engine(policy).manifest
+    base = _aloha(manifest, size=(32, 32))
+    side = MAX_IMAGE_SIDE + 1
+    cases = {  # field -> replacement; each must be refused with the field's name
+        "images['cam_high']": [np.zeros((1, 1_000_000, 3), np.uint8), np.zeros((3, 1, 1_000_000), np.uint8),
+                               np.zeros((1_000_000, 1, 3), np.uint8), np.zeros((3, side, 2), np.uint8),
+                               np.zeros((side, 3, 3), np.uint8), np.zeros((0, 8, 3), np.uint8),
+                               np.zeros((3, 0, 8), np.uint8), np.zeros((40, 40, 4), np.uint8),
+                               np.zeros((1, 4, 40, 40), np.uint8)],
+        "state": [np.zeros(500_000, np.float32), np.zeros((14, 14)), np.zeros(0)],
+        "prompt": ["x" * (MAX_TASK_CHARS + 1), "x" * 3_000_000],
+        "rtc_target": [np.zeros((50_000, 14), np.float32)],
+    }
+    named = {"rtc_target": "guidance.target"}  # the engine's name for it
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB, the process's peak so far
+    with connect(_url(server), max_size=None) as ws:
+        ws.recv()
+        for field, values in cases.items():
+            for value in values:
+                if field.startswith("images"):
+                    message = {**base, "images": {**base["images"], "cam_high": value}}
+                elif field == "rtc_target":
+                    message = {**base, "rtc_target": value, "rtc_weights": np.ones(8, np.float32)}
+                else:
+                    message = {**base, field: value}
+                ws.send(pack(message))
+                reply = ws.recv(timeout=60)
+                shape = getattr(value, "shape", len(value))
+                assert isinstance(reply, str) and reply.startswith(f"ObservationError: {named.get(field, field)}"), (shape, reply[:200])
+        ws.send(pack(base))
+        assert unpack(ws.recv(timeout=60))["actions"].shape == (8, 14)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 256, grown_mib
+
+
 def test_eight_clients_at_once_each_get_their_own_decision(server, policy):
     local = Engine(policy)
     observations = [make_example_observation(local.manifest, seed=s) for s in range(8)]
