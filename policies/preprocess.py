@@ -25,6 +25,8 @@ MAX_TASK_CHARS = 4096
 
 def check_image_size(field: str, height: int, width: int) -> None:
     """Raises ObservationError naming `field` unless 1 <= height, width <= MAX_IMAGE_SIDE."""
+    if height == 0 or width == 0:
+        raise ObservationError(field, f"empty image ({height} x {width} pixels)")
     if not (1 <= height <= MAX_IMAGE_SIDE and 1 <= width <= MAX_IMAGE_SIDE):
         raise ObservationError(field, f"image of {height} x {width} pixels: each side must be in [1, {MAX_IMAGE_SIDE}]")
 

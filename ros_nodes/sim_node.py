@@ -152,7 +152,7 @@ class SimNode(Node):
                        "success": bool(info["success"]), "best_stage": int(self.env.best_stage),
                        "steps": int(info["steps"]), "commanded_steps": self.commanded_steps,
                        "wall_s": round(time.monotonic() - self.episode_started, 3),
-                       "rejected_commands": self.source.rejected}
+                       "received_commands": self.source.received, "rejected_commands": self.source.rejected}
             self.episode_pub.publish(String(data=dumps(summary)))
             self.get_logger().info(f"episode {summary}")
             if self.episodes and self.episode + 1 >= self.episodes:

@@ -98,8 +98,45 @@ def check_command(words: list[str]) -> None:
     elif words[0].startswith("scripts/"):
         script = ROOT / words[0]
         assert script.is_file() and script.stat().st_mode & 0o111, f"{words[0]} is not an executable script"
+    elif words[:2] == ["ros2", "topic"] and words[2] in ("pub", "echo"):
+        _check_ros2_topic(words)
     else:
         raise AssertionError(f"not a command this test knows how to check: {' '.join(words)}")
+
+
+def _check_ros2_topic(words: list[str]) -> None:
+    """`ros2 topic pub [options] TOPIC TYPE VALUES` / `ros2 topic echo [options] TOPIC`: the topic is one
+    the nodes use (ros_nodes.common), the type is the one they use on it, and the values' fields are
+    the message type's own (ros2 topic pub refuses unknown fields)."""
+    import importlib
+
+    import yaml
+
+    from ros_nodes import common
+
+    known = {v for k, v in vars(common).items() if k.endswith("_TOPIC") and isinstance(v, str)}
+    options_with_value = {"-r", "--rate", "-t", "--times", "-w", "--wait-matching-subscriptions", "--qos-profile"}
+    rest, i = [], 3
+    while i < len(words):
+        if words[i] in options_with_value:
+            i += 2
+            continue
+        if not words[i].startswith("-"):
+            rest.append(words[i])
+        i += 1
+    topic = rest[0]
+    assert topic in known, f"{topic} is not a topic of ros_nodes.common"
+    if words[2] == "echo":
+        return
+    package, kind, name = rest[1].split("/")
+    assert kind == "msg", rest[1]
+    message = getattr(importlib.import_module(f"{package}.msg"), name)
+    used = (ROOT / "ros_nodes" / "policy_node.py").read_text()
+    constant = next(k for k, v in vars(common).items() if v == topic and k.endswith("_TOPIC"))
+    assert re.search(rf"sub\({name}, {constant}\b", used), f"the policy node does not take {name} on {topic}"
+    values = yaml.safe_load(rest[2]) if len(rest) > 2 else {}
+    fields = set(message.get_fields_and_field_types())
+    assert set(values or {}) <= fields, f"{rest[1]} has no fields {set(values) - fields}"
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -116,7 +153,10 @@ def test_the_checker_refuses_what_would_not_run():
     check_command(["HF_HUB_OFFLINE=1", ".venv/bin/lerobot-train", "--steps=2"])  # and accepts what would
     for bad in (["taco", "eval", "--polcy", "default"], ["taco", "frobnicate"], ["make", "no-such-target"],
                 [".venv/bin/python", "benchmarks/sim_env.py", "--no-such-flag"], [".venv/bin/no-such-tool"],
-                ["HF_HUB_OFFLINE=1", "taco", "frobnicate"]):
+                ["HF_HUB_OFFLINE=1", "taco", "frobnicate"],
+                ["ros2", "topic", "pub", "/taco/no_such_topic", "std_msgs/msg/String", "{data: x}"],
+                ["ros2", "topic", "pub", "--once", "/taco/estop", "std_msgs/msg/Empty", "{}"],
+                ["ros2", "topic", "pub", "--once", "/taco/estop", "std_msgs/msg/String", "{text: x}"]):
         with pytest.raises((AssertionError, SystemExit)):
             check_command(bad)
 

@@ -78,9 +78,11 @@ def test_preprocessor_refuses_oversized_images_and_instructions_naming_them(flow
     obs = make_example_observation(manifest)
     cam = manifest.cameras[0].name
     pre = Preprocessor(manifest)
-    for shape in [(1, MAX_IMAGE_SIDE + 1, 3), (MAX_IMAGE_SIDE + 1, 2, 3), (0, 4, 3)]:
+    for shape in [(1, MAX_IMAGE_SIDE + 1, 3), (MAX_IMAGE_SIDE + 1, 2, 3)]:
         with pytest.raises(ObservationError, match=rf"images\['{cam}'\].*each side must be in \[1, {MAX_IMAGE_SIDE}\]"):
             pre(Observation({cam: np.zeros(shape, np.uint8)}, obs.state, obs.task, obs.stamp))
+    with pytest.raises(ObservationError, match=rf"images\['{cam}'\]: empty image \(0 x 4 pixels\)"):
+        pre(Observation({cam: np.zeros((0, 4, 3), np.uint8)}, obs.state, obs.task, obs.stamp))
     with pytest.raises(ObservationError, match=rf"task: {MAX_TASK_CHARS + 1} characters; at most {MAX_TASK_CHARS}"):
         pre(Observation(obs.images, obs.state, "x" * (MAX_TASK_CHARS + 1), obs.stamp))
     assert pre(Observation(obs.images, obs.state, "x" * MAX_TASK_CHARS, obs.stamp))["state"].shape == (1, 14)
