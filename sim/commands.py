@@ -33,7 +33,8 @@ def cmd_eval(args) -> int:
                         noise_stream=args.noise_stream, report=args.report, video_episodes=args.video_episodes,
                         asynchronous=args.asynchronous, delay_ms=args.delay_ms,
                         rtc=None if args.rtc is None else args.rtc == "on", continuity=args.continuity,
-                        rtc_horizon=args.rtc_horizon)
+                        rtc_horizon=args.rtc_horizon, log_decisions=args.log_decisions, log_max_mb=args.log_max_mb,
+                        explore=args.explore)
     report = run_suite(config, json_path=args.json)
     print(format_summary(report))
     if args.json:
@@ -234,6 +235,12 @@ def register(cli) -> None:
     p.add_argument("--rtc-horizon", type=int, default=None,
                    help="with RTC: guide the new chunk's positions up to this one, at least the delay + 1 "
                         "(LeRobot's execution_horizon; default: all that is left of the executing chunk)")
+    p.add_argument("--log-decisions", default=None, metavar="DIR",
+                   help="log every decision (candidates, features, scores, pick), the executed actions and the "
+                        "outcome to this folder, for taco train-verifier --kind value")
+    p.add_argument("--log-max-mb", type=float, default=None, help="stop logging once the log reaches this size")
+    p.add_argument("--explore", type=float, default=0.0,
+                   help="epsilon-greedy collection: take a uniformly random candidate with this probability")
     p.add_argument("--quick", action="store_true", help="at most 2 episodes per task (for tests)")
 
     p = cli.add("record", "record scripted-expert episodes as a LeRobotDataset v3", run=cmd_record,

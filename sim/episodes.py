@@ -8,6 +8,7 @@ this module does not import it, so the local and the Ray backends both depend on
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -40,7 +41,13 @@ def _make(config, task: str):
         from runtime.engine import Engine, EngineConfig
         from runtime.executor import AsyncChunkExecutor, ChunkExecutor, ExecutorConfig
 
-        engine = Engine(config.policy, verifier=config.verifier, config=EngineConfig(continuity=config.continuity))
+        engine = Engine(config.policy, verifier=config.verifier,
+                        config=EngineConfig(continuity=config.continuity,
+                                            return_candidates=bool(config.log_decisions)))
+        if config.explore:
+            from verifiers.explore import Explore
+
+            engine.set_verifier(Explore(engine.verifier, config.explore))
         execution = ExecutorConfig(n=config.n, execute=config.execute, noise_stream=config.noise_stream)
         if config.asynchronous:
             controller = AsyncChunkExecutor(engine, execution, config.timing())
@@ -48,7 +55,20 @@ def _make(config, task: str):
             controller = ChunkExecutor(engine, execution)
         cameras = engine.manifest.cameras
     env = AlohaSimEnv(task, cameras=cameras, max_steps=config.max_steps)
-    return env, controller
+    return env, controller, _decision_log(config, controller)
+
+
+def _decision_log(config, controller):
+    if not config.log_decisions:
+        return None
+    from verifiers.decision_log import DecisionLog
+
+    engine = controller.engine
+    m = engine.manifest
+    max_bytes = None if config.log_max_mb is None else int(config.log_max_mb * 2**20)
+    return DecisionLog(config.log_decisions, policy_fingerprint=engine.bundle.fingerprint, feature_dim=m.feature_dim,
+                       chunk_length=m.chunk_length, action_dim=m.action_dim, action_mean=engine.policy.action_mean,
+                       action_std=engine.policy.action_std, max_bytes=max_bytes, writer="taco eval")
 
 
 def run_episode(task: str, index: int) -> dict:
@@ -56,17 +76,25 @@ def run_episode(task: str, index: int) -> dict:
     config = _WORKER["config"]
     if task not in _WORKER:
         _WORKER[task] = _make(config, task)
-    env, controller = _WORKER[task]
+    env, controller, log = _WORKER[task]
     seed = config.seed + index
     film = config.report is not None and index < config.video_episodes
     started = time.perf_counter()
     obs = env.reset(seed)
     controller.reset(seed, env)
+    episode = None if log is None else log.episode(task, seed, n=config.n, verifier=_verifier_name(controller),
+                                                   explore=config.explore, noise_stream=config.noise_stream)
     frames, stages, done, info = [], [], False, {"success": False}
     while not done:
+        decided = len(controller.decisions) if episode is not None else 0
+        state, step = obs.state, env.steps
         action = controller.act(obs)
         obs, reward, done, info = env.step(action)
         stages.append(int(reward))
+        if episode is not None:
+            if len(controller.decisions) > decided:
+                episode.decision(controller.decisions[-1], step, state)
+            episode.step(action, reward)
         if film:
             frames.append(env.render(VIDEO_CAMERA, *VIDEO_SIZE))
     record = {
@@ -82,9 +110,21 @@ def run_episode(task: str, index: int) -> dict:
         record["switch_jumps"] = [round(v, 5) for v in controller.motion.switch_jumps]
         record["jerk_mean"] = round(controller.motion.jerk_mean(), 3)
         record["held_steps"] = getattr(controller, "held", 0)
+    if episode is not None:
+        full = log.full
+        logged = episode.end(success=record["success"], best_stage=record["best_stage"], max_stage=record["max_stage"])
+        record["logged"] = logged is not None
+        if log.full and not full:
+            print(f"decision log {log.root} reached {config.log_max_mb:g} MB: later episodes are not logged",
+                  file=sys.stderr, flush=True)
     if film:
         record["video"] = _write_video(frames, Path(config.report) / "videos" / f"{task}-ep{index:03d}.mp4")
     return record
+
+
+def _verifier_name(controller) -> str | None:
+    verifier = controller.engine.verifier
+    return None if verifier is None else verifier.name
 
 
 def run_item(item: tuple[str, int]) -> dict:

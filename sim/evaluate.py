@@ -67,6 +67,14 @@ class EvalConfig:
     rtc: bool | None = None
     continuity: float = 0.0
     rtc_horizon: int | None = None
+    # Decision log folder (verifiers.decision_log): every decision's candidates, features, scores and pick,
+    # the executed actions, rewards and the outcome, for `taco train-verifier --kind value`; None: none.
+    log_decisions: str | None = None
+    # Stop logging once the log's files reach this many megabytes (None: no bound).
+    log_max_mb: float | None = None
+    # Epsilon-greedy collection (verifiers.explore.Explore): with this probability a decision takes a
+    # uniformly random candidate instead of the verifier's pick.
+    explore: float = 0.0
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -87,6 +95,14 @@ class EvalConfig:
             raise ValueError(f"backend: must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.episodes < 1 or self.workers < 1 or self.n < 1 or self.execute < 1:
             raise ValueError("episodes, workers, n and execute must be >= 1")
+        if not (isinstance(self.explore, (int, float)) and 0.0 <= self.explore <= 1.0):
+            raise ValueError(f"explore: expected a probability in [0, 1], got {self.explore!r}")
+        if self.log_max_mb is not None and not self.log_max_mb > 0:
+            raise ValueError(f"log_max_mb: expected > 0 megabytes, got {self.log_max_mb}")
+        if self.policy == "scripted" and (self.log_decisions or self.explore):
+            raise ValueError("log_decisions and explore apply to policy bundles, not to --policy scripted")
+        if self.asynchronous and self.log_decisions:
+            raise ValueError("log_decisions: logs synchronous runs only for now (drop --async)")
         ExecutorConfig(noise_stream=self.noise_stream)  # the executor's own check of the stream
         if self.policy == "scripted" and (self.verifier is not None or self.n != 1 or self.noise_stream):
             raise ValueError("verifier, n and noise_stream apply to policy bundles, not to --policy scripted")
@@ -122,8 +138,10 @@ class EvalConfig:
         rebuilt in place (e.g. a new shipped default under the same name).
         """
         data = dataclasses.asdict(self)
-        for key in ("workers", "backend", "report", "video_episodes"):
+        for key in ("workers", "backend", "report", "video_episodes", "log_decisions", "log_max_mb"):
             data.pop(key)
+        if not self.explore:  # results from before exploration existed still resume
+            data.pop("explore")
         if not self.noise_stream:
             data.pop("noise_stream")  # the default stream: results from before streams existed still resume
         if not self.asynchronous:  # synchronous results from before asynchronous execution still resume

@@ -51,6 +51,22 @@ def cmd_train_verifier(args) -> int:
     from verifiers.features import FeatureSet
     from verifiers.train import UNTRAINED_KINDS, VerifierTrainConfig, train_verifier, untrained_verifier
 
+    if args.kind == "value":
+        from verifiers.value import ValueTrainConfig, train_value_verifier
+
+        if not args.logs:
+            raise SpecError("train-verifier", "--kind value learns from --logs DIR [DIR ...] (from taco eval "
+                                              "--log-decisions)")
+        d = ValueTrainConfig()
+        config = ValueTrainConfig(method=args.method, reward=args.reward, gamma=args.gamma,
+                                  expectile=args.expectile, hidden=_given(args.hidden, d.hidden),
+                                  layers=_given(args.blocks, d.layers),
+                                  steps=200 if args.quick else _given(args.steps, d.steps), seed=args.seed)
+        verifier = train_value_verifier(args.logs, args.out, config, overwrite=args.overwrite)
+        print(f"wrote value verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")
+        return 0
+    if args.logs:
+        raise SpecError("train-verifier", "--logs is for --kind value")
     if args.kind == "outcome":
         from verifiers.outcomes import OutcomeSet, OutcomeTrainConfig, train_outcome_verifier
 
@@ -83,6 +99,18 @@ def cmd_train_verifier(args) -> int:
                                  max_points=args.max_points, seed=args.seed)
     verifier = train_verifier(FeatureSet.load(args.features), config, args.out, overwrite=args.overwrite)
     print(f"wrote {args.kind} verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")
+    return 0
+
+
+def cmd_label(args) -> int:
+    from verifiers.decision_log import add_label
+
+    if args.success == args.failure:
+        raise SpecError("label", "give exactly one of --success and --failure")
+    for key in args.episode:
+        row = add_label(args.log, key, success=args.success, progress=args.progress)
+        print(f"{args.log}: {key} labelled {'success' if row['success'] else 'failure'}"
+              + (f", progress {row['progress']:g}" if "progress" in row else ""))
     return 0
 
 
@@ -151,22 +179,40 @@ def register(cli) -> None:
 
     p = cli.add("train-verifier", "train a verifier on collected features and write its bundle",
                 run=cmd_train_verifier, extras=("train",))
-    p.add_argument("--kind", choices=(*VERIFIER_KINDS, "outcome"), default="cfn")
+    p.add_argument("--kind", choices=(*VERIFIER_KINDS, "outcome", "value"), default="cfn")
     p.add_argument("--features", default=None, help="features file from taco collect-features")
     p.add_argument("--outcomes", default=None, help="--kind outcome: outcomes.npz from taco collect-outcomes")
+    p.add_argument("--logs", nargs="+", default=None, metavar="DIR",
+                   help="--kind value: decision logs from taco eval --log-decisions (labelled with taco label)")
+    p.add_argument("--method", choices=("iql", "mc"), default="iql",
+                   help="--kind value: implicit Q-learning, or Monte-Carlo return regression")
+    p.add_argument("--reward", choices=("success", "progress", "stage"), default="success",
+                   help="--kind value: the episode's success, its progress (stage or operator score), or that "
+                        "progress paid as each chunk makes it (simulation)")
+    p.add_argument("--gamma", type=float, default=0.97, help="--kind value: discount per decision")
+    p.add_argument("--expectile", type=float, default=0.8, help="--kind value, iql: the expectile of V")
+    p.add_argument("--steps", type=int, default=None, help="--kind value: gradient steps (default 20000)")
     p.add_argument("--features-only", action="store_true",
                    help="--kind outcome: score from the features alone, not the chunks too")
     p.add_argument("--policy", default=None,
                    help="consensus or random (they need no training data): the policy bundle to bind it to, or 'default'")
     p.add_argument("--out", required=True, help="verifier bundle folder")
-    p.add_argument("--hidden", type=int, default=None, help="network width (default: 512; outcome 256)")
-    p.add_argument("--blocks", type=int, default=None, help="residual blocks (default: 3; outcome 2)")
+    p.add_argument("--hidden", type=int, default=None, help="network width (default: 512; outcome, value 256)")
+    p.add_argument("--blocks", type=int, default=None, help="residual blocks (default: 3; outcome 2; value: layers, 3)")
     p.add_argument("--epochs", type=int, default=None, help="(default: 40; outcome 60)")
     p.add_argument("--knn-k", type=int, default=5)
     p.add_argument("--max-points", type=int, default=100_000, help="kNN index size (random subset beyond)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--quick", action="store_true", help="3 epochs (for tests)")
+    p.add_argument("--quick", action="store_true", help="3 epochs; value: 200 steps (for tests)")
+
+    p = cli.add("label", "mark logged episodes succeeded or failed (a robot's outcome, told by its operator), "
+                         "for taco train-verifier --kind value", run=cmd_label)
+    p.add_argument("log", help="decision log folder")
+    p.add_argument("episode", nargs="+", help="episode keys (the file names under DIR/episodes, without .npz)")
+    p.add_argument("--success", action="store_true")
+    p.add_argument("--failure", action="store_true")
+    p.add_argument("--progress", type=float, default=None, help="how far it got, in [0, 1] (optional)")
 
     p = cli.add("wrap-verifier", "bind an ONNX graph with the verifier signature (features[N, F] -> scores[N]) "
                                  "to a policy, as a verifier bundle", run=cmd_wrap_verifier)

@@ -1,4 +1,4 @@
-"""Names of the shipped verifier bundles: `--verifier none|best|random|cfn|rnd|knn|consensus|...`.
+"""Names of the shipped verifier bundles: `--verifier none|best|random|cfn|rnd|knn|consensus|value|...`.
 
 A shipped verifier sits next to its policy bundle as `<policy>-<name>` (`artifacts/bundles/flow-cfn`
 for `artifacts/bundles/flow`). `best` is the verifier recorded as the policy's best, with the
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from policies.errors import BundleError
 
-VERIFIER_NAMES = ("none", "best", "random", "cfn", "rnd", "knn", "consensus", "outcome", "combined")
+VERIFIER_NAMES = ("none", "best", "random", "cfn", "rnd", "knn", "consensus", "outcome", "value", "combined")
 
 
 def best_verifier(policy_path: str) -> dict | None:

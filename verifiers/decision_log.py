@@ -1,0 +1,238 @@
+"""Decision logs: every decision a run makes and what came of it, the training data of value verifiers.
+
+A log is a folder (numpy only, so a robot computer writes one without torch):
+
+    meta.json              the policy's fingerprint, feature size and chunk shape; every episode agrees
+    episodes/<key>.npz     one file per episode, written whole when the episode ends (atomically)
+    labels.jsonl           outcomes given afterwards (`taco label`), one line each; the last line of a key wins
+
+An episode file holds, per decision d (D of them): `features` float32[D, N, F] and `chunks`
+float32[D, N, H, A] (every candidate, in the policy's normalised action units: what a verifier takes),
+`scores` float32[D, N] (NaN without a verifier), `chosen` int64[D], `seed` int64[D], `step` int64[D]
+(the control step the decision was made at) and `state` float32[D, S] (the robot state it saw); per
+control step (T of them) `actions` float32[T, A] (robot units, what was executed) and `rewards`
+float32[T] (the simulator's stage reward; NaN on a robot); and `meta`, a JSON string: key, task, seed,
+n, verifier, steps, and the outcome when it is known (`success`, `best_stage`, `max_stage`, optionally
+`progress` in [0, 1]), else `success` null until labelled.
+
+Bounded on disk: a log given `max_bytes` stops taking episodes once its files reach it, and says so
+once; what it holds stays whole. Several processes may write one log (each its own episodes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+META_FILE, LABELS_FILE, EPISODES_DIR = "meta.json", "labels.jsonl", "episodes"
+# What must agree between a log's meta.json and every run that writes to it.
+_BINDING = ("policy_fingerprint", "feature_dim", "chunk_length", "action_dim")
+_DECISION_ARRAYS = ("features", "chunks", "scores", "chosen", "seed", "step", "state")
+
+
+def episode_key(task: str, seed: int) -> str:
+    """The file name (without .npz) of the episode of `task` started from `seed`."""
+    if not task or any(c in task for c in "/\\") or task.startswith("."):
+        raise ValueError(f"task: {task!r} cannot name a log file")
+    return f"{task}-{int(seed):09d}"
+
+
+class DecisionLog:
+    """Writes episodes into a log folder; one per run (or per worker process of a run).
+
+    Args:
+        root: the folder (made if missing).
+        policy_fingerprint, feature_dim, chunk_length, action_dim: the policy the decisions came from;
+            an existing log of another policy (or shape) is refused, naming what differs.
+        action_mean, action_std: float[A], to store the candidates in normalised units.
+        max_bytes: stop taking episodes once the episode files reach this size (None: no bound).
+    """
+
+    def __init__(self, root: str | Path, *, policy_fingerprint: str, feature_dim: int, chunk_length: int,
+                 action_dim: int, action_mean: np.ndarray, action_std: np.ndarray, max_bytes: int | None = None,
+                 writer: str = ""):
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"max_bytes: expected > 0, got {max_bytes}")
+        self.root = Path(root)
+        self.max_bytes = max_bytes
+        self.full = False
+        self._mean = np.asarray(action_mean, np.float32)
+        self._std = np.asarray(action_std, np.float32)
+        meta = {"policy_fingerprint": policy_fingerprint, "feature_dim": int(feature_dim),
+                "chunk_length": int(chunk_length), "action_dim": int(action_dim)}
+        (self.root / EPISODES_DIR).mkdir(parents=True, exist_ok=True)
+        path = self.root / META_FILE
+        if path.exists():
+            before = json.loads(path.read_text())
+            differ = [k for k in _BINDING if before.get(k) != meta[k]]
+            if differ:
+                raise ValueError(f"{self.root}: a decision log of another policy (differs in {', '.join(differ)}: "
+                                 f"{before.get(differ[0])!r} there, {meta[differ[0]]!r} here); use a new folder")
+        else:
+            tmp = path.with_name(f".{META_FILE}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**meta, "writer": writer}, indent=2) + "\n")
+            tmp.replace(path)
+
+    def bytes_used(self) -> int:
+        with os.scandir(self.root / EPISODES_DIR) as entries:
+            return sum(e.stat().st_size for e in entries if e.name.endswith(".npz"))
+
+    def episode(self, task: str, seed: int, **meta) -> EpisodeRecorder:
+        """A recorder for one episode; nothing is written until its `end`."""
+        return EpisodeRecorder(self, episode_key(task, seed), {"task": task, "seed": int(seed), **meta})
+
+    def _write(self, key: str, arrays: dict, meta: dict) -> Path | None:
+        if self.full:
+            return None
+        if self.max_bytes is not None and self.bytes_used() >= self.max_bytes:
+            self.full = True
+            return None
+        path = self.root / EPISODES_DIR / f"{key}.npz"
+        tmp = path.with_name(f".{key}.{os.getpid()}.tmp.npz")
+        np.savez_compressed(tmp, **arrays, meta=json.dumps(meta))
+        tmp.replace(path)
+        return path
+
+
+class EpisodeRecorder:
+    """Collects one episode's decisions and steps; called by the loop that runs the episode."""
+
+    def __init__(self, log: DecisionLog, key: str, meta: dict):
+        self.log, self.key, self.meta = log, key, meta
+        self._decisions: list[tuple] = []
+        self._actions: list[np.ndarray] = []
+        self._rewards: list[float] = []
+
+    def decision(self, decision, step: int, state: np.ndarray) -> None:
+        """Records an engine Decision made at control step `step` from robot state `state`; the decision
+        must carry its candidates and features (EngineConfig(return_candidates=True))."""
+        if decision.candidates is None or decision.features is None:
+            raise ValueError("decision log: the engine must return candidates (EngineConfig(return_candidates=True))")
+        chunks = (decision.candidates - self.log._mean) / self.log._std
+        scores = (np.full(decision.n, np.nan, np.float32) if decision.scores is None
+                  else np.asarray(decision.scores, np.float32))
+        self._decisions.append((np.asarray(decision.features, np.float32), chunks.astype(np.float32), scores,
+                                int(decision.index), int(decision.seed), int(step), np.asarray(state, np.float32)))
+
+    def step(self, action: np.ndarray, reward: float = float("nan")) -> None:
+        """Records the action executed at the next control step and the reward it earned."""
+        self._actions.append(np.asarray(action, np.float32))
+        self._rewards.append(float(reward))
+
+    def end(self, **outcome) -> Path | None:
+        """Writes the episode with its outcome (`success`, `best_stage`, `max_stage`, ...; `success=None`
+        when only an operator can tell). Returns the file, or None when the log is full or the episode
+        made no decision."""
+        if not self._decisions:
+            return None
+        columns = list(zip(*self._decisions))
+        arrays = {name: np.stack(col) for name, col in zip(_DECISION_ARRAYS, columns)}
+        arrays["actions"] = np.stack(self._actions) if self._actions else np.zeros((0, self.log._mean.size), np.float32)
+        arrays["rewards"] = np.asarray(self._rewards, np.float32)
+        meta = {**self.meta, "key": self.key, "n": int(arrays["features"].shape[1]), "steps": len(self._actions),
+                **outcome}
+        return self.log._write(self.key, arrays, meta)
+
+
+@dataclass
+class LoggedEpisode:
+    """One episode read back from a log (arrays as described in the module docstring)."""
+
+    features: np.ndarray
+    chunks: np.ndarray
+    scores: np.ndarray
+    chosen: np.ndarray
+    seed: np.ndarray
+    step: np.ndarray
+    state: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool | None:
+        return self.meta.get("success")
+
+    @property
+    def progress(self) -> float | None:
+        """The outcome in [0, 1]: an operator's progress score if given, else (best stage + success) /
+        (max stage + 1) in simulation, else 1 or 0 for a success or failure; None when unlabelled."""
+        if self.meta.get("progress") is not None:
+            return float(self.meta["progress"])
+        if self.success is None:
+            return None
+        if self.meta.get("max_stage") is not None and self.meta.get("best_stage") is not None:
+            return (int(self.meta["best_stage"]) + bool(self.success)) / (int(self.meta["max_stage"]) + 1)
+        return float(bool(self.success))
+
+
+def read_meta(root: str | Path) -> dict:
+    path = Path(root) / META_FILE
+    if not path.is_file():
+        raise ValueError(f"{root}: not a decision log (no {META_FILE}); write one with `taco eval --log-decisions`")
+    return json.loads(path.read_text())
+
+
+def labels(root: str | Path) -> dict[str, dict]:
+    """key -> the last label given to it in `labels.jsonl` (lines cut by an interruption are skipped)."""
+    out: dict[str, dict] = {}
+    path = Path(root) / LABELS_FILE
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("key"), str):
+                out[row["key"]] = row
+    return out
+
+
+def add_label(root: str | Path, key: str, success: bool, progress: float | None = None) -> dict:
+    """Marks logged episode `key` succeeded or failed (and its progress in [0, 1]); the label overrides the
+    outcome the run recorded."""
+    root = Path(root)
+    read_meta(root)
+    if not (root / EPISODES_DIR / f"{key}.npz").is_file():
+        known = sorted(p.stem for p in (root / EPISODES_DIR).glob("*.npz"))
+        raise ValueError(f"label: no episode {key!r} in {root} (it holds {len(known)}: "
+                         f"{', '.join(known[:5])}{' ...' if len(known) > 5 else ''})")
+    if progress is not None and not 0.0 <= progress <= 1.0:
+        raise ValueError(f"progress: expected a number in [0, 1], got {progress}")
+    row = {"key": key, "success": bool(success), **({} if progress is None else {"progress": float(progress)})}
+    with open(root / LABELS_FILE, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+def read_episodes(roots: Iterable[str | Path]) -> tuple[dict, list[LoggedEpisode]]:
+    """The episodes of one or more logs of the same policy, labels applied, in key order per log.
+
+    Returns (the logs' shared meta, the episodes). Refuses logs of different policies.
+    """
+    roots = [Path(r) for r in roots]
+    if not roots:
+        raise ValueError("logs: give at least one decision log folder")
+    metas = [read_meta(r) for r in roots]
+    for root, meta in zip(roots[1:], metas[1:]):
+        differ = [k for k in _BINDING if meta.get(k) != metas[0].get(k)]
+        if differ:
+            raise ValueError(f"logs: {root} and {roots[0]} come from different policies (differ in {', '.join(differ)})")
+    episodes = []
+    for root in roots:
+        given = labels(root)
+        for path in sorted((root / EPISODES_DIR).glob("*.npz")):
+            if path.name.startswith("."):
+                continue
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                meta.update({k: v for k, v in given.get(path.stem, {}).items() if k != "key"})
+                meta["log"] = str(root)
+                episodes.append(LoggedEpisode(**{name: z[name] for name in (*_DECISION_ARRAYS, "actions", "rewards")},
+                                              meta=meta))
+    return metas[0], episodes
