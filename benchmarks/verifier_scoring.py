@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/verifier_scoring.py --json build/verifier_scoring.json [--quick]
 
 Verifiers are trained briefly on random 96-d features (training quality is not measured here: only the
-cost of `score` inside a control step); consensus also reads N random 16x14 chunks. p50/p99 over
-interleaved rounds.
+cost of `score` inside a control step); consensus and value (the critic of `--kind value`, default size,
+trained a few steps on a random decision log) also read N random 16x14 chunks. p50/p99 over interleaved
+rounds.
 """
 
 from __future__ import annotations
@@ -20,6 +21,25 @@ import numpy as np
 from verifiers.base import score_candidates
 from verifiers.features import FeatureSet
 from verifiers.train import VerifierTrainConfig, train_verifier
+
+
+def _value_verifier(tmp: Path, rng, f: int):
+    """A value verifier of the default size, trained for a few steps on a random log (its cost is the point)."""
+    from types import SimpleNamespace
+
+    from verifiers.decision_log import DecisionLog
+    from verifiers.value import ValueTrainConfig, train_value_verifier
+
+    log = DecisionLog(tmp / "log", policy_fingerprint="p" * 64, feature_dim=f, chunk_length=16, action_dim=14,
+                      action_mean=np.zeros(14), action_std=np.ones(14))
+    for e in range(4):
+        episode = log.episode("random", e)
+        for d in range(5):
+            decision = SimpleNamespace(features=rng.standard_normal((16, f)), scores=None, index=0, seed=d, n=16,
+                                       candidates=rng.standard_normal((16, 16, 14)))
+            episode.decision(decision, step=8 * d, state=np.zeros(14))
+        episode.end(success=bool(e % 2))
+    return train_value_verifier([tmp / "log"], tmp / "value", ValueTrainConfig(steps=5, holdout=0), log=lambda m: None)
 
 
 def main() -> None:
@@ -40,6 +60,7 @@ def main() -> None:
         cfg = VerifierTrainConfig(kind=kind, epochs=1, **extra)
         name = kind if kind == "consensus" else f"{kind} ({size // 1000}k features)"
         arms[name] = train_verifier(fs, cfg, tmp / f"{kind}-{size}", log=lambda m: None)
+    arms["value"] = _value_verifier(tmp, rng, f)
     query = rng.standard_normal((args.n, f)).astype(np.float32)
     # consensus reads the candidates' chunks (H=16, A=14 as the shipped policy's) next to the features.
     chunks = rng.standard_normal((args.n, 16, 14)).astype(np.float32)

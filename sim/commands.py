@@ -111,7 +111,9 @@ def cmd_artifacts(args) -> int:
             config = replace(RECIPES[name], out=args.out, **overrides)
             if args.quick:
                 config = replace(config, episodes=1, recovery_episodes=min(1, config.recovery_episodes), size="tiny",
-                                 steps=20, batch_size=8, k=4, stride=20, verifier_epochs=2)
+                                 steps=20, batch_size=8, k=4, stride=20, verifier_epochs=2,
+                                 value_episodes=min(2, config.value_episodes), value_n=4, value_steps=20,
+                                 value_max_steps=60)
             built.update(build_artifacts(config))
     for name, path in built.items():
         size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6

@@ -15,7 +15,10 @@ Each recipe then:
    make the policy look at the scene (policies.train.TrainConfig's defaults: a keypoint head, the
    future-state loss, start frames oversampled, light state noise, no image shift);
 2. runs TACO's feature search on the whole dataset, then builds one verifier bundle per kind (cfn, rnd,
-   knn, consensus, random).
+   knn, consensus, random);
+3. (`value_episodes` > 0, the flow recipe) runs the policy for that many episodes at N=16 with uniform
+   picks, logging every decision (`taco eval --explore 1 --log-decisions`), and trains the value verifier
+   on the logs (`taco train-verifier --kind value`, IQL): `bundles/<kind>-value`.
 
 Every stage is skipped when its output exists and belongs to its inputs (dataset fingerprint, policy
 fingerprint), and resumes when interrupted (recording and training checkpoint themselves), so the same
@@ -24,7 +27,8 @@ command can be rerun until everything is built. Outputs, under `--out`:
     data/<dataset>/            the recipe's LeRobotDataset of scripted episodes (clean, then recovery)
     bundles/<kind>/            the shipped policy bundles; checkpoints in <kind>.ckpt/
     features/<kind>.npz        TACO feature-search results
-    bundles/<kind>-<verifier>/ verifier bundles (cfn, rnd, knn, consensus, random)
+    bundles/<kind>-<verifier>/ verifier bundles (cfn, rnd, knn, consensus, random; value)
+    logs/<kind>/               decision logs the value verifier learned from (resumable, with <kind>.json)
 """
 
 from __future__ import annotations
@@ -56,6 +60,15 @@ class ArtifactsConfig:
     stride: int = 4
     verifiers: tuple[str, ...] = ("cfn", "rnd", "knn", "consensus", "random")
     verifier_epochs: int = 40
+    # Value verifier (0 episodes: none): episodes logged at N=`value_n` with uniform picks, from seed
+    # `value_seed` (apart from the evaluation seeds, 100000- and 600000-), by `value_workers` processes;
+    # then IQL for `value_steps` steps. `value_max_steps`: steps per logged episode (None: the task's).
+    value_episodes: int = 0
+    value_n: int = 16
+    value_seed: int = 400_000
+    value_steps: int = 20_000
+    value_workers: int = 2
+    value_max_steps: int | None = None
     seed: int = 0
     # The dataset's folder under `out`/data (one per recipe, so recipes sharing `out` never mix episodes).
     dataset: str = "sim"
@@ -63,7 +76,7 @@ class ArtifactsConfig:
 
 # The shipped recipes, in the order `make artifacts` builds them.
 RECIPES = {
-    "flow": ArtifactsConfig(),
+    "flow": ArtifactsConfig(value_episodes=500),
     "diffusion": ArtifactsConfig(episodes=50, recovery_episodes=0, kinds=("diffusion",), stride=2,
                                  dataset="clean50"),
 }
@@ -104,6 +117,8 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
         built.update(features_and_verifiers(current, data, out / "features" / f"{kind}.npz", f"features {kind}",
                                             out / "bundles", config.verifiers, log, k=config.k, stride=config.stride,
                                             seed=config.seed, epochs=config.verifier_epochs))
+        if config.value_episodes:
+            built.update(value_stage(current, out, config, log))
     log(f"artifacts complete in {time.perf_counter() - started:.0f} s")
     return built
 
@@ -158,6 +173,39 @@ def features_and_verifiers(policy, data: Path, features_path: Path, stage: str, 
                            overwrite=True)
         built[name] = vpath
     return built
+
+
+def value_stage(policy, out: Path, config: ArtifactsConfig, log) -> dict[str, Path]:
+    """`bundles/<policy>-value`: decision logs of `policy` (a loaded bundle) with uniform picks, then the
+    value verifier trained on them; skipped when the bundle already belongs to this policy."""
+    import shutil
+
+    from sim.evaluate import EvalConfig, run_suite
+    from verifiers import load_verifier
+    from verifiers.decision_log import read_meta
+    from verifiers.value import ValueTrainConfig, train_value_verifier
+
+    kind = Path(policy.path).name
+    name, logs = f"{kind}-value", out / "logs" / kind
+    vpath = out / "bundles" / name
+    existing = _load_or_none(load_verifier, vpath)
+    if existing is not None and existing.policy_fingerprint == policy.fingerprint:
+        log(f"[verifier {name}] up to date: {vpath}")
+        return {name: vpath}
+    recorded = _load_or_none(read_meta, logs)
+    if recorded is not None and recorded["policy_fingerprint"] != policy.fingerprint:
+        log(f"[logs {kind}] {logs} holds another policy's decisions (the policy was retrained): removed")
+        shutil.rmtree(logs)
+    log(f"[logs {kind}] {config.value_episodes} episodes per task at N={config.value_n}, uniform picks, seeds "
+        f"{config.value_seed}- -> {logs} (resumable)")
+    run_suite(EvalConfig(policy=str(policy.path), n=config.value_n, tasks=config.tasks, seed=config.value_seed,
+                         episodes=config.value_episodes, explore=1.0, log_decisions=str(logs),
+                         workers=config.value_workers, max_steps=config.value_max_steps),
+              json_path=out / "logs" / f"{kind}.json", progress=log)
+    log(f"[verifier {name}] IQL, {config.value_steps} steps on {logs}")
+    train_value_verifier([logs], vpath, ValueTrainConfig(steps=config.value_steps, seed=config.seed), log=log,
+                         overwrite=True)
+    return {name: vpath}
 
 
 def _load_or_none(loader, path: Path):

@@ -90,8 +90,13 @@ def test_taco_artifacts_quick_builds_everything_and_a_rerun_skips_it(tmp_path, c
     args = ["artifacts", "--recipe", "flow", "--quick", "--out", str(out), "--task", "lift_bar", "--perturb", "0.005"]
     assert main(args) == 0
     first = capsys.readouterr()
-    for name in ("dataset", "flow", "flow-cfn", "flow-rnd", "flow-knn", "flow-random"):
+    for name in ("dataset", "flow", "flow-cfn", "flow-rnd", "flow-knn", "flow-random", "flow-value"):
         assert name in first.out
+    # The value verifier learned from the decisions the flow policy logged with uniform picks.
+    value = load_verifier(out / "bundles" / "flow-value")
+    assert value.manifest.type == "value" and value.policy_fingerprint == load_policy_bundle(out / "bundles" /
+                                                                                                 "flow").fingerprint
+    assert len(list((out / "logs" / "flow" / "episodes").glob("*.npz"))) == 2
     assert "[record]" in first.err and "[train flow] 20 steps" in first.err
     # Recording reports progress in the log (clean episode, then the recovery one on top of it).
     assert "[record] 1/1 episodes (lift_bar seed " in first.err and "[record] 2/2 episodes (lift_bar seed" in first.err
@@ -108,6 +113,7 @@ def test_taco_artifacts_quick_builds_everything_and_a_rerun_skips_it(tmp_path, c
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "[train flow] up to date" in err and "[verifier flow-knn] up to date" in err
+    assert "[verifier flow-value] up to date" in err and "[logs flow]" not in err
     assert "[record]" not in err and "[train flow] 20 steps" not in err
     assert (out / "bundles" / "flow" / "manifest.json").read_text() == policy_files
     assert load_verifier(out / "bundles" / "flow-cfn").policy_fingerprint == fingerprint

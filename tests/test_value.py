@@ -149,7 +149,7 @@ def test_a_value_trained_on_separable_logs_ranks_the_winning_candidate_first(tmp
     from verifiers.value import ValueTrainConfig, train_value_verifier
 
     rng = _write_separable(tmp_path / "log", 400)
-    config = ValueTrainConfig(method=method, steps=1500, hidden=64, layers=2, lr=1e-3, batch_size=128)
+    config = ValueTrainConfig(method=method, steps=800, hidden=64, layers=2, lr=1e-3, batch_size=128)
     verifier = train_value_verifier([tmp_path / "log"], tmp_path / "value", config, log=lambda msg: None)
     held = verifier.manifest.provenance["holdout"]
     assert held["episodes"] == 80 and held["advantage_auc"] > 0.8

@@ -61,7 +61,8 @@ def cmd_train_verifier(args) -> int:
         config = ValueTrainConfig(method=args.method, reward=args.reward, gamma=args.gamma,
                                   expectile=args.expectile, hidden=_given(args.hidden, d.hidden),
                                   layers=_given(args.blocks, d.layers),
-                                  steps=200 if args.quick else _given(args.steps, d.steps), seed=args.seed)
+                                  steps=200 if args.quick else _given(args.steps, d.steps), seed=args.seed,
+                                  holdout=_given(args.holdout, d.holdout))
         verifier = train_value_verifier(args.logs, args.out, config, overwrite=args.overwrite)
         print(f"wrote value verifier {verifier.path} for policy {verifier.policy_fingerprint[:12]}")
         return 0
@@ -192,6 +193,8 @@ def register(cli) -> None:
     p.add_argument("--gamma", type=float, default=0.97, help="--kind value: discount per decision")
     p.add_argument("--expectile", type=float, default=0.8, help="--kind value, iql: the expectile of V")
     p.add_argument("--steps", type=int, default=None, help="--kind value: gradient steps (default 20000)")
+    p.add_argument("--holdout", type=float, default=None,
+                   help="--kind value: share of episodes held out to report on first (default 0.2; 0: none)")
     p.add_argument("--features-only", action="store_true",
                    help="--kind outcome: score from the features alone, not the chunks too")
     p.add_argument("--policy", default=None,

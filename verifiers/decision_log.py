@@ -222,7 +222,8 @@ def read_episodes(roots: Iterable[str | Path]) -> tuple[dict, list[LoggedEpisode
     for root, meta in zip(roots[1:], metas[1:]):
         differ = [k for k in _BINDING if meta.get(k) != metas[0].get(k)]
         if differ:
-            raise ValueError(f"logs: {root} and {roots[0]} come from different policies (differ in {', '.join(differ)})")
+            raise ValueError(f"logs: {root} and {roots[0]} come from different policies "
+                             f"(differ in {', '.join(differ)})")
     episodes = []
     for root in roots:
         given = labels(root)

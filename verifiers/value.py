@@ -102,7 +102,8 @@ def _stage_rewards(ep: LoggedEpisode) -> np.ndarray:
     """float32[D]: per decision, the rise of the episode's best stage over its chunk, and the success at the
     last, over (max stage + 1)."""
     if not len(ep.rewards) or not np.isfinite(ep.rewards).all() or ep.meta.get("max_stage") is None:
-        raise ValueError(f"value: reward 'stage' needs the simulator's per-step rewards; episode {ep.meta.get('key')!r} "
+        raise ValueError(f"value: reward 'stage' needs the simulator's per-step rewards; episode "
+                         f"{ep.meta.get('key')!r} "
                          f"of {ep.meta.get('log')} has none (a robot's log: use --reward success or progress)")
     best = np.maximum.accumulate(np.maximum(ep.rewards, 0))
     ends = np.append(ep.step[1:], len(best)) - 1  # the last step of each decision's chunk
@@ -318,7 +319,8 @@ def train_value_verifier(logs: list[str | Path], out_dir: str | Path, config: Va
         quality = holdout_quality(candidate_scores(torch, scorer, test), test)
         info["holdout"] = quality
         log(f"held-out {quality['episodes']} episodes ({quality['successes']} succeeded): value AUC "
-            f"{_fmt(quality['value_auc'])}, advantage AUC {_fmt(quality['advantage_auc'])} (0.5: no better than chance)")
+            f"{_fmt(quality['value_auc'])}, advantage AUC {_fmt(quality['advantage_auc'])} "
+            "(0.5: no better than chance)")
     scorer = _fit(torch, data, config, log)
     info["train_seconds"] = round(time.perf_counter() - started, 1)
     path = Path(tempfile.mkdtemp(prefix="verifier-")) / "verifier.onnx"
