@@ -76,6 +76,20 @@ def test_a_best_verifier_must_ship_next_to_its_policy(flow, tmp_path):
         record_best(str(policy), _report(tmp_path / "other", [_row("cfn", 16, "cfn", 55, 0.01)]))
 
 
+def test_a_report_naming_a_shipped_policy_is_recorded_for_that_bundle(flow, tmp_path, monkeypatch):
+    """`taco compare --policy flow` writes "flow" in its report; `taco best-verifier --policy flow` gets the
+    resolved path: the two name the same bundle, and another shipped name does not."""
+    monkeypatch.setenv("TACO_ARTIFACTS", str(tmp_path))
+    for kind in ("flow", "diffusion"):
+        shutil.copytree(flow.path, tmp_path / "bundles" / kind)
+    policy = tmp_path / "bundles" / "flow"
+    record = record_best(str(policy), _report("flow", [_row("value", 16, str(tmp_path / "bundles" / "flow-value"),
+                                                             55, 0.01)]))
+    assert record["name"] == "value" and best_verifier(str(policy))["name"] == "value"
+    with pytest.raises(SpecError, match="about diffusion"):
+        record_best(str(policy), _report("diffusion", [_row("cfn", 16, "cfn", 55, 0.01)]))
+
+
 def test_paired_difference_interval():
     low, high = paired_difference_interval(12, 2, 100)
     assert 0 < low < 0.10 < high < 0.2  # +10 points, excluding zero

@@ -53,7 +53,10 @@ def record_best(policy: str, report: dict, alpha: float = 0.05, command: str = "
     from policies import load_policy_bundle
 
     before = load_policy_bundle(policy).fingerprint
-    if Path(report["policy"]).resolve() != Path(policy).resolve():
+    from policies.shipped import resolve_policy
+
+    # A report of `taco compare --policy flow` names the shipped policy by name: resolve it the same way.
+    if Path(resolve_policy(report["policy"])).resolve() != Path(policy).resolve():
         raise SpecError("compare", f"the report is about {report['policy']}, not {policy}")
     row = choose_best(report, alpha)
     path = Path(policy) / "manifest.json"
