@@ -1,6 +1,7 @@
 """The `taco` commands as a user runs them (in-process through `main`, and once as a subprocess)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -155,7 +156,7 @@ def test_demo_quick_on_the_shipped_default_writes_success_per_arm(tmp_path):
     from verifiers.shipped import best_verifier
 
     # The shipped default ships with a best verifier that beat its pooled N=1 (the fallback to CFN when none
-    # is recorded is tested below, on the shipped flow policy).
+    # is recorded is tested below, on a copy of the shipped flow policy without its record).
     best = best_verifier(resolve_policy("default"))
     assert best is not None, "the shipped default has no best verifier recorded (taco best-verifier)"
     assert best["p_value"] < 0.05 and best["successes"] / best["episodes"] > \
@@ -169,14 +170,21 @@ def test_demo_quick_on_the_shipped_default_writes_success_per_arm(tmp_path):
 
 
 def test_demo_on_a_policy_without_a_best_verifier_says_so_and_shows_cfn(tmp_path, capsys):
-    """No verifier has beaten the shipped flow policy's N=1, so none is recorded: `--verifier best` falls
-    back to CFN at N=16 and says why."""
+    """With no best verifier recorded (the shipped flow policy, its record taken out), `--verifier best`
+    falls back to CFN at N=16 and says why."""
     from policies.shipped import resolve_policy
     from verifiers.shipped import best_verifier
 
-    assert best_verifier(resolve_policy("flow")) is None
+    shipped = Path(resolve_policy("flow"))
+    policy = tmp_path / "bundles" / "flow"
+    shutil.copytree(shipped, policy)
+    shutil.copytree(shipped.with_name("flow-cfn"), policy.with_name("flow-cfn"))
+    manifest = json.loads((policy / "manifest.json").read_text())
+    manifest["provenance"].pop("best_verifier", None)
+    (policy / "manifest.json").write_text(json.dumps(manifest))
+    assert best_verifier(str(policy)) is None
     summary = tmp_path / "demo.json"
-    assert main(["demo", "--policy", "flow", "--quick", "--workers", "1", "--out", str(tmp_path / "demo"),
+    assert main(["demo", "--policy", str(policy), "--quick", "--workers", "1", "--out", str(tmp_path / "demo"),
                  "--json", str(summary)]) == 0
     out = capsys.readouterr().out
     report = json.loads(summary.read_text())
