@@ -78,6 +78,10 @@ class DecisionLog:
             tmp.write_text(json.dumps({**meta, "writer": writer}, indent=2) + "\n")
             tmp.replace(path)
 
+    def normalise(self, actions: np.ndarray) -> np.ndarray:
+        """Robot units -> the policy's normalised action units (what a verifier's `chunks` input takes)."""
+        return ((actions - self._mean) / self._std).astype(np.float32)
+
     def bytes_used(self) -> int:
         with os.scandir(self.root / EPISODES_DIR) as entries:
             return sum(e.stat().st_size for e in entries if e.name.endswith(".npz"))
@@ -113,11 +117,11 @@ class EpisodeRecorder:
         must carry its candidates and features (EngineConfig(return_candidates=True))."""
         if decision.candidates is None or decision.features is None:
             raise ValueError("decision log: the engine must return candidates (EngineConfig(return_candidates=True))")
-        chunks = (decision.candidates - self.log._mean) / self.log._std
         scores = (np.full(decision.n, np.nan, np.float32) if decision.scores is None
                   else np.asarray(decision.scores, np.float32))
-        self._decisions.append((np.asarray(decision.features, np.float32), chunks.astype(np.float32), scores,
-                                int(decision.index), int(decision.seed), int(step), np.asarray(state, np.float32)))
+        self._decisions.append((np.asarray(decision.features, np.float32), self.log.normalise(decision.candidates),
+                                scores, int(decision.index), int(decision.seed), int(step),
+                                np.asarray(state, np.float32)))
 
     def step(self, action: np.ndarray, reward: float = float("nan")) -> None:
         """Records the action executed at the next control step and the reward it earned."""
@@ -132,7 +136,7 @@ class EpisodeRecorder:
             return None
         columns = list(zip(*self._decisions))
         arrays = {name: np.stack(col) for name, col in zip(_DECISION_ARRAYS, columns)}
-        arrays["actions"] = np.stack(self._actions) if self._actions else np.zeros((0, self.log._mean.size), np.float32)
+        arrays["actions"] = np.stack(self._actions) if self._actions else np.zeros((0, len(self.log._mean)), np.float32)
         arrays["rewards"] = np.asarray(self._rewards, np.float32)
         meta = {**self.meta, "key": self.key, "n": int(arrays["features"].shape[1]), "steps": len(self._actions),
                 **outcome}

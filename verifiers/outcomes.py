@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from policies.extras import require
-from verifiers.train import _stats
+from verifiers.train import _export_torch, _stats
 
 # Arrays of an outcome file, one row per candidate.
 _ARRAYS = ("features", "chunks", "success", "stage", "end_step", "episode", "decision", "step", "candidate")
@@ -199,7 +199,7 @@ def train_outcome_verifier(outcomes: OutcomeSet, out_dir: str | Path, config: Ou
     model = _fit_outcomes(torch, outcomes, config, log)
     info["train_seconds"] = time.perf_counter() - started
     path = Path(tempfile.mkdtemp(prefix="verifier-")) / "verifier.onnx"
-    _export(torch, model, outcomes, config, path)
+    _export(model, outcomes, config, path)
     verifier = write_verifier_bundle(path, out_dir, policy_fingerprint=outcomes.policy_fingerprint,
                                      feature_dim=outcomes.features.shape[1], type="outcome", overwrite=overwrite,
                                      provenance={"command": " ".join(["taco", *sys.argv[1:]]), **info})
@@ -259,18 +259,6 @@ def _scores(torch, model, outcomes: OutcomeSet, config: OutcomeTrainConfig) -> n
         return model(x, c).numpy()
 
 
-def _export(torch, model, outcomes: OutcomeSet, config: OutcomeTrainConfig, path: Path) -> Path:
-    import warnings
-
-    from verifiers.bundle import CHUNKS_INPUT
-
-    f = outcomes.features.shape[1]
-    h, a = outcomes.chunks.shape[1:]
-    args = (torch.zeros(2, f), torch.zeros(2, h, a)) if config.use_chunks else (torch.zeros(2, f),)
-    names = ["features", CHUNKS_INPUT] if config.use_chunks else ["features"]
-    axes = {name: {0: "n"} for name in (*names, "scores")}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, args, str(path), input_names=names, output_names=["scores"], dynamic_axes=axes,
-                          opset_version=17, dynamo=False)
-    return path
+def _export(model, outcomes: OutcomeSet, config: OutcomeTrainConfig, path: Path) -> Path:
+    return _export_torch(model, outcomes.features.shape[1], path,
+                         tuple(outcomes.chunks.shape[1:]) if config.use_chunks else None)

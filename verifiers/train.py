@@ -132,16 +132,21 @@ def _torch_nets():
     return torch, CFN, RND
 
 
-def _export_torch(module, feature_dim: int, path: Path) -> Path:
+def _export_torch(module, feature_dim: int, path: Path, chunk_shape: tuple[int, int] | None = None) -> Path:
+    """Exports `module` as a verifier graph: features[N, F] (and, with `chunk_shape` (H, A), chunks[N, H, A])
+    -> scores[N], N dynamic. Every trained kind (cfn, rnd, outcome, value) is written by this one call."""
     torch = require("torch")
     import warnings
 
+    from verifiers.bundle import CHUNKS_INPUT
+
     module.eval()
+    args = (torch.zeros(2, feature_dim),) + (() if chunk_shape is None else (torch.zeros(2, *chunk_shape),))
+    names = ["features"] + ([] if chunk_shape is None else [CHUNKS_INPUT])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (torch.zeros(2, feature_dim),), str(path), input_names=["features"],
-                          output_names=["scores"], dynamic_axes={"features": {0: "n"}, "scores": {0: "n"}},
-                          opset_version=17, dynamo=False)
+        torch.onnx.export(module, args, str(path), input_names=names, output_names=["scores"],
+                          dynamic_axes={name: {0: "n"} for name in (*names, "scores")}, opset_version=17, dynamo=False)
     return path
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from policies.extras import require
 from verifiers.decision_log import LoggedEpisode, read_episodes
-from verifiers.train import _stats
+from verifiers.train import _export_torch, _stats
 
 METHODS = ("iql", "mc")
 REWARDS = ("success", "progress", "stage")
@@ -324,7 +324,7 @@ def train_value_verifier(logs: list[str | Path], out_dir: str | Path, config: Va
     scorer = _fit(torch, data, config, log)
     info["train_seconds"] = round(time.perf_counter() - started, 1)
     path = Path(tempfile.mkdtemp(prefix="verifier-")) / "verifier.onnx"
-    _export(torch, scorer, meta, path)
+    _export_torch(scorer, meta["feature_dim"], path, (meta["chunk_length"], meta["action_dim"]))
     verifier = write_verifier_bundle(path, out_dir, policy_fingerprint=meta["policy_fingerprint"],
                                      feature_dim=meta["feature_dim"], type="value", overwrite=overwrite,
                                      provenance={"command": " ".join(["taco", *sys.argv[1:]]), **info})
@@ -335,17 +335,3 @@ def train_value_verifier(logs: list[str | Path], out_dir: str | Path, config: Va
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
-
-def _export(torch, scorer, meta: dict, path: Path) -> Path:
-    import warnings
-
-    from verifiers.bundle import CHUNKS_INPUT
-
-    f, h, a = meta["feature_dim"], meta["chunk_length"], meta["action_dim"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(scorer, (torch.zeros(3, f), torch.zeros(3, h, a)), str(path),
-                          input_names=["features", CHUNKS_INPUT], output_names=["scores"],
-                          dynamic_axes={name: {0: "n"} for name in ("features", CHUNKS_INPUT, "scores")},
-                          opset_version=17, dynamo=False)
-    return path
