@@ -38,6 +38,15 @@ def cmd_ros(args) -> int:
                   "sink": args.sink, "profile": args.profile, "seed": args.seed}
         if args.server:
             params.update(server=args.server, api_key_file=args.api_key_file or "")
+        if args.log_decisions:
+            if args.server:
+                raise ValueError("--log-decisions: with --server the server makes the decisions; log them there "
+                                 "(taco serve --log-decisions)")
+            if args.log_max_mb is not None and not args.log_max_mb > 0:
+                raise ValueError(f"--log-max-mb: expected > 0 megabytes, got {args.log_max_mb}")
+            # Episodes named after the sim task (its summaries label them) or, on a robot, the profile.
+            params.update(log_decisions=str(args.log_decisions), log_max_mb=float(args.log_max_mb or 0.0),
+                          log_name=(args.task or "transfer_cube") if args.target == "sim" else args.profile)
         if args.target == "robot":
             # No --task: the node waits for one on /taco/instruction (a sim task's name means nothing to a robot).
             params["task"] = args.task or ""
@@ -90,5 +99,11 @@ def register(cli) -> None:
                    help="run inference on a `taco serve` server instead of here (it chooses policy and verifier)")
     p.add_argument("--api-key-file", default=None, help="with --server: file holding the server's API key")
     p.add_argument("--record", default=None, metavar="PATH.mcap", help="also record the run to MCAP")
+    p.add_argument("--log-decisions", default=None, metavar="DIR",
+                   help="log every decision (candidates, features, scores, pick, commands sent) per episode into "
+                        "this decision log, for `taco train-verifier --kind value`; sim episodes carry their "
+                        "outcome, robot episodes are labelled afterwards with `taco label`")
+    p.add_argument("--log-max-mb", type=float, default=None, metavar="MB",
+                   help="with --log-decisions: stop logging episodes once the log holds this many megabytes")
     p.add_argument("--discovery", default="LOCALHOST", choices=["LOCALHOST", "SUBNET", "SYSTEM_DEFAULT", "OFF"],
                    help="ROS_AUTOMATIC_DISCOVERY_RANGE when not already set (default: this host only)")

@@ -31,6 +31,7 @@ time the whole request.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from pathlib import Path
@@ -48,9 +49,9 @@ from hardware.profiles import get_profile
 from hardware.safety import WatchdogConfig
 from policies.errors import SpecError
 from policies.shipped import resolve_policy
-from ros_nodes.common import (DIAGNOSTICS_TOPIC, ESTOP_RESET_TOPIC, ESTOP_STATE_TOPIC, ESTOP_TOPIC, HEARTBEAT_TOPIC,
-                              IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS, RESET_TOPIC, dumps, init_ros,
-                              joint_state_topic, run_node)
+from ros_nodes.common import (DIAGNOSTICS_TOPIC, EPISODE_TOPIC, EPISODES_QOS, ESTOP_RESET_TOPIC, ESTOP_STATE_TOPIC,
+                              ESTOP_TOPIC, HEARTBEAT_TOPIC, IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS,
+                              RESET_TOPIC, dumps, init_ros, joint_state_topic, run_node)
 from ros_nodes.convert import image_from_msg, to_seconds
 from ros_nodes.sinks import SINKS, Sink
 from runtime.control import ControlConfig, ControlLoop
@@ -100,6 +101,12 @@ class PolicyNode(LifecycleNode):
         p("rtc", "auto")
         p("delay_percentile", 95.0)
         p("rtc_horizon", 0)
+        # Decision log folder (verifiers.decision_log; "" none): each /taco/reset starts a logged episode,
+        # named `<log_name>-<k>` (default: the profile's name); a simulation's summary on /taco/sim/episode
+        # gives its outcome, a robot's is given afterwards with `taco label`. log_max_mb: bound on disk (0: none).
+        p("log_decisions", "")
+        p("log_max_mb", 0.0)
+        p("log_name", "")
         self.loop: ControlLoop | None = None
         self.engine = None
         self.timer = None
@@ -127,7 +134,8 @@ class PolicyNode(LifecycleNode):
             else:
                 policy = resolve_policy(get("policy"))
                 session = SessionConfig(provider=get("provider"), intra_op_threads=int(get("threads")))
-                self.engine = Engine(policy, resolve_verifier(get("verifier"), policy), EngineConfig(session=session))
+                self.engine = Engine(policy, resolve_verifier(get("verifier"), policy),
+                                     EngineConfig(session=session, return_candidates=bool(get("log_decisions"))))
             rtc = get("rtc")
             if rtc not in ("auto", "on", "off"):
                 raise ValueError(f"rtc: must be auto, on or off, got {rtc!r}")
@@ -141,7 +149,8 @@ class PolicyNode(LifecycleNode):
                 watchdog=WatchdogConfig(float(get("max_observation_age")), float(get("max_inference_time")),
                                         float(get("max_future_stamp")), heartbeat if heartbeat > 0 else None),
                 horizon=self.sink_horizon if get("sink") == "jtc" else 0)
-            self.loop = ControlLoop(self.engine, self.profile, config, limits, clock=self._now)
+            self.loop = ControlLoop(self.engine, self.profile, config, limits, clock=self._now,
+                                    log=self._decision_log(get))
         except Exception as exc:  # noqa: BLE001 - a bad parameter fails the transition with the reason logged
             self.get_logger().error(f"configure failed: {exc}")
             if self.engine is not None and hasattr(self.engine, "close"):
@@ -176,6 +185,11 @@ class PolicyNode(LifecycleNode):
                        sub(Header, HEARTBEAT_TOPIC, self._on_heartbeat, 10),
                        sub(String, ESTOP_TOPIC, self._on_estop, 10),
                        sub(String, ESTOP_RESET_TOPIC, self._on_estop_reset, 10)]
+        if self.loop.log is not None:
+            self._subs.append(sub(String, EPISODE_TOPIC, self._on_episode, EPISODES_QOS))
+            self.loop.log.start("", instruction=self.loop.task)  # until the first reset
+            self.get_logger().info(f"logging decisions to {self.loop.log.log.root} as "
+                                   f"{self.loop.log.name}-<k>, from episode {self.loop.log.index}")
         self._publish_estop_state()
         verifier = self.engine.verifier.name if self.engine.verifier is not None else "none"
         sources = sorted(set(limits.sources))
@@ -243,8 +257,38 @@ class PolicyNode(LifecycleNode):
     def _on_instruction(self, msg: String) -> None:
         self.loop.instruction(msg.data, self._now())
 
+    def _decision_log(self, get):
+        """The StreamLog of `log_decisions`, or None."""
+        if not get("log_decisions"):
+            return None
+        if get("server"):
+            raise ValueError("log_decisions: the policy server makes the decisions; log them there "
+                             "(taco serve --log-decisions)")
+        from verifiers.decision_log import DecisionLog, StreamLog
+
+        log = DecisionLog.for_engine(get("log_decisions"), self.engine, float(get("log_max_mb")) or None,
+                                     writer="taco policy node")
+        return StreamLog(log, get("log_name") or self.profile.name, n=int(get("n")),
+                         verifier=None if self.engine.verifier is None else self.engine.verifier.name)
+
+    def _on_episode(self, msg: String) -> None:
+        """A simulation's episode summary: the outcome of the logged episode its reset started."""
+        try:
+            summary = json.loads(msg.data)
+            episode = str(summary["episode"])
+            outcome = {"success": bool(summary["success"]), "best_stage": int(summary["best_stage"]),
+                       "max_stage": summary.get("max_stage"), "sim_task": summary.get("task"),
+                       "sim_seed": summary.get("seed")}
+        except (ValueError, KeyError, TypeError) as exc:
+            self._reject(f"{EPISODE_TOPIC}: not an episode summary ({exc})")
+            return
+        path = self.loop.episode_outcome(episode, **outcome)
+        if path is not None:
+            self.get_logger().info(f"logged episode {episode} ({'success' if outcome['success'] else 'failure'}) "
+                                   f"-> {path}")
+
     def _on_reset(self, msg: Header) -> None:
-        self.loop.reset(to_seconds(msg.stamp), self._now())
+        self.loop.reset(to_seconds(msg.stamp), self._now(), episode=msg.frame_id)
         self.get_logger().info(f"reset (episode {msg.frame_id})")
 
     def _on_heartbeat(self, msg: Header) -> None:

@@ -150,6 +150,7 @@ class SimNode(Node):
         if done:
             summary = {"episode": self.episode, "seed": self.seed + self.episode, "task": self.task,
                        "success": bool(info["success"]), "best_stage": int(self.env.best_stage),
+                       "max_stage": int(self.env.task.max_reward),
                        "steps": int(info["steps"]), "commanded_steps": self.commanded_steps,
                        "wall_s": round(time.monotonic() - self.episode_started, 3),
                        "received_commands": self.source.received, "rejected_commands": self.source.rejected}

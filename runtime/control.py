@@ -94,7 +94,7 @@ class ControlLoop:
     offset_window = 50
 
     def __init__(self, engine, profile: RobotProfile, config: ControlConfig, limits: JointLimits | None = None,
-                 clock=time.monotonic, trajectory_sink: bool | None = None):
+                 clock=time.monotonic, trajectory_sink: bool | None = None, log=None):
         trajectory_sink = config.horizon > 0 if trajectory_sink is None else trajectory_sink
         check_robot(engine.manifest, profile, config.rate, trajectory_sink)
         self.engine, self.profile, self.config = engine, profile, config
@@ -117,6 +117,14 @@ class ControlLoop:
         self.invalidated_at = -np.inf
         self.last_event: str | None = None
         self.stats = {"ticks": 0, "held_ticks": 0, "decisions": 0, "invalidations": 0}
+        # A verifiers.decision_log.StreamLog: each reset starts a logged episode; every decision, with
+        # its candidates (the engine must return them), and every command sent are logged.
+        self.log = log
+        if log is not None and not getattr(getattr(engine, "config", None), "return_candidates", False):
+            raise ValueError("log_decisions: the engine must return its candidates (EngineConfig(return_candidates="
+                             "True)); a remote engine does not: log on the server (taco serve --log-decisions)")
+        # (stamp, state) of the observations given to the executor, to log the state each decision saw.
+        self._observed: deque[tuple[float, np.ndarray]] = deque(maxlen=64)
 
     # -- inputs ------------------------------------------------------------------------------------
 
@@ -141,10 +149,12 @@ class ControlLoop:
                 self.task = text
                 self.invalidate("instruction changed", now)
 
-    def reset(self, stamp: float, now: float) -> None:
-        """A new episode: the chunk and the history are forgotten, and commands start again only from a
-        state measured at or after `stamp`."""
+    def reset(self, stamp: float, now: float, episode: str = "") -> None:
+        """A new episode (`episode`: its name, as the reset message gives it): the chunk and the history are
+        forgotten, and commands start again only from a state measured at or after `stamp`."""
         with self._lock:
+            if self.log is not None:
+                self.log.start(episode, instruction=self.task)
             self.executor.reset()
             self._invalidated("episode reset", now)
             self.anchored = False
@@ -231,6 +241,8 @@ class ControlLoop:
                 return self._hold(now, reason)
             if fresh:
                 self.executor.observe(observation)
+                if self.log is not None:
+                    self._observed.append((observation.stamp, observation.state))
             tick = self.executor.action(now)
             if tick.action is None:
                 waiting = tick.decision is None and self.last_event is not None
@@ -238,6 +250,8 @@ class ControlLoop:
                                   else "no action available", tick)
             if tick.new_decision:
                 self.stats["decisions"] += 1
+                if self.log is not None:
+                    self._log_decision(tick.decision)
             command, report = self.safety.step(tick.action)
             upcoming = None
             if self.config.horizon:
@@ -245,11 +259,28 @@ class ControlLoop:
                 rows = preview(self.safety.filter, actions, np.diff(np.concatenate([[now], times])))
                 self.safety.commit(np.concatenate([[now], times]), np.vstack([command[None], rows]))
                 upcoming = (times - now, rows)
+            if self.log is not None:
+                self.log.step(command)
             return TickResult(command, report, upcoming, tick)
 
     def _hold(self, now: float, reason: str, tick: Tick | None = None) -> TickResult:
         self.stats["held_ticks"] += 1
-        return TickResult(self.safety.hold(now), FilterReport(held=True, reason=reason), None, tick)
+        command = self.safety.hold(now)
+        if self.log is not None and command is not None:
+            self.log.step(command)
+        return TickResult(command, FilterReport(held=True, reason=reason), None, tick)
+
+    def _log_decision(self, decision) -> None:
+        stamp = float(decision.times[0])
+        state = next((s for t, s in reversed(self._observed) if t == stamp), None)
+        if state is None:  # not one this loop observed (cannot happen with the executor's own stamps)
+            state = np.full(len(self.profile.joint_names), np.nan, np.float32)
+        self.log.decision(decision, state)
+
+    def episode_outcome(self, episode: str, **outcome):
+        """The outcome of logged episode `episode` (a simulation's summary): written with it."""
+        with self._lock:
+            return None if self.log is None else self.log.outcome(episode, **outcome)
 
     def clock_offsets_ms(self) -> dict[str, float]:
         """Per source, the median of (arrival on this computer's clock - message stamp) over recent messages,
@@ -259,3 +290,6 @@ class ControlLoop:
 
     def close(self) -> None:
         self.executor.close()
+        with self._lock:
+            if self.log is not None:
+                self.log.close()

@@ -21,7 +21,8 @@ def cmd_serve(args) -> int:
                          max_n=args.max_n, host=args.host, port=args.port, api_key=api_key,
                          max_clients=args.max_clients, max_message_bytes=args.max_message_mb << 20, task=args.task,
                          send_tracebacks=args.send_tracebacks, metrics_every_s=args.metrics_every,
-                         provider=args.provider, threads=args.threads, batch_window_ms=args.batch_window_ms)
+                         provider=args.provider, threads=args.threads, batch_window_ms=args.batch_window_ms,
+                         log_decisions=args.log_decisions, log_max_mb=args.log_max_mb)
     PolicyServer(config).run()
     return 0
 
@@ -49,4 +50,10 @@ def register(cli) -> None:
     p.add_argument("--batch-window-ms", type=float, default=0.0,
                    help="infer requests of several clients arriving within this window together: one encoder call, "
                         "and one sampler call when the bundle allows (0: off; see docs/serving.md)")
+    p.add_argument("--log-decisions", default=None, metavar="DIR",
+                   help="log every decision (candidates, features, scores, pick) into this decision log: one "
+                        "episode per connection, or per value of a request's `episode` field; label them with "
+                        "`taco label` for `taco train-verifier --kind value`")
+    p.add_argument("--log-max-mb", type=float, default=None, metavar="MB",
+                   help="with --log-decisions: stop logging episodes once the log holds this many megabytes")
     p.add_argument("--verbose", action="store_true", help="log every request")

@@ -51,7 +51,8 @@ log = logging.getLogger("taco.serve")
 PROTOCOL = 1
 # Request fields: openpi's ALOHA observation, and ours (all optional).
 OPENPI_FIELDS = ("images", "state", "prompt")
-TACO_FIELDS = ("n", "seed", "noise_stream", "stamp", "rtc_target", "rtc_weights", "rtc_delay", "rtc_max_weight")
+TACO_FIELDS = ("n", "seed", "noise_stream", "stamp", "rtc_target", "rtc_weights", "rtc_delay", "rtc_max_weight",
+               "episode")
 # Largest N a client may ask for (the engine's own limit is far higher; a server shares its worker).
 DEFAULT_MAX_N = 256
 
@@ -81,6 +82,10 @@ class ServeConfig:
     # Cross-client batching: requests arriving within this many ms of the first waiting one are inferred
     # together (one encoder call; one sampler call when the bundle allows). 0: each request alone.
     batch_window_ms: float = 0.0
+    # Decision log folder (verifiers.decision_log; None: none): a connection's requests are one episode,
+    # or, when requests carry `episode`, each value of it one episode; outcomes by `taco label`.
+    log_decisions: str | None = None
+    log_max_mb: float | None = None
 
 
 @dataclass
@@ -89,6 +94,8 @@ class Request:
     n: int
     seed: int | None
     guidance: Guidance | None = None
+    # The client's name for the episode this request belongs to (decision logs); None: the connection's.
+    episode: str | None = None
 
 
 @dataclass
@@ -144,8 +151,12 @@ def parse_request(message: object, cameras: tuple[str, ...], default_n: int, max
     state = message["state"]
     if not isinstance(state, np.ndarray):
         raise ObservationError("state", f"expected an array, got {type(state).__name__}")
+    episode = message.get("episode")
+    if episode is not None and (isinstance(episode, bool) or not isinstance(episode, (str, int))
+                                or len(str(episode)) > 200):
+        raise ObservationError("episode", f"expected a string or an integer naming the episode, got {episode!r:.40}")
     return Request(Observation(images=taken, state=state, task=prompt, stamp=float(stamp)), n, seed,
-                   _guidance(message))
+                   _guidance(message), None if episode is None else str(episode))
 
 
 def _guidance(message: dict) -> Guidance | None:
@@ -232,6 +243,7 @@ class PolicyServer:
         self._pending: list[Pending] = []
         self._arrived: asyncio.Event | None = None
         self.ready = threading.Event()
+        self.log = None  # the DecisionLog, made with the engine
 
     # --- engine (worker thread only) ---
 
@@ -245,12 +257,17 @@ class PolicyServer:
         policy = resolve_policy(c.policy)
         verifier = resolve_verifier(c.verifier, policy) if c.verifier else None
         session = SessionConfig(provider=c.provider, intra_op_threads=c.threads)
-        engine = Engine(policy, verifier=verifier, config=EngineConfig(session=session))
+        engine = Engine(policy, verifier=verifier,
+                        config=EngineConfig(session=session, return_candidates=bool(c.log_decisions)))
         m = engine.manifest
         # Warm-up: the first run of each graph allocates; no client should pay for it.
         for _ in range(2):
             engine.infer(make_example_observation(m, image_size=(480, 640)), n=c.n, seed=0)
         engine.reset()
+        if c.log_decisions:
+            from verifiers.decision_log import DecisionLog
+
+            self.log = DecisionLog.for_engine(c.log_decisions, engine, c.log_max_mb, writer="taco serve")
         self.engine = engine
         v = engine.verifier
         return {
@@ -281,6 +298,19 @@ class PolicyServer:
         results = self.engine.infer_batch([BatchItem(p.request.observation, p.request.n, p.request.seed, p.history,
                                                      p.request.guidance) for p in batch])
         return results, started, (time.perf_counter() - started) * 1e3
+
+    def _log_decision(self, session, request: Request, decision) -> None:
+        """Logs a decision into the connection's episode (worker thread: serialised with inference and
+        writes, off the event loop). A new `episode` value starts the next episode."""
+        episode = request.episode if request.episode is not None else ""
+        if not session.active or session.current[0] != episode:
+            session.start(episode, instruction=request.observation.task)
+        session.decision(decision, request.observation.state)
+
+    def _close_session(self, session) -> None:
+        session.close()
+        for path in session.written:
+            log.info("logged episode %s", path)
 
     # --- batching (event loop) ---
 
@@ -348,6 +378,7 @@ class PolicyServer:
 
         self.clients += 1
         peer = ws.remote_address
+        session = None
         try:
             if self.clients > self.config.max_clients:
                 await ws.close(1013, "too many clients")
@@ -361,6 +392,11 @@ class PolicyServer:
             history = self.engine.policy.history() if self.engine.manifest.history > 1 else None
             cameras = tuple(cam.name for cam in self.engine.manifest.cameras)
             previous_total = None
+            if self.log is not None:
+                from verifiers.decision_log import StreamLog
+
+                # The server does not see what the robot executed: decisions are placed by their stamps.
+                session = StreamLog(self.log, "serve", by_time=True, verifier=self.metadata["verifier"])
             while True:
                 try:
                     message = await ws.recv()
@@ -405,6 +441,8 @@ class PolicyServer:
                                       **({} if previous_total is None else {"prev_total_ms": previous_total})},
                 }
                 await ws.send(pack(reply))
+                if session is not None:  # after the reply: logging never delays it
+                    self._worker.submit(self._log_decision, session, request, decision)
                 previous_total = (time.perf_counter() - received) * 1e3
                 self.metrics.requests += 1
                 self.metrics.total_ms.append(previous_total)
@@ -415,6 +453,8 @@ class PolicyServer:
         finally:
             self.clients -= 1
             log.info("client gone: %s (%d connected)", peer, self.clients)
+            if session is not None:
+                self._worker.submit(self._close_session, session)
 
     async def _report(self) -> None:
         every = self.config.metrics_every_s

@@ -63,12 +63,7 @@ def _decision_log(config, controller):
         return None
     from verifiers.decision_log import DecisionLog
 
-    engine = controller.engine
-    m = engine.manifest
-    max_bytes = None if config.log_max_mb is None else int(config.log_max_mb * 2**20)
-    return DecisionLog(config.log_decisions, policy_fingerprint=engine.bundle.fingerprint, feature_dim=m.feature_dim,
-                       chunk_length=m.chunk_length, action_dim=m.action_dim, action_mean=engine.policy.action_mean,
-                       action_std=engine.policy.action_std, max_bytes=max_bytes, writer="taco eval")
+    return DecisionLog.for_engine(config.log_decisions, controller.engine, config.log_max_mb, writer="taco eval")
 
 
 def run_episode(task: str, index: int) -> dict:

@@ -128,14 +128,14 @@ class Clock:
         self.now = now
 
 
-def make_loop(*, heartbeat=0.5, horizon=0, manifest=None, rate=50.0):
+def make_loop(*, heartbeat=0.5, horizon=0, manifest=None, rate=50.0, log=None, engine_class=None):
     clock = Clock()
-    engine = FakeEngine(lambda: clock.now, manifest)
+    engine = (engine_class or FakeEngine)(lambda: clock.now, manifest)
     watchdog = WatchdogConfig(max_observation_age=0.2, max_inference_time=5.0, max_future_stamp=0.05,
                               heartbeat_timeout=heartbeat)
     loop = ControlLoop(engine, PROFILE, ControlConfig(rate=rate, executor=ExecutorConfig(n=1, execute=8),
                                                       watchdog=watchdog, horizon=horizon),
-                       clock=lambda: clock.now)
+                       clock=lambda: clock.now, log=log)
     loop.instruction("transfer the cube", clock.now)
     robot = Robot(loop, engine, clock)
     robot.publish()
@@ -347,3 +347,95 @@ def test_no_command_computed_before_an_event_reaches_the_sink_after_it(events):
         for _ in range(engine.entered - engine.returned + 1):
             engine.finish()
         loop.close()
+
+
+# -- decision logs (the policy node's --log-decisions) ---------------------------------------------------
+
+N_CANDIDATES, FEATURES = 3, 5
+
+
+class LoggingEngine(FakeEngine):
+    """A FakeEngine whose decisions carry N candidates (the chosen one is candidate `k % N`, others offset)
+    and their features, as an Engine with return_candidates does."""
+
+    config = type("Config", (), {"return_candidates": True})()
+
+    def infer(self, observation, n=None, seed=None, guidance=None):
+        decision = super().infer(observation, n, seed, guidance)
+        k = self.returned
+        index = k % N_CANDIDATES
+        candidates = np.stack([decision.chunk + 0.01 * (i - index) for i in range(N_CANDIDATES)]).astype(np.float32)
+        features = np.full((N_CANDIDATES, FEATURES), float(k), np.float32) + np.arange(N_CANDIDATES)[:, None]
+        return replace(decision, index=index, candidates=candidates, features=features, n=N_CANDIDATES)
+
+
+def _stream_log(root):
+    from verifiers.decision_log import DecisionLog, StreamLog
+
+    log = DecisionLog(root, policy_fingerprint="f" * 64, feature_dim=FEATURES, chunk_length=CHUNK, action_dim=14,
+                      action_mean=np.zeros(14), action_std=np.full(14, 0.5))
+    return StreamLog(log, "aloha_viperx", n=N_CANDIDATES, verifier=None)
+
+
+def test_the_control_loop_logs_each_episode_between_resets_with_its_outcome_when_it_comes(tmp_path):
+    from verifiers.decision_log import add_label, read_episodes
+
+    stream = _stream_log(tmp_path / "log")
+    loop, engine, robot = make_loop(log=stream, engine_class=LoggingEngine)
+    try:
+        loop.reset(robot.now, robot.now, episode="0")
+        robot.step()
+        robot.decide()  # decision 1: chosen candidate 1
+        sent = []
+        while engine.entered == 1:  # until the executor replans
+            sent.append(robot.step().command)
+        robot.decide()  # decision 2, chosen 2
+        sent += [robot.step().command for _ in range(3)]
+        # A decision in flight when the next episode starts is never logged in it.
+        while engine.entered == 2:
+            sent.append(robot.step().command)
+        loop.reset(robot.now, robot.now, episode="1")
+        robot.decide()  # decision 3: discarded
+        assert loop.episode_outcome("7", success=True) is None  # no such episode waits
+        robot.step()
+        robot.decide()  # decision 4, chosen 1
+        for _ in range(4):
+            robot.step()
+        # The simulation's summary of episode 0 comes after episode 1 started: it still labels episode 0.
+        path = loop.episode_outcome("0", success=True, best_stage=4, max_stage=4)
+        assert path is not None and path.name == "aloha_viperx-000000000.npz"
+    finally:
+        engine.finish()
+        loop.close()  # episode 1 is written unlabelled
+
+    meta, (first, second) = read_episodes([tmp_path / "log"])
+    assert first.success is True and first.meta["episode_id"] == "0" and first.progress == 1.0
+    assert second.success is None and second.meta["episode_id"] == "1" and second.meta["seed"] == 1
+    np.testing.assert_array_equal(first.chosen, [1, 2])
+    np.testing.assert_array_equal(second.chosen, [1])
+    assert first.features.shape == (2, N_CANDIDATES, FEATURES) and first.chunks.shape == (2, N_CANDIDATES, CHUNK, 14)
+    np.testing.assert_array_equal(first.features[:, 0, 0], [1, 2])
+    np.testing.assert_array_equal(second.features[:, 0, 0], [4])  # decision 3 never reached the robot
+    # Candidates in the policy's normalised units: the chosen one is the chunk the commands came from.
+    chosen = first.chunks[0, first.chosen[0]] * 0.5
+    np.testing.assert_allclose(chosen[0, 0], HOME[0] + 1e-4, atol=1e-5)
+    # Every command sent is an executed action, and each decision's step is where its commands start.
+    logged = first.actions[first.step[0]:]
+    np.testing.assert_allclose(logged[:len(sent)], np.asarray(sent, np.float32), atol=1e-6)
+    assert decision_id(first.actions[first.step[1]]) == 2 and decision_id(first.actions[first.step[1] - 1]) == 1
+    np.testing.assert_allclose(first.state[0], HOME, atol=1e-6)
+    assert np.isnan(first.rewards).all()  # a robot's log has no per-step reward
+    add_label(tmp_path / "log", second.meta["key"], success=False, progress=0.25)
+    _, (_, labelled) = read_episodes([tmp_path / "log"])
+    assert labelled.success is False and labelled.progress == 0.25
+
+
+def test_a_new_run_numbers_its_episodes_after_the_logs_last_and_a_remote_engine_is_refused(tmp_path):
+    stream = _stream_log(tmp_path / "log")
+    recorder = stream.log.episode("aloha_viperx", 41)
+    recorder.decision(type("D", (), {"candidates": np.zeros((1, CHUNK, 14)), "features": np.zeros((1, FEATURES)),
+                                     "scores": None, "index": 0, "seed": 0, "n": 1})(), 0, HOME)
+    recorder.end(success=None)
+    assert _stream_log(tmp_path / "log").index == 42
+    with pytest.raises(ValueError, match="must return its candidates.*taco serve --log-decisions"):
+        make_loop(log=_stream_log(tmp_path / "other"))

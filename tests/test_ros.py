@@ -207,7 +207,11 @@ def test_sim_and_policy_nodes_run_an_episode_through_each_sink(sink, nodes, harn
     record = tmp_path / "run.mcap"
     if sink == "jtc":
         nodes.start("recorder", "ros_nodes.recorder", {"out": str(record), "sink": sink})
-    nodes.start("policy", "ros_nodes.policy_node", {"policy": str(exported("flow").path), "n": 4, "sink": sink})
+    # One sink's run also logs its decisions, labelled by the sim's episode summary.
+    log = tmp_path / "decisions"
+    logging = {"log_decisions": str(log), "log_name": "transfer_cube"} if sink == "forward" else {}
+    nodes.start("policy", "ros_nodes.policy_node", {"policy": str(exported("flow").path), "n": 4, "sink": sink,
+                                                    **logging})
     # The sim's physics starts with the first command; make sure this test hears the policy node by then.
     harness.wait(lambda: all(harness.node.count_publishers(t) for t in names), 60, "the policy node's publishers",
                  nodes)
@@ -235,6 +239,18 @@ def test_sim_and_policy_nodes_run_an_episode_through_each_sink(sink, nodes, harn
         _check_arm_stream([p.positions[:6] for p in msg.points], 0, "jtc trajectory points")
     decisions = [d for d in harness.diagnostics() if d["decision"]]
     assert decisions and all(d["n"] == 4 and d["timings_ms"]["total"] > 0 for d in decisions)
+    if logging:
+        from verifiers.decision_log import read_episodes
+
+        harness.wait(lambda: list((log / "episodes").glob("*.npz")), 30, "the logged episode", nodes)
+        _, (episode,) = read_episodes([log])
+        assert episode.meta["key"] == "transfer_cube-000000000" and episode.meta["episode_id"] == "0"
+        assert episode.success == summary["success"] and episode.meta["best_stage"] == summary["best_stage"]
+        assert episode.meta["sim_seed"] == summary["seed"] and episode.meta["max_stage"] == 4
+        # Every decision that reached the robot, with its 4 candidates; a command per tick from the first.
+        assert 1 <= len(episode.chosen) <= len(decisions) and episode.chunks.shape[1] == 4 and episode.chunks.shape[3] == 14
+        assert abs(len(episode.actions) - summary["commanded_steps"]) <= 10
+        assert [int(i) for i in episode.chosen] == [d["index"] for d in decisions][:len(episode.chosen)]
     assert all(d["inference_errors"] == 0 for d in harness.diagnostics())
     if sink == "jtc":
         nodes.stop()

@@ -389,6 +389,55 @@ def test_batching_server_infers_several_clients_together_and_each_gets_its_own_d
         thread.join(30)
 
 
+def test_a_logging_server_logs_each_episode_of_each_connection_for_a_value_verifier(policy, tmp_path):
+    """`--log-decisions`: openpi's client names episodes with the `episode` field (two on one connection), a
+    second connection sends none (its requests are one episode); each decision is logged with its
+    candidates, placed by its observation stamp, and the chosen one is the chunk the client got."""
+    from verifiers.decision_log import add_label, read_episodes
+
+    log = tmp_path / "log"
+    server, thread = serve_in_thread(ServeConfig(policy=str(policy), port=0, n=4, metrics_every_s=0,
+                                                 log_decisions=str(log)))
+    local = Engine(policy)
+    request = _aloha(local.manifest)
+    replies = {}
+    client = openpi_client.WebsocketClientPolicy(host="127.0.0.1", port=server.port)
+    try:
+        for episode in ("pick-1", "pick-2"):
+            for k in range(3):  # a request every 8 actions
+                reply = client.infer({**request, "episode": episode, "stamp": 1000.0 + 0.16 * k, "seed": 10 + k})
+                replies[episode, k] = reply
+        with pytest.raises(RuntimeError, match="episode: expected a string or an integer"):
+            client.infer({**request, "episode": [1]})
+        with RemoteEngine(_url(server)) as remote:
+            for k in range(2):
+                remote.infer(make_example_observation(local.manifest, seed=k), n=4, seed=k)
+    finally:
+        client._ws.close()
+        server.stop()
+        thread.join(30)
+    meta, episodes = read_episodes([log])
+    assert meta["policy_fingerprint"] == local.bundle.fingerprint and meta["writer"] == "taco serve"
+    by_id = {ep.meta["episode_id"]: ep for ep in episodes}
+    assert sorted(by_id) == ["", "pick-1", "pick-2"] and len(episodes) == 3
+    assert sorted(ep.meta["key"] for ep in episodes) == [f"serve-{k:09d}" for k in range(3)]
+    for episode in ("pick-1", "pick-2"):
+        ep = by_id[episode]
+        assert ep.success is None and ep.chunks.shape == (3, 4, 8, 14) and ep.features.shape[:2] == (3, 4)
+        np.testing.assert_array_equal(ep.step, [0, 8, 16])
+        np.testing.assert_array_equal(ep.seed, [10, 11, 12])
+        for k in range(3):
+            reply = replies[episode, k]
+            assert ep.chosen[k] == reply["index"]
+            np.testing.assert_allclose(ep.chunks[k, ep.chosen[k]] * local.policy.action_std + local.policy.action_mean,
+                                       reply["actions"], atol=1e-4)
+        np.testing.assert_allclose(ep.state[0], request["state"], atol=1e-6)
+    assert len(by_id[""].chosen) == 2
+    add_label(log, by_id["pick-2"].meta["key"], success=True)
+    _, labelled = read_episodes([log])
+    assert [ep.success for ep in labelled if ep.meta["episode_id"] == "pick-2"] == [True]
+
+
 def test_taco_ros_robot_with_a_server_checks_the_server_before_starting_nodes(capsys):
     from taco.cli import main
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,26 @@ class DecisionLog:
             tmp = path.with_name(f".{META_FILE}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps({**meta, "writer": writer}, indent=2) + "\n")
             tmp.replace(path)
+
+    @classmethod
+    def for_engine(cls, root: str | Path, engine, max_mb: float | None = None, writer: str = "") -> DecisionLog:
+        """The log of a runtime.engine.Engine's decisions (its policy's fingerprint, shapes and action
+        normalisation); `max_mb`: the bound on disk in megabytes (None: none)."""
+        if max_mb is not None and not max_mb > 0:
+            raise ValueError(f"log_max_mb: expected > 0 megabytes, got {max_mb}")
+        m = engine.manifest
+        return cls(root, policy_fingerprint=engine.bundle.fingerprint, feature_dim=m.feature_dim,
+                   chunk_length=m.chunk_length, action_dim=m.action_dim, action_mean=engine.policy.action_mean,
+                   action_std=engine.policy.action_std, max_bytes=None if max_mb is None else int(max_mb * 2**20),
+                   writer=writer)
+
+    def next_index(self, name: str) -> int:
+        """The first episode number after every `<name>-<number>` episode already in the log (so a run that
+        numbers its episodes itself, a robot's, goes on where the last run stopped)."""
+        episode_key(name, 0)
+        numbers = [int(p.stem[len(name) + 1:]) for p in (self.root / EPISODES_DIR).glob(f"{name}-*.npz")
+                   if p.stem[len(name) + 1:].isdigit()]
+        return max(numbers, default=-1) + 1
 
     def normalise(self, actions: np.ndarray) -> np.ndarray:
         """Robot units -> the policy's normalised action units (what a verifier's `chunks` input takes)."""
@@ -141,6 +162,95 @@ class EpisodeRecorder:
         meta = {**self.meta, "key": self.key, "n": int(arrays["features"].shape[1]), "steps": len(self._actions),
                 **outcome}
         return self.log._write(self.key, arrays, meta)
+
+
+class StreamLog:
+    """The episodes of a run that is told where episodes start, not how they end: a ROS policy node (its
+    /taco/reset) or a policy server (a connection, or a request's `episode`).
+
+    `start` ends the episode being logged and begins the next; episodes are numbered `<name>-<k>` after
+    the log's last one as they are written (one without a decision is not); the one that ended waits for its outcome (`outcome`: the simulation's episode summary, which may
+    arrive before or after the next start). Episodes whose outcome never comes are written with `success`
+    null when `pending` newer ones have ended, and at `close`, for an operator to label (`taco label`).
+    Not thread-safe: the caller holds its own lock.
+    """
+
+    def __init__(self, log: DecisionLog, name: str, pending: int = 4, by_time: bool = False, **meta):
+        # by_time: a run that never sees the actions executed (a server): each decision's step is where its
+        # observation stamp falls, in action periods after the episode's first decision's.
+        self.log, self.name, self.meta, self.max_pending, self.by_time = log, name, meta, pending, by_time
+        self._first_stamp: float | None = None
+        self.index = log.next_index(name)
+        self.current: tuple[str, EpisodeRecorder] | None = None
+        self.pending: list[tuple[str, EpisodeRecorder]] = []
+        self.written: list[Path] = []
+
+    def start(self, episode_id: str = "", **meta) -> str:
+        """Begins an episode (`episode_id`: the run's own name for it, matched by `outcome`)."""
+        self._retire()
+        recorder = self.log.episode(self.name, self.index, episode_id=str(episode_id),
+                                    started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **self.meta, **meta)
+        self.current = (str(episode_id), recorder)
+        self._first_stamp = None
+
+    @property
+    def active(self) -> bool:
+        return self.current is not None
+
+    def decision(self, decision, state: np.ndarray) -> None:
+        """A decision whose first action executes at the next `step` (`by_time`: at its stamp)."""
+        if self.current is None:
+            return
+        recorder = self.current[1]
+        step = len(recorder._actions)
+        if self.by_time:
+            stamp, dt = float(decision.times[0]), float(decision.times[1] - decision.times[0])
+            self._first_stamp = stamp if self._first_stamp is None else self._first_stamp
+            step = max(0, round((stamp - self._first_stamp) / dt))
+        recorder.decision(decision, step, state)
+
+    def step(self, action: np.ndarray, reward: float = float("nan")) -> None:
+        if self.current is not None:
+            self.current[1].step(action, reward)
+
+    def outcome(self, episode_id: str, **outcome) -> Path | None:
+        """Ends the episode the run called `episode_id` with its outcome; None when none is waiting for one
+        (it ended long ago, or was never logged)."""
+        episode_id = str(episode_id)
+        if self.current is not None and self.current[0] == episode_id:
+            recorder, self.current = self.current[1], None
+        else:
+            match = [item for item in self.pending if item[0] == episode_id]
+            if not match:
+                return None
+            self.pending.remove(match[0])
+            recorder = match[0][1]
+        return self._end(recorder, outcome)
+
+    def close(self) -> None:
+        """Writes every episode still open or waiting, unlabelled."""
+        self._retire()
+        while self.pending:
+            self._end(self.pending.pop(0)[1], {})
+
+    def _retire(self) -> None:
+        if self.current is not None:
+            self.pending.append(self.current)
+            self.current = None
+        while len(self.pending) > self.max_pending:
+            self._end(self.pending.pop(0)[1], {})
+
+    def _end(self, recorder: EpisodeRecorder, outcome: dict) -> Path | None:
+        if not recorder._decisions:
+            return None
+        # Several streams may write one log under one name (a server's connections): number by the files.
+        self.index = max(self.index, self.log.next_index(self.name))
+        recorder.key, recorder.meta["seed"] = episode_key(self.name, self.index), self.index
+        path = recorder.end(**{"success": None, **outcome})
+        if path is not None:
+            self.index += 1
+            self.written.append(path)
+        return path
 
 
 @dataclass
