@@ -9,6 +9,7 @@ appends the missing episodes after the last saved one.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -169,10 +170,23 @@ def record(config: RecordConfig, progress: bool | Callable[[str], None] = True) 
         if dataset.has_pending_frames():
             dataset.clear_episode_buffer()
         dataset.finalize()
+        normal_scheduling()
         bar.close()
     if interrupted:
         print(f"interrupted: {len(done)} episodes saved; rerun the same command to resume", file=sys.stderr)
     return summarize_recording(done)
+
+
+def normal_scheduling() -> None:
+    """Puts this thread back on the normal scheduling policy after a video was encoded.
+
+    SVT-AV1, the AV1 encoder LeRobot writes dataset videos with, switches the thread that encodes to
+    SCHED_FIFO at priority 99 when the process may (as root): after one `encode_video_frames` call,
+    `os.sched_getscheduler(0)` is SCHED_FIFO. Every thread started afterwards inherits it, so a
+    recording followed by training (`taco artifacts`) ran its torch threads at real-time priority and
+    starved every other process on the machine (a test beside it got 5% of a core)."""
+    if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 def _record_episode(dataset, env, controller, task: str, seed: int, keep_failures: bool,
@@ -197,6 +211,7 @@ def _record_episode(dataset, env, controller, task: str, seed: int, keep_failure
         dataset.clear_episode_buffer()
         return None
     dataset.save_episode()
+    normal_scheduling()
     return {"task": task, "seed": seed, "mode": controller.mode, "success": success, "best_stage": best,
             "frames": controller.plan_length, "perturb": perturb}
 

@@ -21,6 +21,11 @@ def test_record_then_resume_and_read_back(tmp_path):
     config = RecordConfig(tasks=("lift_bar",), episodes=1, out=str(root), cameras=SMALL, mode="detour")
     summary = record(config, progress=False)
     assert summary["lift_bar"]["episodes"] == 1 and summary["lift_bar"]["modes"] == {"detour": 1}
+    # The AV1 encoder left this thread at real-time priority (as root); the recording put it back, so
+    # whatever runs next in the process (training, its torch threads) does not starve the machine.
+    import os
+
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
     # Same command with more episodes: resumes, keeps the first, appends the next seed.
     summary = record(RecordConfig(tasks=("lift_bar",), episodes=2, out=str(root), cameras=SMALL, mode="clean"),
                      progress=False)
