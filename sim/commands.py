@@ -93,7 +93,7 @@ def cmd_artifacts(args) -> int:
             regime = RegimeConfig(out=args.out, task_mode_episodes=1, off_task_episodes=1, perturbed_episodes=1,
                                   other_tasks=("lift_bar",), other_task_episodes=1, finetune_episodes=2, size="tiny",
                                   pretrain_steps=20, finetune_steps=10, batch_size=8, k=4, stride=20,
-                                  verifier_epochs=2)
+                                  verifier_epochs=2, value_episodes=2, value_n=4, value_steps=20, value_max_steps=60)
         else:
             regime = RegimeConfig(out=args.out, pretrain_steps=args.steps or RegimeConfig.pretrain_steps)
         built = build_regime(regime)

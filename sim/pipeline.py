@@ -118,7 +118,7 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
                                             out / "bundles", config.verifiers, log, k=config.k, stride=config.stride,
                                             seed=config.seed, epochs=config.verifier_epochs))
         if config.value_episodes:
-            built.update(value_stage(current, out, config, log))
+            built.update(value_stage(current, out, config, log, config.tasks))
     log(f"artifacts complete in {time.perf_counter() - started:.0f} s")
     return built
 
@@ -175,9 +175,10 @@ def features_and_verifiers(policy, data: Path, features_path: Path, stage: str, 
     return built
 
 
-def value_stage(policy, out: Path, config: ArtifactsConfig, log) -> dict[str, Path]:
-    """`bundles/<policy>-value`: decision logs of `policy` (a loaded bundle) with uniform picks, then the
-    value verifier trained on them; skipped when the bundle already belongs to this policy."""
+def value_stage(policy, out: Path, config, log, tasks: tuple[str, ...]) -> dict[str, Path]:
+    """`bundles/<policy>-value`: decision logs of `policy` (a loaded bundle) on `tasks` with uniform picks,
+    then the value verifier trained on them; skipped when the bundle already belongs to this policy.
+    `config`: the recipe's (ArtifactsConfig or sim.regime.RegimeConfig), its `value_*` fields."""
     import shutil
 
     from sim.evaluate import EvalConfig, run_suite
@@ -198,7 +199,7 @@ def value_stage(policy, out: Path, config: ArtifactsConfig, log) -> dict[str, Pa
         shutil.rmtree(logs)
     log(f"[logs {kind}] {config.value_episodes} episodes per task at N={config.value_n}, uniform picks, seeds "
         f"{config.value_seed}- -> {logs} (resumable)")
-    run_suite(EvalConfig(policy=str(policy.path), n=config.value_n, tasks=config.tasks, seed=config.value_seed,
+    run_suite(EvalConfig(policy=str(policy.path), n=config.value_n, tasks=tasks, seed=config.value_seed,
                          episodes=config.value_episodes, explore=1.0, log_decisions=str(logs),
                          workers=config.value_workers, max_steps=config.value_max_steps),
               json_path=out / "logs" / f"{kind}.json", progress=log)

@@ -1,6 +1,6 @@
 """`taco artifacts --recipe taco`: TACO's regime. Pre-train one policy on a broad, mixed-quality corpus,
 fine-tune it on a few clean demonstrations of one task, and train the verifiers on the fine-tuning
-data only.
+data only (the value verifier, from the fine-tuned policy's own logged rollouts).
 
 TACO's claim is about such a policy: pre-training leaves it modes that the fine-tuning data does not
 support, and a pseudo-count fitted to the fine-tuning data steers away from them. The corpus, recorded
@@ -57,6 +57,14 @@ class RegimeConfig:
     stride: int = 2
     verifiers: tuple[str, ...] = ("cfn", "rnd", "knn", "consensus", "random")
     verifier_epochs: int = 40
+    # The value verifier (bundles/<name>-value; 0 episodes: none), as sim.pipeline.ArtifactsConfig's:
+    # episodes of the fine-tuned policy on `task` at N=`value_n` with uniform picks, then IQL.
+    value_episodes: int = 500
+    value_n: int = 16
+    value_seed: int = 400_000
+    value_steps: int = 20_000
+    value_workers: int = 2
+    value_max_steps: int | None = None
     seed: int = 0
 
 
@@ -77,7 +85,7 @@ def corpus_parts(config: RegimeConfig) -> list[tuple[tuple[str, ...], int, dict]
 def build_regime(config: RegimeConfig, log=None) -> dict[str, Path]:
     """Builds (or finishes building) the corpus, both policies, the features and the verifiers."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    from sim.pipeline import features_and_verifiers, train_stage
+    from sim.pipeline import features_and_verifiers, train_stage, value_stage
     from sim.record import RecordConfig, record, recorded_episodes
 
     out = Path(config.out)
@@ -108,5 +116,7 @@ def build_regime(config: RegimeConfig, log=None) -> dict[str, Path]:
     built.update(features_and_verifiers(current, finetune, out / "features" / f"{config.name}.npz", "features",
                                         out / "bundles", config.verifiers, log, k=config.k, stride=config.stride,
                                         seed=config.seed, epochs=config.verifier_epochs, threads=2))
+    if config.value_episodes:
+        built.update(value_stage(current, out, config, log, (config.task,)))
     log(f"regime complete in {time.perf_counter() - started:.0f} s")
     return built

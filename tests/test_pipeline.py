@@ -163,10 +163,16 @@ def test_taco_regime_quick_pretrains_broad_then_finetunes_and_a_rerun_skips_it(t
     training = policy.manifest.provenance["training"]
     assert training["init_from"].endswith("pretrained.ckpt/last.pt") and training["lr"] == 1e-4
     assert load_verifier(out / "bundles" / "taco-cfn").policy_fingerprint == policy.fingerprint
+    # The value verifier, from the fine-tuned policy's own logged rollouts of the fine-tuning task.
+    value = load_verifier(out / "bundles" / "taco-value")
+    assert value.policy_fingerprint == policy.fingerprint and "taco-value" in first.out
+    assert sorted(p.stem for p in (out / "logs" / "taco" / "episodes").glob("*.npz")) == \
+        ["transfer_cube-000400000", "transfer_cube-000400001"]
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "[pretrain] up to date" in err and "[finetune] up to date" in err and "[features] up to date" in err
     assert "[verifier taco-knn] up to date" in err and "[corpus]" not in err
+    assert "[verifier taco-value] up to date" in err
 
 
 def test_compare_pairs_arms_on_the_same_seeds(trained, tmp_path, capsys):
