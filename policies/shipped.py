@@ -1,7 +1,7 @@
-"""Names of the shipped policy bundles: `--policy default` (the diffusion policy) and `flow` / `diffusion`.
+"""Names of the shipped policy bundles: `--policy default` (the flow policy) and `flow` / `diffusion`.
 
-The default is the policy where best-of-N with its best verifier pays (artifacts/README.md says why);
-`flow` is the stronger policy on its own, which no verifier improves.
+The default is the strong policy, which its value verifier lifts at N=16 (artifacts/README.md says
+why); `diffusion` is the weak policy trained on 50 episodes, where the consensus of its samples pays.
 
 The shipped bundles live in `artifacts/bundles/` of the repository (built by `make artifacts`), or in
 the folder named by the TACO_ARTIFACTS environment variable. A path is always accepted as well.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from policies.errors import BundleError
 
-DEFAULT_POLICY_KIND = "diffusion"
+DEFAULT_POLICY_KIND = "flow"
 # Names `resolve_policy` maps to a shipped bundle; anything else is a path.
 POLICY_NAMES = ("default", "flow", "diffusion")
 

@@ -335,8 +335,10 @@ def register(cli) -> None:
     p.add_argument("--n", type=int, default=None,
                    help="candidates per step in the verifier arm (default: the best verifier's recorded N, else 16)")
     p.add_argument("--task", default="transfer_cube", help="task name(s), comma-separated")
-    p.add_argument("--episodes", type=int, default=20, help="episodes per task per arm (same seeds in both)")
-    p.add_argument("--seed", type=int, default=100_000, help="first evaluation seed")
+    p.add_argument("--episodes", type=int, default=100,
+                   help="episodes per task per arm (same seeds in both)")
+    p.add_argument("--seed", type=int, default=600_000,
+                   help="first evaluation seed (default: the held-out range no choice was tuned on)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", default=None, help="report folder (default build/demo, or build/example with --example)")
     p.add_argument("--json", default=None, help="also write the comparison (summary.success per arm) here")

@@ -121,7 +121,7 @@ def test_demo_suite_compares_the_arms_on_the_same_seeds_and_writes_the_report(fl
         assert row["overall"]["episodes"] == 2 and 0.0 <= report["summary"]["success"][row["arm"]] <= 1.0
     # Both arms ran the same seeds.
     seeds = [[e["seed"] for e in json.loads((out / f"arm-{a}.json").read_text())["episodes"]] for a in arms]
-    assert seeds == [[100_000, 100_001]] * 2
+    assert seeds == [[600_000, 600_001]] * 2  # the held-out range
     assert (out / "success_by_arm.png").stat().st_size > 0
     index = (out / "index.md").read_text()
     assert "success_by_arm" in index

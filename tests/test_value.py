@@ -210,9 +210,9 @@ def test_eval_logs_decisions_then_value_trains_and_evaluates_from_the_command_li
     assert main(["eval", "--policy", "default", "--verifier", str(value), "--n", "4", "--task", "transfer_cube",
                  "--max-steps", "50", "--quick"]) == 0
     assert "transfer_cube" in capsys.readouterr().out
-    # Bound to the policy that made the logs: the shipped flow policy (same feature size) refuses it.
+    # Bound to the policy that made the logs (the default, flow): the shipped diffusion policy refuses it.
     with pytest.raises(BundleError, match="policy_fingerprint"):
-        Engine(resolve_policy("flow"), verifier=str(value))
+        Engine(resolve_policy("diffusion"), verifier=str(value))
 
 
 def test_stage_rewards_pay_the_progress_where_it_is_made():
