@@ -125,6 +125,7 @@ class ControlLoop:
                              "True)); a remote engine does not: log on the server (taco serve --log-decisions)")
         # (stamp, state) of the observations given to the executor, to log the state each decision saw.
         self._observed: deque[tuple[float, np.ndarray]] = deque(maxlen=64)
+        self._tick_state: np.ndarray | None = None
 
     # -- inputs ------------------------------------------------------------------------------------
 
@@ -224,6 +225,7 @@ class ControlLoop:
         with self._lock:
             self.stats["ticks"] += 1
             observation, why = self.observation()
+            self._tick_state = None if observation is None else observation.state  # logged with the command
             fresh = observation is not None and self._arrived_after_event()
             if not self.anchored:
                 # No command before the filter knows where the robot is, from a state measured after a reset.
@@ -260,14 +262,14 @@ class ControlLoop:
                 self.safety.commit(np.concatenate([[now], times]), np.vstack([command[None], rows]))
                 upcoming = (times - now, rows)
             if self.log is not None:
-                self.log.step(command)
+                self.log.step(command, state=self._tick_state)
             return TickResult(command, report, upcoming, tick)
 
     def _hold(self, now: float, reason: str, tick: Tick | None = None) -> TickResult:
         self.stats["held_ticks"] += 1
         command = self.safety.hold(now)
         if self.log is not None and command is not None:
-            self.log.step(command)
+            self.log.step(command, state=self._tick_state)
         return TickResult(command, FilterReport(held=True, reason=reason), None, tick)
 
     def _log_decision(self, decision) -> None:

@@ -89,7 +89,7 @@ def run_episode(task: str, index: int) -> dict:
         if episode is not None:
             if len(controller.decisions) > decided:
                 episode.decision(controller.decisions[-1], step, state)
-            episode.step(action, reward)
+            episode.step(action, reward, state)
         if film:
             frames.append(env.render(VIDEO_CAMERA, *VIDEO_SIZE))
     record = {

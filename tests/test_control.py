@@ -424,6 +424,7 @@ def test_the_control_loop_logs_each_episode_between_resets_with_its_outcome_when
     np.testing.assert_allclose(logged[:len(sent)], np.asarray(sent, np.float32), atol=1e-6)
     assert decision_id(first.actions[first.step[1]]) == 2 and decision_id(first.actions[first.step[1] - 1]) == 1
     np.testing.assert_allclose(first.state[0], HOME, atol=1e-6)
+    np.testing.assert_allclose(first.states, np.tile(HOME, (len(first.actions), 1)), atol=1e-6)  # measured per tick
     assert np.isnan(first.rewards).all()  # a robot's log has no per-step reward
     add_label(tmp_path / "log", second.meta["key"], success=False, progress=0.25)
     _, (_, labelled) = read_episodes([tmp_path / "log"])

@@ -433,6 +433,11 @@ def test_a_logging_server_logs_each_episode_of_each_connection_for_a_value_verif
                                        reply["actions"], atol=1e-4)
         np.testing.assert_allclose(ep.state[0], request["state"], atol=1e-6)
     assert len(by_id[""].chosen) == 2
+    # The server never sees what the robot executed: no frames to export as a LeRobotDataset.
+    from verifiers.log_dataset import export_log
+
+    with pytest.raises(ValueError, match="no episode holds executed steps"):
+        export_log([log], tmp_path / "dataset")
     add_label(log, by_id["pick-2"].meta["key"], success=True)
     _, labelled = read_episodes([log])
     assert [ep.success for ep in labelled if ep.meta["episode_id"] == "pick-2"] == [True]

@@ -201,6 +201,30 @@ def test_eval_logs_decisions_then_value_trains_and_evaluates_from_the_command_li
             chosen = ep.chunks[k, ep.chosen[k], :len(executed)] * std + mean
             np.testing.assert_allclose(executed, chosen, atol=1e-4)
     assert 0 < sum(int(c) != 0 for ep in episodes for c in ep.chosen)  # exploration took other candidates
+    # The state each action was executed from: at a decision's step, the state the decision saw.
+    for ep in episodes:
+        assert ep.states.shape == (100, 14)
+        np.testing.assert_array_equal(ep.states[ep.step], ep.state)
+    # The executed steps as a LeRobotDataset v3, read back by lerobot itself.
+    dataset_dir = tmp_path / "dataset"
+    assert main(["export-log", str(logs), "--out", str(dataset_dir)]) == 0
+    assert "2 episodes, 200 frames at 50 fps" in capsys.readouterr().out
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset("taco/dataset", root=dataset_dir)
+    assert ds.num_episodes == 2 and ds.num_frames == 200 and ds.fps == 50
+    ep = episodes[1]
+    for t in (0, 9, 57, 99):
+        frame = ds[100 + t]
+        d = int(np.searchsorted(ep.step, t, side="right") - 1)
+        np.testing.assert_allclose(frame["action"].numpy(), ep.actions[t], atol=1e-6)
+        np.testing.assert_allclose(frame["observation.state"].numpy(), ep.states[t], atol=1e-6)
+        assert int(frame["decision.index"]) == d and int(frame["decision.chosen"]) == ep.chosen[d]
+        assert bool(frame["decision.new"]) == (t % 8 == 0)
+    rows = [json.loads(line) for line in (dataset_dir / "meta" / "taco_log_episodes.jsonl").open()]
+    assert [r["key"] for r in rows] == [e.meta["key"] for e in episodes]
+    assert main(["export-log", str(logs), "--out", str(dataset_dir)]) == 2  # never over an existing folder
+    assert "exists" in capsys.readouterr().err
     assert main(["label", str(logs), episodes[0].meta["key"], "--success", "--progress", "1"]) == 0
     value = tmp_path / "value"
     assert main(["train-verifier", "--kind", "value", "--logs", str(logs), "--out", str(value), "--quick"]) == 0

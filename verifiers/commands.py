@@ -115,6 +115,16 @@ def cmd_label(args) -> int:
     return 0
 
 
+def cmd_export_log(args) -> int:
+    from verifiers.log_dataset import export_log
+
+    summary = export_log(args.logs, args.out, fps=args.fps, progress=print)
+    print(f"wrote LeRobotDataset {summary['out']}: {summary['episodes']} episodes, {summary['frames']} frames at "
+          f"{summary['fps']} fps" + (f"; {len(summary['skipped'])} episodes without executed steps skipped"
+                                     if summary["skipped"] else ""))
+    return 0
+
+
 def cmd_combine_verifiers(args) -> int:
     from verifiers.combine import combine_verifiers
 
@@ -216,6 +226,14 @@ def register(cli) -> None:
     p.add_argument("--success", action="store_true")
     p.add_argument("--failure", action="store_true")
     p.add_argument("--progress", type=float, default=None, help="how far it got, in [0, 1] (optional)")
+
+    p = cli.add("export-log", "a decision log's executed steps as a LeRobotDataset v3 (state, action, reward, "
+                              "success, and which decision and candidate each step came from)", run=cmd_export_log,
+                extras=("train",))
+    p.add_argument("logs", nargs="+", help="decision log folders (of one policy)")
+    p.add_argument("--out", required=True, help="new dataset folder")
+    p.add_argument("--fps", type=float, default=None,
+                   help="frame rate (default: 1 / the policy's action period, recorded in the log)")
 
     p = cli.add("wrap-verifier", "bind an ONNX graph with the verifier signature (features[N, F] -> scores[N]) "
                                  "to a policy, as a verifier bundle", run=cmd_wrap_verifier)

@@ -10,8 +10,9 @@ An episode file holds, per decision d (D of them): `features` float32[D, N, F] a
 float32[D, N, H, A] (every candidate, in the policy's normalised action units: what a verifier takes),
 `scores` float32[D, N] (NaN without a verifier), `chosen` int64[D], `seed` int64[D], `step` int64[D]
 (the control step the decision was made at) and `state` float32[D, S] (the robot state it saw); per
-control step (T of them) `actions` float32[T, A] (robot units, what was executed) and `rewards`
-float32[T] (the simulator's stage reward; NaN on a robot); and `meta`, a JSON string: key, task, seed,
+control step (T of them) `actions` float32[T, A] (robot units, what was executed), `rewards`
+float32[T] (the simulator's stage reward; NaN on a robot) and `states` float32[T, S] (the state each
+action was executed from; NaN where the run did not see it); and `meta`, a JSON string: key, task, seed,
 n, verifier, steps, and the outcome when it is known (`success`, `best_stage`, `max_stage`, optionally
 `progress` in [0, 1]), else `success` null until labelled.
 
@@ -56,7 +57,7 @@ class DecisionLog:
 
     def __init__(self, root: str | Path, *, policy_fingerprint: str, feature_dim: int, chunk_length: int,
                  action_dim: int, action_mean: np.ndarray, action_std: np.ndarray, max_bytes: int | None = None,
-                 writer: str = ""):
+                 writer: str = "", action_dt: float | None = None):
         if max_bytes is not None and max_bytes <= 0:
             raise ValueError(f"max_bytes: expected > 0, got {max_bytes}")
         self.root = Path(root)
@@ -76,7 +77,7 @@ class DecisionLog:
                                  f"{before.get(differ[0])!r} there, {meta[differ[0]]!r} here); use a new folder")
         else:
             tmp = path.with_name(f".{META_FILE}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({**meta, "writer": writer}, indent=2) + "\n")
+            tmp.write_text(json.dumps({**meta, "writer": writer, "action_dt": action_dt}, indent=2) + "\n")
             tmp.replace(path)
 
     @classmethod
@@ -89,7 +90,7 @@ class DecisionLog:
         return cls(root, policy_fingerprint=engine.bundle.fingerprint, feature_dim=m.feature_dim,
                    chunk_length=m.chunk_length, action_dim=m.action_dim, action_mean=engine.policy.action_mean,
                    action_std=engine.policy.action_std, max_bytes=None if max_mb is None else int(max_mb * 2**20),
-                   writer=writer)
+                   writer=writer, action_dt=float(m.action_dt))
 
     def next_index(self, name: str) -> int:
         """The first episode number after every `<name>-<number>` episode already in the log (so a run that
@@ -132,6 +133,7 @@ class EpisodeRecorder:
         self._decisions: list[tuple] = []
         self._actions: list[np.ndarray] = []
         self._rewards: list[float] = []
+        self._states: list[np.ndarray | None] = []
 
     def decision(self, decision, step: int, state: np.ndarray) -> None:
         """Records an engine Decision made at control step `step` from robot state `state`; the decision
@@ -144,10 +146,12 @@ class EpisodeRecorder:
                                 scores, int(decision.index), int(decision.seed), int(step),
                                 np.asarray(state, np.float32)))
 
-    def step(self, action: np.ndarray, reward: float = float("nan")) -> None:
-        """Records the action executed at the next control step and the reward it earned."""
+    def step(self, action: np.ndarray, reward: float = float("nan"), state: np.ndarray | None = None) -> None:
+        """Records the action executed at the next control step, the reward it earned and the robot state
+        it was executed from (None: not seen)."""
         self._actions.append(np.asarray(action, np.float32))
         self._rewards.append(float(reward))
+        self._states.append(None if state is None else np.asarray(state, np.float32))
 
     def end(self, **outcome) -> Path | None:
         """Writes the episode with its outcome (`success`, `best_stage`, `max_stage`, ...; `success=None`
@@ -159,6 +163,9 @@ class EpisodeRecorder:
         arrays = {name: np.stack(col) for name, col in zip(_DECISION_ARRAYS, columns)}
         arrays["actions"] = np.stack(self._actions) if self._actions else np.zeros((0, len(self.log._mean)), np.float32)
         arrays["rewards"] = np.asarray(self._rewards, np.float32)
+        s = arrays["state"].shape[1]
+        arrays["states"] = np.stack([np.full(s, np.nan, np.float32) if x is None else x for x in self._states]) \
+            if self._states else np.zeros((0, s), np.float32)
         meta = {**self.meta, "key": self.key, "n": int(arrays["features"].shape[1]), "steps": len(self._actions),
                 **outcome}
         return self.log._write(self.key, arrays, meta)
@@ -209,9 +216,9 @@ class StreamLog:
             step = max(0, round((stamp - self._first_stamp) / dt))
         recorder.decision(decision, step, state)
 
-    def step(self, action: np.ndarray, reward: float = float("nan")) -> None:
+    def step(self, action: np.ndarray, reward: float = float("nan"), state: np.ndarray | None = None) -> None:
         if self.current is not None:
-            self.current[1].step(action, reward)
+            self.current[1].step(action, reward, state)
 
     def outcome(self, episode_id: str, **outcome) -> Path | None:
         """Ends the episode the run called `episode_id` with its outcome; None when none is waiting for one
@@ -267,6 +274,8 @@ class LoggedEpisode:
     actions: np.ndarray
     rewards: np.ndarray
     meta: dict = field(default_factory=dict)
+    # float32[T, S]: the state each action was executed from (NaN where unseen; None in older logs).
+    states: np.ndarray | None = None
 
     @property
     def success(self) -> bool | None:
@@ -349,5 +358,5 @@ def read_episodes(roots: Iterable[str | Path]) -> tuple[dict, list[LoggedEpisode
                 meta.update({k: v for k, v in given.get(path.stem, {}).items() if k != "key"})
                 meta["log"] = str(root)
                 episodes.append(LoggedEpisode(**{name: z[name] for name in (*_DECISION_ARRAYS, "actions", "rewards")},
-                                              meta=meta))
+                                              meta=meta, states=z["states"] if "states" in z.files else None))
     return metas[0], episodes
