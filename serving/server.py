@@ -308,9 +308,13 @@ class PolicyServer:
         session.decision(decision, request.observation.state)
 
     def _close_session(self, session) -> None:
+        full = self.log.full
         session.close()
         for path in session.written:
             log.info("logged episode %s", path)
+        if self.log.full and not full:
+            log.warning("decision log %s reached --log-max-mb %g: later episodes are not logged", self.log.root,
+                        self.config.log_max_mb)
 
     # --- batching (event loop) ---
 

@@ -176,8 +176,9 @@ class StreamLog:
     /taco/reset) or a policy server (a connection, or a request's `episode`).
 
     `start` ends the episode being logged and begins the next; episodes are numbered `<name>-<k>` after
-    the log's last one as they are written (one without a decision is not); the one that ended waits for its outcome (`outcome`: the simulation's episode summary, which may
-    arrive before or after the next start). Episodes whose outcome never comes are written with `success`
+    the log's last one as they are written (one without a decision is not). The one that ended waits
+    for its outcome (`outcome`: the simulation's episode summary, which may arrive before or after the
+    next start). Episodes whose outcome never comes are written with `success`
     null when `pending` newer ones have ended, and at `close`, for an operator to label (`taco label`).
     Not thread-safe: the caller holds its own lock.
     """
@@ -192,7 +193,7 @@ class StreamLog:
         self.pending: list[tuple[str, EpisodeRecorder]] = []
         self.written: list[Path] = []
 
-    def start(self, episode_id: str = "", **meta) -> str:
+    def start(self, episode_id: str = "", **meta) -> None:
         """Begins an episode (`episode_id`: the run's own name for it, matched by `outcome`)."""
         self._retire()
         recorder = self.log.episode(self.name, self.index, episode_id=str(episode_id),

@@ -4,8 +4,9 @@ What fits LeRobot's frame-per-step layout goes into it, one frame per executed c
 `observation.state` (the state the action was executed from), `action` (what was executed, robot
 units), `next.reward` (the simulator's stage; NaN on a robot), `next.success` (the episode's outcome, on
 its last frame), and where the step's action came from: `decision.index` (the decision of the episode,
-0..D-1), `decision.new` (its first step), `decision.chosen` (the candidate it executed) and
-`decision.score` (that candidate's verifier score, NaN without one). The episode's task is the logged
+0..D-1; -1 for the holds a robot sends before the first decision arrives), `decision.new` (its first
+step), `decision.chosen` (the candidate it executed, -1 in a hold) and `decision.score` (that
+candidate's verifier score, NaN without one). The episode's task is the logged
 instruction (else the log's task name). `meta/taco_log_episodes.jsonl` keeps each episode's log key,
 outcome and labels, one line per dataset episode, in order.
 
@@ -44,7 +45,8 @@ def dataset_features(state_dim: int, action_dim: int) -> dict:
 
 
 def step_decisions(ep: LoggedEpisode) -> np.ndarray:
-    """int64[T]: per executed step, the decision its action came from (the last one made at or before it)."""
+    """int64[T]: per executed step, the decision its action came from (the last one made at or before it;
+    -1 before the first)."""
     return np.searchsorted(ep.step, np.arange(len(ep.actions)), side="right") - 1
 
 
@@ -77,22 +79,20 @@ def export_log(logs: list[str | Path], out: str | Path, fps: float | None = None
         if not len(ep.actions):
             continue
         which = step_decisions(ep)
-        if (which < 0).any():
-            raise ValueError(f"{ep.meta['key']}: steps executed before the episode's first decision")
         states = ep.states if ep.states is not None else np.full((len(ep.actions), ep.state.shape[1]), np.nan)
         task = ep.meta.get("instruction") or ep.meta.get("task") or ""
         last = len(ep.actions) - 1
         for t in range(len(ep.actions)):
-            d = int(which[t])
+            d = int(which[t])  # -1: a hold before the episode's first decision arrived (a robot's log)
             dataset.add_frame({
                 "observation.state": np.asarray(states[t], np.float32),
                 "action": np.asarray(ep.actions[t], np.float32),
                 "next.reward": np.array([ep.rewards[t]], np.float32),
                 "next.success": np.array([bool(ep.success) and t == last]),
                 "decision.index": np.array([d], np.int64),
-                "decision.new": np.array([t == int(ep.step[d])]),
-                "decision.chosen": np.array([int(ep.chosen[d])], np.int64),
-                "decision.score": np.array([ep.scores[d, ep.chosen[d]]], np.float32),
+                "decision.new": np.array([d >= 0 and t == int(ep.step[d])]),
+                "decision.chosen": np.array([int(ep.chosen[d]) if d >= 0 else -1], np.int64),
+                "decision.score": np.array([ep.scores[d, ep.chosen[d]] if d >= 0 else np.nan], np.float32),
                 "task": task,
             })
         dataset.save_episode()
