@@ -423,6 +423,11 @@ def test_the_control_loop_logs_each_episode_between_resets_with_its_outcome_when
     logged = first.actions[first.step[0]:]
     np.testing.assert_allclose(logged[:len(sent)], np.asarray(sent, np.float32), atol=1e-6)
     assert decision_id(first.actions[first.step[1]]) == 2 and decision_id(first.actions[first.step[1] - 1]) == 1
+    # The holds sent before the first decision came from none (exported as decision -1).
+    from verifiers.log_dataset import step_decisions
+
+    which = step_decisions(first)
+    assert first.step[0] >= 1 and (which[:first.step[0]] == -1).all() and which[first.step[0]] == 0
     np.testing.assert_allclose(first.state[0], HOME, atol=1e-6)
     np.testing.assert_allclose(first.states, np.tile(HOME, (len(first.actions), 1)), atol=1e-6)  # measured per tick
     assert np.isnan(first.rewards).all()  # a robot's log has no per-step reward
