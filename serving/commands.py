@@ -50,10 +50,8 @@ def register(cli) -> None:
     p.add_argument("--batch-window-ms", type=float, default=0.0,
                    help="infer requests of several clients arriving within this window together: one encoder call, "
                         "and one sampler call when the bundle allows (0: off; see docs/serving.md)")
-    p.add_argument("--log-decisions", default=None, metavar="DIR",
-                   help="log every decision (candidates, features, scores, pick) into this decision log: one "
-                        "episode per connection, or per value of a request's `episode` field; label them with "
-                        "`taco label` for `taco train-verifier --kind value`")
-    p.add_argument("--log-max-mb", type=float, default=None, metavar="MB",
-                   help="with --log-decisions: stop logging episodes once the log holds this many megabytes")
+    from taco.cli import add_log_flags
+
+    add_log_flags(p, "an episode per connection, or per value of a request's `episode` field; label them with "
+                     "`taco label`")
     p.add_argument("--verbose", action="store_true", help="log every request")

@@ -237,10 +237,9 @@ def register(cli) -> None:
     p.add_argument("--rtc-horizon", type=int, default=None,
                    help="with RTC: guide the new chunk's positions up to this one, at least the delay + 1 "
                         "(LeRobot's execution_horizon; default: all that is left of the executing chunk)")
-    p.add_argument("--log-decisions", default=None, metavar="DIR",
-                   help="log every decision (candidates, features, scores, pick), the executed actions and the "
-                        "outcome to this folder, for taco train-verifier --kind value")
-    p.add_argument("--log-max-mb", type=float, default=None, help="stop logging once the log reaches this size")
+    from taco.cli import add_log_flags
+
+    add_log_flags(p, "one episode per simulated episode, with the executed actions and the outcome")
     p.add_argument("--explore", type=float, default=0.0,
                    help="epsilon-greedy collection: take a uniformly random candidate with this probability")
     p.add_argument("--quick", action="store_true", help="at most 2 episodes per task (for tests)")
