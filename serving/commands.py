@@ -50,8 +50,6 @@ def register(cli) -> None:
     p.add_argument("--batch-window-ms", type=float, default=0.0,
                    help="infer requests of several clients arriving within this window together: one encoder call, "
                         "and one sampler call when the bundle allows (0: off; see docs/serving.md)")
-    from taco.cli import add_log_flags
-
-    add_log_flags(p, "an episode per connection, or per value of a request's `episode` field; label them with "
+    cli.add_log_flags(p, "an episode per connection, or per value of a request's `episode` field; label them with "
                      "`taco label`")
     p.add_argument("--verbose", action="store_true", help="log every request")

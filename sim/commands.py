@@ -237,9 +237,7 @@ def register(cli) -> None:
     p.add_argument("--rtc-horizon", type=int, default=None,
                    help="with RTC: guide the new chunk's positions up to this one, at least the delay + 1 "
                         "(LeRobot's execution_horizon; default: all that is left of the executing chunk)")
-    from taco.cli import add_log_flags
-
-    add_log_flags(p, "one episode per simulated episode, with the executed actions and the outcome")
+    cli.add_log_flags(p, "one episode per simulated episode, with the executed actions and the outcome")
     p.add_argument("--explore", type=float, default=0.0,
                    help="epsilon-greedy collection: take a uniformly random candidate with this probability")
     p.add_argument("--quick", action="store_true", help="at most 2 episodes per task (for tests)")

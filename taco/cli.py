@@ -71,19 +71,19 @@ class Registry:
         self.commands[name] = command
         return parser
 
+    @staticmethod
+    def add_log_flags(parser: argparse.ArgumentParser, episodes: str) -> None:
+        """`--log-decisions DIR` and `--log-max-mb MB`, the decision-log flags of every command that decides
+        (`eval`, `ros`, `serve`); `episodes` says what one logged episode is for this command."""
+        parser.add_argument("--log-decisions", default=None, metavar="DIR",
+                            help="log every decision (candidates, features, scores, pick) into this decision log, "
+                                 f"for taco train-verifier --kind value: {episodes}")
+        parser.add_argument("--log-max-mb", type=float, default=None, metavar="MB",
+                            help="with --log-decisions: stop logging episodes once the log holds this many megabytes")
+
     def register(self, part: str, register: Callable[[Registry], None], plugin: bool = False) -> None:
         self._part, self._plugin = part, plugin
         register(self)
-
-
-def add_log_flags(parser: argparse.ArgumentParser, episodes: str) -> None:
-    """`--log-decisions DIR` and `--log-max-mb MB`, the decision-log flags of every command that decides
-    (`eval`, `ros`, `serve`); `episodes` says what one logged episode is for this command."""
-    parser.add_argument("--log-decisions", default=None, metavar="DIR",
-                        help="log every decision (candidates, features, scores, pick) into this decision log, for "
-                             f"taco train-verifier --kind value: {episodes}")
-    parser.add_argument("--log-max-mb", type=float, default=None, metavar="MB",
-                        help="with --log-decisions: stop logging episodes once the log holds this many megabytes")
 
 
 def _register_list(cli: Registry) -> None:
