@@ -100,6 +100,6 @@ def register(cli) -> None:
     p.add_argument("--api-key-file", default=None, help="with --server: file holding the server's API key")
     p.add_argument("--record", default=None, metavar="PATH.mcap", help="also record the run to MCAP")
     cli.add_log_flags(p, "an episode per /taco/reset, with the commands sent; sim episodes carry their outcome, robot "
-                     "episodes are labelled afterwards with `taco label`")
+                         "episodes are labelled afterwards with `taco label`")
     p.add_argument("--discovery", default="LOCALHOST", choices=["LOCALHOST", "SUBNET", "SYSTEM_DEFAULT", "OFF"],
                    help="ROS_AUTOMATIC_DISCOVERY_RANGE when not already set (default: this host only)")

@@ -51,5 +51,5 @@ def register(cli) -> None:
                    help="infer requests of several clients arriving within this window together: one encoder call, "
                         "and one sampler call when the bundle allows (0: off; see docs/serving.md)")
     cli.add_log_flags(p, "an episode per connection, or per value of a request's `episode` field; label them with "
-                     "`taco label`")
+                         "`taco label`")
     p.add_argument("--verbose", action="store_true", help="log every request")
