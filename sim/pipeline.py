@@ -18,7 +18,9 @@ Each recipe then:
    knn, consensus, random);
 3. (`value_episodes` > 0, the flow recipe) runs the policy for that many episodes at N=16 with uniform
    picks, logging every decision (`taco eval --explore 1 --log-decisions`), and trains the value verifier
-   on the logs (`taco train-verifier --kind value`, IQL): `bundles/<kind>-value`.
+   on the logs (`taco train-verifier --kind value`, IQL): `bundles/<kind>-value`;
+4. (`combined`, the flow recipe) combines shipped verifiers (the value and the consensus, 1:1) into
+   `bundles/<kind>-combined` (`taco combine-verifiers`).
 
 Every stage is skipped when its output exists and belongs to its inputs (dataset fingerprint, policy
 fingerprint), and resumes when interrupted (recording and training checkpoint themselves), so the same
@@ -27,7 +29,7 @@ command can be rerun until everything is built. Outputs, under `--out`:
     data/<dataset>/            the recipe's LeRobotDataset of scripted episodes (clean, then recovery)
     bundles/<kind>/            the shipped policy bundles; checkpoints in <kind>.ckpt/
     features/<kind>.npz        TACO feature-search results
-    bundles/<kind>-<verifier>/ verifier bundles (cfn, rnd, knn, consensus, random; value)
+    bundles/<kind>-<verifier>/ verifier bundles (cfn, rnd, knn, consensus, random; value, combined)
     logs/<kind>/               decision logs the value verifier learned from (resumable, with <kind>.json)
 """
 
@@ -69,6 +71,10 @@ class ArtifactsConfig:
     value_steps: int = 20_000
     value_workers: int = 2
     value_max_steps: int | None = None
+    # `bundles/<kind>-combined` (empty: none): these shipped verifiers' scores, each standardised over the
+    # candidates, weighted by `combined_weights` (`taco combine-verifiers`).
+    combined: tuple[str, ...] = ()
+    combined_weights: tuple[float, ...] = ()
     seed: int = 0
     # The dataset's folder under `out`/data (one per recipe, so recipes sharing `out` never mix episodes).
     dataset: str = "sim"
@@ -76,7 +82,8 @@ class ArtifactsConfig:
 
 # The shipped recipes, in the order `make artifacts` builds them.
 RECIPES = {
-    "flow": ArtifactsConfig(value_episodes=500),
+    # The value with the consensus 1:1: flow's best verifier (docs/results.md, "The value combined").
+    "flow": ArtifactsConfig(value_episodes=500, combined=("value", "consensus"), combined_weights=(1.0, 1.0)),
     "diffusion": ArtifactsConfig(episodes=50, recovery_episodes=0, kinds=("diffusion",), stride=2,
                                  dataset="clean50"),
 }
@@ -119,6 +126,8 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
                                             seed=config.seed, epochs=config.verifier_epochs))
         if config.value_episodes:
             built.update(value_stage(current, out, config, log, config.tasks))
+        if config.combined:
+            built.update(combined_stage(current, out / "bundles", config.combined, config.combined_weights, log))
     log(f"artifacts complete in {time.perf_counter() - started:.0f} s")
     return built
 
@@ -206,6 +215,28 @@ def value_stage(policy, out: Path, config, log, tasks: tuple[str, ...]) -> dict[
     log(f"[verifier {name}] IQL, {config.value_steps} steps on {logs}")
     train_value_verifier([logs], vpath, ValueTrainConfig(steps=config.value_steps, seed=config.seed), log=log,
                          overwrite=True)
+    return {name: vpath}
+
+
+def combined_stage(policy, bundles: Path, parts: tuple[str, ...], weights: tuple[float, ...], log) -> dict[str, Path]:
+    """`bundles/<policy>-combined`: the policy's verifiers `parts` (`bundles/<policy>-<part>`) combined with
+    `weights`; skipped when it was made from exactly these components (their graph hashes) and weights."""
+    from verifiers import load_verifier
+    from verifiers.bundle import VERIFIER_FILE, read_verifier_manifest
+    from verifiers.combine import combine_verifiers
+
+    kind = Path(policy.path).name
+    name, vpath = f"{kind}-combined", bundles / f"{kind}-combined"
+    components = [bundles / f"{kind}-{part}" for part in parts]
+    wanted = [(read_verifier_manifest(c).files[VERIFIER_FILE], float(w)) for c, w in zip(components, weights)]
+    existing = _load_or_none(load_verifier, vpath)
+    if existing is not None and existing.policy_fingerprint == policy.fingerprint:
+        made = [(c.get("sha256"), c.get("weight")) for c in existing.manifest.provenance.get("components", [])]
+        if made == wanted:
+            log(f"[verifier {name}] up to date: {vpath}")
+            return {name: vpath}
+    log(f"[verifier {name}] {' + '.join(f'{w:g} {p}' for p, w in zip(parts, weights))}, standardised -> {vpath}")
+    combine_verifiers([str(c) for c in components], vpath, weights=list(weights), overwrite=True)
     return {name: vpath}
 
 

@@ -90,13 +90,28 @@ def test_taco_artifacts_quick_builds_everything_and_a_rerun_skips_it(tmp_path, c
     args = ["artifacts", "--recipe", "flow", "--quick", "--out", str(out), "--task", "lift_bar", "--perturb", "0.005"]
     assert main(args) == 0
     first = capsys.readouterr()
-    for name in ("dataset", "flow", "flow-cfn", "flow-rnd", "flow-knn", "flow-random", "flow-value"):
+    for name in ("dataset", "flow", "flow-cfn", "flow-rnd", "flow-knn", "flow-random", "flow-value", "flow-combined"):
         assert name in first.out
     # The value verifier learned from the decisions the flow policy logged with uniform picks.
     value = load_verifier(out / "bundles" / "flow-value")
     assert value.manifest.type == "value" and value.policy_fingerprint == load_policy_bundle(out / "bundles" /
                                                                                                  "flow").fingerprint
     assert len(list((out / "logs" / "flow" / "episodes").glob("*.npz"))) == 2
+    # flow-combined is the value plus the consensus, each standardised over the candidates.
+    combined = load_verifier(out / "bundles" / "flow-combined")
+    consensus = load_verifier(out / "bundles" / "flow-consensus")
+    assert combined.manifest.type == "combined" and combined.policy_fingerprint == value.policy_fingerprint
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(6, value.feature_dim)).astype(np.float32)
+    policy = load_policy_bundle(out / "bundles" / "flow").manifest
+    chunks = rng.normal(size=(6, policy.chunk_length, len(policy.action_names))).astype(np.float32)
+
+    def standard(x):
+        return (x - x.mean()) / np.sqrt(x.var() + 1e-6)
+
+    np.testing.assert_allclose(combined.score(features, chunks),
+                               standard(value.score(features, chunks)) + standard(consensus.score(features, chunks)),
+                               atol=1e-4)
     assert "[record]" in first.err and "[train flow] 20 steps" in first.err
     # Recording reports progress in the log (clean episode, then the recovery one on top of it).
     assert "[record] 1/1 episodes (lift_bar seed " in first.err and "[record] 2/2 episodes (lift_bar seed" in first.err
@@ -114,6 +129,7 @@ def test_taco_artifacts_quick_builds_everything_and_a_rerun_skips_it(tmp_path, c
     err = capsys.readouterr().err
     assert "[train flow] up to date" in err and "[verifier flow-knn] up to date" in err
     assert "[verifier flow-value] up to date" in err and "[logs flow]" not in err
+    assert "[verifier flow-combined] up to date" in err
     assert "[record]" not in err and "[train flow] 20 steps" not in err
     assert (out / "bundles" / "flow" / "manifest.json").read_text() == policy_files
     assert load_verifier(out / "bundles" / "flow-cfn").policy_fingerprint == fingerprint

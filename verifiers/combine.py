@@ -93,8 +93,9 @@ def combine_verifiers(components: list[str | Path], out_dir: str | Path, weights
     onnx.checker.check_model(model)
     path = Path(tempfile.mkdtemp(prefix="verifier-")) / VERIFIER_FILE
     onnx.save(model, str(path))
-    parts = [{"name": v.name, "type": v.manifest.type, "path": str(v.path), "weight": w}
-             for v, w in zip(loaded, weights)]
+    # Each component's graph hash, so a pipeline can tell a combination made from older components.
+    parts = [{"name": v.name, "type": v.manifest.type, "path": str(v.path), "weight": w,
+              "sha256": v.manifest.files[VERIFIER_FILE]} for v, w in zip(loaded, weights)]
     return write_verifier_bundle(path, out_dir, policy_fingerprint=first.policy_fingerprint,
                                  feature_dim=first.feature_dim, type="combined", overwrite=overwrite,
                                  provenance={"command": " ".join(["taco", *sys.argv[1:]]), "components": parts,
