@@ -209,4 +209,11 @@ class Preprocessor:
             i = int(bad[0])
             raise ObservationError(f"state[{i}]", f"not finite in float32 ({state[i]}) for joint "
                                                   f"{self.manifest.state_names[i]!r}")
-        return ((as32 - self._state_mean) / self._state_std)[None]
+        with np.errstate(over="ignore"):
+            normalised = (as32 - self._state_mean) / self._state_std
+        bad = np.flatnonzero(~np.isfinite(normalised))
+        if bad.size:
+            i = int(bad[0])
+            raise ObservationError(f"state[{i}]", f"{state[i]} for joint {self.manifest.state_names[i]!r} is not "
+                                                  "finite once normalised: no reading of a joint is that far out")
+        return normalised[None]

@@ -50,7 +50,7 @@ class ExecutorConfig:
 def decision_seed(seed: int, index: int, stream: int = 0) -> int:
     """The noise seed of replanning step `index` of an episode (or session) seeded `seed`, on `stream`."""
     entropy = [int(seed), int(index)] + ([int(stream)] if stream else [])
-    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) >> 1
 
 
 @dataclass(frozen=True)

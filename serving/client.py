@@ -196,13 +196,13 @@ class RemoteEngine:
                 self._ws.send(message)
                 reply = self._ws.recv(timeout=self._reply_timeout)
                 break
+            except TimeoutError as err:  # an OSError too: caught first, a slow server is not a dropped one
+                self.close()
+                raise RemoteError(f"no reply from {self.url} within {self._reply_timeout} s") from err
             except (ConnectionClosed, OSError) as err:
                 self.close()
                 if attempt:
                     raise RemoteError(f"the policy server at {self.url} dropped the connection: {err}") from err
-            except TimeoutError as err:
-                self.close()
-                raise RemoteError(f"no reply from {self.url} within {self._reply_timeout} s") from err
         round_trip = (time.perf_counter() - started) * 1e3
         if isinstance(reply, str):
             field, _, text = reply.partition(": ")

@@ -339,7 +339,7 @@ class PolicyServer:
             while len(self._pending) < self.clients and (left := deadline - time.perf_counter()) > 0:
                 try:
                     await asyncio.wait_for(self._arrived.wait(), left)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     break
                 self._arrived.clear()
             batch, self._pending = [p for p in self._pending if not p.future.done()], []

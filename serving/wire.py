@@ -114,6 +114,11 @@ def _decode_scalar(obj: dict) -> np.generic:
     value = obj["data"]
     if type(value) not in (bool, int, float):
         raise WireError(f"scalar data must be a number, got {type(value).__name__}")
+    # numpy 1.x wraps an out-of-range integer (uint8(300) is 44) where numpy 2 raises: checked here for both.
+    if dtype.kind in "iu" and not isinstance(value, bool):
+        info = np.iinfo(dtype)
+        if not info.min <= value <= info.max:
+            raise WireError(f"scalar {value!r:.40} does not fit dtype {dtype.str}")
     try:
         with np.errstate(over="raise", invalid="raise"):
             return dtype.type(value)

@@ -68,6 +68,18 @@ def test_huge_float64_state_that_overflows_float32_is_named(engine, obs):
     assert info.value.field == "state[2]"
 
 
+def test_a_float32_state_that_overflows_once_normalised_is_named(engine, obs):
+    # Finite in float32, but (x - mean) / std is not: the joint's value alone says the reading is corrupt.
+    std = np.asarray(engine.manifest.normalization.state_std, np.float32)
+    joint = int(np.argmin(std))
+    assert std[joint] < 0.9  # the test bundle's statistics: dividing float32's largest value overflows
+    obs.state[joint] = np.finfo(np.float32).max
+    assert np.isfinite(obs.state).all()
+    with pytest.raises(ObservationError, match="once normalised") as info:
+        engine.infer(obs, n=1, seed=0)
+    assert info.value.field == f"state[{joint}]"
+
+
 def test_a_mapping_without_stamp_defaults_it(engine, obs):
     decision = engine.infer({"images": obs.images, "state": obs.state, "task": obs.task}, n=1, seed=0)
     assert decision.times[0] == 0.0

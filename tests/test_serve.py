@@ -272,7 +272,9 @@ def test_fuzz_a_thousand_hostile_messages_leave_the_server_serving(server, polic
         if isinstance(reply, bytes):  # a mutation that still makes a valid request gets a real answer
             assert unpack(reply)["actions"].shape == (8, 14)
         else:
-            assert reply.startswith(("WireError: ", "ObservationError: ")), reply[:200]
+            # A refusal by name; a mutated but well-formed number far out of range can also leave every
+            # candidate non-finite, which the engine refuses the same way (nothing is executed).
+            assert reply.startswith(("WireError: ", "ObservationError: ", "SpecError: chunks: ")), reply[:200]
     ws.close()
     assert answered + closed == 1200 and closed == 0
     # Still serving, correctly.
@@ -389,6 +391,7 @@ def test_batching_server_infers_several_clients_together_and_each_gets_its_own_d
         thread.join(30)
 
 
+@pytest.mark.workstation
 def test_a_logging_server_logs_each_episode_of_each_connection_for_a_value_verifier(policy, tmp_path):
     """`--log-decisions`: openpi's client names episodes with the `episode` field (two on one connection), a
     second connection sends none (its requests are one episode); each decision is logged with its
@@ -508,3 +511,30 @@ def test_a_server_whose_engine_fails_to_load_exits_with_the_reason(tmp_path, cap
     assert "missing" in capsys.readouterr().err
     assert main(["serve", "--policy", "default", "--n", "300"]) == 2
     assert "n: expected an integer in [1, max_n=256]" in capsys.readouterr().err
+
+
+def test_a_server_that_does_not_answer_in_time_is_a_timeout_not_a_dropped_connection(policy):
+    """The client's reply timeout ends the wait with its own message, once: it neither reconnects nor sends
+    the request a second time (websockets' TimeoutError is also an OSError, the dropped-connection case)."""
+    server, thread = serve_in_thread(ServeConfig(policy=str(policy), port=0, n=1, metrics_every_s=0))
+    release = threading.Event()
+    calls = []
+    infer = server._infer  # what the engine worker runs for each request
+
+    def stalled(*args, **kwargs):
+        calls.append(time.perf_counter())
+        release.wait(30)
+        return infer(*args, **kwargs)
+
+    server._infer = stalled
+    try:
+        with RemoteEngine(_url(server), reply_timeout=0.5) as remote:
+            observation = make_example_observation(Engine(policy).manifest, seed=0)
+            with pytest.raises(RemoteError, match=r"no reply from .* within 0.5 s"):
+                remote.infer(observation, n=1, seed=0)
+            assert remote.reconnects == 0 and len(calls) == 1
+    finally:
+        release.set()
+        server.stop()
+        thread.join(30)
+    assert not thread.is_alive()
