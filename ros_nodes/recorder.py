@@ -27,8 +27,11 @@ from pathlib import Path
 
 import rclpy
 from mcap.writer import Writer
-from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
+try:
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble: rclpy.event_handler is Iron's name for rclpy.qos_event
+    from rclpy.qos_event import SubscriptionEventCallbacks
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 
