@@ -39,7 +39,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from policies.errors import BundleError
-from policies.schema import Reader, canonical_hash
+from policies.schema import Reader, canonical_hash, portable
 from policies.tokenizer import PROMPTS, ByteTokenizer, NoTokenizer, TextTokenizer
 
 SCHEMA_VERSION = 2
@@ -249,7 +249,7 @@ class PolicyManifest:
             "tokenizer": self.tokenizer.to_dict(),
             "files": dict(sorted(self.files.items())),
             "model_config": self.model_config,
-            "provenance": self.provenance,
+            "provenance": portable(self.provenance),
         }
         if self.schema_version == 1:
             return data  # exactly schema 1's fields, so a schema 1 bundle keeps its fingerprint

@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -109,6 +110,33 @@ class Reader:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) < 60 else text[:57] + "..."
+
+
+# An absolute path inside a string (a command line, a folder): not after a word character, a dot, `~`, `-`,
+# `:` or `/`, so that relative paths, options and URLs (ws://host) are left alone.
+_ABSOLUTE = re.compile(r"(?<![\w.~:/-])/[^\s'\":,=]+")
+
+
+def portable(value: Any, cwd: str | None = None) -> Any:
+    """`value` (a provenance record: dicts, lists, strings) with no absolute path of the machine that wrote it:
+    a path under the working directory becomes relative to it, any other keeps its last two parts after
+    `.../`. A bundle then says how it was made without naming the builder's folders."""
+    cwd = os.path.abspath(cwd or os.getcwd())
+
+    def short(match: re.Match) -> str:
+        path = os.path.normpath(match.group(0))
+        if path == cwd or path.startswith(cwd + os.sep):
+            return os.path.relpath(path, cwd)
+        parts = [p for p in path.split(os.sep) if p]
+        return ".../" + "/".join(parts[-2:]) if parts else path
+
+    if isinstance(value, str):
+        return _ABSOLUTE.sub(short, value)
+    if isinstance(value, dict):
+        return {k: portable(v, cwd) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v, cwd) for v in value]
+    return value
 
 
 def sha256_file(path: Path) -> str:

@@ -23,6 +23,17 @@ def artifacts_dir() -> Path:
     return Path(os.environ.get("TACO_ARTIFACTS", Path(__file__).resolve().parents[1] / "artifacts"))
 
 
+def resolve_bundle(name_or_path: str) -> str:
+    """Any shipped bundle by name: a policy name (`default`, `flow`, ...) or a shipped verifier's folder name
+    (`flow-cfn`, `diffusion-consensus`); anything else is taken as a path."""
+    if name_or_path in POLICY_NAMES:
+        return resolve_policy(name_or_path)
+    shipped = artifacts_dir() / "bundles" / name_or_path
+    if not Path(name_or_path).exists() and "/" not in name_or_path and (shipped / "manifest.json").is_file():
+        return str(shipped)
+    return name_or_path
+
+
 def resolve_policy(name_or_path: str) -> str:
     """'default' (or 'flow' / 'diffusion') -> the shipped bundle's path; anything else is taken as a path."""
     if name_or_path in POLICY_NAMES:

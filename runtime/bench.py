@@ -168,7 +168,9 @@ def run_bench(config: BenchConfig, progress=print) -> dict:
         bundle = export_bundle(policy, workdir / f"{config.kind}-{config.size}", name=f"bench-{config.kind}-{config.size}")
         progress(f"exported a fresh {config.size} {config.kind} policy to {bundle.path}")
     else:
-        bundle = load_policy_bundle(config.bundle)
+        from policies.shipped import resolve_bundle
+
+        bundle = load_policy_bundle(resolve_bundle(config.bundle))
         ours = bundle.manifest.model_config and not bundle.manifest.source
         cfg = PolicyConfig.from_dict(bundle.manifest.model_config) if ours else None
         if config.naive and config.lerobot is None:

@@ -1,7 +1,9 @@
 """Bundle validation: bad manifests, checksums and mismatched verifiers are refused, naming the field."""
 
+import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -345,3 +347,23 @@ def test_a_policy_bundle_whose_graph_reads_outside_its_folder_is_refused(bundle_
     assert info.value.field == "files.encoder.onnx"
     with pytest.raises(BundleError):
         Engine(bundle_copy)
+
+
+def test_provenance_names_no_folder_of_the_machine_that_built_the_bundle(flow, tmp_path, monkeypatch):
+    """Paths in provenance become relative to the working directory, or `.../` and their last two parts."""
+    from policies.schema import portable
+
+    monkeypatch.chdir(tmp_path)
+    record = {"command": f"taco train-policy --dataset /root/work/tc2 --out {tmp_path}/b/flow --url ws://host:8/x",
+              "dataset": "/srv/data/sets/tc2", "parts": [{"path": str(tmp_path / "v")}], "steps": 5}
+    assert portable(record) == {"command": "taco train-policy --dataset .../work/tc2 --out b/flow --url ws://host:8/x",
+                                "dataset": ".../sets/tc2", "parts": [{"path": "v"}], "steps": 5}
+    bundle = load_policy_bundle(flow.path)
+    written = json.dumps(dataclasses.replace(bundle.manifest, provenance=record).to_dict())
+    assert "/root/" not in written and str(tmp_path) not in written
+    # What ships carries none either.
+    root = Path(__file__).resolve().parents[1]
+    for manifest in sorted((root / "artifacts" / "bundles").glob("*/manifest.json")):
+        text = manifest.read_text()
+        for folder in ("/root/", "/home/", "/tmp/", "/work/"):
+            assert folder not in text, f"{manifest.relative_to(root)} names {folder}"

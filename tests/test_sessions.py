@@ -9,9 +9,16 @@ def test_unknown_provider_setting_is_rejected():
         SessionConfig(provider="vulkan")
 
 
-def test_cpu_is_always_available_and_auto_resolves():
+def test_cpu_is_always_available_and_auto_takes_the_fastest_installed(monkeypatch):
     assert resolve_provider("cpu") == "cpu"
-    assert resolve_provider("auto") in ("cpu", "cuda", "tensorrt")
+    import runtime.sessions as sessions
+
+    for installed, expected in ((["CPUExecutionProvider"], "cpu"),
+                                (["CUDAExecutionProvider", "CPUExecutionProvider"], "cuda"),
+                                (["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"], "tensorrt"),
+                                (["CPUExecutionProvider", "TensorrtExecutionProvider"], "tensorrt")):
+        monkeypatch.setattr(sessions.ort, "get_available_providers", lambda installed=installed: installed)
+        assert resolve_provider("auto") == expected, installed
 
 
 @pytest.mark.parametrize("name,provider", [("cuda", "CUDAExecutionProvider"), ("tensorrt", "TensorrtExecutionProvider")])

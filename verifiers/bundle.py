@@ -26,7 +26,7 @@ import onnxruntime as ort
 from policies.errors import BundleError
 from policies.onnx_data import sibling_data_files
 from policies.sampler import cpu_session
-from policies.schema import Reader, check_files, read_manifest, sha256_file
+from policies.schema import Reader, check_files, portable, read_manifest, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class VerifierManifest:
             "feature_dim": self.feature_dim,
             "policy_fingerprint": self.policy_fingerprint,
             "files": dict(self.files),
-            "provenance": self.provenance,
+            "provenance": portable(self.provenance),
         }
 
     @classmethod
