@@ -10,15 +10,23 @@ CONSTRAINTS := constraints.txt
 TEST_MARKERS ?= not slow and not gpu and not hardware
 # Extras the test install carries: everything but gpu (the ROS tests run in CI too).
 TEST_EXTRAS := train+sim+ray+ros+vla+serve+dev
+# The robot side on Python 3.10 (Ubuntu 22.04 with Humble, JetPack 6): its own extras, no torch, pinned by
+# its own lock; `sim` is there as the robot the ROS node tests drive. `make test` runs its tests there too.
+ROBOT_VENV := .venv310
+ROBOT_EXTRAS := ros,serve,vla,verifiers,sim,dev
+ROBOT_CONSTRAINTS := constraints-py310.txt
+# The tiny policy bundles the robot-side run reads (it has no torch to export them): tests/tiny_bundles.py.
+TEST_BUNDLES := build/test-bundles
 
 # A Python 3.12 interpreter: PATH first, then pyenv's installs; pyenv shims fail unless a version is
 # selected, so each candidate must actually run.
+# $(call find_python,3.12)
 define find_python
-for c in python3.12 \
-         "$$(command -v pyenv >/dev/null && pyenv root)/versions/"3.12*/bin/python3.12 \
-         /usr/bin/python3.12 /usr/local/bin/python3.12; do \
-  if [ -n "$$c" ] && "$$c" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then \
-    echo "$$c"; exit 0; fi; \
+for c in python$(1) \
+         "$$(command -v pyenv >/dev/null && pyenv root)/versions/"$(1).*/bin/python$(1) \
+         /usr/bin/python$(1) /usr/local/bin/python$(1); do \
+  if [ -n "$$c" ] && "$$c" -c 'import sys; assert sys.version_info[:2] == tuple(map(int, "$(1)".split(".")))' \
+      2>/dev/null; then echo "$$c"; exit 0; fi; \
 done; exit 1
 endef
 
@@ -29,16 +37,17 @@ $(info $(VENV) is not a Python 3.12 environment: recreating it)
 $(shell rm -rf $(VENV))
 endif
 
-.PHONY: demo test test-slow artifacts bench ros install-core install-train install-dev install-all lock clean help
+.PHONY: demo test test-robot test-slow artifacts bench ros install-core install-train install-dev install-all lock clean help
 
 help:
 	@echo "make demo    the main job: the sim suite on the shipped default policy, with and without its verifier"
-	@echo "make test    run the test suite, ROS tests included (installs .venv with every extra but gpu)"
+	@echo "make test    run the test suite, ROS tests included (installs .venv with every extra but gpu),"
+	@echo "             then the robot-side tests on Python 3.10 (.venv310)"
 	@echo "make ros     install the ros extra and build the vendored ROS messages"
 	@echo "make bench   run the latency benchmark, writing build/bench.json"
 
 $(VENV)/bin/python:
-	@py="$$( $(find_python) )" || { \
+	@py="$$( $(call find_python,3.12) )" || { \
 	  echo "error: Python 3.12 is required (lerobot 0.6 and the ROS 2 Jazzy rclpy wheels need it)." >&2; \
 	  echo "Install it, e.g. 'apt-get install python3.12 python3.12-venv' or 'pyenv install 3.12', then rerun." >&2; \
 	  exit 1; }; \
@@ -73,11 +82,37 @@ $(VENV)/.built-msgs: $(MSG_SOURCES) scripts/build_ros_msgs.sh | $(VENV)/bin/pyth
 
 ros: $(VENV)/.installed-sim+ros $(VENV)/.built-msgs
 
+$(ROBOT_VENV)/bin/python:
+	@py="$$( $(call find_python,3.10) )" || { \
+	  echo "error: Python 3.10 is required for the robot-side tests (the Python of Humble and JetPack 6)." >&2; \
+	  echo "Install it, e.g. 'pyenv install 3.10' or 'apt-get install python3.10-venv' on Ubuntu 22.04, then rerun." >&2; \
+	  exit 1; }; \
+	echo "creating $(ROBOT_VENV) with $$py"; "$$py" -m venv $(ROBOT_VENV)
+	$(ROBOT_VENV)/bin/python -m pip install -q --upgrade pip
+
+$(ROBOT_VENV)/.installed: $(ROBOT_VENV)/bin/python pyproject.toml $(ROBOT_CONSTRAINTS)
+	$(ROBOT_VENV)/bin/python -m pip install -q -c $(ROBOT_CONSTRAINTS) -e ".[$(ROBOT_EXTRAS)]"
+	$(ROBOT_VENV)/bin/python -m pip install -q --no-deps openpi-client==0.1.2
+	@touch $@
+
+$(ROBOT_VENV)/.built-msgs: $(MSG_SOURCES) scripts/build_ros_msgs.sh | $(ROBOT_VENV)/.installed
+	scripts/build_ros_msgs.sh $(ROBOT_VENV)
+	@touch $@
+
 demo: $(VENV)/.installed-sim
 	$(VENV)/bin/taco demo
 
-test: $(VENV)/.installed-$(TEST_EXTRAS) $(VENV)/.built-msgs $(VENV)/.installed-openpi-client
+# The full suite on 3.12, then the robot-side tests (everything not marked `workstation`) on 3.10.
+test: $(VENV)/.installed-$(TEST_EXTRAS) $(VENV)/.built-msgs $(VENV)/.installed-openpi-client \
+      $(ROBOT_VENV)/.installed $(ROBOT_VENV)/.built-msgs
 	$(PY) -m pytest -m "$(TEST_MARKERS)"
+	$(PY) tests/tiny_bundles.py $(TEST_BUNDLES)
+	TACO_TEST_BUNDLES=$(TEST_BUNDLES) $(ROBOT_VENV)/bin/python -m pytest -m "($(TEST_MARKERS)) and not workstation"
+
+# Only the robot-side run (Python 3.10), after `make test` has built both environments once.
+test-robot: $(VENV)/.installed-$(TEST_EXTRAS) $(ROBOT_VENV)/.installed $(ROBOT_VENV)/.built-msgs
+	$(PY) tests/tiny_bundles.py $(TEST_BUNDLES)
+	TACO_TEST_BUNDLES=$(TEST_BUNDLES) $(ROBOT_VENV)/bin/python -m pytest -m "($(TEST_MARKERS)) and not workstation"
 
 test-slow: $(VENV)/.installed-$(TEST_EXTRAS) $(VENV)/.built-msgs $(VENV)/.installed-openpi-client
 	$(PY) -m pytest -m "slow"
@@ -89,13 +124,19 @@ artifacts: $(VENV)/.installed-train+sim+dev
 bench: $(VENV)/.installed-train
 	$(VENV)/bin/taco bench --json build/bench.json
 
-# Re-pin after changing dependencies: installs unpinned into a scratch venv and freezes it.
+# Re-pin after changing dependencies: installs unpinned into a scratch venv and freezes it (both Pythons).
 lock:
-	rm -rf build/lock-venv
-	"$$( $(find_python) )" -m venv build/lock-venv
-	build/lock-venv/bin/pip install -q -e ".[train,sim,ray,ros,vla,serve,dev]"
+	rm -rf build/lock-venv build/lock-venv310
+	"$$( $(call find_python,3.10) )" -m venv build/lock-venv310
+	# numpy 1.x: Humble's own binary packages (rclpy, its messages, cv_bridge) are built against Ubuntu 22.04's
+	# numpy 1.21 and do not import under numpy 2, so the robot side is tested on the numpy it will meet there.
+	build/lock-venv310/bin/pip install -q -e ".[$(ROBOT_EXTRAS)]" "numpy<2"
+	build/lock-venv310/bin/python scripts/freeze.py > $(ROBOT_CONSTRAINTS)
+	rm -rf build/lock-venv310
+	"$$( $(call find_python,3.12) )" -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q -e ".[train,sim,ray,ros,vla,serve,verifiers,dev]"
 	build/lock-venv/bin/python scripts/freeze.py > $(CONSTRAINTS)
 	rm -rf build/lock-venv
 
 clean:
-	rm -rf $(VENV) build .pytest_cache
+	rm -rf $(VENV) $(ROBOT_VENV) build .pytest_cache

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from types import ModuleType
 
 # Extra -> the top-level modules it installs (pyproject.toml's optional-dependencies).
 EXTRA_MODULES = {
-    "train": ("torch", "onnx", "onnxscript", "lerobot", "diffusers", "transformers"),
+    "train": ("torch", "onnxscript", "lerobot", "diffusers", "transformers"),
+    # Writing verifier graphs (wrap, combine, consensus/random); the train extra brings it too.
+    "verifiers": ("onnx",),
     "sim": ("mujoco", "gym_aloha", "matplotlib"),
     "ray": ("ray",),
     "ros": ("rclpy", "mcap", "mcap_ros2"),
@@ -19,9 +22,19 @@ EXTRA_MODULES = {
     "vla": ("tokenizers",),
 }
 _EXTRA_OF = {module: extra for extra, modules in EXTRA_MODULES.items() for module in modules}
+# Extras that need a newer Python than the robot side (3.10): lerobot 0.6 needs 3.12.
+EXTRA_PYTHON = {"train": (3, 12)}
 
 
 def install_hint(extra: str) -> str:
+    if extra == "ros":  # a robot has its own ROS 2: a second rclpy from wheels beside it breaks things
+        return ("on a robot, source its ROS 2 (source /opt/ros/humble/setup.bash or jazzy) and pip install -e "
+                "'.[ros-system]'; without a ROS 2 install, pip install -e '.[ros]' (Jazzy wheels)")
+    needs = EXTRA_PYTHON.get(extra)
+    if needs and sys.version_info[:2] < needs:
+        return (f"the '{extra}' extra needs Python {needs[0]}.{needs[1]} (this is {sys.version_info[0]}."
+                f"{sys.version_info[1]}): install it in a Python {needs[0]}.{needs[1]} environment, "
+                f"pip install -e '.[{extra}]'")
     return f"pip install -e '.[{extra}]'"
 
 

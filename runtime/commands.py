@@ -26,11 +26,12 @@ def cmd_inspect(args) -> int:
     from policies import load_policy_bundle
     from policies.describe import describe_policy, graph_signatures
     from policies.schema import read_manifest
+    from policies.shipped import resolve_bundle
     from runtime.sessions import SessionConfig, make_session
     from verifiers import load_verifier
 
     session = lambda path: make_session(path, SessionConfig())  # noqa: E731 (the engine's default settings)
-    path = Path(args.bundle)
+    path = Path(resolve_bundle(args.bundle))
     is_verifier = path.suffix == ".onnx" or (path.is_dir() and read_manifest(path).get("kind") == "verifier")
     if is_verifier:
         v = load_verifier(path, session)
@@ -71,14 +72,20 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _bench_needs(args) -> tuple[str, ...]:
+    return ("train",) if args.bundle is None or args.lerobot else ("verifiers",)
+
+
 def register(cli) -> None:
     p = cli.add("inspect", "validate a policy or verifier bundle (checksums, graphs) and print it", run=cmd_inspect)
-    p.add_argument("bundle")
+    p.add_argument("bundle", help="a bundle folder, a shipped policy's name (default, flow, diffusion) or a shipped "
+                                   "verifier's (flow-cfn, flow-combined, ...)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
 
-    # train: the benchmark's verifier is an ONNX graph built with `onnx`, the baseline runs in PyTorch.
+    # The benchmark's verifier is an ONNX graph built with `onnx`; without --bundle the policy is built and the
+    # baseline runs in PyTorch (train), with one only onnx is needed (a robot-side install).
     p = cli.add("bench", "per-stage latency of the runtime vs a naive PyTorch baseline", run=cmd_bench,
-                extras=("train",))
+                extras=("train",), needs=_bench_needs)
     p.add_argument("--bundle", default=None, help="policy bundle (default: a fresh default-size flow policy)")
     p.add_argument("--kind", choices=("flow", "diffusion"), default="flow")
     p.add_argument("--size", choices=("default", "tiny"), default="default")

@@ -18,10 +18,13 @@ if ((${#missing[@]})); then
   $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}"
 fi
 
-mkdir -p "$root/build/msgs"
+# One build folder per venv: CMake caches the Python and the prefix it found, so a 3.10 and a 3.12 venv
+# must never share one.
+builds="$root/build/msgs/$(basename "$venv")-$(printf '%s' "$venv" | sha256sum | cut -c1-8)"
+mkdir -p "$builds"
 for pkg in "$root"/ros_nodes/msgs/*/; do
   name="$(basename "$pkg")"
-  build="$root/build/msgs/$name"
+  build="$builds/$name"
   echo "building ROS messages: $name"
   # The venv's bin first: ament's cmake scripts run `python3` and must find the venv's packages.
   PATH="$venv/bin:$PATH" cmake -S "$pkg" -B "$build" -DCMAKE_INSTALL_PREFIX="$venv" \

@@ -32,6 +32,7 @@ def test_policy_kind_conformance(exported, kind, sampler):
         assert np.std(d.features, axis=0).max() > 1e-4
 
 
+@pytest.mark.workstation
 def test_registry_lists_both_kinds():
     kinds = policy_kinds()
     assert {"flow", "diffusion"} <= set(kinds)

@@ -5,7 +5,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -44,8 +43,11 @@ def test_unseeded_calls_draw_fresh_noise_and_report_the_seed(flow, observation):
     np.testing.assert_array_equal(engine.infer(observation, n=1, seed=d1.seed).chunk, d1.chunk)
 
 
+@pytest.mark.workstation
 @pytest.mark.parametrize("kind", ["flow", "diffusion"])
 def test_n1_without_verifier_returns_the_policys_sample_in_robot_units(exported, observation, kind):
+    import torch
+
     ex = exported(kind)
     engine = Engine(ex.bundle)
     decision = engine.infer(observation, n=1, seed=5)

@@ -113,6 +113,7 @@ def test_bad_eval_settings_are_rejected(capsys):
         EvalConfig(policy="scripted", n=4)
 
 
+@pytest.mark.workstation
 def test_ray_backend_runs_the_same_episodes_as_local(tmp_path):
     config = dict(policy="scripted", tasks=("lift_bar",), episodes=2, max_steps=60)
     local = run_suite(EvalConfig(**config))
@@ -151,6 +152,7 @@ def test_asynchronous_evaluation_reports_switch_jumps_and_jerk(exported, tmp_pat
     assert run_suite(sync)["summary"]["overall"]["jerk_mean"] > 0
 
 
+@pytest.mark.workstation
 def test_asynchronous_settings_are_checked(exported, tmp_path):
     from policies.export import export_bundle
 

@@ -182,8 +182,10 @@ def test_taco_help_on_a_core_install_lists_every_command_and_the_extras_they_nee
         else:
             assert "[needs" not in listed[name], listed[name]
     assert every["inspect"].extras == () and every["eval"].extras == ("sim",)
-    for extra in ("train", "sim", "ros", "serve"):
-        assert f"not installed here: the {extra} extra (pip install -e '.[{extra}]')" in result.stdout
+    from policies.extras import install_hint
+
+    for extra in ("train", "sim", "ros", "serve", "verifiers"):
+        assert f"not installed here: the {extra} extra ({install_hint(extra)})" in result.stdout
 
 
 def test_a_command_of_a_missing_extra_says_what_to_install(core_path):
@@ -201,3 +203,18 @@ def test_core_commands_run_on_a_core_install(core_path, flow):
     result = _core_taco(core_path, "list")
     assert result.returncode == 0, result.stderr
     assert "cfn" in result.stdout and "install the sim extra" in result.stdout
+
+
+def test_nothing_imports_a_top_level_tests_package():
+    """draccus (a lerobot dependency) installs its own top-level `tests` package into site-packages, so
+    `import tests...` would reach it, not ours: our tests are no package (no tests/__init__.py) and no module
+    of the project imports `tests`; test helpers are imported by their own names (tiny_bundles, ...)."""
+    assert not (ROOT / "tests" / "__init__.py").exists()
+    offenders = []
+    folders = [d for d in ROOT.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != "build"]
+    for path in sorted(p for d in folders for p in d.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            offenders += [f"{path.relative_to(ROOT)}:{node.lineno}" for n in names if n.split(".")[0] == "tests"]
+    assert not offenders, offenders

@@ -21,6 +21,9 @@ from lerobot_checkpoints import diffusion_checkpoint
 from policies import Observation
 from runtime import Engine, EngineConfig
 
+# Needs the train extra throughout: not collected by the robot-side run (tests/conftest.py).
+pytestmark = pytest.mark.workstation
+
 TOL = 1e-4
 
 

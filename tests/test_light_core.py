@@ -31,3 +31,16 @@ def test_missing_extra_names_the_extra():
         assert "extra" in str(err) and "pip install" in str(err)
     else:
         raise AssertionError("require() should have raised")
+
+
+def test_an_extra_that_needs_a_newer_python_says_so(monkeypatch):
+    """On the robot side's Python 3.10 the train extra (lerobot 0.6) cannot install: the hint says why."""
+    from policies import extras
+
+    monkeypatch.setattr(extras.sys, "version_info", (3, 10, 13, "final", 0))
+    assert "needs Python 3.12 (this is 3.10)" in extras.install_hint("train")
+    assert extras.install_hint("serve") == "pip install -e '.[serve]'"
+    # rclpy comes from the robot's own ROS 2 when it has one, not from a second install beside it.
+    assert "source /opt/ros/" in extras.install_hint("ros") and "'.[ros-system]'" in extras.install_hint("ros")
+    monkeypatch.setattr(extras.sys, "version_info", (3, 12, 1, "final", 0))
+    assert extras.install_hint("train") == "pip install -e '.[train]'"

@@ -115,6 +115,7 @@ def _synthetic(groups=120, n=8, seed=0):
                       meta={"n": n, "policy_fingerprint": "f" * 64, "max_stage": 4, "task": "synthetic"})
 
 
+@pytest.mark.workstation
 def test_outcome_verifier_learns_which_candidate_succeeds(tmp_path):
     from verifiers import load_verifier
     from verifiers.outcomes import OutcomeTrainConfig, pick_quality, train_outcome_verifier
@@ -147,6 +148,7 @@ def test_outcome_files_are_checked(tmp_path):
                    meta={**outcomes.meta, "n": 3})
 
 
+@pytest.mark.workstation
 def test_collect_outcomes_then_train_then_eval_from_the_command_line(tmp_path, capsys):
     from taco.cli import main
 

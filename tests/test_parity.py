@@ -7,6 +7,9 @@ import torch
 from policies.export import example_inputs
 from runtime import Engine
 
+# Needs the train extra throughout: not collected by the robot-side run (tests/conftest.py).
+pytestmark = pytest.mark.workstation
+
 TOL = 1e-4
 
 
@@ -62,7 +65,7 @@ def test_exported_feature_is_the_configured_readout(tmp_path, feature):
     from policies.export import export_bundle
     from policies.manifest import FEATURES
     from policies.models import build_policy
-    from conftest import nontrivial_normalization
+    from tiny_bundles import nontrivial_normalization
 
     cfg = make_config("tiny", "flow", feature=feature)
     policy = build_policy(cfg)

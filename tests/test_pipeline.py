@@ -13,6 +13,9 @@ from taco.cli import main
 from verifiers import load_verifier
 from verifiers.features import FeatureSet
 
+# Needs the train extra throughout: not collected by the robot-side run (tests/conftest.py).
+pytestmark = pytest.mark.workstation
+
 
 @pytest.fixture(scope="module")
 def trained(tiny_dataset, tmp_path_factory):

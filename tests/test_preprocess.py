@@ -48,6 +48,7 @@ def test_area_taps_are_few_and_their_weights_sum_to_one(n_in, n_out):
     np.testing.assert_allclose(weight.sum(axis=1), 1.0, atol=1e-6)
 
 
+@pytest.mark.workstation
 @pytest.mark.parametrize("shape,size", [((480, 640, 3), (224, 299)), ((100, 33, 3), (7, 30)), ((8, 8, 3), (12, 10)),
                                         ((1, 4096, 3), (1, 128))])
 def test_resize_area_is_opencvs_inter_area(shape, size):

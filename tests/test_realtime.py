@@ -106,6 +106,7 @@ def test_inference_in_flight_reports_its_elapsed_time(flow):
         ex.close()
 
 
+@pytest.mark.workstation
 def test_planning_for_the_measured_delay_asks_early_and_guides_the_next_chunk(flow):
     """With an AsyncConfig: the executor times each decision (here 60 ms, as over a network), plans for
     d = 4 control steps (or 5 on a slow machine), asks for the next chunk after execute - d actions, and

@@ -3,9 +3,13 @@
 import json
 
 import numpy as np
+import pytest
 
 from hardware.interface import CameraConfig
 from sim.record import EPISODES_FILE, RecordConfig, record
+
+# Needs the train extra throughout: not collected by the robot-side run (tests/conftest.py).
+pytestmark = pytest.mark.workstation
 
 SMALL = (CameraConfig("cam_high", 48, 64),)
 

@@ -314,6 +314,7 @@ def test_the_recorder_keeps_a_burst_published_right_before_it_stops(stop_signal,
     assert f"'{DIAGNOSTICS_TOPIC}': {burst}" in nodes.log("recorder")
 
 
+@pytest.mark.workstation
 def test_an_imported_lerobot_diffusion_policy_drives_the_sim_through_the_nodes(nodes, harness, tmp_path):
     """A LeRobot Diffusion Policy (two cameras, two observations of history) imported as a bundle: the policy
     node feeds it every observation, replans, and the sim runs an episode on its commands."""

@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from policies import make_example_observation
 from policies.errors import BundleError, ObservationError
@@ -16,6 +15,7 @@ from runtime import BatchItem, Engine, EngineConfig
 KINDS = [("flow", "unrolled"), ("flow", "stepped"), ("diffusion", "unrolled"), ("diffusion", "stepped")]
 
 
+@pytest.mark.workstation
 @pytest.mark.parametrize("schedule", ["ZEROS", "ONES", "LINEAR", "EXP"])
 def test_prefix_weights_are_lerobots(schedule):
     from lerobot.configs import RTCAttentionSchedule
@@ -57,6 +57,7 @@ def test_guidance_reindexes_the_executing_chunk_to_the_new_observations_time():
     assert guidance_from(chunk, times, 2.0, 0.02, delay=0, horizon=8) is None
 
 
+@pytest.mark.workstation
 @pytest.mark.parametrize("kind,sampler", KINDS)
 def test_zero_weights_are_the_sampler_without_rtc_bit_for_bit(exported, kind, sampler, tmp_path):
     from policies.export import export_bundle
@@ -79,8 +80,11 @@ def test_zero_weights_are_the_sampler_without_rtc_bit_for_bit(exported, kind, sa
         plain.infer(obs, n=1, seed=0, guidance=zero)
 
 
+@pytest.mark.workstation
 @pytest.mark.parametrize("kind,sampler", KINDS)
 def test_guided_sampler_matches_the_torch_policy_and_holds_the_executing_prefix(exported, kind, sampler):
+    import torch
+
     bundle_info = exported(kind, sampler)
     engine = Engine(bundle_info.bundle, config=EngineConfig(return_candidates=True))
     m = engine.manifest

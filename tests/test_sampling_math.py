@@ -9,6 +9,9 @@ from policies.config import make_config
 from policies.export import example_inputs
 from policies.models import build_policy
 
+# Needs the train extra throughout: not collected by the robot-side run (tests/conftest.py).
+pytestmark = pytest.mark.workstation
+
 
 class ExactFlowExpert(torch.nn.Module):
     """v(x, t) = (x - x0) / t: the straight-line velocity that carries x_t = t*noise + (1-t)*x0 to x0."""

@@ -10,6 +10,9 @@ from conftest import TINY_CAMERAS as CAMS
 from policies import load_policy_bundle
 from policies.train import TrainConfig, train_policy
 
+# Needs the train extra throughout: not collected by the robot-side run (tests/conftest.py).
+pytestmark = pytest.mark.workstation
+
 
 @pytest.fixture
 def dataset(tiny_dataset):

@@ -143,6 +143,7 @@ def test_explore_is_reproducible_and_explores_at_its_rate():
         Explore(None, 1.5)
 
 
+@pytest.mark.workstation
 @pytest.mark.parametrize("method", ["iql", "mc"])
 def test_a_value_trained_on_separable_logs_ranks_the_winning_candidate_first(tmp_path, method):
     from verifiers import load_verifier
@@ -163,6 +164,7 @@ def test_a_value_trained_on_separable_logs_ranks_the_winning_candidate_first(tmp
     assert hits >= 180, f"{method}: the winner ranked first in {hits} of 200 fresh decisions"
 
 
+@pytest.mark.workstation
 def test_value_training_refuses_logs_with_no_outcome(tmp_path):
     from verifiers.value import train_value_verifier
 
@@ -174,6 +176,7 @@ def test_value_training_refuses_logs_with_no_outcome(tmp_path):
         train_value_verifier([tmp_path / "log"], tmp_path / "v", log=lambda msg: None)
 
 
+@pytest.mark.workstation
 def test_eval_logs_decisions_then_value_trains_and_evaluates_from_the_command_line(tmp_path, capsys):
     from policies.bundle import load_policy_bundle
     from policies.errors import BundleError

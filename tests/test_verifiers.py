@@ -36,6 +36,7 @@ def clouds():
 FAST = dict(hidden=128, blocks=2, epochs=30, batch_size=256, threads=1)
 
 
+@pytest.mark.workstation
 @pytest.mark.parametrize("kind", ["cfn", "rnd", "knn"])
 def test_in_distribution_scores_higher(kind, clouds, tmp_path):
     train, near, far = clouds
@@ -74,6 +75,7 @@ def test_random_verifier_never_looks_at_the_candidates_and_picks_uniformly(cloud
         verifier.score(x, seed=-1)
 
 
+@pytest.mark.workstation
 def test_cfn_counts_visits(tmp_path):
     """A point seen 50 times reads a higher pseudo-count than one seen once (Lobel et al.'s property)."""
     rng = np.random.default_rng(1)
@@ -193,6 +195,7 @@ def test_a_combined_verifier_sums_its_components_standardised_over_the_candidate
                  "--out", str(tmp_path / "y")]) == 2
 
 
+@pytest.mark.workstation
 def test_a_verifier_follows_a_re_export_of_its_policy_and_no_other(exported, tmp_path, capsys):
     """`taco rebind-verifier`: a re-export of the same weights with new graph inputs (here RTC) has a new
     fingerprint; the verifier follows it once the candidates and features agree bit for bit, and scores

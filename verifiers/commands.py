@@ -169,6 +169,11 @@ def cmd_best_verifier(args) -> int:
     return 0
 
 
+def _train_verifier_needs(args) -> tuple[str, ...]:
+    # The consensus and the random pick are graphs written with onnx alone: a robot-side install makes them.
+    return ("verifiers",) if args.kind in ("consensus", "random") else ("train",)
+
+
 def register(cli) -> None:
     p = cli.add("best-verifier", "record a policy's best verifier (from a taco compare report with a pooled N=1) "
                                  "in its bundle, for --verifier best", run=cmd_best_verifier)
@@ -189,7 +194,7 @@ def register(cli) -> None:
     p.add_argument("--quick", action="store_true", help="every 25th frame at most (for tests)")
 
     p = cli.add("train-verifier", "train a verifier on collected features and write its bundle",
-                run=cmd_train_verifier, extras=("train",))
+                run=cmd_train_verifier, extras=("train",), needs=_train_verifier_needs)
     p.add_argument("--kind", choices=(*VERIFIER_KINDS, "outcome", "value"), default="cfn")
     p.add_argument("--features", default=None, help="features file from taco collect-features")
     p.add_argument("--outcomes", default=None, help="--kind outcome: outcomes.npz from taco collect-outcomes")
@@ -256,7 +261,7 @@ def register(cli) -> None:
     p.add_argument("--overwrite", action="store_true")
 
     p = cli.add("combine-verifiers", "one verifier graph from several: the weighted sum of their scores, each "
-                                     "standardised over the N candidates", run=cmd_combine_verifiers, extras=("train",))
+                                     "standardised over the N candidates", run=cmd_combine_verifiers, extras=("verifiers",))
     p.add_argument("--verifier", action="append", required=True, help="a verifier bundle, repeated (two or more)")
     p.add_argument("--weights", default=None, help="comma-separated, one per --verifier (default: all 1)")
     p.add_argument("--out", required=True, help="verifier bundle folder")
