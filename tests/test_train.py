@@ -8,6 +8,7 @@ import pytest
 
 from conftest import TINY_CAMERAS as CAMS
 from policies import load_policy_bundle
+from policies.schema import portable
 from policies.train import TrainConfig, train_policy
 
 # Needs the train extra throughout: not collected by the robot-side run (tests/conftest.py).
@@ -98,7 +99,8 @@ def test_like_re_exports_a_bundle_with_rtc_inputs_keeping_its_provenance_and_ref
     assert again.manifest.rtc and not before.manifest.rtc and again.fingerprint != before.fingerprint
     assert again.manifest.name == "shipped" and again.manifest.provenance["best_verifier"]["name"] == "consensus"
     reexported = again.manifest.provenance["reexported"]
-    assert reexported["from_fingerprint"] == before.fingerprint and reexported["checkpoint"] == str(ckpt)
+    # Provenance names no folder of the machine: the checkpoint as policies.schema.portable writes it.
+    assert reexported["from_fingerprint"] == before.fingerprint and reexported["checkpoint"] == portable(str(ckpt))
     assert reexported["max_difference"] == {"chunks": 0.0, "features": 0.0, "normalization": 0.0}
 
     with torch.no_grad():
@@ -142,7 +144,7 @@ def test_init_from_starts_at_the_checkpoint_weights_and_refuses_another_model(da
     obs = make_example_observation(load_policy_bundle(first).manifest, seed=1)
     a, b = Engine(first).infer(obs, n=3, seed=7), Engine(tuned).infer(obs, n=3, seed=7)
     np.testing.assert_allclose(a.chunk, b.chunk, atol=1e-5)
-    assert load_policy_bundle(tuned).manifest.provenance["training"]["init_from"] == ckpt
+    assert load_policy_bundle(tuned).manifest.provenance["training"]["init_from"] == portable(ckpt)
     # A fresh run from scratch differs: the init really came from the checkpoint.
     fresh = train_policy(TrainConfig(out=str(tmp_path / "fresh"), steps=3, lr=0.0, seed=1, **common),
                          log=lambda m: None)
