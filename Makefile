@@ -18,9 +18,8 @@ ROBOT_CONSTRAINTS := constraints-py310.txt
 # The tiny policy bundles the robot-side run reads (it has no torch to export them): tests/tiny_bundles.py.
 TEST_BUNDLES := build/test-bundles
 
-# A Python 3.12 interpreter: PATH first, then pyenv's installs; pyenv shims fail unless a version is
-# selected, so each candidate must actually run.
-# $(call find_python,3.12)
+# $(call find_python,3.12): an interpreter of that version, PATH first, then pyenv's installs; pyenv shims
+# fail unless a version is selected, so each candidate must actually run.
 define find_python
 for c in python$(1) \
          "$$(command -v pyenv >/dev/null && pyenv root)/versions/"$(1).*/bin/python$(1) \
@@ -125,11 +124,12 @@ bench: $(VENV)/.installed-train
 	$(VENV)/bin/taco bench --json build/bench.json
 
 # Re-pin after changing dependencies: installs unpinned into a scratch venv and freezes it (both Pythons).
+# The 3.10 lock takes numpy 1.x: Humble's own binary packages (rclpy, its messages, cv_bridge) are built
+# against Ubuntu 22.04's numpy 1.21 and do not import under numpy 2, so the robot side is tested on the
+# numpy it will meet there.
 lock:
 	rm -rf build/lock-venv build/lock-venv310
 	"$$( $(call find_python,3.10) )" -m venv build/lock-venv310
-	# numpy 1.x: Humble's own binary packages (rclpy, its messages, cv_bridge) are built against Ubuntu 22.04's
-	# numpy 1.21 and do not import under numpy 2, so the robot side is tested on the numpy it will meet there.
 	build/lock-venv310/bin/pip install -q -e ".[$(ROBOT_EXTRAS)]" "numpy<2"
 	build/lock-venv310/bin/python scripts/freeze.py > $(ROBOT_CONSTRAINTS)
 	rm -rf build/lock-venv310
