@@ -105,14 +105,17 @@ class Harness:
         with self.lock:
             return list(self.received[topic])
 
-    def wait(self, pred, timeout, what, nodes=None):
+    def wait(self, pred, timeout, what, nodes=None, seen=None):
+        """Waits for `pred()` with a deadline; on timeout says what it waited for, what it saw (`seen()`)
+        and the nodes' logs."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if pred():
                 return
             time.sleep(0.05)
+        saw = "" if seen is None else f"\nlast seen: {seen()}"
         logs = "" if nodes is None else "\n".join(f"--- {n}:\n{nodes.log(n)[-3000:]}" for n in nodes.procs)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}{saw}\n{logs}")
 
     def diagnostics(self):
         from ros_nodes.common import DIAGNOSTICS_TOPIC
@@ -120,7 +123,11 @@ class Harness:
         return [json.loads(m.data) for _, m in self.messages(DIAGNOSTICS_TOPIC)]
 
     def close(self):
+        # The spin thread ends before the node goes: destroying it under a running spin raises InvalidHandle
+        # ("destruction was requested") in that thread.
         self.executor.shutdown()
+        self.thread.join(10)
+        assert not self.thread.is_alive(), "the harness's spin thread did not stop"
         self.node.destroy_node()
 
 
@@ -505,15 +512,21 @@ def test_bad_messages_are_rejected_the_robot_holds_and_the_node_keeps_running(no
     for mode, rejected in [("wrong_count", True), ("nan", True), ("bad_image", True), ("stale", False)]:
         before = harness.diagnostics()[-1]["rejected_messages"]
         robot.mode = mode
-        time.sleep(1.0)  # well past the 0.2 s observation age: the robot must be holding by now
-        t_hold = time.monotonic() - 0.5
-        last = harness.diagnostics()[-1]
-        assert last["held"], (mode, last)
-        assert "stale" in (last["hold_reason"] or ""), (mode, last)
-        assert (last["rejected_messages"] > before) == rejected, (mode, last)
-        # Holding = the same safe command, tick after tick.
-        held = [m.data for t, m in harness.messages(names[0]) if t > t_hold]
-        assert len(held) > 10 and all(list(h) == list(held[0]) for h in held), mode
+
+        def holding_on_stale(mode=mode, before=before, rejected=rejected):
+            last = harness.diagnostics()[-1]
+            return (last["held"] and "stale" in (last["hold_reason"] or "")
+                    and (last["rejected_messages"] > before) == rejected)
+
+        # Past the 0.2 s observation age the robot holds; a loaded machine may take longer to say so.
+        harness.wait(holding_on_stale, 30, f"the node to hold on stale observations ({mode})", nodes,
+                     seen=lambda: harness.diagnostics()[-1])
+        t_hold = time.monotonic()
+        # Holding = the same safe command, tick after tick, however slowly a loaded machine ticks.
+        held = lambda: [m.data for t, m in harness.messages(names[0]) if t > t_hold]  # noqa: E731
+        harness.wait(lambda: len(held()) > 10, 30, f"ten held commands ({mode})", nodes, seen=lambda: len(held()))
+        commands = held()
+        assert all(list(h) == list(commands[0]) for h in commands), mode
         robot.mode = "ok"
         count = decisions()
         harness.wait(lambda: decisions() > count + 1, 60, f"decisions again after {mode}", nodes)

@@ -3,6 +3,7 @@ messages; several clients at once."""
 
 import dataclasses
 import json
+import re
 import socket
 import threading
 import time
@@ -489,7 +490,11 @@ def test_taco_serve_process_serves_logs_metrics_and_stops_cleanly_on_sigterm(pol
             manifest = Engine(policy).manifest
             for seed in range(5):
                 assert remote.infer(make_example_observation(manifest), seed=seed).chunk.shape == (8, 14)
-            time.sleep(0.5)  # a metrics line while the client is connected
+            # A metrics line counting the 5 requests, written while the client is connected.
+            deadline = time.monotonic() + 30
+            while sum(int(r) for r in re.findall(r"metrics requests=(\d+)", log.read_text())) < 5:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
@@ -497,7 +502,6 @@ def test_taco_serve_process_serves_logs_metrics_and_stops_cleanly_on_sigterm(pol
             proc.kill()
     text = log.read_text()
     assert f"listening on ws://127.0.0.1:{port}" in text and "engine warm" in text
-    import re
 
     counted = [tuple(map(int, m)) for m in re.findall(r"metrics requests=(\d+) errors=(\d+)", text)]
     assert sum(r for r, _ in counted) == 5 and sum(e for _, e in counted) == 0, counted
