@@ -45,13 +45,19 @@ help:
 	@echo "make ros     install the ros extra and build the vendored ROS messages"
 	@echo "make bench   run the latency benchmark, writing build/bench.json"
 
-$(VENV)/bin/python:
-	@py="$$( $(call find_python,3.12) )" || { \
-	  echo "error: Python 3.12 is required (lerobot 0.6 and the ROS 2 Jazzy rclpy wheels need it)." >&2; \
-	  echo "Install it, e.g. 'apt-get install python3.12 python3.12-venv' or 'pyenv install 3.12', then rerun." >&2; \
+# $(call make_venv,VERSION,DIR,WHY,HOW): a venv of that Python in DIR, or an error saying why it is needed
+# and how to install it.
+define make_venv
+	@py="$$( $(call find_python,$(1)) )" || { \
+	  echo "error: Python $(1) is required ($(3))." >&2; \
+	  echo "Install it, e.g. $(4), then rerun." >&2; \
 	  exit 1; }; \
-	echo "creating $(VENV) with $$py"; "$$py" -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	echo "creating $(2) with $$py"; "$$py" -m venv $(2)
+	$(2)/bin/python -m pip install -q --upgrade pip
+endef
+
+$(VENV)/bin/python:
+	$(call make_venv,3.12,$(VENV),lerobot 0.6 and the ROS 2 Jazzy rclpy wheels need it,'apt-get install python3.12 python3.12-venv' or 'pyenv install 3.12')
 
 # One stamp per extra set, rebuilt when the project or the pins change.
 $(VENV)/.installed-%: $(VENV)/bin/python pyproject.toml $(CONSTRAINTS)
@@ -82,12 +88,7 @@ $(VENV)/.built-msgs: $(MSG_SOURCES) scripts/build_ros_msgs.sh | $(VENV)/bin/pyth
 ros: $(VENV)/.installed-sim+ros $(VENV)/.built-msgs
 
 $(ROBOT_VENV)/bin/python:
-	@py="$$( $(call find_python,3.10) )" || { \
-	  echo "error: Python 3.10 is required for the robot-side tests (the Python of Humble and JetPack 6)." >&2; \
-	  echo "Install it, e.g. 'pyenv install 3.10' or 'apt-get install python3.10-venv' on Ubuntu 22.04, then rerun." >&2; \
-	  exit 1; }; \
-	echo "creating $(ROBOT_VENV) with $$py"; "$$py" -m venv $(ROBOT_VENV)
-	$(ROBOT_VENV)/bin/python -m pip install -q --upgrade pip
+	$(call make_venv,3.10,$(ROBOT_VENV),for the robot-side tests: the Python of Humble and JetPack 6,'pyenv install 3.10' or 'apt-get install python3.10-venv' on Ubuntu 22.04)
 
 $(ROBOT_VENV)/.installed: $(ROBOT_VENV)/bin/python pyproject.toml $(ROBOT_CONSTRAINTS)
 	$(ROBOT_VENV)/bin/python -m pip install -q -c $(ROBOT_CONSTRAINTS) -e ".[$(ROBOT_EXTRAS)]"

@@ -55,6 +55,14 @@ def _in_threads(client, count, timeout=120):
         t.join(timeout)
 
 
+def _wait_until(pred, timeout: float, what: str, seen=lambda: None):
+    """Polls `pred()` until it holds; past `timeout` s fails naming what it waited for and what it saw."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}; saw {seen()}"
+        time.sleep(0.02)
+
+
 def _url(server):
     return f"ws://127.0.0.1:{server.port}"
 
@@ -133,9 +141,8 @@ def test_health_api_key_and_limits(policy, tmp_path):
         # A message over the limit closes that connection (1009); the server goes on.
         with pytest.raises(ConnectionClosed):
             client.infer(_aloha(manifest, size=(480, 640)))
-        deadline = time.time() + 10
-        while server.clients and time.time() < deadline:  # the closed connection's slot is freed
-            time.sleep(0.01)
+        _wait_until(lambda: not server.clients, 10, "the closed connection's slot to be freed",
+                    seen=lambda: server.clients)
         client = WebsocketClientPolicy(host="127.0.0.1", port=server.port, api_key="s3cret")
         assert client.infer(_aloha(manifest, size=(32, 32)))["actions"].shape == (8, 14)
     finally:
@@ -491,10 +498,8 @@ def test_taco_serve_process_serves_logs_metrics_and_stops_cleanly_on_sigterm(pol
             for seed in range(5):
                 assert remote.infer(make_example_observation(manifest), seed=seed).chunk.shape == (8, 14)
             # A metrics line counting the 5 requests, written while the client is connected.
-            deadline = time.monotonic() + 30
-            while sum(int(r) for r in re.findall(r"metrics requests=(\d+)", log.read_text())) < 5:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
+            _wait_until(lambda: sum(int(r) for r in re.findall(r"metrics requests=(\d+)", log.read_text())) >= 5,
+                        30, "a metrics line counting the 5 requests", seen=log.read_text)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
