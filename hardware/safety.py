@@ -266,6 +266,30 @@ class SafetyLayer:
                 return np.stack([np.interp(now, times, commands[:, j]) for j in range(commands.shape[1])])
         return self.filter.hold()
 
+    def splice(self, now: float) -> np.ndarray | None:
+        """Where the committed trajectory is at `now`, made the filter's state (that position, its speed
+        there): the first point of the next trajectory, which a JointTrajectoryController executes from
+        the moment it arrives (header stamp 0), so that it takes over where the last one has got to. None
+        when no trajectory is in force (the next command is a plain step from the last one)."""
+        if self._plan is None:
+            return None
+        times, commands = self._plan
+        if len(times) < 2 or not now > times[0]:
+            return None
+        position = self.in_force(now)
+        if now >= times[-1]:  # the controller came to the end of it and stopped there
+            velocity = acceleration = np.zeros_like(position)
+        else:
+            k = int(np.searchsorted(times, now)) - 1
+            slopes = np.diff(commands, axis=0) / np.diff(times)[:, None]
+            velocity = slopes[k]
+            acceleration = (slopes[k] - slopes[k - 1]) / (times[k + 1] - times[k]) if k > 0 else \
+                self.filter.acceleration
+        self.filter.last = np.clip(position, self.filter.lower, self.filter.upper)
+        self.filter.velocity, self.filter.acceleration = velocity, np.asarray(acceleration, np.float64)
+        self._plan = None
+        return self.filter.hold()
+
     def hold(self, now: float) -> np.ndarray:
         """Stops the command stream at the position in force at `now` and returns it."""
         if self.filter.last is None:
@@ -298,10 +322,11 @@ class SafetyLayer:
             return f"inference overran ({inference_time * 1e3:.0f} ms)"
         return None
 
-    def step(self, action) -> tuple[np.ndarray, FilterReport]:
-        """The filtered command for one tick (the checks passed): what goes to the robot."""
+    def step(self, action, dt: float | None = None) -> tuple[np.ndarray, FilterReport]:
+        """The filtered command for one tick (the checks passed): what goes to the robot. `dt`: seconds since
+        the last command, when it is not one control period (a step run off the tick grid)."""
         self._plan = None
-        return self.filter(action, self.dt)
+        return self.filter(action, self.dt if dt is None else dt)
 
     def command(self, action, now: float, observation_stamp: float | None,
                 inference_time: float | None = None) -> tuple[np.ndarray, FilterReport]:

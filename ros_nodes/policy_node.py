@@ -110,6 +110,7 @@ class PolicyNode(LifecycleNode):
         self.loop: ControlLoop | None = None
         self.engine = None
         self.timer = None
+        self._decided = None
         self._subs, self._pubs = [], []
         self._loading: threading.Thread | None = None  # a verifier being loaded
         self._reverting = False
@@ -149,13 +150,19 @@ class PolicyNode(LifecycleNode):
                 watchdog=WatchdogConfig(float(get("max_observation_age")), float(get("max_inference_time")),
                                         float(get("max_future_stamp")), heartbeat if heartbeat > 0 else None),
                 horizon=self.sink_horizon if get("sink") == "jtc" else 0)
+            # A decision runs a control step as it arrives (a guard condition wakes the executor's thread),
+            # so its first command waits for no tick.
+            self._decided = self.create_guard_condition(self._on_decided)
             self.loop = ControlLoop(self.engine, self.profile, config, limits, clock=self._now,
-                                    log=self._decision_log(get))
+                                    log=self._decision_log(get), on_decision=self._decided.trigger)
         except Exception as exc:  # noqa: BLE001 - a bad parameter fails the transition with the reason logged
             self.get_logger().error(f"configure failed: {exc}")
             if self.engine is not None and hasattr(self.engine, "close"):
                 self.engine.close()
             self.engine = None
+            if self._decided is not None:
+                self.destroy_guard_condition(self._decided)
+                self._decided = None
             return TransitionCallbackReturn.FAILURE
         self.policy_path = policy
         self.rate = config.rate
@@ -226,7 +233,10 @@ class PolicyNode(LifecycleNode):
             self.destroy_publisher(pub)
         self._subs, self._pubs = [], []
         if self.loop is not None:
-            self.loop.close()
+            self.loop.close()  # joins the inference thread, the only one that triggers the guard condition
+        if self._decided is not None:
+            self.destroy_guard_condition(self._decided)
+            self._decided = None
         self.loop, self.engine = None, None
 
     # -- inputs ------------------------------------------------------------------------------------
@@ -371,6 +381,10 @@ class PolicyNode(LifecycleNode):
     # Most future points a trajectory sink sends.
     sink_horizon = 16
 
+    def _on_decided(self) -> None:
+        if self.timer is not None and self.loop is not None:  # active
+            self._tick()
+
     def _tick(self) -> None:
         now = self._now()
         result = self.loop.tick(now)
@@ -401,7 +415,8 @@ class PolicyNode(LifecycleNode):
                 "last_event": loop.last_event, "last_rejection": self.last_rejection,
                 "rejected_messages": self.rejected_messages, "clock_offsets_ms": loop.clock_offsets_ms(),
                 "estop": loop.safety.estop_id, "inference_errors": self.inference_errors,
-                "verifier": None if self.engine.verifier is None else self.engine.verifier.name, **loop.stats}
+                "verifier": None if self.engine.verifier is None else self.engine.verifier.name, **loop.stats,
+                "reasons": loop.reasons}
         if tick is not None:
             decision, observed = tick.decision, float(tick.decision.times[0])
             data.update({
@@ -446,6 +461,10 @@ def _read_yaml(path: str):
 
 
 def main(args=None) -> int:
+    # The inference thread, woken when an observation arrives, needs the GIL while the executor thread goes
+    # on through rclpy's (Python) executor; by default a thread holding it lets go after 5 ms, which was most
+    # of the node's own latency (benchmarks/ros_latency.py). 0.5 ms hands it over at once.
+    sys.setswitchinterval(5e-4)
     init_ros(args)
     node = PolicyNode()
     autostart = node.declare_parameter("autostart", True).value

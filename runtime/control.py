@@ -94,11 +94,14 @@ class ControlLoop:
     offset_window = 50
 
     def __init__(self, engine, profile: RobotProfile, config: ControlConfig, limits: JointLimits | None = None,
-                 clock=time.monotonic, trajectory_sink: bool | None = None, log=None):
+                 clock=time.monotonic, trajectory_sink: bool | None = None, log=None, on_decision=None):
+        """`on_decision`: called on the inference thread when a decision is ready, so that the caller can run
+        `tick` at once (its first command then waits for no control tick)."""
         trajectory_sink = config.horizon > 0 if trajectory_sink is None else trajectory_sink
         check_robot(engine.manifest, profile, config.rate, trajectory_sink)
         self.engine, self.profile, self.config = engine, profile, config
-        self.executor = RealtimeExecutor(engine, config.executor, seed=config.seed, clock=clock, timing=config.timing)
+        self.executor = RealtimeExecutor(engine, config.executor, seed=config.seed, clock=clock, timing=config.timing,
+                                         on_decision=on_decision)
         self.safety = SafetyLayer(profile, config.watchdog, limits)
         self.safety.dt = 1.0 / config.rate
         self.assembler = StateAssembler(profile)
@@ -117,6 +120,8 @@ class ControlLoop:
         self.invalidated_at = -np.inf
         self.last_event: str | None = None
         self.stats = {"ticks": 0, "held_ticks": 0, "decisions": 0, "invalidations": 0}
+        # Held ticks and invalidations by reason (its words before any measured value in parentheses).
+        self.reasons: dict[str, dict[str, int]] = {"held": {}, "invalidated": {}}
         # A verifiers.decision_log.StreamLog: each reset starts a logged episode; every decision, with
         # its candidates (the engine must return them), and every command sent are logged.
         self.log = log
@@ -126,6 +131,11 @@ class ControlLoop:
         # (stamp, state) of the observations given to the executor, to log the state each decision saw.
         self._observed: deque[tuple[float, np.ndarray]] = deque(maxlen=64)
         self._tick_state: np.ndarray | None = None
+        # Sources arrived since the last offer (an offer when all have), the part stamps of the last
+        # observation given to the executor (never given twice), and when the last command was computed.
+        self._new_parts: set[str] = set()
+        self._given: tuple | None = None
+        self._last_step_at: float | None = None
 
     # -- inputs ------------------------------------------------------------------------------------
 
@@ -143,6 +153,34 @@ class ControlLoop:
     def _arrival(self, source: str, stamp: float, now: float) -> None:
         self._arrived[source] = now
         self._offsets.setdefault(source, deque(maxlen=self.offset_window)).append(now - stamp)
+        self._new_parts.add(source)
+        if self._new_parts.issuperset(self._sources()):
+            self._new_parts.clear()
+            self._offer(now)
+
+    def _offer(self, now: float) -> None:
+        """Gives the executor the observation just completed, if a tick now would (a fresh observation, a
+        state measured after the last reset, no reason to hold), so that inference can start from it at once."""
+        observation, _ = self.observation()
+        if observation is None or not self._arrived_after_event() or observation.stamp < self.reset_stamp:
+            return
+        if self.safety.check(now, observation.stamp, self.executor.inference_elapsed() or None,
+                             self._newest_part()) is not None:
+            return  # the next tick holds and says why
+        self._give(observation, now)
+
+    def _give(self, observation: Observation, now: float | None = None) -> None:
+        """To the executor, once per observation: `offer` as it arrives (`now`), else `observe`."""
+        parts = (*self.assembler.stamps(), *(self._images[c][1] for c in self.cameras))
+        if parts == self._given:
+            return
+        self._given = parts
+        if now is None:
+            self.executor.observe(observation)
+        else:
+            self.executor.offer(observation, now)
+        if self.log is not None:
+            self._observed.append((observation.stamp, observation.state))
 
     def instruction(self, text: str, now: float) -> None:
         with self._lock:
@@ -191,6 +229,7 @@ class ControlLoop:
 
     def _invalidated(self, why: str, now: float) -> None:
         self.stats["invalidations"] += 1
+        _count(self.reasons["invalidated"], why)
         self.invalidated_at, self.last_event = now, why
 
     # -- the tick ----------------------------------------------------------------------------------
@@ -242,9 +281,7 @@ class ControlLoop:
                 self.invalidate(reason, now)
                 return self._hold(now, reason)
             if fresh:
-                self.executor.observe(observation)
-                if self.log is not None:
-                    self._observed.append((observation.stamp, observation.state))
+                self._give(observation)
             tick = self.executor.action(now)
             if tick.action is None:
                 waiting = tick.decision is None and self.last_event is not None
@@ -254,7 +291,17 @@ class ControlLoop:
                 self.stats["decisions"] += 1
                 if self.log is not None:
                     self._log_decision(tick.decision)
-            command, report = self.safety.step(tick.action)
+            # A step off the tick grid (run when a decision arrived) moves the robot over the time since the
+            # last command, at most one control period (a late tick is filtered as a punctual one).
+            dt = None if self._last_step_at is None else min(max(now - self._last_step_at, 1e-4), self.safety.dt)
+            self._last_step_at = now
+            # A trajectory sink's command for now is where its last trajectory has got to (the controller is
+            # there); the new chunk enters through the points after it.
+            spliced = self.safety.splice(now) if self.config.horizon else None
+            if spliced is not None:
+                command, report = spliced, FilterReport()
+            else:
+                command, report = self.safety.step(tick.action, dt)
             upcoming = None
             if self.config.horizon:
                 times, actions = self.executor.upcoming(now, self.config.horizon)
@@ -267,6 +314,7 @@ class ControlLoop:
 
     def _hold(self, now: float, reason: str, tick: Tick | None = None) -> TickResult:
         self.stats["held_ticks"] += 1
+        _count(self.reasons["held"], reason)
         command = self.safety.hold(now)
         if self.log is not None and command is not None:
             self.log.step(command, state=self._tick_state)
@@ -295,3 +343,8 @@ class ControlLoop:
         with self._lock:
             if self.log is not None:
                 self.log.close()
+
+
+def _count(counts: dict[str, int], reason: str) -> None:
+    key = reason.split(" (")[0]
+    counts[key] = counts.get(key, 0) + 1

@@ -1,13 +1,22 @@
 """Chunk execution against a clock, with inference on a worker thread: what a robot node runs.
 
-The control loop calls `observe(observation)` whenever a new observation is assembled and
-`action(now)` once per control tick. `action` never waits for the engine: it hands out the current
+The control loop calls `offer(observation, now)` as each complete new observation arrives (every part
+of it new since the last), `observe(observation)` for one it assembles otherwise, and `action(now)` once
+per control tick. `action` never waits for the engine: it hands out the current
 chunk at time `now`, between the two actions whose times are around it (so a policy of 30 actions a
 second plays at its own speed on a 50 Hz node), drops the actions whose time passed between two ticks
 (never executed late), and asks the worker for a new chunk once `execute` actions of the current one
 are used. The worker runs `Engine.infer` on the latest observation; when the new chunk arrives it
-replaces the old one from the next tick on. If the chunk runs dry before that, `action` returns None
-and the safety layer holds the robot.
+replaces the old one from the next tick on (and `on_decision` is called, so that the node can run that
+tick at once). If the chunk runs dry before that, `action` returns None and the safety layer holds the
+robot.
+
+Where the time goes between an observation and its first command (benchmarks/ros_latency.py): asked for at
+a tick, the worker would start from an observation up to one sensor period old, and its chunk would wait up
+to one tick for its first command. So `offer` asks for the next chunk at the arrival of the last
+observation before the tick that would ask for it (the sensors' period is measured from the offers), and
+the inference starts from an observation a transport delay old; and the node runs a control step when the
+decision arrives instead of at the next tick.
 
 `invalidate` (an episode reset, an e-stop, a verifier swap, a hold) forgets the chunk and the
 observation waiting, and a decision whose inference started before it is thrown away when it
@@ -57,8 +66,11 @@ class Tick:
 class RealtimeExecutor:
     """Thread-safe chunk executor for a control loop that must never block on inference."""
 
+    # Offers kept to measure the sensors' period (the median interval).
+    period_window = 16
+
     def __init__(self, engine: Engine, config: ExecutorConfig | None = None, seed: int = 0,
-                 clock=time.monotonic, timing: AsyncConfig | None = None):
+                 clock=time.monotonic, timing: AsyncConfig | None = None, on_decision=None):
         self.engine = engine
         self.config = config or ExecutorConfig()
         # Delay planning and RTC; None: neither (a new chunk is asked for after `execute` actions).
@@ -79,6 +91,10 @@ class RealtimeExecutor:
         self._fresh = False  # the decision has not been handed out yet
         self._next = 0
         self._executed = 0
+        self._first: int | None = None  # index of the current chunk's first executed action
+        self._offers: deque[float] = deque(maxlen=self.period_window)
+        # Called (no arguments, on the worker thread, no lock held) when a decision is ready to execute.
+        self._on_decision = on_decision
         self._wanted = True  # a new chunk is wanted
         self._reset_history = False  # the worker must empty the engine's history before the next inference
         self._started_at: float | None = None  # clock time the inference in flight started
@@ -97,14 +113,31 @@ class RealtimeExecutor:
         self._worker = threading.Thread(target=self._run, name="taco-inference", daemon=True)
         self._worker.start()
 
+    def offer(self, observation: Observation, now: float) -> None:
+        """`observe` for an observation complete and new as it arrives at `now`; when the tick that would ask
+        for the next chunk comes before the next arrival is expected, it is asked for now, from this one."""
+        with self._wake:
+            self._offers.append(now)
+            if not self._wanted and self._first is not None and len(self._offers) >= 2:
+                period = float(np.median(np.diff(self._offers)))
+                # A tick asks once the action at index first + due - 1 is the one nearest it, that is half
+                # an action before that action's time.
+                k = min(self._first + self._due() - 1, len(self._decision.times) - 1)
+                if now + period >= self._decision.times[k] - 0.5 * self.dt:
+                    self._wanted = True
+            self._observe(observation)
+
     def observe(self, observation: Observation) -> None:
         """Makes `observation` the one the next inference uses (and, for a policy with history, one
         of those it encodes together). Cheap: the worker preprocesses it."""
         with self._wake:
-            if self.engine.manifest.history > 1:
-                self._pending.append(observation)
-            self._latest = observation
-            self._wake.notify()
+            self._observe(observation)
+
+    def _observe(self, observation: Observation) -> None:
+        if self.engine.manifest.history > 1:
+            self._pending.append(observation)
+        self._latest = observation
+        self._wake.notify()
 
     def reset(self) -> None:
         """Forgets the current chunk and the observation history (an episode start)."""
@@ -115,7 +148,7 @@ class RealtimeExecutor:
         discarded when it arrives. `history`: also forget the observations a policy with history keeps."""
         with self._wake:
             self._epoch += 1
-            self._decision, self._latest, self._wanted, self._fresh = None, None, True, False
+            self._decision, self._latest, self._wanted, self._fresh, self._first = None, None, True, False, None
             if history:
                 self._pending.clear()
                 self._reset_history = True
@@ -152,6 +185,8 @@ class RealtimeExecutor:
                 self._wake.notify()
                 return Tick(None, decision, new, elapsed, *span)
             if nearest >= self._next:
+                if self._first is None:
+                    self._first = max(nearest, 0)
                 self.dropped += nearest - self._next  # their time passed between two ticks
                 self._next = nearest + 1
                 self._executed += 1
@@ -231,5 +266,11 @@ class RealtimeExecutor:
                     self.discarded += 1
                     continue
                 self._decision, self._fresh = decision, True
-                self._next, self._executed, self._wanted = 0, 0, False
+                self._next, self._executed, self._wanted, self._first = 0, 0, False, None
                 self._span = (started_at, self._clock())
+            if self._on_decision is not None:
+                try:
+                    self._on_decision()
+                except Exception as exc:  # noqa: BLE001 - the worker goes on; the tick executes the decision
+                    with self._wake:
+                        self.errors.append(exc)

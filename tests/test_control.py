@@ -225,6 +225,32 @@ def test_the_trajectory_sink_gets_each_action_at_its_own_time():
         loop.close()
 
 
+def test_a_trajectory_sink_takes_over_where_its_last_trajectory_has_got_to():
+    """A JointTrajectoryController jumps to a new trajectory's first point on arrival, so that point is where
+    the last trajectory is at that moment (its speed carried on), however long since it was sent, not a step
+    from the last tick's command; past its end, the trajectory's end."""
+    loop, engine, robot = make_loop(manifest=FakeManifest(action_dt=1 / 30), horizon=16, rate=20.0)
+    try:
+        robot.step(0.05)
+        robot.decide()
+        sent = robot.step(0.05)
+        times = np.concatenate([[robot.now], robot.now + sent.upcoming[0]])
+        commands = np.vstack([sent.command, sent.upcoming[1]])
+        for late in (0.013, 0.05 + 0.013):  # an off-grid step; then one after a tick's worth more
+            robot.clock.now += late
+            result = loop.tick(robot.now)
+            there = [np.interp(robot.now, times, commands[:, j]) for j in range(14)]
+            np.testing.assert_allclose(result.command, there, atol=1e-12)
+            times = np.concatenate([[robot.now], robot.now + result.upcoming[0]])
+            commands = np.vstack([result.command, result.upcoming[1]])
+        robot.clock.now = times[-1] + 1.0  # stalled past its end: the controller stopped there
+        robot.publish()
+        np.testing.assert_allclose(loop.tick(robot.now).command, commands[-1], atol=1e-12)
+    finally:
+        engine.finish()
+        loop.close()
+
+
 def test_reset_discards_the_inference_in_flight(started):
     loop, engine, robot = started
     assert not robot.step().report.held  # executing decision 1

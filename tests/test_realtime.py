@@ -59,6 +59,34 @@ def test_actions_follow_the_clock_and_replan_after_execute(executor, flow):
     assert executor.action(4 * dt + (h + 1) * dt).action is None
 
 
+def test_an_arriving_observation_starts_the_next_chunk_when_the_due_tick_would_come_before_the_next(flow):
+    """`offer`: with sensors every 20 ms, the tick that would ask for the next chunk (the one nearest the
+    chunk's action first + execute - 1, from half an action before it) comes before the next arrival, so the
+    arrival before it asks, and the inference starts from that observation, not an older one at the tick.
+    `on_decision` is called as each decision is ready."""
+    ready = threading.Semaphore(0)
+    ex = RealtimeExecutor(Engine(flow.bundle), ExecutorConfig(n=1, execute=4), seed=5, on_decision=ready.release)
+    try:
+        dt = ex.dt
+        obs = make_example_observation(flow.bundle.manifest, seed=1)
+        ex.offer(replace(obs, stamp=0.0), 0.001)
+        assert ready.acquire(timeout=10), "on_decision was not called"
+        first = ex.action(0.0).decision  # executes action 0: the next chunk is due at action 3 (t = 3 dt)
+        # Arrivals every 20 ms (dt here): at 0.001 + dt the next one (0.001 + 2 dt) would still come before
+        # the tick that asks (from 2.5 dt on): no ask. At 0.001 + 2 dt the next is after it: ask now.
+        ex.offer(replace(obs, stamp=dt), 0.001 + dt)
+        assert not ready.acquire(timeout=0.3), "asked for a chunk a whole arrival early"
+        ex.offer(replace(obs, stamp=2 * dt), 0.001 + 2 * dt)
+        assert ready.acquire(timeout=10), "the arrival before the due tick did not ask for the next chunk"
+        second = ex.action(2 * dt).decision
+        assert second is not first and second.times[0] == pytest.approx(2 * dt)
+        # The chunk in force is the new one; its successor waits for its own due time.
+        ex.offer(replace(obs, stamp=3 * dt), 0.001 + 3 * dt)
+        assert not ready.acquire(timeout=0.3)
+    finally:
+        ex.close()
+
+
 def test_a_failing_inference_is_reported_and_the_executor_goes_on(executor, flow):
     obs = make_example_observation(flow.bundle.manifest, seed=1)
     executor.observe(replace(obs, state=np.zeros(3, np.float32)))
