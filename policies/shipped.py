@@ -1,7 +1,9 @@
-"""Names of the shipped policy bundles: `--policy default` (the flow policy) and `flow` / `diffusion`.
+"""Names of the shipped policy bundles: `--policy default` (the flow policy), `flow`, `diffusion`, `flow32`.
 
 The default is the strong policy, which its value verifier lifts at N=16 (artifacts/README.md says
-why); `diffusion` is the weak policy trained on 50 episodes, where the consensus of its samples pays.
+why); `diffusion` is the weak policy trained on 50 episodes, where the consensus of its samples pays;
+`flow32` is the flow policy's recipe with 32-action chunks and real-time chunking, for asynchronous
+execution (its chunk outlasts 300 ms of inference; `taco ros robot` runs it by default).
 
 The shipped bundles live in `artifacts/bundles/` of the repository (built by `make artifacts`), or in
 the folder named by the TACO_ARTIFACTS environment variable. A path is always accepted as well.
@@ -16,7 +18,7 @@ from policies.errors import BundleError
 
 DEFAULT_POLICY_KIND = "flow"
 # Names `resolve_policy` maps to a shipped bundle; anything else is a path.
-POLICY_NAMES = ("default", "flow", "diffusion")
+POLICY_NAMES = ("default", "flow", "diffusion", "flow32")
 
 
 def artifacts_dir() -> Path:
@@ -35,7 +37,7 @@ def resolve_bundle(name_or_path: str) -> str:
 
 
 def resolve_policy(name_or_path: str) -> str:
-    """'default' (or 'flow' / 'diffusion') -> the shipped bundle's path; anything else is taken as a path."""
+    """'default' (or 'flow' / 'diffusion' / 'flow32') -> the shipped bundle's path; anything else is a path."""
     if name_or_path in POLICY_NAMES:
         if Path(name_or_path).is_dir():
             raise BundleError("policy", f"{name_or_path!r} names a shipped policy and a folder here; write "

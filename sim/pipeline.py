@@ -54,6 +54,10 @@ class ArtifactsConfig:
     # DART perturbation std of the recovery episodes in free motion, rad.
     perturb: float = 0.1
     kinds: tuple[str, ...] = ("flow",)
+    # The policy bundle's folder under `out`/bundles (None: its kind) and its chunk length (None: the
+    # training default, 16 actions).
+    name: str | None = None
+    chunk_length: int | None = None
     size: str = "default"
     steps: int = 5000
     batch_size: int = 32
@@ -86,6 +90,9 @@ RECIPES = {
     "flow": ArtifactsConfig(value_episodes=500, combined=("value", "consensus"), combined_weights=(1.0, 1.0)),
     "diffusion": ArtifactsConfig(episodes=50, recovery_episodes=0, kinds=("diffusion",), stride=2,
                                  dataset="clean50"),
+    # The flow recipe's dataset and training with 32-action chunks (640 ms): the policy for asynchronous
+    # execution and real-time chunking, whose chunk outlasts 300 ms of inference (docs/async.md).
+    "flow32": ArtifactsConfig(name="flow32", chunk_length=32, verifiers=("consensus", "random")),
 }
 
 
@@ -115,13 +122,17 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
     built["dataset"] = data
     fingerprint = dataset_fingerprint(data)
 
+    if config.name is not None and len(config.kinds) != 1:
+        raise ValueError(f"name {config.name!r}: one policy kind per named recipe (got {', '.join(config.kinds)})")
     for kind in config.kinds:
-        policy = out / "bundles" / kind
-        current = train_stage(f"train {kind}", data, policy, log, fingerprint=fingerprint,
+        name = config.name or kind
+        policy = out / "bundles" / name
+        chunk = {} if config.chunk_length is None else {"chunk_length": config.chunk_length}
+        current = train_stage(f"train {name}", data, policy, log, fingerprint=fingerprint,
                               description=f"{config.steps} steps on all episodes", kind=kind, size=config.size,
-                              steps=config.steps, batch_size=config.batch_size, seed=config.seed)
-        built[kind] = policy
-        built.update(features_and_verifiers(current, data, out / "features" / f"{kind}.npz", f"features {kind}",
+                              steps=config.steps, batch_size=config.batch_size, seed=config.seed, **chunk)
+        built[name] = policy
+        built.update(features_and_verifiers(current, data, out / "features" / f"{name}.npz", f"features {name}",
                                             out / "bundles", config.verifiers, log, k=config.k, stride=config.stride,
                                             seed=config.seed, epochs=config.verifier_epochs))
         if config.value_episodes:
@@ -161,10 +172,12 @@ def features_and_verifiers(policy, data: Path, features_path: Path, stage: str, 
     `bundles/<policy>-<kind>`; each skipped when it already belongs to this policy."""
     from verifiers import load_verifier
     from verifiers.features import FeatureSet, collect_features
-    from verifiers.train import VerifierTrainConfig, train_verifier
+    from verifiers.train import UNTRAINED_KINDS, VerifierTrainConfig, train_verifier, untrained_verifier
 
     features = _load_or_none(FeatureSet.load, features_path)
-    if features is not None and features.policy_fingerprint == policy.fingerprint:
+    if all(vkind in UNTRAINED_KINDS for vkind in verifiers):
+        log(f"[{stage}] not needed: {', '.join(verifiers)} learn from no features")
+    elif features is not None and features.policy_fingerprint == policy.fingerprint:
         log(f"[{stage}] up to date: {features_path}")
     else:
         log(f"[{stage}] K={k}, every {stride}th frame of {data} -> {features_path}")
@@ -177,6 +190,8 @@ def features_and_verifiers(policy, data: Path, features_path: Path, stage: str, 
         existing = _load_or_none(load_verifier, vpath)
         if existing is not None and existing.policy_fingerprint == policy.fingerprint:
             log(f"[verifier {name}] up to date: {vpath}")
+        elif vkind in UNTRAINED_KINDS:
+            untrained_verifier(vkind, policy.path, vpath, overwrite=True, seed=seed)
         else:
             train_verifier(features, VerifierTrainConfig(kind=vkind, epochs=epochs, seed=seed), vpath, log=log,
                            overwrite=True)

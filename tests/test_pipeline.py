@@ -154,6 +154,25 @@ def test_the_diffusion_recipe_records_its_own_clean_dataset_next_to_the_flow_one
     assert bundle.manifest.kind == "diffusion"
 
 
+def test_the_flow32_recipe_trains_32_action_chunks_with_rtc_on_the_flow_recipes_dataset(tmp_path, capsys):
+    """`--recipe flow32` (the policy `taco ros robot` runs): the flow recipe's dataset folder and episodes,
+    32-action chunks, real-time chunking inputs, and only the verifiers that need no feature search."""
+    out = tmp_path / "artifacts"
+    args = ["artifacts", "--recipe", "flow32", "--quick", "--out", str(out), "--task", "lift_bar"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "[features flow32] not needed" in captured.err and not (out / "features").exists()
+    bundle = load_policy_bundle(out / "bundles" / "flow32")
+    assert bundle.manifest.kind == "flow" and bundle.manifest.chunk_length == 32 and bundle.manifest.rtc
+    assert bundle.manifest.provenance["training"]["chunk_length"] == 32
+    for name in ("flow32-consensus", "flow32-random"):
+        assert load_verifier(out / "bundles" / name).policy_fingerprint == bundle.fingerprint
+    assert (out / "data" / "sim" / "meta" / "taco_episodes.jsonl").is_file()
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "[train flow32] up to date" in err and "[record]" not in err
+
+
 def test_artifacts_flags_change_one_recipe_at_a_time(tmp_path, capsys):
     assert main(["artifacts", "--out", str(tmp_path), "--episodes", "3", "--recovery-episodes", "0"]) == 2
     err = capsys.readouterr().err
