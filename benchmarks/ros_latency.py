@@ -42,8 +42,10 @@ def main() -> None:
     seconds = 8.0 if args.quick else args.seconds
     height, width = (int(v) for v in args.image.split("x"))
 
-    os.environ["ROS_DOMAIN_ID"] = str(random.randint(101, 200))
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    from ros_nodes.launcher import ros_env
+
+    # The DDS settings `taco ros` gives its nodes (shared memory for camera frames), here and in the node.
+    os.environ.update(ros_env("LOCALHOST", domain_id=random.randint(101, 200)))
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
     from sensor_msgs.msg import Image, JointState

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hardware.profiles import get_profile
 from ros_nodes.common import (DIAGNOSTICS_TOPIC, EPISODE_TOPIC, IMAGE_TOPIC, INSTRUCTION_TOPIC, RESET_TOPIC,
@@ -36,8 +37,21 @@ def node_command(module: str, params: dict) -> list[str]:
     return cmd
 
 
+# Shared memory for camera frames with Fast DDS (the file says why); used unless a profile is given.
+LARGE_DATA_PROFILE = Path(__file__).with_name("fastdds_large_data.xml")
+_DDS_SETTINGS = ("FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE", "FASTDDS_BUILTIN_TRANSPORTS")
+
+
+def dds_env(env: dict) -> dict:
+    """`env` with LARGE_DATA_PROFILE for Fast DDS, unless another RMW or a Fast DDS profile is chosen."""
+    if env.get("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp").startswith("rmw_fastrtps") and \
+            not any(env.get(k) for k in _DDS_SETTINGS):
+        env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(LARGE_DATA_PROFILE)
+    return env
+
+
 def ros_env(discovery: str = "LOCALHOST", domain_id: int | None = None) -> dict:
-    env = dict(os.environ)
+    env = dds_env(dict(os.environ))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", discovery)
     if domain_id is not None:
         env["ROS_DOMAIN_ID"] = str(domain_id)

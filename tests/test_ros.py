@@ -30,10 +30,11 @@ def ros():
     """rclpy initialised on a private domain; yields the environment for node processes."""
     import rclpy
 
-    env = dict(os.environ, ROS_DOMAIN_ID=str(random.Random(os.getpid()).randint(1, 100)),
-               ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1")
-    os.environ["ROS_DOMAIN_ID"] = env["ROS_DOMAIN_ID"]
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    from ros_nodes.launcher import ros_env
+
+    # As `taco ros` starts nodes (its DDS settings included), this process too.
+    env = ros_env("LOCALHOST", domain_id=random.Random(os.getpid()).randint(1, 100))
+    os.environ.update(env)
     rclpy.init()
     yield env
     rclpy.shutdown()

@@ -99,3 +99,25 @@ def test_taco_ros_refuses_a_missing_policy_before_starting_nodes(tmp_path, capsy
 
     assert main(["ros", "sim", "--policy", str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_nodes_get_the_shared_memory_profile_for_camera_frames_unless_dds_is_configured(monkeypatch):
+    """Fast DDS's built-in shared memory takes messages up to 0.5 MB: without the profile a 480x640 frame
+    goes over fragmented UDP and best-effort image topics lose frames (docs/ros.md, Latency)."""
+    import xml.etree.ElementTree as ET
+
+    from ros_nodes.launcher import LARGE_DATA_PROFILE, ros_env
+
+    for key in ("RMW_IMPLEMENTATION", "FASTRTPS_DEFAULT_PROFILES_FILE", "FASTDDS_DEFAULT_PROFILES_FILE",
+                "FASTDDS_BUILTIN_TRANSPORTS"):
+        monkeypatch.delenv(key, raising=False)
+    assert ros_env()["FASTRTPS_DEFAULT_PROFILES_FILE"] == str(LARGE_DATA_PROFILE)
+    ns = {"p": "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"}
+    shm = ET.parse(LARGE_DATA_PROFILE).find(".//p:transport_descriptor[p:type='SHM']", ns)
+    assert int(shm.find("p:maxMessageSize", ns).text) >= 4 * 480 * 640 * 3
+    # The robot's own choices stand: another middleware, a profile of its own, Jazzy's builtin transports.
+    for key, value in (("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp"), ("FASTRTPS_DEFAULT_PROFILES_FILE", "/robot.xml"),
+                       ("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")):
+        monkeypatch.setenv(key, value)
+        assert ros_env().get("FASTRTPS_DEFAULT_PROFILES_FILE") in (None, "/robot.xml")
+        monkeypatch.delenv(key)
