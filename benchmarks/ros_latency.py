@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -37,6 +38,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--image", default="480x640", help="published camera frame, HxW")
     parser.add_argument("--quick", action="store_true", help="8 s of decisions")
+    parser.add_argument("--burners", type=int, default=0,
+                        help="CPU-bound processes running beside the node while it is measured")
+    parser.add_argument("--hold", action="store_true",
+                        help="measure the node holding: no operator heartbeat after the warm-up (command rate only)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     seconds = 8.0 if args.quick else args.seconds
@@ -68,7 +73,7 @@ def main() -> None:
     frame = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
     names = [*PROFILE.arm_joint_names, PROFILE.gripper_state_joint, "right_finger"]
     home = np.asarray(PROFILE.home)
-    rows, lock = [], threading.Lock()
+    rows, lock, holding = [], threading.Lock(), threading.Event()
 
     def publish():
         now = node.get_clock().now().nanoseconds * 1e-9
@@ -78,7 +83,8 @@ def main() -> None:
         # Serialized directly, as a C++ camera driver would: rclpy's own Image conversion costs ~30 ms
         # for 480x640 and would be counted as latency.
         camera.publish(image_to_cdr(frame, now, "cam_high"))
-        heartbeat.publish(Header(stamp=node.get_clock().now().to_msg()))
+        if not holding.is_set():
+            heartbeat.publish(Header(stamp=node.get_clock().now().to_msg()))
 
     last = {}  # the node's latest diagnostics (its counters)
 
@@ -117,14 +123,23 @@ def main() -> None:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit(f"policy node did not start deciding:\n{proc.stderr.read()[-3000:]}")
             time.sleep(0.1)
+        if args.hold:
+            holding.set()  # the heartbeat stops: the node holds after its heartbeat_timeout (0.5 s)
+            time.sleep(1.5)
+        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burners)]
         with lock:
             rows.clear()
             before = dict(last)
+        start = node.get_clock().now().nanoseconds * 1e-9
         time.sleep(seconds)
+        end = node.get_clock().now().nanoseconds * 1e-9
         with lock:
             measured = list(rows)
             after = dict(last)
     finally:
+        for burner in locals().get("burners", []):
+            burner.kill()
+            burner.wait()
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(10)
@@ -141,6 +156,11 @@ def main() -> None:
         r["latency_ms"] = (max(sent) - r["observation_stamp"]) * 1e3
         r["command_out_ms"] = (max(sent) - r["step_stamp"]) * 1e3
     measured = [r for r in measured if np.isfinite(r["latency_ms"])]
+    # The command stream itself (one arm's joint group topic) over the measured seconds.
+    sent = np.array([t for t in next(iter(commands.values())) if start <= t <= end])
+    gaps = np.diff(sent) * 1e3
+    rate = {"commands_per_s": len(sent) / (end - start), "command_interval_p50_ms": float(np.median(gaps)),
+            "command_interval_p99_ms": float(np.percentile(gaps, 99)), "command_interval_max_ms": float(gaps.max())}
     for r in measured:
         r["overhead_ms"] = r["latency_ms"] - r["inference_ms"]
         # In the node: from the frame's arrival to the worker's start, and from its end to the control step.
@@ -148,8 +168,8 @@ def main() -> None:
     columns = ["latency_ms", "overhead_ms", "image_delay_ms", "in_node_ms", "command_out_ms",
                "wait_for_inference_ms", "inference_ms", "engine_ms", "wait_for_tick_ms", "diagnostics_latency_ms"]
     result = {"policy": policy, "verifier": args.verifier, "n": args.n, "image": [height, width],
-              "decisions": len(measured), "seconds": seconds}
-    for c in columns:
+              "decisions": len(measured), "seconds": seconds, "burners": args.burners, "hold": args.hold, **rate}
+    for c in columns if measured else ():
         values = np.array([r[c] for r in measured])
         result[f"{c[:-3]}_p50_ms"], result[f"{c[:-3]}_p99_ms"] = (float(np.percentile(values, q)) for q in (50, 99))
     # What the node did besides deciding, over the measured seconds (its counters, from its diagnostics).
@@ -159,8 +179,11 @@ def main() -> None:
         counts = {k: v - before.get("reasons", {}).get(kind, {}).get(k, 0)
                   for k, v in after.get("reasons", {}).get(kind, {}).items()}
         result[f"{kind}_by_reason"] = {k: v for k, v in counts.items() if v}
-    print(f"N={args.n}, {len(measured)} decisions over {seconds:g} s, {height}x{width} camera frames, p50 / p99 ms")
-    labels = {"latency": "observation -> command", "inference": "  inference (worker thread)",
+    print(f"N={args.n}, {len(measured)} decisions over {seconds:g} s, {height}x{width} camera frames, "
+          f"{args.burners} CPU burners{', holding' if args.hold else ''}; p50 / p99 ms")
+    print(f"{'commands':<28} {rate['commands_per_s']:>8.1f} /s, interval {rate['command_interval_p50_ms']:.1f} / "
+          f"{rate['command_interval_p99_ms']:.1f} ms, max {rate['command_interval_max_ms']:.1f} ms")
+    labels = {} if not measured else {"latency": "observation -> command", "inference": "  inference (worker thread)",
               "engine": "    of which Engine.infer", "overhead": "  over inference",
               "image_delay": "    frame transport in", "in_node": "    in the node", "command_out": "    command out",
               "wait_for_inference": "  wait for inference start", "wait_for_tick": "  wait for control step"}

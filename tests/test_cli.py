@@ -225,6 +225,17 @@ def test_every_shipped_verifier_loads_and_is_bound_to_its_shipped_policy():
             assert verifier.policy_fingerprint == fingerprint
 
 
+def test_taco_ros_robot_runs_a_shipped_policy_whose_chunk_outlasts_300_ms_with_rtc():
+    """The robot's default (ros_nodes.commands.ROBOT_POLICY): real-time chunking, and a chunk longer than
+    twice 300 ms of inference (docs/async.md, "A chunk must outlast the delay")."""
+    from policies.bundle import load_policy_bundle
+    from policies.shipped import resolve_policy
+    from ros_nodes.commands import ROBOT_POLICY
+
+    manifest = load_policy_bundle(resolve_policy(ROBOT_POLICY)).manifest
+    assert manifest.rtc and manifest.chunk_length * manifest.action_dt >= 2 * 0.3
+
+
 def test_train_verifier_consensus_needs_only_the_policy(exported, tmp_path, capsys):
     flow = exported("flow")
     out = tmp_path / "flow-consensus"
