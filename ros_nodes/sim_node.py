@@ -7,8 +7,9 @@ Per episode it publishes a std_msgs/Header on /taco/reset (frame_id = episode nu
 a JSON summary on /taco/sim/episode when it ends. Physics waits for the first command, so a policy node
 that is still loading does not lose the first episode; with `wait_for_listeners` it also waits for that
 many subscribers of the episode summaries; with `wait_for_recorder` it also waits until the
-recorder has matched every topic of the run (its /taco/recorder/status), so the recording holds the
-episode from its first step, and before exiting it waits until every matched subscriber has
+recorder has matched every topic of the run (its /taco/recorder/status) and its own joint state and
+camera publishers have matched every subscriber the graph shows, so the recording holds the episode
+from its first step, and before exiting it waits until every matched subscriber has
 acknowledged the episode summaries.
 """
 
@@ -91,10 +92,16 @@ class SimNode(Node):
 
     def recorder_waits_for(self) -> list[str]:
         """Topics of the run the recorder records but has not matched a publisher on yet (all of them
-        until its status arrives)."""
+        until its status arrives), and topics of ours whose publisher has not yet matched every subscriber
+        the graph knows: a reader matches a writer before the writer matches it, and a volatile message
+        published in between does not reach it."""
         if not self.recorder_matched:
             return list(self.run_topics)
-        return [t for t in self.run_topics if t in self.recorder_matched and not self.recorder_matched[t]]
+        waiting = [t for t in self.run_topics if t in self.recorder_matched and not self.recorder_matched[t]]
+        ours = {**{joint_state_topic(ns): pub for ns, pub in zip(self.profile.arm_namespaces, self.state_pubs)},
+                **{IMAGE_TOPIC.format(camera=c): pub for c, pub in self.image_pubs.items()}}
+        waiting += [t for t, pub in ours.items() if pub.get_subscription_count() < self.count_subscribers(t)]
+        return waiting
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Waits until every matched subscriber has acknowledged the episode summaries."""
