@@ -8,7 +8,6 @@ be traced back to the decision and the observation it came from.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -21,6 +20,7 @@ from hardware.safety import WatchdogConfig
 from runtime.control import ControlConfig, ControlLoop, check_robot
 from runtime.engine import Decision
 from runtime.executor import ExecutorConfig
+from waiting import wait_until
 
 HOME = np.asarray(PROFILE.home, np.float64)
 CHUNK = 100
@@ -111,14 +111,14 @@ class Robot:
         """One control tick; returns once the worker has taken the observation it was handed, if any (so
         that which inference is in flight when the next event comes does not depend on scheduling)."""
         result = self.loop.tick(self.now)
-        _wait(lambda: not self.loop.executor.waiting() or self.engine.entered > self.engine.returned,
-              "the worker to take the observation")
+        wait_until(lambda: not self.loop.executor.waiting() or self.engine.entered > self.engine.returned,
+                   10.0, "the worker to take the observation", poll=0.001)
         return result
 
     def decide(self):
         """Lets the inference in flight finish (waiting for it to start first) and be installed or dropped."""
         k = self.engine.returned + 1
-        _wait(lambda: self.engine.entered >= k, "an inference to start")
+        wait_until(lambda: self.engine.entered >= k, 10.0, "an inference to start", poll=0.001)
         self.engine.finish()
         _settle(self.loop, self.engine, k)
 
@@ -142,18 +142,10 @@ def make_loop(*, heartbeat=0.5, horizon=0, manifest=None, rate=50.0, log=None, e
     return loop, engine, robot
 
 
-def _wait(pred, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.001)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _settle(loop, engine, k):
     """Waits until the worker has returned decision `k` and installed or discarded it."""
-    _wait(lambda: engine.returned >= k and loop.executor.inference_elapsed() == 0.0, "the worker")
+    wait_until(lambda: engine.returned >= k and loop.executor.inference_elapsed() == 0.0, 10.0, "the worker",
+               poll=0.001)
 
 
 @pytest.fixture
@@ -256,7 +248,7 @@ def test_reset_discards_the_inference_in_flight(started):
     assert not robot.step().report.held  # executing decision 1
     loop.executor.invalidate()  # (a replan is due; start decision 2 now)
     robot.step()
-    _wait(lambda: engine.entered == 2, "decision 2 to start")
+    wait_until(lambda: engine.entered == 2, 10.0, "decision 2 to start", poll=0.001)
     loop.reset(robot.now, robot.now)  # a new episode while decision 2 is computed
     robot.decide()
     assert loop.executor.discarded == 1

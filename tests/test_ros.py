@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from hardware.profiles import ALOHA_VIPERX as PROFILE
+from waiting import wait_until
 
 pytestmark = pytest.mark.ros
 
@@ -109,14 +110,9 @@ class Harness:
     def wait(self, pred, timeout, what, nodes=None, seen=None):
         """Waits for `pred()` with a deadline; on timeout says what it waited for, what it saw (`seen()`)
         and the nodes' logs."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pred():
-                return
-            time.sleep(0.05)
-        saw = "" if seen is None else f"\nlast seen: {seen()}"
-        logs = "" if nodes is None else "\n".join(f"--- {n}:\n{nodes.log(n)[-3000:]}" for n in nodes.procs)
-        raise AssertionError(f"timed out after {timeout} s waiting for {what}{saw}\n{logs}")
+        logs = None if nodes is None else \
+            (lambda: "\n".join(f"--- {n}:\n{nodes.log(n)[-3000:]}" for n in nodes.procs))
+        wait_until(pred, timeout, what, seen=seen, poll=0.05, extra=logs)
 
     def diagnostics(self):
         from ros_nodes.common import DIAGNOSTICS_TOPIC

@@ -20,6 +20,7 @@ from runtime import Engine
 from serving.client import RemoteEngine, RemoteError
 from serving.server import ServeConfig, serve_in_thread
 from serving.wire import pack, unpack
+from waiting import wait_until
 
 # openpi's PyPI client, unchanged (`make test` installs it with --no-deps).
 from openpi_client import websocket_client_policy as openpi_client
@@ -53,14 +54,6 @@ def _in_threads(client, count, timeout=120):
         t.start()
     for t in threads:
         t.join(timeout)
-
-
-def _wait_until(pred, timeout: float, what: str, seen=lambda: None):
-    """Polls `pred()` until it holds; past `timeout` s fails naming what it waited for and what it saw."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}; saw {seen()}"
-        time.sleep(0.02)
 
 
 def _url(server):
@@ -141,7 +134,7 @@ def test_health_api_key_and_limits(policy, tmp_path):
         # A message over the limit closes that connection (1009); the server goes on.
         with pytest.raises(ConnectionClosed):
             client.infer(_aloha(manifest, size=(480, 640)))
-        _wait_until(lambda: not server.clients, 10, "the closed connection's slot to be freed",
+        wait_until(lambda: not server.clients, 10, "the closed connection's slot to be freed",
                     seen=lambda: server.clients)
         client = WebsocketClientPolicy(host="127.0.0.1", port=server.port, api_key="s3cret")
         assert client.infer(_aloha(manifest, size=(32, 32)))["actions"].shape == (8, 14)
@@ -498,7 +491,7 @@ def test_taco_serve_process_serves_logs_metrics_and_stops_cleanly_on_sigterm(pol
             for seed in range(5):
                 assert remote.infer(make_example_observation(manifest), seed=seed).chunk.shape == (8, 14)
             # A metrics line counting the 5 requests, written while the client is connected.
-            _wait_until(lambda: sum(int(r) for r in re.findall(r"metrics requests=(\d+)", log.read_text())) >= 5,
+            wait_until(lambda: sum(int(r) for r in re.findall(r"metrics requests=(\d+)", log.read_text())) >= 5,
                         30, "a metrics line counting the 5 requests", seen=log.read_text)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
