@@ -125,7 +125,11 @@ def main() -> None:
             time.sleep(0.1)
         if args.hold:
             holding.set()  # the heartbeat stops: the node holds after its heartbeat_timeout (0.5 s)
-            time.sleep(1.5)
+            deadline = time.monotonic() + 10
+            while "operator heartbeat" not in str(last.get("hold_reason")):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the node did not hold without a heartbeat; its last diagnostics: {last}")
+                time.sleep(0.05)
         burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.burners)]
         with lock:
             rows.clear()

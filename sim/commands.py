@@ -281,8 +281,9 @@ def register(cli) -> None:
     p.add_argument("--recipe", choices=("shipped", "flow", "diffusion", "flow32", "taco"), default="shipped",
                    help="shipped: every shipped bundle (flow, diffusion, flow32); flow (the default policy): 100 clean "
                         "+ 200 DART recovery transfer_cube episodes, a flow policy; diffusion: 50 clean episodes, a "
-                        "diffusion policy; flow32: flow's episodes, 32-action chunks (for --async and RTC); taco: TACO's regime (broad pre-training corpus, fine-tuned on 30 clean "
-                        "transfer_cube episodes, verifiers on those; sim/regime.py). The flags below change one "
+                        "diffusion policy; flow32: flow's episodes, 32-action chunks (for --async and RTC); taco: "
+                        "TACO's regime (broad pre-training corpus, fine-tuned on 30 clean transfer_cube episodes, "
+                        "verifiers on those; sim/regime.py). The flags below change one "
                         "recipe's settings (sim/pipeline.py RECIPES)")
     p.add_argument("--task", default=None, help="task or comma-separated tasks to record and train on")
     p.add_argument("--episodes", type=int, default=None, help="scripted episodes per task")

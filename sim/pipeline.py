@@ -127,10 +127,10 @@ def build_artifacts(config: ArtifactsConfig, log=None) -> dict[str, Path]:
     for kind in config.kinds:
         name = config.name or kind
         policy = out / "bundles" / name
-        chunk = {} if config.chunk_length is None else {"chunk_length": config.chunk_length}
         current = train_stage(f"train {name}", data, policy, log, fingerprint=fingerprint,
                               description=f"{config.steps} steps on all episodes", kind=kind, size=config.size,
-                              steps=config.steps, batch_size=config.batch_size, seed=config.seed, **chunk)
+                              steps=config.steps, batch_size=config.batch_size, seed=config.seed,
+                              chunk_length=config.chunk_length)
         built[name] = policy
         built.update(features_and_verifiers(current, data, out / "features" / f"{name}.npz", f"features {name}",
                                             out / "bundles", config.verifiers, log, k=config.k, stride=config.stride,
