@@ -10,7 +10,7 @@ many subscribers of the episode summaries; with `wait_for_recorder` it also wait
 recorder has matched every topic of the run (its /taco/recorder/status) and its own joint state and
 camera publishers have matched every subscriber the graph shows, so the recording holds the episode
 from its first step, and before exiting it waits until every matched subscriber has
-acknowledged the episode summaries.
+acknowledged the episode summaries, resets and joint states.
 """
 
 from __future__ import annotations
@@ -104,8 +104,12 @@ class SimNode(Node):
         return waiting
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Waits until every matched subscriber has acknowledged the episode summaries."""
-        return self.episode_pub.wait_for_all_acked(Duration(seconds=timeout_s))
+        """Waits until every matched subscriber has acknowledged the episode summaries, the resets and the
+        joint states: a reliable sample the transport dropped is only resent at the writer's next heartbeat
+        (Fast DDS: every 3 s), and a writer destroyed before then takes it with it."""
+        deadline = time.monotonic() + timeout_s
+        return all(pub.wait_for_all_acked(Duration(seconds=max(0.0, deadline - time.monotonic())))
+                   for pub in (self.episode_pub, self.reset_pub, *self.state_pubs))
 
     def _now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
@@ -177,7 +181,7 @@ def main(args=None) -> int:
         while rclpy.ok() and not node.finished:
             rclpy.spin_once(node, timeout_sec=0.1)
         if not node.flush():
-            node.get_logger().warning("a subscriber did not acknowledge the episode summaries within 10 s")
+            node.get_logger().warning("a subscriber did not acknowledge the episodes, resets or states within 10 s")
         # Subscribers not matched yet get the latched summaries if they match within this second.
         end = time.monotonic() + 1.0
         while rclpy.ok() and time.monotonic() < end:

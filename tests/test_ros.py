@@ -281,6 +281,8 @@ def test_sim_and_policy_nodes_run_an_episode_through_each_sink(sink, nodes, harn
         assert [int(i) for i in episode.chosen] == [d["index"] for d in decisions][:len(episode.chosen)]
     assert all(d["inference_errors"] == 0 for d in harness.diagnostics())
     if sink == "jtc":
+        # The sim exits on its own after its episode, once the recorder has acknowledged what it sent.
+        harness.wait(lambda: not nodes.alive("sim"), 30, "the sim to exit", nodes)
         nodes.stop()
         got = _read_mcap(record)
         # The sim waited for the recorder, so the recording holds the episode from its first step:
