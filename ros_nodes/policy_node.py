@@ -48,6 +48,7 @@ from hardware.limits import limits_of
 from hardware.profiles import get_profile
 from hardware.safety import WatchdogConfig
 from policies.errors import SpecError
+from policies.guidance import DEFAULT_MAX_WEIGHT
 from policies.shipped import resolve_policy
 from ros_nodes.common import (DIAGNOSTICS_TOPIC, EPISODE_TOPIC, EPISODES_QOS, ESTOP_RESET_TOPIC, ESTOP_STATE_TOPIC,
                               ESTOP_TOPIC, HEARTBEAT_TOPIC, IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS,
@@ -97,10 +98,12 @@ class PolicyNode(LifecycleNode):
         p("resize_on_client", True)
         # Real-time chunking (runtime.executor.AsyncConfig): "auto" (on when the policy takes it), "on", "off";
         # the executor plans for this percentile of the measured inference delays (network included);
-        # rtc_horizon: LeRobot's execution_horizon, 0 for all that is left of the executing chunk.
+        # rtc_horizon: LeRobot's execution_horizon, 0 for all that is left of the executing chunk;
+        # rtc_max_weight: the guidance's cap (LeRobot's 10; `taco ros robot` passes 5, docs/async.md).
         p("rtc", "auto")
         p("delay_percentile", 95.0)
         p("rtc_horizon", 0)
+        p("rtc_max_weight", DEFAULT_MAX_WEIGHT)
         # Decision log folder (verifiers.decision_log; "" none): each /taco/reset starts a logged episode,
         # named `<log_name>-<k>` (default: the profile's name); a simulation's summary on /taco/sim/episode
         # gives its outcome, a robot's is given afterwards with `taco label`. log_max_mb: bound on disk (0: none).
@@ -146,7 +149,7 @@ class PolicyNode(LifecycleNode):
                 rate=float(get("rate")) or self.profile.control_hz,
                 executor=ExecutorConfig(n=int(get("n")), execute=int(get("execute"))), seed=int(get("seed")),
                 timing=AsyncConfig(rtc=rtc, percentile=float(get("delay_percentile")),
-                                   horizon=int(get("rtc_horizon")) or None),
+                                   horizon=int(get("rtc_horizon")) or None, max_weight=float(get("rtc_max_weight"))),
                 watchdog=WatchdogConfig(float(get("max_observation_age")), float(get("max_inference_time")),
                                         float(get("max_future_stamp")), heartbeat if heartbeat > 0 else None),
                 horizon=self.sink_horizon if get("sink") == "jtc" else 0)

@@ -80,6 +80,8 @@ class AsyncConfig:
             raise ValueError(f"schedule: must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.horizon is not None and self.horizon < 1:
             raise ValueError(f"horizon: expected >= 1, got {self.horizon}")
+        if not (math.isfinite(self.max_weight) and self.max_weight >= 0):
+            raise ValueError(f"max_weight: expected a finite guidance cap >= 0, got {self.max_weight}")
         if not 0 < self.percentile <= 100 or self.window < 1:
             raise ValueError("percentile must be in (0, 100] and window >= 1")
 

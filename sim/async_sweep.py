@@ -23,7 +23,7 @@ ASYNC_ARMS = (("async", False, 0.0), ("rtc", True, 0.0), ("rtc+cont", True, None
 
 
 def sweep(base: EvalConfig, delays: list[float], out_dir: str | Path, continuity: float = 1.0,
-          rtc_horizon: int | None = None, log=None) -> dict:
+          rtc_horizon: int | None = None, rtc_max_weight: float | None = None, log=None) -> dict:
     """Runs the synchronous arm and the asynchronous arms at each delay; writes and returns `sweep.json`."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out_dir)
@@ -36,7 +36,8 @@ def sweep(base: EvalConfig, delays: list[float], out_dir: str | Path, continuity
                 continue
             arms.append((name, delay, dataclasses.replace(base, report=None, asynchronous=True, delay_ms=float(delay),
                                                           rtc=rtc, continuity=weight,
-                                                          rtc_horizon=rtc_horizon if rtc else None)))
+                                                          rtc_horizon=rtc_horizon if rtc else None,
+                                                          rtc_max_weight=rtc_max_weight if rtc else None)))
     results = {}
     for name, delay, config in arms:
         key = name if delay is None else f"{name}@{delay:g}"
@@ -53,6 +54,7 @@ def sweep(base: EvalConfig, delays: list[float], out_dir: str | Path, continuity
     for key, (name, delay, config, report) in results.items():
         overall = report["summary"]["overall"]
         row = {"arm": name, "delay_ms": delay, "rtc": config.rtc, "rtc_horizon": config.rtc_horizon,
+               "rtc_max_weight": config.rtc_max_weight,
                "continuity": config.continuity,
                "overall": {k: overall.get(k) for k in ("episodes", "successes", "success_rate", "wilson95",
                                                        "switch_jump_rad_p50", "switch_jump_rad_p95", "jerk_mean",

@@ -33,8 +33,8 @@ def cmd_eval(args) -> int:
                         noise_stream=args.noise_stream, report=args.report, video_episodes=args.video_episodes,
                         asynchronous=args.asynchronous, delay_ms=args.delay_ms,
                         rtc=None if args.rtc is None else args.rtc == "on", continuity=args.continuity,
-                        rtc_horizon=args.rtc_horizon, log_decisions=args.log_decisions, log_max_mb=args.log_max_mb,
-                        explore=args.explore)
+                        rtc_horizon=args.rtc_horizon, rtc_max_weight=args.rtc_max_weight,
+                        log_decisions=args.log_decisions, log_max_mb=args.log_max_mb, explore=args.explore)
     report = run_suite(config, json_path=args.json)
     print(format_summary(report))
     if args.json:
@@ -150,7 +150,8 @@ def cmd_async_sweep(args) -> int:
 
     delays = [float(v) for v in args.delays.split(",")]
     base = paired_base(args, verifier=args.verifier, n=args.n)
-    summary = sweep(base, delays, args.out, continuity=args.continuity, rtc_horizon=args.rtc_horizon)
+    summary = sweep(base, delays, args.out, continuity=args.continuity, rtc_horizon=args.rtc_horizon,
+                    rtc_max_weight=args.rtc_max_weight)
     print(format_sweep(summary))
     print(f"wrote {args.out}/sweep.json")
     return 0
@@ -237,6 +238,9 @@ def register(cli) -> None:
     p.add_argument("--rtc-horizon", type=int, default=None,
                    help="with RTC: guide the new chunk's positions up to this one, at least the delay + 1 "
                         "(LeRobot's execution_horizon; default: all that is left of the executing chunk)")
+    p.add_argument("--rtc-max-weight", type=float, default=None, metavar="W",
+                   help="with RTC: cap on the guidance weight (default 10, LeRobot's; 5 keeps flow32's "
+                        "success at 200 ms, docs/async.md)")
     cli.add_log_flags(p, "one episode per simulated episode, with the executed actions and the outcome")
     p.add_argument("--explore", type=float, default=0.0,
                    help="epsilon-greedy collection: take a uniformly random candidate with this probability")
@@ -321,6 +325,8 @@ def register(cli) -> None:
     p.add_argument("--continuity", type=float, default=1.0, help="weight of the continuity arm (0: no such arm)")
     p.add_argument("--rtc-horizon", type=int, default=None,
                    help="RTC execution horizon of the RTC arms (default: all that is left of the executing chunk)")
+    p.add_argument("--rtc-max-weight", type=float, default=None, metavar="W",
+                   help="guidance cap of the RTC arms (default 10, LeRobot's)")
     add_paired_flags(p, task="transfer_cube", episodes=50)
     p.add_argument("--out", required=True, help="folder for per-arm JSON (resumable) and sweep.json")
     p.add_argument("--quick", action="store_true")

@@ -61,12 +61,14 @@ class EvalConfig:
     # is computed, which arrives `delay_ms` later on the simulation's clock (None: the measured wall time,
     # not reproducible). `rtc` guides each chunk toward the executing one (None: when the bundle can);
     # `continuity` weighs each candidate's coherence with it in selection. `rtc_horizon`: the RTC execution
-    # horizon (runtime.executor.AsyncConfig.horizon; None: all that is left of the executing chunk).
+    # horizon (runtime.executor.AsyncConfig.horizon; None: all that is left of the executing chunk);
+    # `rtc_max_weight`: the guidance's cap (AsyncConfig.max_weight; None: LeRobot's 10).
     asynchronous: bool = False
     delay_ms: float | None = None
     rtc: bool | None = None
     continuity: float = 0.0
     rtc_horizon: int | None = None
+    rtc_max_weight: float | None = None
     # Decision log folder (verifiers.decision_log): every decision's candidates, features, scores and pick,
     # the executed actions, rewards and the outcome, for `taco train-verifier --kind value`; None: none.
     log_decisions: str | None = None
@@ -107,8 +109,10 @@ class EvalConfig:
         if self.policy == "scripted" and (self.verifier is not None or self.n != 1 or self.noise_stream):
             raise ValueError("verifier, n and noise_stream apply to policy bundles, not to --policy scripted")
         if not self.asynchronous:
-            if self.delay_ms is not None or self.rtc or self.continuity or self.rtc_horizon is not None:
-                raise ValueError("delay_ms, rtc, rtc_horizon and continuity apply to asynchronous execution (--async)")
+            if (self.delay_ms is not None or self.rtc or self.continuity or self.rtc_horizon is not None
+                    or self.rtc_max_weight is not None):
+                raise ValueError("delay_ms, rtc, rtc_horizon, rtc_max_weight and continuity apply to asynchronous "
+                                 "execution (--async)")
         else:
             from policies.bundle import load_policy_bundle
 
@@ -124,12 +128,16 @@ class EvalConfig:
                 raise ValueError("continuity: needs RTC (it scores candidates against the guided prefix)")
             if self.rtc_horizon is not None and not self.rtc:
                 raise ValueError("rtc_horizon: needs RTC")
+            if self.rtc_max_weight is not None and not self.rtc:
+                raise ValueError("rtc_max_weight: needs RTC")
 
     def timing(self, rtc: bool | None = None):
         """The asynchronous executor's settings (runtime.executor.AsyncConfig)."""
         from runtime.executor import AsyncConfig
 
-        return AsyncConfig(delay_ms=self.delay_ms, rtc=self.rtc if rtc is None else rtc, horizon=self.rtc_horizon)
+        cap = {} if self.rtc_max_weight is None else {"max_weight": float(self.rtc_max_weight)}
+        return AsyncConfig(delay_ms=self.delay_ms, rtc=self.rtc if rtc is None else rtc, horizon=self.rtc_horizon,
+                           **cap)
 
     def fingerprint(self) -> str:
         """Identifies the episodes' settings (not workers, backend or report), for resuming.
@@ -147,8 +155,9 @@ class EvalConfig:
         if not self.asynchronous:  # synchronous results from before asynchronous execution still resume
             for key in ("asynchronous", "delay_ms", "rtc", "continuity"):
                 data.pop(key)
-        if self.rtc_horizon is None:  # nor asynchronous ones from before the horizon was a setting
-            data.pop("rtc_horizon")
+        for key in ("rtc_horizon", "rtc_max_weight"):  # nor asynchronous ones from before these were settings
+            if data[key] is None:
+                data.pop(key)
         data["policy_content"] = _content_id(self.policy)
         data["verifier_content"] = _content_id(self.verifier)
         return canonical_hash(data)

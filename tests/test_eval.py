@@ -180,12 +180,22 @@ def test_asynchronous_settings_are_checked(exported, tmp_path):
     whole = EvalConfig(policy=str(flow.path), asynchronous=True)
     assert horizon.timing().horizon == 6 and whole.timing().horizon is None
     assert horizon.fingerprint() != whole.fingerprint()
+    # The guidance's cap: LeRobot's by default, a setting that changes the episodes, and checked.
+    capped = EvalConfig(policy=str(flow.path), asynchronous=True, rtc_max_weight=5.0)
+    assert capped.timing().max_weight == 5.0 and whole.timing().max_weight == 10.0
+    assert capped.fingerprint() != whole.fingerprint()
+    for bad, match in (({"rtc_max_weight": 5.0}, "--async"),
+                       ({"asynchronous": True, "rtc": False, "rtc_max_weight": 5.0}, "needs RTC"),
+                       ({"asynchronous": True, "rtc_max_weight": -1.0}, "max_weight"),
+                       ({"asynchronous": True, "rtc_max_weight": float("nan")}, "max_weight")):
+        with pytest.raises(ValueError, match=match):
+            EvalConfig(policy=str(flow.path), **bad)
 
 
 def test_async_sweep_runs_every_arm_on_the_same_seeds_and_resumes(exported, tmp_path, capsys):
     flow = exported("flow")
     args = ["async-sweep", "--policy", str(flow.path), "--task", "lift_bar", "--episodes", "2", "--max-steps", "30",
-            "--execute", "4", "--delays", "0,40", "--workers", "1", "--rtc-horizon", "6",
+            "--execute", "4", "--delays", "0,40", "--workers", "1", "--rtc-horizon", "6", "--rtc-max-weight", "5",
             "--out", str(tmp_path / "sweep")]
     assert main(args) == 0
     summary = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
@@ -197,6 +207,7 @@ def test_async_sweep_runs_every_arm_on_the_same_seeds_and_resumes(exported, tmp_
         assert row["overall"]["episodes"] == 2 and row["overall"]["switch_jump_rad_p95"] is not None
     assert [r["rtc"] for r in summary["rows"]] == [None, False, True, True, False, True, True]
     assert [r["rtc_horizon"] for r in summary["rows"]] == [None, None, 6, 6, None, 6, 6]
+    assert [r["rtc_max_weight"] for r in summary["rows"]] == [None, None, 5, 5, None, 5, 5]
     # Without a delay, asynchronous execution is the synchronous one.
     assert summary["rows"][1]["overall"] == summary["rows"][0]["overall"]
     out = capsys.readouterr().out

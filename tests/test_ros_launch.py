@@ -121,3 +121,34 @@ def test_nodes_get_the_shared_memory_profile_for_camera_frames_unless_dds_is_con
         monkeypatch.setenv(key, value)
         assert ros_env().get("FASTRTPS_DEFAULT_PROFILES_FILE") in (None, "/robot.xml")
         monkeypatch.delenv(key)
+
+
+def test_taco_ros_robot_caps_the_rtc_guidance_where_flow32_stays_delay_robust(monkeypatch, fake_launch, capsys):
+    """`taco ros robot` passes the cap measured for flow32 at 200 ms (docs/async.md) unless told another; the
+    launch file gives the node the same defaults."""
+    import ros_nodes.launcher as launcher
+    from ros_nodes.commands import ROBOT_RTC_MAX_WEIGHT
+    from taco.cli import main
+
+    started = []
+
+    class Recorded(launcher.Launch):
+        def start(self):
+            started.append(self.commands)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(launcher, "Launch", Recorded)
+
+    def policy_params(argv):
+        assert main(argv) == 0
+        cmd = started.pop()["policy"]
+        return dict(cmd[i + 1].split(":=", 1) for i in range(4, len(cmd), 2))
+
+    assert float(policy_params(["ros", "robot"])["rtc_max_weight"]) == ROBOT_RTC_MAX_WEIGHT == 5.0
+    assert float(policy_params(["ros", "robot", "--rtc-max-weight", "7.5"])["rtc_max_weight"]) == 7.5
+    assert main(["ros", "robot", "--rtc-max-weight", "-1"]) == 2 and not started
+    assert "max_weight" in capsys.readouterr().err
+    args = runpy.run_path(str(LAUNCH / "robot.launch.py"))["ARGS"]
+    assert (args["policy"], float(args["rtc_max_weight"])) == ("flow32", ROBOT_RTC_MAX_WEIGHT)

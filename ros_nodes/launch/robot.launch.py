@@ -7,8 +7,8 @@ The node holds the robot unless an operator heartbeat (std_msgs/Header) arrives 
 every `heartbeat_timeout` seconds (docs/ros.md, "E-stop and heartbeat").
 
 The default policy is `flow32` (32-action chunks with real-time chunking, whose chunk outlasts the
-inference delay), as for `taco ros robot`, which starts the same node without `launch`. Add
-`record:=run.mcap` to record the run.
+inference delay; its guidance capped at 5, docs/async.md), as for `taco ros robot`, which starts the same
+node without `launch`. Add `record:=run.mcap` to record the run.
 """
 
 import sys
@@ -18,8 +18,8 @@ from launch.actions import DeclareLaunchArgument, ExecuteProcess
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PythonExpression
 
-ARGS = {"policy": "flow32", "verifier": "none", "n": "16", "execute": "8", "sink": "interbotix",
-        "profile": "aloha_viperx", "task": "", "rate": "0.0", "max_observation_age": "0.2",
+ARGS = {"policy": "flow32", "verifier": "none", "n": "16", "execute": "8", "rtc_max_weight": "5.0",
+        "sink": "interbotix", "profile": "aloha_viperx", "task": "", "rate": "0.0", "max_observation_age": "0.2",
         "max_inference_time": "0.5", "max_future_stamp": "0.05", "heartbeat_timeout": "0.5", "urdf_file": "",
         "joint_limits_file": "", "record": ""}
 
