@@ -182,6 +182,7 @@ def main() -> None:
     # What the node did besides deciding, over the measured seconds (its counters, from its diagnostics).
     for key in ("ticks", "held_ticks", "invalidations", "discarded_decisions", "dropped_actions"):
         result[key] = after.get(key, 0) - before.get(key, 0)
+    result["asked"] = {k: v - before.get("asked", {}).get(k, 0) for k, v in after.get("asked", {}).items()}
     for kind in ("held", "invalidated"):
         counts = {k: v - before.get("reasons", {}).get(kind, {}).get(k, 0)
                   for k, v in after.get("reasons", {}).get(kind, {}).items()}
@@ -199,6 +200,7 @@ def main() -> None:
         print(f"{label:<28} {result[f'{key}_p50_ms']:>8.1f} {result[f'{key}_p99_ms']:>8.1f}")
     print(f"ticks {result['ticks']}, held {result['held_ticks']}, invalidations {result['invalidations']}, "
           f"decisions discarded {result['discarded_decisions']}, actions dropped {result['dropped_actions']}"
+          f"\nnext chunk asked for at: " + ", ".join(f"{k} {v}" for k, v in result["asked"].items())
           + "".join(f"\n  {kind}: {reason}: {k}" for kind in ("held", "invalidated")
                     for reason, k in sorted(result[f"{kind}_by_reason"].items())))
     if args.json:

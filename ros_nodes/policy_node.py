@@ -415,6 +415,7 @@ class PolicyNode(LifecycleNode):
                 "clamped": report.clamped, "rate_limited": report.rate_limited,
                 "accel_limited": report.accel_limited, "jerk_limited": report.jerk_limited,
                 "dropped_actions": loop.executor.dropped, "discarded_decisions": loop.executor.discarded,
+                "asked": dict(loop.executor.asked),
                 "last_event": loop.last_event, "last_rejection": self.last_rejection,
                 "rejected_messages": self.rejected_messages, "clock_offsets_ms": loop.clock_offsets_ms(),
                 "estop": loop.safety.estop_id, "inference_errors": self.inference_errors,

@@ -110,6 +110,9 @@ class RealtimeExecutor:
         self.dropped = 0
         # Decisions thrown away because an invalidation came while they were computed.
         self.discarded = 0
+        # Why each next chunk was asked for: at an arriving observation, at the tick it was due, or at a tick
+        # that found the chunk run dry (most should be "offer"; benchmarks/ros_latency.py reports them).
+        self.asked = {"offer": 0, "tick": 0, "dry": 0}
         self._worker = threading.Thread(target=self._run, name="taco-inference", daemon=True)
         self._worker.start()
 
@@ -125,6 +128,7 @@ class RealtimeExecutor:
                 k = min(self._first + self._due() - 1, len(self._decision.times) - 1)
                 if now + period >= self._decision.times[k] - 0.5 * self.dt:
                     self._wanted = True
+                    self.asked["offer"] += 1
             self._observe(observation)
 
     def observe(self, observation: Observation) -> None:
@@ -182,6 +186,7 @@ class RealtimeExecutor:
                 self.dropped += max(0, last + 1 - self._next)
                 self._next = last + 1
                 self._wanted = True
+                self.asked["dry"] += 1
                 self._wake.notify()
                 return Tick(None, decision, new, elapsed, *span)
             if nearest >= self._next:
@@ -192,6 +197,7 @@ class RealtimeExecutor:
                 self._executed += 1
                 if self._executed >= self._due() and not self._wanted:
                     self._wanted = True
+                    self.asked["tick"] += 1
                     self._wake.notify()
             position = min(max(position, 0.0), float(last))
             i = min(int(position), last - 1) if last > 0 else 0

@@ -54,6 +54,7 @@ def test_actions_follow_the_clock_and_replan_after_execute(executor, flow):
     assert second.new_decision and second.decision.times[0] == pytest.approx(4 * dt)
     np.testing.assert_array_equal(second.action, second.decision.chunk[0])
     assert second.decision.seed != first.decision.seed
+    assert executor.asked == {"offer": 0, "tick": 1, "dry": 0}  # asked at a tick (no offers here)
     # No new observation: once the chunk's times are all past, the executor has nothing (robot holds).
     h = len(second.decision.chunk)
     assert executor.action(4 * dt + (h + 1) * dt).action is None
@@ -87,6 +88,7 @@ def test_an_arriving_observation_starts_the_next_chunk_when_the_due_tick_would_c
         assert ready.acquire(timeout=10), "the arrival before the due tick did not ask for the next chunk"
         second = ex.action(2 * dt).decision
         assert second is not first and second.times[0] == pytest.approx(2 * dt)
+        assert ex.asked == {"offer": 1, "tick": 0, "dry": 0}  # what the node's diagnostics report
         # The chunk in force is the new one; its successor waits for its own due time.
         ex.offer(replace(obs, stamp=3 * dt), 0.001 + 3 * dt)
         assert not asked(second)
