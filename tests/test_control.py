@@ -463,3 +463,66 @@ def test_a_new_run_numbers_its_episodes_after_the_logs_last_and_a_remote_engine_
     assert _stream_log(tmp_path / "log").index == 42
     with pytest.raises(ValueError, match="must return its candidates.*taco serve --log-decisions"):
         make_loop(log=_stream_log(tmp_path / "other"))
+
+
+@pytest.mark.parametrize("image_ms", [4.5, 13.0])
+def test_inference_starts_as_each_observation_arrives_whatever_the_phase_of_the_ticks(image_ms, monkeypatch):
+    """Sensors every 20 ms (joint states 1 ms after their stamp, the camera frame `image_ms` after), ticks every
+    20 ms at each phase to them, inference 35 ms: every chunk after the first few is asked for as the
+    observation it is computed from completes (`RealtimeExecutor.offer`), never at a tick from an older one."""
+    import types
+
+    import runtime.realtime as realtime
+    from policies.manifest import CameraSpec
+    from runtime.executor import AsyncConfig
+
+    infer_s = 0.035
+    for phase_ms in [2.5 * i for i in range(8)]:
+        clock = Clock()
+        # The worker times inference with perf_counter: the fake clock's, so delay planning sees 35 ms.
+        monkeypatch.setattr(realtime, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
+        engine = FakeEngine(lambda: clock.now, FakeManifest(cameras=(CameraSpec("cam_high", 4, 4),)))
+        ready = threading.Semaphore(0)
+        watchdog = WatchdogConfig(max_observation_age=0.2, max_inference_time=5.0, max_future_stamp=0.05,
+                                  heartbeat_timeout=None)
+        loop = ControlLoop(engine, PROFILE, ControlConfig(rate=50.0, executor=ExecutorConfig(n=1, execute=8),
+                                                          timing=AsyncConfig(rtc=False), watchdog=watchdog),
+                           clock=lambda: clock.now, on_decision=ready.release)
+        loop.instruction("transfer the cube", clock.now)
+        names = [*PROFILE.arm_joint_names, PROFILE.gripper_state_joint]
+        t0, events = clock.now, []
+        for j in range(75):  # 1.5 s
+            stamp = t0 + 0.02 * j
+            events += [(stamp + 0.001, 0, stamp), (stamp + image_ms / 1e3, 1, stamp),
+                       (t0 + phase_ms / 1e3 + 0.02 * j, 2, None)]
+
+        def settle():
+            wait_until(lambda: not loop.executor.waiting() or engine.entered > engine.returned, 10.0,
+                       "the worker to take the observation", poll=0.0005)
+
+        try:
+            for at, kind, stamp in sorted(events):
+                if engine.entered > engine.returned and engine.made[engine.returned + 1][0] + infer_s <= at:
+                    clock.now = engine.made[engine.returned + 1][0] + infer_s
+                    engine.finish()
+                    assert ready.acquire(timeout=10), "the decision did not arrive"
+                    loop.tick(clock.now)  # the node's step as the decision arrives
+                    settle()
+                clock.now = at
+                if kind == 0:
+                    for arm in range(2):
+                        part = HOME[7 * arm: 7 * arm + 7]
+                        loop.joint_state(arm, names, [*part[:6], PROFILE.gripper_state.to_joint(part[6])], stamp, at)
+                elif kind == 1:
+                    loop.image("cam_high", np.zeros((4, 4, 3), np.uint8), stamp, at)
+                else:
+                    loop.tick(at)
+                settle()
+        finally:
+            for _ in range(3):
+                engine.finish()
+            loop.close()
+        waits = [round((started - observation.stamp) * 1e3, 6) for started, observation in engine.made.values()]
+        assert len(waits) >= 6 and set(waits[2:]) == {image_ms}, (phase_ms, waits)
+        assert loop.executor.asked["tick"] == 0 and loop.executor.asked["offer"] >= len(waits) - 2, \
+            (phase_ms, loop.executor.asked)
