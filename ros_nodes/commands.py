@@ -79,7 +79,8 @@ def cmd_ros(args) -> int:
 
 # `taco ros robot`'s policy: 32-action chunks (640 ms) and RTC, measured at 200 ms of delay in docs/async.md,
 # with the guidance capped at 5 instead of LeRobot's 10: at 200 ms that keeps flow32's success at the
-# synchronous rate (114/150 against 115; 97/150 at 10) and its p95 switch jump 3x below no RTC.
+# synchronous rate (114 and 117/150 against 115 on two seed blocks; 103 and 111 at 10) and its p95 switch
+# jump 3x below no RTC.
 ROBOT_POLICY = "flow32"
 ROBOT_RTC_MAX_WEIGHT = 5.0
 
