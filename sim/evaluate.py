@@ -133,11 +133,12 @@ class EvalConfig:
 
     def timing(self, rtc: bool | None = None):
         """The asynchronous executor's settings (runtime.executor.AsyncConfig)."""
+        from policies.guidance import DEFAULT_MAX_WEIGHT
         from runtime.executor import AsyncConfig
 
-        cap = {} if self.rtc_max_weight is None else {"max_weight": float(self.rtc_max_weight)}
+        cap = DEFAULT_MAX_WEIGHT if self.rtc_max_weight is None else float(self.rtc_max_weight)
         return AsyncConfig(delay_ms=self.delay_ms, rtc=self.rtc if rtc is None else rtc, horizon=self.rtc_horizon,
-                           **cap)
+                           max_weight=cap)
 
     def fingerprint(self) -> str:
         """Identifies the episodes' settings (not workers, backend or report), for resuming.

@@ -111,9 +111,13 @@ class Robot:
         """One control tick; returns once the worker has taken the observation it was handed, if any (so
         that which inference is in flight when the next event comes does not depend on scheduling)."""
         result = self.loop.tick(self.now)
+        self.settle()
+        return result
+
+    def settle(self):
+        """Waits until the worker has taken the observation waiting for it, if any."""
         wait_until(lambda: not self.loop.executor.waiting() or self.engine.entered > self.engine.returned,
                    10.0, "the worker to take the observation", poll=0.001)
-        return result
 
     def decide(self):
         """Lets the inference in flight finish (waiting for it to start first) and be installed or dropped."""
@@ -128,14 +132,15 @@ class Clock:
         self.now = now
 
 
-def make_loop(*, heartbeat=0.5, horizon=0, manifest=None, rate=50.0, log=None, engine_class=None):
+def make_loop(*, heartbeat=0.5, horizon=0, manifest=None, rate=50.0, log=None, engine_class=None, timing=None,
+              on_decision=None):
     clock = Clock()
     engine = (engine_class or FakeEngine)(lambda: clock.now, manifest)
     watchdog = WatchdogConfig(max_observation_age=0.2, max_inference_time=5.0, max_future_stamp=0.05,
                               heartbeat_timeout=heartbeat)
     loop = ControlLoop(engine, PROFILE, ControlConfig(rate=rate, executor=ExecutorConfig(n=1, execute=8),
-                                                      watchdog=watchdog, horizon=horizon),
-                       clock=lambda: clock.now, log=log)
+                                                      watchdog=watchdog, horizon=horizon, timing=timing),
+                       clock=lambda: clock.now, log=log, on_decision=on_decision)
     loop.instruction("transfer the cube", clock.now)
     robot = Robot(loop, engine, clock)
     robot.publish()
@@ -478,46 +483,33 @@ def test_inference_starts_as_each_observation_arrives_whatever_the_phase_of_the_
 
     infer_s = 0.035
     for phase_ms in [2.5 * i for i in range(8)]:
-        clock = Clock()
+        ready = threading.Semaphore(0)
+        loop, engine, robot = make_loop(heartbeat=None, manifest=FakeManifest(cameras=(CameraSpec("cam_high", 4, 4),)),
+                                        timing=AsyncConfig(rtc=False), on_decision=ready.release)
+        clock = robot.clock
         # The worker times inference with perf_counter: the fake clock's, so delay planning sees 35 ms.
         monkeypatch.setattr(realtime, "time", types.SimpleNamespace(perf_counter=lambda: clock.now))
-        engine = FakeEngine(lambda: clock.now, FakeManifest(cameras=(CameraSpec("cam_high", 4, 4),)))
-        ready = threading.Semaphore(0)
-        watchdog = WatchdogConfig(max_observation_age=0.2, max_inference_time=5.0, max_future_stamp=0.05,
-                                  heartbeat_timeout=None)
-        loop = ControlLoop(engine, PROFILE, ControlConfig(rate=50.0, executor=ExecutorConfig(n=1, execute=8),
-                                                          timing=AsyncConfig(rtc=False), watchdog=watchdog),
-                           clock=lambda: clock.now, on_decision=ready.release)
-        loop.instruction("transfer the cube", clock.now)
-        names = [*PROFILE.arm_joint_names, PROFILE.gripper_state_joint]
         t0, events = clock.now, []
         for j in range(75):  # 1.5 s
             stamp = t0 + 0.02 * j
             events += [(stamp + 0.001, 0, stamp), (stamp + image_ms / 1e3, 1, stamp),
                        (t0 + phase_ms / 1e3 + 0.02 * j, 2, None)]
-
-        def settle():
-            wait_until(lambda: not loop.executor.waiting() or engine.entered > engine.returned, 10.0,
-                       "the worker to take the observation", poll=0.0005)
-
         try:
             for at, kind, stamp in sorted(events):
                 if engine.entered > engine.returned and engine.made[engine.returned + 1][0] + infer_s <= at:
                     clock.now = engine.made[engine.returned + 1][0] + infer_s
                     engine.finish()
                     assert ready.acquire(timeout=10), "the decision did not arrive"
-                    loop.tick(clock.now)  # the node's step as the decision arrives
-                    settle()
+                    robot.tick()  # the node's step as the decision arrives
                 clock.now = at
                 if kind == 0:
-                    for arm in range(2):
-                        part = HOME[7 * arm: 7 * arm + 7]
-                        loop.joint_state(arm, names, [*part[:6], PROFILE.gripper_state.to_joint(part[6])], stamp, at)
+                    robot.publish(stamp_offset=stamp - at, heartbeat=False)
                 elif kind == 1:
                     loop.image("cam_high", np.zeros((4, 4, 3), np.uint8), stamp, at)
+                if kind == 2:
+                    robot.tick()
                 else:
-                    loop.tick(at)
-                settle()
+                    robot.settle()
         finally:
             for _ in range(3):
                 engine.finish()
