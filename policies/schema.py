@@ -153,6 +153,16 @@ def canonical_hash(data: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def content_id(path: str | Path | None) -> str | None:
+    """sha256 of a bundle's manifest (which lists every file's sha256) or of a bare file; None for names
+    and for nothing."""
+    if path is None:
+        return None
+    p = Path(path)
+    target = p / "manifest.json" if p.is_dir() else p
+    return hashlib.sha256(target.read_bytes()).hexdigest() if target.is_file() else None
+
+
 def read_manifest(folder: Path) -> dict:
     """Loads `folder/manifest.json`, with errors that name the bundle and the problem."""
     path = Path(folder) / "manifest.json"

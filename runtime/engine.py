@@ -13,6 +13,7 @@ from policies import Observation, PolicyBundle
 from policies.errors import BundleError, ObservationError, SpecError
 from policies.guidance import Guidance
 from policies.sampler import History, PolicySampler
+from runtime.monitor import Monitor, load_monitor
 from runtime.select import finite_candidates, select
 from runtime.sessions import SessionConfig, make_session
 from runtime.timing import StageTimer
@@ -82,6 +83,9 @@ class Decision:
     continuity: np.ndarray | None = None
     # Positions of the chunk that execute before it arrives, for a guided decision (Guidance.delay); 0 else.
     delay: int = 0
+    # The monitor's signals of this decision (runtime.monitor.Monitor.decision_signals), when the engine
+    # has a monitor; else None. A MonitorTrack turns them into the episode's alarm.
+    signals: dict[str, float] | None = None
 
 
 class Engine:
@@ -94,7 +98,7 @@ class Engine:
     """
 
     def __init__(self, policy: str | Path | PolicyBundle, verifier: str | Path | Verifier | None = None,
-                 config: EngineConfig | None = None):
+                 config: EngineConfig | None = None, monitor: str | Path | Monitor | None = None):
         self.config = config or EngineConfig()
         # The policy's graphs, run with this engine's provider and thread settings.
         self.policy = PolicySampler(policy, lambda path: make_session(path, self.config.session))
@@ -107,6 +111,9 @@ class Engine:
         self._verifier: Verifier | None = None
         if verifier is not None:
             self.set_verifier(verifier)
+        self._monitor: Monitor | None = None
+        if monitor is not None:
+            self.set_monitor(monitor)
 
     @property
     def verifier(self) -> Verifier | None:
@@ -133,6 +140,21 @@ class Engine:
         with self._lock:
             self._verifier = new
         return new
+
+    @property
+    def monitor(self) -> Monitor | None:
+        return self._monitor
+
+    def set_monitor(self, monitor: str | Path | Monitor | None) -> Monitor | None:
+        """Installs a failure monitor (a bundle path or a loaded Monitor) whose signals every decision then
+        carries; None removes it. One calibrated for another policy is refused and the old one stays."""
+        if monitor is not None and not isinstance(monitor, Monitor):
+            monitor = load_monitor(monitor, lambda p: make_session(p, self.config.session))
+        if monitor is not None:
+            monitor.check_policy(self.bundle.fingerprint, self.manifest.feature_dim)
+        with self._lock:
+            self._monitor = monitor
+        return monitor
 
     def observe(self, observation: Observation | Mapping) -> None:
         """Keeps an observation of a control step without inferring (policies with history only; a no-op
@@ -181,7 +203,7 @@ class Engine:
         """
         n, seed = self._arguments(n, seed, noise)
         with self._lock:
-            verifier = self._verifier
+            verifier, monitor = self._verifier, self._monitor
         timer = StageTimer()
         with timer.stage("preprocess"):
             rtc = self.policy.rtc_feeds(guidance)
@@ -191,7 +213,7 @@ class Engine:
             prefix = self.policy.encode(feeds)
         with timer.stage("sample"):
             chunks, features = self.policy.sample(prefix, initial, step_noise, rtc or None)
-        return self._decide(chunks, features, verifier, n, seed, stamp, timer, guidance)
+        return self._decide(chunks, features, verifier, n, seed, stamp, timer, guidance, monitor)
 
     def infer_batch(self, items: Sequence[BatchItem]) -> list[Decision | ObservationError | SpecError]:
         """`infer` for several observations at once (robots served by one server): one encoder call for
@@ -207,7 +229,7 @@ class Engine:
         Items of a policy with history (`manifest.history` > 1) each need their own `history`.
         """
         with self._lock:
-            verifier = self._verifier
+            verifier, monitor = self._verifier, self._monitor
         if self.manifest.history > 1 and len(items) > 1 and len({id(item.history) for item in items
                                                                   if item.history is not None}) < len(items):
             raise ValueError("a policy with history needs each item of a batch to carry its own history")
@@ -235,7 +257,8 @@ class Engine:
         for (i, n, seed, _, stamp, _, _, _), (chunks, features) in zip(ready, sampled):
             timers[i].ms.update(encode=shared.ms["encode"], sample=shared.ms["sample"])
             try:
-                results[i] = self._decide(chunks, features, verifier, n, seed, stamp, timers[i], items[i].guidance)
+                results[i] = self._decide(chunks, features, verifier, n, seed, stamp, timers[i], items[i].guidance,
+                                          monitor)
             except SpecError as err:
                 results[i] = err
         return results
@@ -266,8 +289,9 @@ class Engine:
         return history.feeds(until=observation.stamp), float(observation.stamp)
 
     def _decide(self, chunks: np.ndarray, features: np.ndarray, verifier: Verifier | None, n: int, seed: int,
-                stamp: float, timer: StageTimer, guidance: Guidance | None = None) -> Decision:
-        """Scores one observation's candidates and chooses among them."""
+                stamp: float, timer: StageTimer, guidance: Guidance | None = None,
+                monitor: Monitor | None = None) -> Decision:
+        """Scores one observation's candidates, chooses among them, and computes the monitor's signals."""
         with timer.stage("score"):
             valid = finite_candidates(chunks)
             if verifier is not None:
@@ -286,6 +310,10 @@ class Engine:
             chunk = self.policy.unnormalize(chunks[index]) if candidates is None else candidates[index].copy()
             if not np.isfinite(chunk).all():
                 raise SpecError("chunk", "the chosen chunk overflows when unnormalised; refusing to return it")
+        signals = None
+        if monitor is not None:
+            with timer.stage("monitor"):
+                signals = monitor.decision_signals(chunks, features, valid, index, seed)
         timings = timer.finish()
         return Decision(
             chunk=chunk,
@@ -301,6 +329,7 @@ class Engine:
             policy_fingerprint=self.bundle.fingerprint,
             continuity=continuity,
             delay=0 if guidance is None else guidance.delay,
+            signals=signals,
         )
 
 

@@ -34,13 +34,25 @@ def cmd_eval(args) -> int:
                         asynchronous=args.asynchronous, delay_ms=args.delay_ms,
                         rtc=None if args.rtc is None else args.rtc == "on", continuity=args.continuity,
                         rtc_horizon=args.rtc_horizon, rtc_max_weight=args.rtc_max_weight,
-                        log_decisions=args.log_decisions, log_max_mb=args.log_max_mb, explore=args.explore)
+                        log_decisions=args.log_decisions, log_max_mb=args.log_max_mb, explore=args.explore,
+                        monitor=args.monitor)
     report = run_suite(config, json_path=args.json)
     print(format_summary(report))
     if args.json:
         print(f"wrote {args.json}")
     if args.report:
         print(f"wrote the report to {args.report} (index.md, plots, videos)")
+    return 0
+
+
+def cmd_calibrate_monitor(args) -> int:
+    from sim.calibrate_monitor import CalibrateConfig, calibrate_monitor, format_calibration
+
+    config = CalibrateConfig(policy=args.policy, out=args.out, verifier=args.verifier, n=args.n,
+                             tasks=tasks(args.task), episodes=args.episodes, seed=args.seed, alpha=args.alpha,
+                             execute=args.execute, max_steps=args.max_steps, workers=args.workers,
+                             pseudocount=args.pseudocount, value=args.value, rollouts=args.rollouts)
+    print(format_calibration(calibrate_monitor(config)))
     return 0
 
 
@@ -244,7 +256,33 @@ def register(cli) -> None:
     cli.add_log_flags(p, "one episode per simulated episode, with the executed actions and the outcome")
     p.add_argument("--explore", type=float, default=0.0,
                    help="epsilon-greedy collection: take a uniformly random candidate with this probability")
+    p.add_argument("--monitor", default=None,
+                   help="a failure monitor bundle, or 'monitor' (the one shipped for the policy): each episode's "
+                        "first alarm, and TPR / FPR / lead time in the summary")
     p.add_argument("--quick", action="store_true", help="at most 2 episodes per task (for tests)")
+
+    p = cli.add("calibrate-monitor", "run successful rollouts of a policy and write a failure monitor bundle "
+                                     "(signals, conformal alarm threshold, provenance; rerun to resume)",
+                run=cmd_calibrate_monitor, extras=("sim",))
+    p.add_argument("--policy", required=True, help="'default', a shipped policy's name or a policy bundle")
+    p.add_argument("--verifier", default=None,
+                   help="the selection verifier the monitor runs beside (none|best|cfn|... or a bundle)")
+    p.add_argument("--n", type=int, default=1, help="candidates per decision the monitor is calibrated for")
+    p.add_argument("--task", default="transfer_cube")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--seed", type=int, default=900_000, help="calibration seeds seed..seed+episodes-1")
+    p.add_argument("--alpha", type=float, default=0.1,
+                   help="false-alarm rate bounded on successful episodes (split conformal)")
+    p.add_argument("--execute", type=int, default=8)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--pseudocount", default="auto",
+                   help="pseudo-count scorer: a verifier of the policy (cfn, rnd, knn or a bundle), 'auto' "
+                        "(its cfn when shipped) or 'none'")
+    p.add_argument("--value", default="auto",
+                   help="value scorer: a value verifier of the policy, 'auto' (its value when shipped) or 'none'")
+    p.add_argument("--rollouts", default=None, help="folder of the rollouts' records (default: OUT.rollouts)")
+    p.add_argument("--out", required=True, help="the monitor bundle folder")
 
     p = cli.add("record", "record scripted-expert episodes as a LeRobotDataset v3", run=cmd_record,
                 extras=("sim", "train"))

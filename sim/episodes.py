@@ -41,7 +41,7 @@ def _make(config, task: str):
         from runtime.engine import Engine, EngineConfig
         from runtime.executor import AsyncChunkExecutor, ChunkExecutor, ExecutorConfig
 
-        engine = Engine(config.policy, verifier=config.verifier,
+        engine = Engine(config.policy, verifier=config.verifier, monitor=config.monitor,
                         config=EngineConfig(continuity=config.continuity,
                                             return_candidates=bool(config.log_decisions)))
         if config.explore:
@@ -79,15 +79,22 @@ def run_episode(task: str, index: int) -> dict:
     controller.reset(seed, env)
     episode = None if log is None else log.episode(task, seed, n=config.n, verifier=_verifier_name(controller),
                                                    explore=config.explore, noise_stream=config.noise_stream)
+    monitor = None if config.policy == "scripted" else controller.engine.monitor
+    track = None if monitor is None else monitor.track(controller.dt)
+    decision_steps = []
     frames, stages, done, info = [], [], False, {"success": False}
     while not done:
-        decided = len(controller.decisions) if episode is not None else 0
+        decided = len(getattr(controller, "decisions", ()))
         state, step = obs.state, env.steps
         action = controller.act(obs)
         obs, reward, done, info = env.step(action)
         stages.append(int(reward))
+        new = len(getattr(controller, "decisions", ())) > decided
+        if new and track is not None:
+            track.update(controller.decisions[-1])
+            decision_steps.append(step)
         if episode is not None:
-            if len(controller.decisions) > decided:
+            if new:
                 episode.decision(controller.decisions[-1], step, state)
             episode.step(action, reward, state)
         if film:
@@ -105,6 +112,10 @@ def run_episode(task: str, index: int) -> dict:
         record["switch_jumps"] = [round(v, 5) for v in controller.motion.switch_jumps]
         record["jerk_mean"] = round(controller.motion.jerk_mean(), 3)
         record["held_steps"] = getattr(controller, "held", 0)
+    if track is not None:
+        from sim.assets import CONTROL_HZ
+
+        record["monitor"] = monitor_record(track, decision_steps, 1.0 / CONTROL_HZ)
     if episode is not None:
         full = log.full
         logged = episode.end(success=record["success"], best_stage=record["best_stage"], max_stage=record["max_stage"])
@@ -115,6 +126,19 @@ def run_episode(task: str, index: int) -> dict:
     if film:
         record["video"] = _write_video(frames, Path(config.report) / "videos" / f"{task}-ep{index:03d}.mp4")
     return record
+
+
+def monitor_record(track, decision_steps: list[int], dt: float) -> dict:
+    """An episode's monitor readings for its record: each decision's control step and raw signals, and per
+    detector the CUSUM peak and the step of the first alarm (None: none)."""
+    manifest = track.monitor.manifest
+    first = {name: (decision_steps[i] if i is not None else None)
+             for name, i in ((name, track.first_alarm.get(name)) for name in manifest.detectors)}
+    return {"main": manifest.main, "dt": dt, "decision_steps": decision_steps,
+            "signals": {name: [None if not np.isfinite(v) else round(float(v), 6) for v in values]
+                        for name, values in track.history.items()},
+            "peak": {name: round(track.peaks[name], 6) for name in manifest.detectors},
+            "first_alarm_step": first}
 
 
 def _verifier_name(controller) -> str | None:

@@ -10,7 +10,6 @@ object poses are identical across policies and verifiers. Finished episodes are 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.schema import canonical_hash
+from policies.schema import canonical_hash, content_id
 from sim.episodes import init_worker, run_item
 
 BACKENDS = ("local", "ray")
@@ -77,18 +76,24 @@ class EvalConfig:
     # Epsilon-greedy collection (verifiers.explore.Explore): with this probability a decision takes a
     # uniformly random candidate instead of the verifier's pick.
     explore: float = 0.0
+    # Failure monitor (runtime.monitor): a monitor bundle, or "monitor" for the one shipped for the policy.
+    # Each record then carries the decisions' signals and the first alarm; the summary its TPR, FPR and lead.
+    monitor: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         from policies.shipped import resolve_policy
         from runtime.executor import ExecutorConfig
         from sim.tasks import TASKS
-        from verifiers.shipped import resolve_verifier
+        from verifiers.shipped import resolve_monitor, resolve_verifier
 
         if self.policy != "scripted":
             # Names of shipped bundles ("default", "cfn", ...) become paths, so records show what ran.
             object.__setattr__(self, "policy", resolve_policy(self.policy))
             object.__setattr__(self, "verifier", resolve_verifier(self.verifier, self.policy))
+            object.__setattr__(self, "monitor", resolve_monitor(self.monitor, self.policy))
+        elif self.monitor is not None:
+            raise ValueError("monitor: applies to policy bundles, not to --policy scripted")
 
         for task in self.tasks:
             if task not in TASKS:
@@ -108,6 +113,12 @@ class EvalConfig:
         ExecutorConfig(noise_stream=self.noise_stream)  # the executor's own check of the stream
         if self.policy == "scripted" and (self.verifier is not None or self.n != 1 or self.noise_stream):
             raise ValueError("verifier, n and noise_stream apply to policy bundles, not to --policy scripted")
+        if self.monitor is not None:
+            from policies.bundle import load_policy_bundle
+            from runtime.monitor import check_monitor_use, read_monitor_manifest
+
+            check_monitor_use(read_monitor_manifest(self.monitor), load_policy_bundle(self.policy).fingerprint,
+                              self.n, content_id(self.verifier))
         if not self.asynchronous:
             if (self.delay_ms is not None or self.rtc or self.continuity or self.rtc_horizon is not None
                     or self.rtc_max_weight is not None):
@@ -159,18 +170,15 @@ class EvalConfig:
         for key in ("rtc_horizon", "rtc_max_weight"):  # nor asynchronous ones from before these were settings
             if data[key] is None:
                 data.pop(key)
-        data["policy_content"] = _content_id(self.policy)
-        data["verifier_content"] = _content_id(self.verifier)
+        data["policy_content"] = content_id(self.policy)
+        data["verifier_content"] = content_id(self.verifier)
+        if self.monitor is None:  # results from before monitors existed still resume
+            data.pop("monitor")
+        else:  # what it computes and decides, not when it was written
+            from runtime.monitor import read_monitor_manifest
+
+            data["monitor"] = read_monitor_manifest(self.monitor).identity()
         return canonical_hash(data)
-
-
-def _content_id(path: str | None) -> str | None:
-    """sha256 of a bundle's manifest (which lists every file's sha256) or of a bare file; None for names."""
-    if path is None:
-        return None
-    p = Path(path)
-    target = p / "manifest.json" if p.is_dir() else p
-    return hashlib.sha256(target.read_bytes()).hexdigest() if target.is_file() else None
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -286,6 +294,9 @@ def _group_summary(records: list[dict]) -> dict:
         out["switch_jump_rad_p95"] = float(np.percentile(jumps, 95)) if jumps else None
         out["jerk_mean"] = float(np.mean([r["jerk_mean"] for r in records]))
         out["held_steps_mean"] = float(np.mean([r.get("held_steps", 0) for r in records]))
+    monitor = monitor_summary(records)
+    if monitor is not None:
+        out["monitor"] = monitor
     modes = sorted({r["mode"] for r in records if r.get("mode")})
     if modes:
         out["by_mode"] = {}
@@ -294,6 +305,40 @@ def _group_summary(records: list[dict]) -> dict:
             wins_m = sum(r["success"] for r in sub)
             out["by_mode"][mode] = {"episodes": len(sub), "successes": wins_m, "success_rate": wins_m / len(sub),
                                     "wilson95": list(wilson_interval(wins_m, len(sub)))}
+    return out
+
+
+def last_progress_step(record: dict) -> int:
+    """The control step at which an episode first reached its best stage (0 when it never left stage 0)."""
+    stages = record["stages"]
+    return next((i for i, stage in enumerate(stages) if stage >= record["best_stage"]), 0)
+
+
+def monitor_summary(records: list[dict]) -> dict | None:
+    """The failure monitor's record over episodes of a calibrated monitor (None without one): for the main
+    detector and each other, `tpr` (failed episodes with an alarm), `fpr` (successful episodes with any
+    alarm), `lead_s_median` (over alarmed failures, seconds from the first alarm to the step the episode's
+    best stage was reached: positive when the alarm came before the failure's last progress)."""
+    rows = [r for r in records if (r.get("monitor") or {}).get("main")]
+    if not rows:
+        return None
+
+    def detector(name: str) -> dict:
+        failed = [r for r in rows if not r["success"]]
+        succeeded = [r for r in rows if r["success"]]
+        first = [(r, r["monitor"]["first_alarm_step"][name]) for r in rows]
+        alarmed_failed = [(r, step) for r, step in first if step is not None and not r["success"]]
+        alarmed_ok = [r for r, step in first if step is not None and r["success"]]
+        leads = [(last_progress_step(r) - step) * r["monitor"]["dt"] for r, step in alarmed_failed]
+        return {"tpr": len(alarmed_failed) / len(failed) if failed else None,
+                "fpr": len(alarmed_ok) / len(succeeded) if succeeded else None,
+                "lead_s_median": float(np.median(leads)) if leads else None,
+                "failed": len(failed), "failed_alarmed": len(alarmed_failed),
+                "successful": len(succeeded), "successful_alarmed": len(alarmed_ok)}
+
+    main = rows[0]["monitor"]["main"]
+    out = {"detector": main, **detector(main)}
+    out["by_detector"] = {name: detector(name) for name in rows[0]["monitor"]["peak"]}
     return out
 
 
@@ -322,6 +367,15 @@ def format_summary(report: dict) -> str:
         lines.append(f"switch jump p50 {overall['switch_jump_rad_p50']:.3f} rad, "
                      f"p95 {overall['switch_jump_rad_p95']:.3f} rad; jerk mean {overall['jerk_mean']:.0f} rad/s^3; "
                      f"held {overall['held_steps_mean']:.1f} steps per episode")
+    monitor = overall.get("monitor")
+    if monitor is not None:
+        def rate(v):
+            return "-" if v is None else f"{v:.2f}"
+
+        lead = "-" if monitor["lead_s_median"] is None else f"{monitor['lead_s_median']:+.2f} s"
+        lines.append(f"monitor ({monitor['detector']}): alarms in {monitor['failed_alarmed']}/{monitor['failed']} "
+                     f"failed episodes (TPR {rate(monitor['tpr'])}) and {monitor['successful_alarmed']}/"
+                     f"{monitor['successful']} successful ones (FPR {rate(monitor['fpr'])}); lead median {lead}")
     run = report["run"]
     if run["episodes_per_minute"]:
         lines.append(f"{run['episodes_run']} episodes in {run['wall_s']:.1f} s with {run['workers']} "

@@ -49,3 +49,21 @@ def resolve_verifier(name_or_path: str | None, policy_path: str) -> str | None:
                                           f"build it with `make artifacts`")
         return str(path)
     return name_or_path
+
+
+def resolve_monitor(name_or_path: str | None, policy_path: str) -> str | None:
+    """'none' -> None; 'monitor' -> the failure monitor shipped for the policy (`<policy>-monitor`, made by
+    `taco calibrate-monitor`); anything else is a path."""
+    if name_or_path is None or name_or_path == "none":
+        return None
+    if name_or_path != "monitor":
+        return name_or_path
+    if Path(name_or_path).is_dir():
+        raise BundleError("monitor", "'monitor' names the shipped monitor and a folder here; write ./monitor for "
+                                     "the folder")
+    policy = Path(policy_path)
+    path = policy.parent / f"{policy.name}-monitor"
+    if not (path / "manifest.json").is_file():
+        raise BundleError("monitor", f"no monitor shipped for {policy} (looked for {path}); calibrate one with "
+                                     f"`taco calibrate-monitor --policy {policy} --out {path}`")
+    return str(path)

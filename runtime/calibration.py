@@ -1,0 +1,152 @@
+"""Fitting a failure monitor from rollouts: standardisation, detectors, conformal thresholds.
+
+Input: per episode, each decision's raw signals (runtime.monitor.MonitorTrack.history), whether the
+episode succeeded, and for the lead time the decision's control step and the step of the last progress.
+The successful episodes are split in two, alternately in episode order: the first half sets each
+signal's mean and standard deviation, the second half the thresholds (split conformal: the threshold
+is an order statistic of rollouts the standardisation never saw). The failed episodes choose, among
+the detectors (each signal alone, and every subset of the signals), the slack and the combination that
+alarm in most of them at that threshold; they choose and never set a threshold, so the false-alarm
+bound on successful episodes holds for every detector offered. With no failure to choose by, the
+combined detector averages every signal. An `elapsed` detector (longer than the successful episodes)
+comes with every fit as the baseline the others are measured against; it never joins the combination.
+
+Numpy only: a robot computer can calibrate from its own decision logs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.monitor import SIGNALS, Z_FLOOR, Detector, conformal_rank, conformal_threshold, cusum
+
+# CUSUM slacks tried per detector, in standard deviations of a successful rollout's decision.
+DEFAULT_SLACKS = (0.0, 0.25, 0.5, 1.0)
+# The combined detector is chosen among subsets of at most this many signals.
+MAX_COMBINED = 4
+# With no failed calibration rollout to choose by, each detector takes this slack and the combined one
+# every signal.
+NO_FAILURES_SLACK = 0.25
+
+
+@dataclass
+class CalibrationEpisode:
+    """One rollout's monitor readings."""
+
+    # Signal -> one raw value per decision (NaN where it has none).
+    signals: dict[str, list[float]]
+    success: bool
+    # Each decision's control step, and the step the episode's best stage was reached (for lead times).
+    decision_steps: list[int]
+    progress_step: int = 0
+
+
+@dataclass
+class Fit:
+    standardisation: dict[str, list[float]]
+    detectors: dict[str, Detector]
+    main: str
+    # Per detector, on the calibration rollouts: alarms among failures and among the conformal successes.
+    report: dict
+
+
+def standardise(values: np.ndarray, name: str, mean: float, std: float) -> np.ndarray:
+    """The detector's reading of one signal: sign x (v - mean) / std, floored at Z_FLOOR, NaN kept."""
+    z = SIGNALS[name] * (values - mean) / std
+    return np.where(np.isnan(z), np.nan, np.maximum(z, Z_FLOOR))
+
+
+def _combined(z: dict[str, np.ndarray], signals: tuple[str, ...]) -> np.ndarray:
+    stack = np.stack([z[s] for s in signals])
+    count = np.sum(~np.isnan(stack), axis=0)
+    total = np.nansum(stack, axis=0)
+    return np.where(count > 0, total / np.maximum(count, 1), 0.0)
+
+
+def _first_alarm(path: np.ndarray, threshold: float) -> int | None:
+    above = np.flatnonzero(path > threshold)
+    return int(above[0]) if len(above) else None
+
+
+def _elapsed(episodes, ok, failed, conformal_half, alpha: float, dt: float) -> tuple[Detector, dict]:
+    """The baseline: an alarm once an episode has run longer than the successful ones (their last
+    decision's elapsed seconds, split conformal)."""
+    def elapsed(e):
+        return (np.asarray(e.decision_steps, np.float64) - e.decision_steps[0]) * dt
+
+    threshold = conformal_threshold([elapsed(e)[-1] for e in conformal_half], alpha)
+    first = {id(e): _first_alarm(elapsed(e), threshold) for e in episodes}
+    leads = [(e.progress_step - e.decision_steps[first[id(e)]]) * dt for e in failed if first[id(e)] is not None]
+    report = {"failed_alarmed": sum(first[id(e)] is not None for e in failed), "failed": len(failed),
+              "successful_alarmed": sum(first[id(e)] is not None for e in ok), "successful": len(ok),
+              "lead_s_median": float(np.median(leads)) if leads else None}
+    return Detector(signals=("elapsed",), slack=0.0, threshold=threshold, alpha=alpha, kind="elapsed"), report
+
+
+def fit_monitor(episodes: list[CalibrationEpisode], signals: tuple[str, ...], alpha: float,
+                slacks: tuple[float, ...] = DEFAULT_SLACKS, dt: float = 0.02) -> Fit:
+    """Standardisation and detectors from calibration rollouts (see the module doc). Raises ValueError
+    when the successful rollouts are too few for `alpha`, naming how many it needs."""
+    ok = [e for e in episodes if e.success]
+    failed = [e for e in episodes if not e.success]
+    fit_half, conformal_half = ok[0::2], ok[1::2]
+    try:
+        rank = conformal_rank(len(conformal_half), alpha)
+    except ValueError as err:
+        raise ValueError(f"{err} in the conformal half ({len(ok)} successful rollouts in all, "
+                         f"{len(episodes)} run): calibrate on more episodes") from None
+    usable = []
+    standardisation = {}
+    for name in signals:
+        values = np.concatenate([np.asarray(e.signals[name], np.float64) for e in fit_half])
+        values = values[np.isfinite(values)]
+        if len(values) < 2:
+            continue  # never measured (the first decision's inconsistency, on one-decision episodes)
+        mean, std = float(values.mean()), float(values.std())
+        std = max(std, 1e-6 * max(1.0, abs(mean)))
+        standardisation[name] = [mean, std]
+        usable.append(name)
+    if not usable:
+        raise ValueError("no signal was measured on the successful rollouts")
+    z_all = [{name: standardise(np.asarray(e.signals[name], np.float64), name, *standardisation[name])
+              for name in usable} for e in episodes]
+    index = {id(e): i for i, e in enumerate(episodes)}
+
+    def evaluate(subset: tuple[str, ...], slack: float) -> tuple[Detector, dict]:
+        paths = {id(e): cusum(_combined(z_all[index[id(e)]], subset), slack) for e in episodes}
+        peaks = [paths[id(e)].max(initial=0.0) for e in conformal_half]
+        threshold = conformal_threshold(peaks, alpha)
+        first = {id(e): _first_alarm(paths[id(e)], threshold) for e in episodes}
+        leads = [(e.progress_step - e.decision_steps[first[id(e)]]) * dt for e in failed if first[id(e)] is not None]
+        report = {"failed_alarmed": sum(first[id(e)] is not None for e in failed), "failed": len(failed),
+                  "successful_alarmed": sum(first[id(e)] is not None for e in ok), "successful": len(ok),
+                  "lead_s_median": float(np.median(leads)) if leads else None}
+        return Detector(signals=subset, slack=float(slack), threshold=threshold, alpha=alpha), report
+
+    def best(subsets) -> tuple[Detector, dict]:
+        if not failed:  # nothing to choose by: all the signals, the slack OpenTau's accel uses
+            return evaluate(max(subsets, key=len), NO_FAILURES_SLACK)
+        scored = []
+        for subset in subsets:
+            for slack in slacks:
+                detector, report = evaluate(subset, slack)
+                lead = -math.inf if report["lead_s_median"] is None else report["lead_s_median"]
+                # Most failures caught; then the earliest alarm; then fewest signals, lowest slack.
+                scored.append(((-report["failed_alarmed"], -lead, len(subset), slack), detector, report))
+        scored.sort(key=lambda row: row[0])
+        return scored[0][1], scored[0][2]
+
+    detectors, report = {}, {}
+    for name in usable:
+        detectors[name], report[name] = best([(name,)])
+    subsets = [s for k in range(1, min(MAX_COMBINED, len(usable)) + 1) for s in itertools.combinations(usable, k)]
+    if not failed:
+        subsets = [tuple(usable)]
+    detectors["combined"], report["combined"] = best(subsets)
+    detectors["elapsed"], report["elapsed"] = _elapsed(episodes, ok, failed, conformal_half, alpha, dt)
+    report["split"] = {"fit": len(fit_half), "conformal": len(conformal_half), "failed": len(failed), "rank": rank}
+    return Fit(standardisation=standardisation, detectors=detectors, main="combined", report=report)

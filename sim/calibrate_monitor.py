@@ -1,0 +1,148 @@
+"""`taco calibrate-monitor`: rollouts of a policy in simulation, then a calibrated monitor bundle.
+
+1. The monitor's scorers (a pseudo-count verifier and a value verifier of the policy) are copied into the
+   output folder with a manifest that computes signals and raises no alarm.
+2. `taco eval` runs the calibration episodes with it (resumable: its records go to `<out>.rollouts/`).
+3. `runtime.calibration.fit_monitor` fits the standardisation and the detectors; the manifest is
+   rewritten with them, the split-conformal thresholds and the provenance.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from policies.schema import content_id, sha256_file
+
+# Scorer roles and the shipped verifier each takes by default ("auto": that one when shipped for the policy).
+DEFAULT_SCORERS = {"pseudocount": "cfn", "value": "value"}
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    policy: str
+    out: str
+    # The selection verifier the monitor will run beside (its choices shape the signals), and N.
+    verifier: str | None = None
+    n: int = 1
+    tasks: tuple[str, ...] = ("transfer_cube",)
+    episodes: int = 100
+    # Calibration seeds: seed .. seed + episodes - 1 (keep them apart from the seeds it is evaluated on).
+    seed: int = 900_000
+    # False-alarm rate the thresholds bound on successful episodes.
+    alpha: float = 0.1
+    execute: int = 8
+    max_steps: int | None = None
+    workers: int = 2
+    # Scorer bundles: a shipped verifier name, a path, "auto" (the shipped default when it exists) or "none".
+    pseudocount: str = "auto"
+    value: str = "auto"
+    # The rollouts' folder (eval JSON, resumable); None: `<out>.rollouts`.
+    rollouts: str | None = None
+
+
+def _scorers(config: CalibrateConfig, policy: str) -> dict[str, str]:
+    from policies.errors import BundleError
+    from verifiers.shipped import resolve_verifier
+
+    out = {}
+    for role, default in DEFAULT_SCORERS.items():
+        choice = getattr(config, role)
+        if choice == "none":
+            continue
+        if choice == "auto":
+            try:
+                out[role] = resolve_verifier(default, policy)
+            except BundleError:
+                continue  # none shipped for this policy
+        else:
+            out[role] = resolve_verifier(choice, policy)
+    return out
+
+
+def _write(out: Path, manifest) -> None:
+    (out / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+
+
+def calibrate_monitor(config: CalibrateConfig, progress=None) -> dict:
+    """Runs the rollouts, fits, writes the monitor bundle; returns the fit's report."""
+    from policies.bundle import load_policy_bundle
+    from policies.shipped import resolve_policy
+    from runtime.calibration import CalibrationEpisode, fit_monitor
+    from runtime.monitor import MonitorManifest, conformal_rank, load_monitor
+    from sim.evaluate import EvalConfig, last_progress_step, run_suite
+    from verifiers.shipped import resolve_verifier
+
+    progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    conformal_rank(config.episodes // 2, config.alpha)  # refuse at once a run that cannot reach alpha
+    policy = resolve_policy(config.policy)
+    bundle = load_policy_bundle(policy)
+    verifier = resolve_verifier(config.verifier, policy)
+    scorers = _scorers(config, policy)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shas = {}
+    for role, source in scorers.items():
+        target = out / role
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target)
+        shas[role] = sha256_file(target / "manifest.json")
+    selection = None if verifier is None else {"name": Path(verifier).name, "content": content_id(verifier)}
+    base = MonitorManifest(name=out.name, policy_fingerprint=bundle.fingerprint, n=config.n, verifier=selection,
+                           scorers={role: role for role in scorers}, scorer_manifests=shas)
+    _write(out, base)  # signals only, no alarm: what the rollouts record
+    rollouts = Path(config.rollouts) if config.rollouts else out.with_name(out.name + ".rollouts")
+    eval_config = EvalConfig(policy=policy, verifier=verifier, n=config.n, tasks=config.tasks,
+                             episodes=config.episodes, seed=config.seed, execute=config.execute,
+                             max_steps=config.max_steps, workers=config.workers, monitor=str(out))
+    started = time.perf_counter()
+    report = run_suite(eval_config, json_path=rollouts / "calibration.json", progress=progress)
+    episodes = [CalibrationEpisode(signals=r["monitor"]["signals"], success=r["success"],
+                                   decision_steps=r["monitor"]["decision_steps"], progress_step=last_progress_step(r))
+                for r in report["episodes"]]
+    for e in episodes:  # JSON nulls back to NaN
+        e.signals = {k: [float("nan") if v is None else v for v in vals] for k, vals in e.signals.items()}
+    fit = fit_monitor(episodes, base.signals, config.alpha, dt=report["episodes"][0]["monitor"]["dt"])
+    overall = report["summary"]["overall"]
+    calibration = {
+        "episodes": len(episodes), "successes": overall["successes"], "tasks": list(config.tasks),
+        "seeds": [config.seed, config.seed + config.episodes - 1], "alpha": config.alpha, "execute": config.execute,
+        "split": fit.report["split"], "rollout_minutes": round(report["run"]["wall_s"] / 60, 2),
+        "on_calibration_rollouts": {k: v for k, v in fit.report.items() if k != "split"},
+    }
+    provenance = {
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["taco", "calibrate-monitor", *sys.argv[2:]]) if len(sys.argv) > 1 else None,
+        "policy": Path(policy).name, "scorers": {role: Path(src).name for role, src in scorers.items()},
+        "settings": asdict(config),
+    }
+    final = MonitorManifest(name=out.name, policy_fingerprint=bundle.fingerprint, n=config.n, verifier=selection,
+                            scorers=base.scorers, scorer_manifests=shas, standardisation=fit.standardisation,
+                            detectors=fit.detectors, main=fit.main, calibration=calibration, provenance=provenance)
+    _write(out, final)
+    load_monitor(out)  # what was written reads back
+    progress(f"calibrated in {(time.perf_counter() - started) / 60:.1f} min")
+    return {"monitor": str(out), "calibration": calibration,
+            "detectors": {k: d.to_dict() for k, d in fit.detectors.items()}}
+
+
+def format_calibration(result: dict) -> str:
+    cal = result["calibration"]
+    split = cal["split"]
+    lines = [f"{cal['episodes']} rollouts, {cal['successes']} successful ({split['fit']} standardise, "
+             f"{split['conformal']} set thresholds at rank {split['rank']}, alpha {cal['alpha']:g}), "
+             f"{split['failed']} failed; {cal['rollout_minutes']:.1f} min",
+             f"{'detector':<18} {'signals':<44} {'slack':>5} {'threshold':>9} {'failed alarmed':>15} {'lead s':>7}"]
+    for name, d in result["detectors"].items():
+        r = cal["on_calibration_rollouts"][name]
+        lead = "-" if r["lead_s_median"] is None else f"{r['lead_s_median']:+.2f}"
+        lines.append(f"{name:<18} {','.join(d['signals']):<44} {d['slack']:>5.2f} {d['threshold']:>9.3f} "
+                     f"{r['failed_alarmed']:>7}/{r['failed']:<7} {lead:>7}")
+    lines.append(f"wrote {result['monitor']} (use it with --monitor {result['monitor']})")
+    return "\n".join(lines)

@@ -1,0 +1,242 @@
+"""The failure monitor: its signals, its statistic and threshold, its bundle, and its use by the engine and `taco eval`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from policies import Observation, make_example_observation
+from policies.errors import BundleError
+from runtime import Engine, EngineConfig
+from runtime.calibration import CalibrationEpisode, fit_monitor
+from runtime.monitor import (MonitorManifest, candidate_spread, check_monitor_use, chunk_inconsistency,
+                             conformal_rank, conformal_threshold, cusum, keystone_spread, load_monitor,
+                             read_monitor_manifest)
+from policies.schema import sha256_file
+from verifiers import write_verifier_bundle
+from verifiers.synthetic import knn_verifier_onnx
+
+
+def test_spreads_known_values():
+    two = np.array([[[0.0]], [[2.0]]])
+    assert candidate_spread(two) == pytest.approx(1.0)
+    assert math.isnan(candidate_spread(two[:1]))
+    # 1-d points 0, 0, 3: mean 1, the medoid is a 0, the median pairwise distance 3.
+    three = np.array([0.0, 0.0, 3.0]).reshape(3, 1, 1)
+    assert keystone_spread(three) == pytest.approx(1 / 3)
+    assert keystone_spread(np.ones((4, 2, 2))) == 0.0
+    assert math.isnan(keystone_spread(three[:2]))
+
+
+def test_inconsistency_compares_the_actions_for_the_same_times():
+    dt = 0.02
+    previous_times = np.arange(16) * dt
+    previous = np.zeros((16, 2))
+    times = previous_times + 8 * dt  # replanned after 8 actions: positions 0..7 overlap its 8..15
+    chunk = np.full((16, 2), 5.0)
+    chunk[:8] = 0.5
+    assert chunk_inconsistency(chunk, times, previous, previous_times, dt) == pytest.approx(0.5)
+    assert math.isnan(chunk_inconsistency(chunk, times + 1.0, previous, previous_times, dt))
+
+
+def test_cusum_and_the_conformal_threshold():
+    np.testing.assert_allclose(cusum(np.array([1.0, 1.0, -5.0, 2.0, math.nan]), 0.5), [0.5, 1.0, 0.0, 1.5, 1.0])
+    assert conformal_rank(50, 0.1) == 46  # OpenTau's accel detector: 50 rollouts at alpha 0.1
+    assert conformal_threshold(np.arange(10.0)[::-1], 0.1) == 9.0
+    with pytest.raises(ValueError, match="needs at least 9 successful"):
+        conformal_rank(8, 0.1)
+
+
+def test_the_fit_bounds_false_alarms_on_successful_episodes_and_catches_a_drifting_failure():
+    rng = np.random.default_rng(0)
+
+    def episode(success, drift=0.0):
+        noise = rng.standard_normal(30)
+        return CalibrationEpisode(signals={"value": list(1.0 + noise - drift * np.arange(30) / 30),
+                                           "inconsistency": list(rng.standard_normal(30))},
+                                  success=success, decision_steps=list(range(0, 240, 8)), progress_step=120)
+
+    episodes = [episode(True) for _ in range(200)] + [episode(False, drift=4.0) for _ in range(20)]
+    fit = fit_monitor(episodes, ("value", "inconsistency"), alpha=0.1)
+    assert set(fit.detectors) == {"value", "inconsistency", "combined", "elapsed"}
+    assert fit.detectors["combined"].signals == ("value",)  # the signal that tells failures apart
+    assert fit.report["combined"]["failed_alarmed"] == 20
+    assert fit.report["elapsed"]["failed_alarmed"] == 0  # the failures last no longer than the successes
+    fresh = [episode(True) for _ in range(300)]
+    fresh_fit = fit_monitor(episodes[:200] + fresh, ("value",), alpha=0.1)
+    assert fresh_fit.report["split"]["conformal"] == 250
+    # Held-out successes alarm at about alpha, not more (a binomial bound, 300 draws).
+    d = fit.detectors["value"]
+    mean, std = fit.standardisation["value"]
+    alarms = sum(cusum(-(np.asarray(e.signals["value"]) - mean) / std, d.slack).max() > d.threshold for e in fresh)
+    assert alarms / len(fresh) < 0.16
+    with pytest.raises(ValueError, match="needs at least 9 successful calibration rollouts"):
+        fit_monitor(episodes[:10], ("value",), alpha=0.1)
+
+
+# --- a monitor on a tiny policy: familiar observations against one it never saw ---------------------------
+
+def _familiar(manifest, rng, stamp: float) -> Observation:
+    base = make_example_observation(manifest, seed=int(rng.integers(3)), image_size=(32, 32))
+    state = (np.asarray(manifest.normalization.state_mean, np.float32)
+             + 0.1 * rng.standard_normal(manifest.state_dim).astype(np.float32)
+             * np.asarray(manifest.normalization.state_std, np.float32))
+    return dataclasses.replace(base, state=state, stamp=stamp)
+
+
+def _strange(manifest, stamp: float) -> Observation:
+    base = make_example_observation(manifest, seed=11, image_size=(32, 32))
+    state = (np.asarray(manifest.normalization.state_mean, np.float32)
+             + 8.0 * np.asarray(manifest.normalization.state_std, np.float32))
+    return dataclasses.replace(base, images={k: np.zeros_like(v) for k, v in base.images.items()}, state=state,
+                               stamp=stamp)
+
+
+def _write_manifest(path, manifest: MonitorManifest) -> None:
+    (path / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2))
+
+
+@pytest.fixture(scope="module")
+def tiny_monitor(exported, tmp_path_factory):
+    """A monitor of the tiny flow policy at N=4 with a kNN pseudo-count of familiar observations'
+    features, calibrated on 40 familiar episodes of 6 decisions."""
+    flow = exported("flow")
+    root = tmp_path_factory.mktemp("monitor")
+    rng = np.random.default_rng(1)
+    keep = Engine(flow.path, config=EngineConfig(return_candidates=True))
+    m = keep.manifest
+    features = np.concatenate([keep.infer(_familiar(m, rng, 0.0), n=4, seed=i).features for i in range(60)])
+    mean, std = features.mean(0), features.std(0) + 1e-6
+    knn = knn_verifier_onnx(root / "knn.onnx", (features - mean) / std, mean, std, k=5)
+    monitor = root / "tiny-monitor"
+    monitor.mkdir()
+    write_verifier_bundle(knn, monitor / "pseudocount", policy_fingerprint=flow.bundle.fingerprint,
+                          feature_dim=m.feature_dim)
+    base = MonitorManifest(name="tiny-monitor", policy_fingerprint=flow.bundle.fingerprint, n=4, verifier=None,
+                           scorers={"pseudocount": "pseudocount"},
+                           scorer_manifests={"pseudocount": sha256_file(monitor / "pseudocount" / "manifest.json")})
+    _write_manifest(monitor, base)
+    engine = Engine(flow.path, monitor=monitor)
+    episodes = [CalibrationEpisode(signals=_run(engine, [_familiar(m, rng, i * 8 * m.action_dt) for i in range(6)],
+                                                seed=1000 + k).history, success=True, decision_steps=list(range(0, 48, 8)))
+                for k in range(40)]
+    fit = fit_monitor(episodes, base.signals, alpha=0.1)
+    _write_manifest(monitor, dataclasses.replace(base, standardisation=fit.standardisation, detectors=fit.detectors,
+                                                 main=fit.main))
+    return flow, monitor
+
+
+def _run(engine, observations, seed: int = 0):
+    track = engine.monitor.track(engine.manifest.action_dt)
+    for i, obs in enumerate(observations):
+        track.update(engine.infer(obs, n=4, seed=seed * 100 + i))
+    return track
+
+
+def test_an_alarm_fires_on_an_observation_unlike_the_calibration_and_not_on_familiar_ones(tiny_monitor):
+    flow, path = tiny_monitor
+    engine = Engine(flow.path, monitor=path)
+    m = engine.manifest
+    rng = np.random.default_rng(7)
+    dt = 8 * m.action_dt
+    familiar = [_run(engine, [_familiar(m, rng, i * dt) for i in range(6)], seed=s) for s in range(10)]
+    assert sum("combined" in t.first_alarm for t in familiar) <= 1, [t.peaks for t in familiar]
+    strange = _run(engine, [_familiar(m, rng, 0.0)] + [_strange(m, i * dt) for i in range(1, 6)], seed=99)
+    assert strange.first_alarm.get("combined") is not None and strange.first_alarm["combined"] <= 2, strange.peaks
+    decision = engine.infer(_strange(m, 0.0), n=4, seed=1)
+    assert set(decision.signals) == {"spread", "keystone", "pseudocount", "pseudocount_obs"}
+    assert "monitor" in decision.timings
+
+
+def test_a_mismatched_monitor_is_refused(tiny_monitor, exported, tmp_path):
+    flow, path = tiny_monitor
+    manifest = read_monitor_manifest(path)
+    with pytest.raises(BundleError, match=r"\.n: calibrated at N=4, used at N=1"):
+        check_monitor_use(manifest, flow.bundle.fingerprint, 1, None)
+    with pytest.raises(BundleError, match=r"\.verifier: calibrated with no verifier"):
+        check_monitor_use(manifest, flow.bundle.fingerprint, 4, "ab" * 32)
+    other = exported("diffusion")
+    with pytest.raises(BundleError, match=r"policy_fingerprint: calibrated on policy"):
+        check_monitor_use(manifest, other.bundle.fingerprint, 4, None)
+    with pytest.raises(BundleError, match=r"policy_fingerprint"):
+        Engine(other.path, monitor=path)
+    # A scorer changed after calibration is refused by its checksum.
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(path, copy)
+    data = json.loads((copy / "pseudocount" / "manifest.json").read_text())
+    data["name"] = "changed"
+    (copy / "pseudocount" / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"scorer_manifests\.pseudocount: checksum mismatch"):
+        load_monitor(copy)
+    data = json.loads((path / "manifest.json").read_text())
+    data["detectors"]["combined"]["signals"] = ["value"]
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"detectors\.combined\.signals.*'value' is not one of"):
+        read_monitor_manifest(copy)
+
+
+def test_eval_reports_each_episodes_first_alarm_and_the_rates(tiny_monitor):
+    from sim.evaluate import EvalConfig, last_progress_step, run_suite
+
+    flow, path = tiny_monitor
+    with pytest.raises(BundleError, match="calibrated at N=4"):
+        EvalConfig(policy=str(flow.path), monitor=str(path), tasks=("lift_bar",), episodes=1)
+    report = run_suite(EvalConfig(policy=str(flow.path), monitor=str(path), n=4, tasks=("lift_bar",), episodes=3,
+                                  execute=4, max_steps=24))
+    records = report["episodes"]
+    for r in records:
+        mon = r["monitor"]
+        assert mon["decision_steps"] == [0, 4, 8, 12, 16, 20]
+        assert len(mon["signals"]["pseudocount"]) == 6 and mon["signals"]["inconsistency"][0] is None
+        step = mon["first_alarm_step"]["combined"]
+        assert (step is not None) == (mon["peak"]["combined"] > read_monitor_manifest(path).detectors["combined"]
+                                      .threshold)
+    summary = report["summary"]["overall"]["monitor"]
+    failed = [r for r in records if not r["success"]]
+    alarmed = [r for r in failed if r["monitor"]["first_alarm_step"]["combined"] is not None]
+    assert summary["failed"] == len(failed) and summary["failed_alarmed"] == len(alarmed)
+    assert summary["tpr"] == (len(alarmed) / len(failed) if failed else None)
+    if alarmed:
+        leads = [(last_progress_step(r) - r["monitor"]["first_alarm_step"]["combined"]) * 0.02 for r in alarmed]
+        assert summary["lead_s_median"] == pytest.approx(float(np.median(leads)))
+    assert set(summary["by_detector"]) == set(read_monitor_manifest(path).detectors) >= {"pseudocount", "combined"}
+    other = EvalConfig(policy=str(flow.path), n=4, tasks=("lift_bar",), episodes=3, execute=4, max_steps=24)
+    assert EvalConfig(policy=str(flow.path), monitor=str(path), n=4, tasks=("lift_bar",), episodes=3, execute=4,
+                      max_steps=24).fingerprint() != other.fingerprint()
+
+
+def test_last_progress_is_the_first_step_at_the_best_stage():
+    from sim.evaluate import last_progress_step
+
+    assert last_progress_step({"stages": [0, 1, 1, 2, 2, 1], "best_stage": 2}) == 3
+    assert last_progress_step({"stages": [0, 0, 0], "best_stage": 0}) == 0
+
+
+def test_calibrate_then_evaluate_the_shipped_policy_from_the_command_line(tmp_path, capsys):
+    """The whole path a user takes: rollouts of the shipped flow policy, a calibrated bundle, an evaluation
+    on other seeds that reports alarms; the bundle refuses another N."""
+    from taco.cli import main
+
+    out = tmp_path / "flow-monitor"
+    assert main(["calibrate-monitor", "--policy", "flow", "--episodes", "24", "--alpha", "0.2", "--seed", "910000",
+                 "--max-steps", "300", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "combined" in printed and f"wrote {out}" in printed
+    manifest = read_monitor_manifest(out)
+    assert manifest.n == 1 and manifest.verifier is None and set(manifest.scorers) == {"pseudocount", "value"}
+    assert manifest.main == "combined" and manifest.detectors["combined"].alpha == 0.2
+    assert manifest.calibration["episodes"] == 24 and manifest.calibration["seeds"] == [910000, 910023]
+    assert (tmp_path / "flow-monitor.rollouts" / "calibration.json").is_file()
+    assert main(["eval", "--policy", "flow", "--monitor", str(out), "--task", "transfer_cube", "--episodes", "6",
+                 "--seed", "920000", "--max-steps", "300", "--json", str(tmp_path / "eval.json")]) == 0
+    assert "monitor (combined): alarms in" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "eval.json").read_text())["summary"]["overall"]["monitor"]
+    assert summary["failed"] + summary["successful"] == 6
+    assert main(["eval", "--policy", "flow", "--monitor", str(out), "--n", "4", "--episodes", "1"]) == 2
+    assert "calibrated at N=1, used at N=4" in capsys.readouterr().err
