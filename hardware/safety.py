@@ -60,6 +60,9 @@ class SafetyFilter:
         self.last: np.ndarray | None = None
         self.velocity: np.ndarray | None = None
         self.acceleration: np.ndarray | None = None
+        # Fraction of the speed limits in force (1: the limits themselves): a failure monitor's "slow" action
+        # lowers it. A lower limit is reached at the deceleration limits, never by a jump in speed.
+        self.speed_scale = 1.0
 
     def reset(self, position: np.ndarray) -> None:
         position = np.asarray(position, np.float64)
@@ -82,6 +85,7 @@ class SafetyFilter:
     def copy(self) -> SafetyFilter:
         """A filter in the same state (to preview a sequence without moving this one)."""
         other = SafetyFilter(self.profile, self.limits)
+        other.speed_scale = self.speed_scale
         if self.last is not None:
             other.last, other.velocity, other.acceleration = self.last.copy(), self.velocity.copy(), \
                 self.acceleration.copy()
@@ -134,7 +138,9 @@ class SafetyFilter:
         hard = stopping_speed(np.maximum(room, 0.0), decel, dt)
         braked = np.abs(accelerated) > hard
         accelerated = np.where(braked, np.sign(accelerated) * hard, accelerated)
-        velocity = np.clip(accelerated, -self.max_velocity, self.max_velocity)
+        # The speed limit in force: scaled, but approached no faster than the joint may slow down.
+        limit = np.minimum(self.max_velocity, np.maximum(self.max_velocity * self.speed_scale, np.abs(v) - down))
+        velocity = np.clip(accelerated, -limit, limit)
         safe = np.clip(p + velocity * dt, self.lower, self.upper)
         report.jerk_limited = int((jerked != desired).sum())
         report.accel_limited = int(((accelerated != jerked) | braked | (aim < np.abs(wanted))).sum())

@@ -11,15 +11,15 @@ def cmd_ros(args) -> int:
     from policies.shipped import resolve_policy
     from ros_nodes.launcher import Launch, node_command, ros_env
     from verifiers.bundle import check_verifier, load_verifier
-    from verifiers.shipped import resolve_verifier
+    from verifiers.shipped import resolve_monitor, resolve_verifier
 
     if args.server:
         # Inference on a `taco serve` server: check it answers (and the key) before any node starts.
         from serving.client import RemoteEngine, read_api_key
 
-        if args.policy is not None or args.verifier != "none":
-            raise ValueError("--server: the server chooses the policy and the verifier "
-                             "(taco serve --policy/--verifier)")
+        if args.policy is not None or args.verifier != "none" or args.monitor != "none":
+            raise ValueError("--server: the server chooses the policy, the verifier and the monitor "
+                             "(taco serve --policy/--verifier/--monitor)")
         key = read_api_key(args.api_key_file)
         with RemoteEngine(args.server, api_key=key) as remote:
             print(f"policy server {args.server}: {remote.manifest.name} ({remote.fingerprint[:12]}), verifier "
@@ -34,6 +34,14 @@ def cmd_ros(args) -> int:
         verifier = resolve_verifier(args.verifier, policy)
         if verifier is not None:
             check_verifier(load_verifier(verifier), bundle.manifest.feature_dim, bundle.fingerprint)
+        monitor = resolve_monitor(args.monitor, policy)
+        if monitor is not None:  # calibrated for this policy, N and verifier, or refused before any node starts
+            from policies.schema import content_id
+            from runtime.monitor import check_monitor_use, read_monitor_manifest
+
+            check_monitor_use(read_monitor_manifest(monitor), bundle.fingerprint, args.n, content_id(verifier))
+    if args.monitor_action != "none" and args.monitor == "none":
+        raise ValueError(f"--monitor-action {args.monitor_action}: needs a --monitor")
     commands = {}
     if args.target in ("sim", "robot"):
         params = {"policy": policy, "verifier": args.verifier, "n": args.n, "execute": args.execute,
@@ -47,6 +55,8 @@ def cmd_ros(args) -> int:
             params["rtc_max_weight"] = float(cap)
         if args.server:
             params.update(server=args.server, api_key_file=args.api_key_file or "")
+        if args.monitor != "none":
+            params.update(monitor=args.monitor, monitor_action=args.monitor_action)
         if args.log_decisions:
             if args.server:
                 raise ValueError("--log-decisions: with --server the server makes the decisions; log them there "
@@ -101,6 +111,12 @@ def register(cli) -> None:
     p.add_argument("--verifier", default="none", help="none|random|cfn|rnd|knn|consensus or a verifier bundle path")
     p.add_argument("--n", type=int, default=16, help="candidates per step")
     p.add_argument("--execute", type=int, default=8, help="actions executed per chunk before replanning")
+    p.add_argument("--monitor", default="none",
+                   help="failure monitor bundle calibrated for this policy, --n and --verifier, or 'monitor' (the "
+                        "policy's shipped one); its state on /diagnostics and /taco/monitor (docs/monitor.md)")
+    p.add_argument("--monitor-action", default="none", choices=["none", "slow", "hold"],
+                   help="what the monitor's alarm does: nothing, halve the speed limits, or hold until "
+                        "/taco/monitor_resume is called")
     p.add_argument("--sink", default="interbotix", choices=["interbotix", "forward", "jtc"])
     p.add_argument("--profile", default="aloha_viperx")
     p.add_argument("--rtc-max-weight", type=float, default=None, metavar="W",

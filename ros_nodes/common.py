@@ -15,6 +15,12 @@ ESTOP_STATE_TOPIC = "/taco/estop_state"
 # The operator's heartbeat (std_msgs/Header): without one within `heartbeat_timeout`, the robot holds.
 HEARTBEAT_TOPIC = "/taco/heartbeat"
 DIAGNOSTICS_TOPIC = "/taco/diagnostics"
+# The standard diagnostics topic (diagnostic_msgs/DiagnosticArray), which diagnostic_aggregator and rqt read.
+ROS_DIAGNOSTICS_TOPIC = "/diagnostics"
+# The failure monitor's state (JSON, latched, on each change): {"name", "action", "alarmed", "holding", ...}.
+MONITOR_TOPIC = "/taco/monitor"
+# The operator's resume after a monitor alarm (std_srvs/Trigger).
+MONITOR_RESUME_SERVICE = "/taco/monitor_resume"
 EPISODE_TOPIC = "/taco/sim/episode"
 # The recorder's state (JSON, latched): {"out": path, "matched": {topic: publishers matched}}.
 RECORDER_STATUS_TOPIC = "/taco/recorder/status"

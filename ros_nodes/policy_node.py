@@ -9,8 +9,11 @@ one for `heartbeat_timeout` seconds the robot holds), `/taco/estop` (String reas
 `/taco/estop_reset` (String: the id of the latched e-stop, published on the latched `/taco/estop_state`).
 Inference runs on a worker thread; a timer publishes one command per tick through the sink, always
 through the safety layer, and a JSON diagnostics message per new decision on /taco/diagnostics (chosen
-index, scores, latency per stage, holds, rejected messages, clock offsets). All of the logic is
-`runtime.control.ControlLoop`; this node converts messages.
+index, scores, latency per stage, holds, rejected messages, clock offsets), mirrored as the standard
+diagnostic_msgs/DiagnosticArray on /diagnostics. With a failure monitor (`monitor`), its state is also
+latched on /taco/monitor and an alarm does what `monitor_action` says (nothing, slow, hold until the
+/taco/monitor_resume service). All of the logic is `runtime.control.ControlLoop`; this node converts
+messages.
 
 It is a lifecycle node: the engine is made in on_configure and released in on_cleanup; with
 `autostart` (default) it configures and activates itself. Setting the `verifier` parameter checks the
@@ -42,7 +45,9 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import LifecycleNode, State, TransitionCallbackReturn
 from sensor_msgs.msg import Image, JointState
 from rclpy.parameter import Parameter
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header, String
+from std_srvs.srv import Trigger
 
 from hardware.limits import limits_of
 from hardware.profiles import get_profile
@@ -50,16 +55,19 @@ from hardware.safety import WatchdogConfig
 from policies.errors import SpecError
 from policies.guidance import DEFAULT_MAX_WEIGHT
 from policies.shipped import resolve_policy
+from policies.schema import content_id
 from ros_nodes.common import (DIAGNOSTICS_TOPIC, EPISODE_TOPIC, EPISODES_QOS, ESTOP_RESET_TOPIC, ESTOP_STATE_TOPIC,
                               ESTOP_TOPIC, HEARTBEAT_TOPIC, IMAGE_QOS, IMAGE_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS,
-                              RESET_TOPIC, dumps, init_ros, joint_state_topic, run_node)
+                              MONITOR_RESUME_SERVICE, MONITOR_TOPIC, RESET_TOPIC, ROS_DIAGNOSTICS_TOPIC, dumps, init_ros,
+                              joint_state_topic, run_node)
 from ros_nodes.convert import image_from_msg, to_seconds
 from ros_nodes.sinks import SINKS, Sink
 from runtime.control import ControlConfig, ControlLoop
 from runtime.engine import Engine, EngineConfig
 from runtime.executor import AsyncConfig, ExecutorConfig
+from runtime.monitor import check_monitor_use
 from runtime.sessions import SessionConfig
-from verifiers.shipped import resolve_verifier
+from verifiers.shipped import resolve_monitor, resolve_verifier
 
 # Parameters that may change on a running node; the others are read at configure.
 LIVE_PARAMETERS = ("verifier", "task")
@@ -110,6 +118,13 @@ class PolicyNode(LifecycleNode):
         p("log_decisions", "")
         p("log_max_mb", 0.0)
         p("log_name", "")
+        # Failure monitor (runtime.monitor; docs/monitor.md): a monitor bundle calibrated for this policy, n and
+        # verifier, or "monitor" (the policy's shipped one), "none". Its state goes to /diagnostics and the
+        # latched /taco/monitor; monitor_action says what an alarm does: "none", "slow" (the safety layer's
+        # speed limits times monitor_slow_scale) or "hold" (until the /taco/monitor_resume service is called).
+        p("monitor", "none")
+        p("monitor_action", "none")
+        p("monitor_slow_scale", 0.5)
         self.loop: ControlLoop | None = None
         self.engine = None
         self.timer = None
@@ -135,11 +150,20 @@ class PolicyNode(LifecycleNode):
                 policy = get("server")
                 self.engine = RemoteEngine(policy, api_key=read_api_key(get("api_key_file")),
                                            resize_on_client=bool(get("resize_on_client")))
+                if get("monitor") != "none":
+                    raise ValueError("monitor: the policy server makes the decisions; run the monitor there "
+                                     "(taco serve --monitor)")
             else:
                 policy = resolve_policy(get("policy"))
                 session = SessionConfig(provider=get("provider"), intra_op_threads=int(get("threads")))
-                self.engine = Engine(policy, resolve_verifier(get("verifier"), policy),
-                                     EngineConfig(session=session, return_candidates=bool(get("log_decisions"))))
+                verifier = resolve_verifier(get("verifier"), policy)
+                monitor = resolve_monitor(get("monitor"), policy)
+                self.engine = Engine(policy, verifier, EngineConfig(session=session,
+                                                                    return_candidates=bool(get("log_decisions"))),
+                                     monitor=monitor)
+                if self.engine.monitor is not None:
+                    check_monitor_use(self.engine.monitor.manifest, self.engine.bundle.fingerprint, int(get("n")),
+                                      content_id(verifier))
             rtc = get("rtc")
             if rtc not in ("auto", "on", "off"):
                 raise ValueError(f"rtc: must be auto, on or off, got {rtc!r}")
@@ -152,7 +176,8 @@ class PolicyNode(LifecycleNode):
                                    horizon=int(get("rtc_horizon")) or None, max_weight=float(get("rtc_max_weight"))),
                 watchdog=WatchdogConfig(float(get("max_observation_age")), float(get("max_inference_time")),
                                         float(get("max_future_stamp")), heartbeat if heartbeat > 0 else None),
-                horizon=self.sink_horizon if get("sink") == "jtc" else 0)
+                horizon=self.sink_horizon if get("sink") == "jtc" else 0,
+                monitor_action=get("monitor_action"), monitor_slow=float(get("monitor_slow_scale")))
             # A decision runs a control step as it arrives (a guard condition wakes the executor's thread),
             # so its first command waits for no tick.
             self._decided = self.create_guard_condition(self._on_decided)
@@ -181,7 +206,11 @@ class PolicyNode(LifecycleNode):
         self.image_delay_ms = float("nan")
         self.sink = Sink(self, get("sink"), self.profile)
         self._pubs = [self.create_publisher(String, DIAGNOSTICS_TOPIC, 10),
-                      self.create_publisher(String, ESTOP_STATE_TOPIC, LATCHED_QOS)]
+                      self.create_publisher(String, ESTOP_STATE_TOPIC, LATCHED_QOS),
+                      self.create_publisher(DiagnosticArray, ROS_DIAGNOSTICS_TOPIC, 10),
+                      self.create_publisher(String, MONITOR_TOPIC, LATCHED_QOS)]
+        self._monitor_published = -1
+        self._resume = self.create_service(Trigger, MONITOR_RESUME_SERVICE, self._on_monitor_resume)
         sub = self.create_subscription
         self._subs = [sub(JointState, joint_state_topic(ns), lambda m, a=arm: self._on_joint_state(a, m), 10)
                       for arm, ns in enumerate(self.profile.arm_namespaces)]
@@ -201,6 +230,7 @@ class PolicyNode(LifecycleNode):
             self.get_logger().info(f"logging decisions to {self.loop.log.log.root} as "
                                    f"{self.loop.log.name}-<k>, from episode {self.loop.log.index}")
         self._publish_estop_state()
+        self._publish_monitor_state()
         verifier = self.engine.verifier.name if self.engine.verifier is not None else "none"
         sources = sorted(set(limits.sources))
         self.get_logger().info(f"configured: policy {policy} ({self.engine.manifest.fingerprint[:12]}), verifier "
@@ -235,6 +265,9 @@ class PolicyNode(LifecycleNode):
         for pub in self._pubs + getattr(getattr(self, "sink", None), "_pubs", []):
             self.destroy_publisher(pub)
         self._subs, self._pubs = [], []
+        if getattr(self, "_resume", None) is not None:
+            self.destroy_service(self._resume)
+            self._resume = None
         if self.loop is not None:
             self.loop.close()  # joins the inference thread, the only one that triggers the guard condition
         if self._decided is not None:
@@ -328,6 +361,30 @@ class PolicyNode(LifecycleNode):
                                                  "reason": safety.estop_reason, "stamp": self._now(),
                                                  "refused": refused})))
 
+    def _on_monitor_resume(self, request, response):
+        """The operator's resume after a monitor alarm (std_srvs/Trigger): refused, saying why, without one
+        acted on or without the operator's heartbeat."""
+        try:
+            response.message = self.loop.monitor_resume(self._now())
+            response.success = True
+            self.get_logger().warning(f"monitor alarm: {response.message} by the operator")
+        except (ValueError, AttributeError) as exc:
+            response.success, response.message = False, str(exc)
+        self._publish_monitor_state()
+        return response
+
+    def _publish_monitor_state(self) -> None:
+        """The latched /taco/monitor, when the monitor's state changed since it was last published."""
+        loop = self.loop
+        if loop is None or loop.monitor is None or loop.monitor_changes == self._monitor_published:
+            return
+        self._monitor_published = loop.monitor_changes
+        report = loop.monitor_report()
+        if report["alarmed"]:
+            self.get_logger().error(f"failure monitor alarm ({report['action']}): statistic "
+                                    f"{report['statistic']:.2f} > {report['threshold']:.2f}")
+        self._pubs[3].publish(String(data=dumps({**report, "stamp": self._now()})))
+
     def _on_parameters(self, params) -> SetParametersResult:
         for param in params:
             if self.loop is None or self._reverting:
@@ -354,6 +411,9 @@ class PolicyNode(LifecycleNode):
             path = resolve_verifier(value, self.policy_path)
             if path is not None:
                 self.engine.check_verifier_bundle(path)
+            if self.engine.monitor is not None:  # its thresholds hold for the verifier it was calibrated with
+                check_monitor_use(self.engine.monitor.manifest, self.engine.bundle.fingerprint,
+                                  self.engine.monitor.manifest.n, content_id(path))
         except Exception as exc:  # noqa: BLE001 - refused; the old verifier stays
             return str(exc)
         previous = self.get_parameter("verifier").value
@@ -405,6 +465,7 @@ class PolicyNode(LifecycleNode):
         else:
             self.last_hold_reason = None
         new = result.tick is not None and result.tick.new_decision
+        self._publish_monitor_state()
         if new or now - self._last_diagnostics >= self.diagnostics_period:
             self._publish_diagnostics(result.tick if new else None, now, report)
 
@@ -420,7 +481,7 @@ class PolicyNode(LifecycleNode):
                 "rejected_messages": self.rejected_messages, "clock_offsets_ms": loop.clock_offsets_ms(),
                 "estop": loop.safety.estop_id, "inference_errors": self.inference_errors,
                 "verifier": None if self.engine.verifier is None else self.engine.verifier.name, **loop.stats,
-                "reasons": loop.reasons}
+                "reasons": loop.reasons, "monitor": loop.monitor_report()}
         if tick is not None:
             decision, observed = tick.decision, float(tick.decision.times[0])
             data.update({
@@ -440,6 +501,39 @@ class PolicyNode(LifecycleNode):
         else:
             data["decision"] = False
         self._pubs[0].publish(String(data=dumps(data)))
+        self._pubs[2].publish(diagnostic_array(self.get_clock().now().to_msg(), self.profile.name, data))
+
+
+def diagnostic_array(stamp, hardware_id: str, data: dict) -> DiagnosticArray:
+    """The standard /diagnostics message of one diagnostics report: a "taco_policy: control" status (OK, or
+    WARN while holding, with the reason) and, with a monitor, "taco_policy: monitor" (OK; WARN once it has
+    alarmed this episode; ERROR while its alarm holds the robot), each with its figures as key-values."""
+    def values(pairs) -> list[KeyValue]:
+        return [KeyValue(key=str(k), value="" if v is None else (f"{v:.6g}" if isinstance(v, float) else str(v)))
+                for k, v in pairs]
+
+    control = DiagnosticStatus(
+        level=DiagnosticStatus.WARN if data["held"] else DiagnosticStatus.OK, name="taco_policy: control",
+        message=f"holding: {data['hold_reason']}" if data["held"] else "commanding", hardware_id=hardware_id,
+        values=values((k, data.get(k)) for k in ("verifier", "decisions", "held_ticks", "rejected_messages",
+                                                  "inference_errors", "estop", "latency_ms", "inference_ms")))
+    statuses = [control]
+    monitor = data.get("monitor")
+    if monitor is not None:
+        if monitor["holding"]:
+            level, message = DiagnosticStatus.ERROR, "alarm: holding until the operator resumes (/taco/monitor_resume)"
+        elif monitor["alarmed"]:
+            level = DiagnosticStatus.WARN
+            message = "alarm: slowed" if monitor["speed_scale"] < 1 else "alarm: the policy may be failing"
+        else:
+            level, message = DiagnosticStatus.OK, "no alarm"
+        signals = monitor.get("signals") or {}
+        statuses.append(DiagnosticStatus(
+            level=level, name="taco_policy: monitor", message=message, hardware_id=hardware_id,
+            values=values([(k, monitor.get(k)) for k in ("name", "action", "statistic", "threshold", "decision",
+                                                          "speed_scale")] + [(f"signal.{k}", v) for k, v in
+                                                                             signals.items()])))
+    return DiagnosticArray(header=Header(stamp=stamp), status=statuses)
 
 
 def _read_text(parameter: str, path: str) -> str:

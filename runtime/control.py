@@ -53,6 +53,9 @@ def check_robot(manifest, profile: RobotProfile, rate: float, trajectory_sink: b
                          "or use the jtc sink")
 
 
+MONITOR_ACTIONS = ("none", "slow", "hold")
+
+
 @dataclass(frozen=True)
 class ControlConfig:
     """Settings of a ControlLoop (the policy node's parameters)."""
@@ -67,10 +70,19 @@ class ControlConfig:
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     # Future actions sent with each tick's command (trajectory sinks); 0: the command alone.
     horizon: int = 0
+    # What the engine's failure monitor's alarm does (runtime.monitor): "none" (it is only reported), "slow"
+    # (the safety layer's speed limits scale by `monitor_slow` until the episode ends or the operator
+    # resumes) or "hold" (the robot holds until the operator resumes, `monitor_resume`).
+    monitor_action: str = "none"
+    monitor_slow: float = 0.5
 
     def __post_init__(self):
         if not self.rate > 0 or self.horizon < 0:
             raise ValueError(f"rate must be > 0 and horizon >= 0, got {self.rate}, {self.horizon}")
+        if self.monitor_action not in MONITOR_ACTIONS:
+            raise ValueError(f"monitor_action: must be one of {', '.join(MONITOR_ACTIONS)}, got {self.monitor_action!r}")
+        if not 0.0 < self.monitor_slow <= 1.0:
+            raise ValueError(f"monitor_slow: expected a fraction of the speed limits in (0, 1], got {self.monitor_slow}")
 
 
 @dataclass
@@ -136,6 +148,19 @@ class ControlLoop:
         self._new_parts: set[str] = set()
         self._given: tuple | None = None
         self._last_step_at: float | None = None
+        # The failure monitor's track of this episode (the engine's monitor; None without one), its last
+        # reading, the hold its alarm latched, and a counter of its state changes (for the node's latched topic).
+        monitor = getattr(engine, "monitor", None)
+        if monitor is None and config.monitor_action != "none":
+            raise ValueError(f"monitor_action {config.monitor_action!r}: the engine has no failure monitor")
+        if monitor is not None and monitor.manifest.n != config.executor.n:
+            raise ValueError(f"monitor: {monitor.name!r} is calibrated at N={monitor.manifest.n}, the loop samples "
+                             f"N={config.executor.n}")
+        self.monitor = None if monitor is None else monitor.track(engine.manifest.action_dt)
+        self.monitor_status = None
+        self.monitor_hold: str | None = None
+        self.monitor_changes = 0
+        self._monitor_acted = False
 
     # -- inputs ------------------------------------------------------------------------------------
 
@@ -198,6 +223,60 @@ class ControlLoop:
             self._invalidated("episode reset", now)
             self.anchored = False
             self.reset_stamp = stamp
+            if self.monitor is not None:  # a new episode: a new track; a latched hold stays until resumed
+                self.monitor.reset()
+                self.monitor_status, self._monitor_acted = None, False
+                self.safety.filter.speed_scale = 1.0
+                self.monitor_changes += 1
+
+    def monitor_resume(self, now: float) -> str:
+        """The operator's resume after a failure monitor's alarm: releases its hold (commands resume from a
+        freshly measured position, after a new decision) or its slowdown, and restarts its statistic.
+        Raises ValueError saying why not (no alarm acted on; the operator's heartbeat missing)."""
+        with self._lock:
+            if self.monitor is None:
+                raise ValueError("no failure monitor is running")
+            if self.monitor_hold is None and self.safety.filter.speed_scale == 1.0:
+                raise ValueError("no monitor alarm is holding or slowing the robot")
+            missing = self.safety.heartbeat_missing(now)
+            if missing:
+                raise ValueError(f"monitor resume refused: {missing}")
+            held, self.monitor_hold = self.monitor_hold, None
+            self.safety.filter.speed_scale = 1.0
+            self.monitor.reset()
+            self.monitor_status, self._monitor_acted = None, False
+            self.monitor_changes += 1
+            if held is not None:
+                self.anchored = False
+                self.invalidate("monitor alarm released", now)
+                return "hold released"
+            return "full speed restored"
+
+    def _monitor_decision(self, decision) -> None:
+        """Reads a new decision into the monitor's track and acts on its first alarm of the episode."""
+        status = self.monitor.update(decision)
+        self.monitor_status = status
+        if not status.alarmed or self._monitor_acted:
+            return
+        self._monitor_acted = True
+        self.monitor_changes += 1
+        action = self.config.monitor_action
+        if action == "slow":
+            self.safety.filter.speed_scale = self.config.monitor_slow
+        elif action == "hold":
+            main = self.monitor.monitor.manifest.main
+            self.monitor_hold = (f"monitor alarm ({main} {status.statistic:.2f} > {status.threshold:.2f} at decision "
+                                 f"{status.decision} of the episode): resume with the monitor_resume service")
+
+    def monitor_report(self) -> dict | None:
+        """The monitor's state for diagnostics: None without a monitor."""
+        if self.monitor is None:
+            return None
+        status = self.monitor_status
+        return {"name": self.monitor.monitor.name, "action": self.config.monitor_action,
+                "alarmed": bool(status is not None and status.alarmed), "holding": self.monitor_hold is not None,
+                "speed_scale": self.safety.filter.speed_scale,
+                **({} if status is None else {k: v for k, v in status.to_dict().items() if k != "alarmed"})}
 
     def estop(self, reason: str, now: float) -> str:
         """Latches the e-stop; returns its id, which `estop_reset` must name."""
@@ -277,6 +356,8 @@ class ControlLoop:
                                        self.executor.inference_elapsed() or None, self._newest_part())
             if observation is None and reason == "observation has no valid stamp":
                 reason = why
+            if reason is None:
+                reason = self.monitor_hold
             if reason is not None:
                 self.invalidate(reason, now)
                 return self._hold(now, reason)
@@ -291,6 +372,11 @@ class ControlLoop:
                 self.stats["decisions"] += 1
                 if self.log is not None:
                     self._log_decision(tick.decision)
+                if self.monitor is not None:
+                    self._monitor_decision(tick.decision)
+                    if self.monitor_hold is not None:  # this decision raised it: none of it reaches the robot
+                        self.invalidate(self.monitor_hold, now)
+                        return self._hold(now, self.monitor_hold, tick)
             # A step off the tick grid (run when a decision arrived) moves the robot over the time since the
             # last command, at most one control period (a late tick is filtered as a punctual one).
             dt = None if self._last_step_at is None else min(max(now - self._last_step_at, 1e-4), self.safety.dt)

@@ -22,7 +22,8 @@ def cmd_serve(args) -> int:
                          max_clients=args.max_clients, max_message_bytes=args.max_message_mb << 20, task=args.task,
                          send_tracebacks=args.send_tracebacks, metrics_every_s=args.metrics_every,
                          provider=args.provider, threads=args.threads, batch_window_ms=args.batch_window_ms,
-                         log_decisions=args.log_decisions, log_max_mb=args.log_max_mb)
+                         log_decisions=args.log_decisions, log_max_mb=args.log_max_mb,
+                         monitor=None if args.monitor == "none" else args.monitor)
     PolicyServer(config).run()
     return 0
 
@@ -33,6 +34,9 @@ def register(cli) -> None:
     p.add_argument("--policy", default="default", help="policy bundle path or a shipped name ('default')")
     p.add_argument("--verifier", default="none", help="verifier bundle path or a shipped name (cfn, best, ...)")
     p.add_argument("--n", type=int, default=16, help="candidates per decision when a request does not say")
+    p.add_argument("--monitor", default="none",
+                   help="failure monitor bundle, or 'monitor' (the policy's shipped one), calibrated for --n and "
+                        "--verifier: each reply carries its reading")
     p.add_argument("--max-n", type=int, default=256, help="largest n a request may ask for")
     p.add_argument("--host", default="127.0.0.1",
                    help="bind address; loopback by default (0.0.0.0 exposes the server, and is logged as such)")

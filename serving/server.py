@@ -86,6 +86,10 @@ class ServeConfig:
     # or, when requests carry `episode`, each value of it one episode; outcomes by `taco label`.
     log_decisions: str | None = None
     log_max_mb: float | None = None
+    # Failure monitor (runtime.monitor): a monitor bundle or "monitor" (the policy's shipped one), calibrated
+    # for `n` and the verifier; each reply then carries its reading. A connection is one episode, or, when
+    # requests carry `episode`, each value of it.
+    monitor: str | None = None
 
 
 @dataclass
@@ -251,14 +255,20 @@ class PolicyServer:
         from policies.observation import make_example_observation
         from policies.shipped import resolve_policy
         from runtime import Engine, EngineConfig, SessionConfig
-        from verifiers.shipped import resolve_verifier
+        from verifiers.shipped import resolve_monitor, resolve_verifier
 
         c = self.config
         policy = resolve_policy(c.policy)
         verifier = resolve_verifier(c.verifier, policy) if c.verifier else None
+        monitor = resolve_monitor(c.monitor, policy)
         session = SessionConfig(provider=c.provider, intra_op_threads=c.threads)
-        engine = Engine(policy, verifier=verifier,
+        engine = Engine(policy, verifier=verifier, monitor=monitor,
                         config=EngineConfig(session=session, return_candidates=bool(c.log_decisions)))
+        if engine.monitor is not None:
+            from policies.schema import content_id
+            from runtime.monitor import check_monitor_use
+
+            check_monitor_use(engine.monitor.manifest, engine.bundle.fingerprint, c.n, content_id(verifier))
         m = engine.manifest
         # Warm-up: the first run of each graph allocates; no client should pay for it.
         for _ in range(2):
@@ -282,6 +292,7 @@ class PolicyServer:
             "n_default": c.n, "n_max": c.max_n, "max_message_bytes": c.max_message_bytes,
             "request_fields": list(OPENPI_FIELDS + TACO_FIELDS), "task": c.task,
             "batch_window_ms": c.batch_window_ms,
+            "monitor": None if engine.monitor is None else monitor_metadata(engine.monitor),
         }
 
     def _infer(self, request: Request, history, submitted: float):
@@ -394,6 +405,7 @@ class PolicyServer:
             await ws.send(pack(self.metadata))
             log.info("client connected: %s (%d connected)", peer, self.clients)
             history = self.engine.policy.history() if self.engine.manifest.history > 1 else None
+            monitor = MonitorSession(self.engine.monitor, self.engine.manifest.action_dt)
             cameras = tuple(cam.name for cam in self.engine.manifest.cameras)
             previous_total = None
             if self.log is not None:
@@ -440,6 +452,7 @@ class PolicyServer:
                     "policy_fingerprint": decision.policy_fingerprint,
                     "policy_timing": {k: float(v) for k, v in decision.timings.items()},
                     "batch": batch, "delay": decision.delay,
+                    "monitor": monitor.read(request, decision),
                     "server_timing": {"decode_ms": (decoded - received) * 1e3, "queue_ms": queue_ms,
                                       "infer_ms": infer_ms, "total_ms": total_ms,
                                       **({} if previous_total is None else {"prev_total_ms": previous_total})},
@@ -516,6 +529,35 @@ class PolicyServer:
         """Stops a server running in another thread."""
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
+
+
+def monitor_metadata(monitor) -> dict:
+    """What a client learns of the server's monitor at connection."""
+    m = monitor.manifest
+    main = m.detectors.get(m.main) if m.main else None
+    return {"name": m.name, "n": m.n, "signals": list(m.signals), "detector": m.main,
+            "threshold": None if main is None else main.threshold, "alpha": None if main is None else main.alpha}
+
+
+class MonitorSession:
+    """One connection's failure-monitor track: a reading per reply, a fresh episode when the request's
+    `episode` changes. Requests at another N than the monitor's are not read (the reply says why)."""
+
+    def __init__(self, monitor, dt: float):
+        self.monitor = monitor
+        self.track = None if monitor is None else monitor.track(dt)
+        self.episode: str | None = None
+
+    def read(self, request: Request, decision) -> dict | None:
+        if self.monitor is None:
+            return None
+        if decision.n != self.monitor.manifest.n:
+            return {"skipped": f"the monitor is calibrated at N={self.monitor.manifest.n}, this request asked "
+                               f"N={decision.n}"}
+        if request.episode is not None and request.episode != self.episode:
+            self.track.reset()
+            self.episode = request.episode
+        return self.track.update(decision).to_dict()
 
 
 def serve_in_thread(config: ServeConfig, timeout: float = 120.0) -> tuple[PolicyServer, threading.Thread]:

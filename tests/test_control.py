@@ -313,6 +313,116 @@ def test_a_lost_heartbeat_holds_until_a_decision_made_after_it_returns(started):
     assert engine.made[decision_id(result.command)][0] > last_heartbeat + 0.5
 
 
+# -- the failure monitor's alarm ----------------------------------------------------------------------------
+
+class MonitoredEngine(FakeEngine):
+    """A FakeEngine with a failure monitor at N=2 whose one signal, `spread`, the test sets: calibrated at
+    mean 0 and std 1, an alarm once its CUSUM (slack 0.5) passes 3."""
+
+    def __init__(self, clock, manifest=None):
+        from runtime.monitor import Detector, Monitor, MonitorManifest
+
+        super().__init__(clock, manifest)
+        self.spread = 0.0
+        manifest = MonitorManifest(name="fake-monitor", policy_fingerprint="f" * 64, n=2, verifier=None, scorers={},
+                                   scorer_manifests={}, standardisation={"spread": [0.0, 1.0]},
+                                   detectors={"combined": Detector(("spread",), 0.5, 3.0, 0.1)}, main="combined")
+        self.monitor = Monitor(manifest, None, {})
+
+    def infer(self, observation, n=None, seed=None, guidance=None):
+        decision = super().infer(observation, n=n, seed=seed, guidance=guidance)
+        decision.signals = {"spread": self.spread, "keystone": float("nan")}
+        return decision
+
+
+def monitored_loop(action: str):
+    clock = Clock()
+    engine = MonitoredEngine(lambda: clock.now)
+    watchdog = WatchdogConfig(max_observation_age=0.2, max_inference_time=5.0, max_future_stamp=0.05,
+                              heartbeat_timeout=0.5)
+    loop = ControlLoop(engine, PROFILE, ControlConfig(rate=50.0, executor=ExecutorConfig(n=2, execute=8),
+                                                      watchdog=watchdog, monitor_action=action),
+                       clock=lambda: clock.now)
+    loop.instruction("transfer the cube", clock.now)
+    robot = Robot(loop, engine, clock)
+    robot.publish()
+    return loop, engine, robot
+
+
+def _run_decisions(robot, engine, count):
+    """Steps until `count` more decisions were installed; returns the last tick's result."""
+    start, result = engine.returned, None
+    for _ in range(50 * count):
+        if engine.entered > engine.returned:
+            robot.decide()
+        result = robot.step()
+        if engine.returned >= start + count and not robot.loop.executor.waiting():
+            break
+    return result
+
+
+def test_a_monitor_alarm_holds_the_robot_until_the_operator_resumes():
+    loop, engine, robot = monitored_loop("hold")
+    try:
+        robot.step()
+        result = _run_decisions(robot, engine, 3)
+        assert not result.report.held and not loop.monitor_report()["alarmed"]
+        engine.spread = 10.0  # the policy is lost: every later decision reads 10 standard deviations out
+        for _ in range(200):
+            if engine.entered > engine.returned:
+                robot.decide()
+            result = robot.step()
+            if loop.monitor_hold is not None:
+                break
+        assert result.report.held and result.report.reason.startswith("monitor alarm (combined 9.50 > 3.00")
+        alarmed_by = engine.returned
+        for _ in range(30):  # it stays held, and reports why
+            result = robot.step()
+            assert result.report.held and "monitor_resume" in result.report.reason
+        assert loop.monitor_report()["holding"] and loop.reasons["held"]["monitor alarm"] >= 30
+        robot.clock.now += 1.0  # no heartbeat: the resume is refused
+        with pytest.raises(ValueError, match="monitor resume refused: operator heartbeat lost"):
+            loop.monitor_resume(robot.now)
+        robot.publish()
+        engine.spread = 0.0
+        assert loop.monitor_resume(robot.now) == "hold released"
+        with pytest.raises(ValueError, match="no monitor alarm"):
+            loop.monitor_resume(robot.now)
+        result = _run_decisions(robot, engine, 2)
+        assert not result.report.held and decision_id(result.command) > alarmed_by
+        assert not loop.monitor_report()["alarmed"]
+    finally:
+        for _ in range(3):
+            engine.finish()
+        loop.close()
+
+
+def test_a_monitor_alarm_that_slows_scales_the_speed_limits_until_the_episode_ends():
+    loop, engine, robot = monitored_loop("slow")
+    try:
+        robot.step()
+        engine.spread = 10.0
+        _run_decisions(robot, engine, 2)
+        assert loop.safety.filter.speed_scale == 0.5 and loop.monitor_report()["alarmed"]
+        assert not robot.step().report.held  # slowed, still moving
+        loop.reset(robot.now, robot.now, episode="next")
+        assert loop.safety.filter.speed_scale == 1.0 and loop.monitor_status is None
+    finally:
+        for _ in range(3):
+            engine.finish()
+        loop.close()
+
+
+def test_a_monitor_action_needs_a_monitor_calibrated_at_the_loops_n():
+    clock = Clock()
+    with pytest.raises(ValueError, match="the engine has no failure monitor"):
+        ControlLoop(FakeEngine(lambda: clock.now), PROFILE, ControlConfig(rate=50.0, monitor_action="hold"))
+    with pytest.raises(ValueError, match="calibrated at N=2, the loop samples N=1"):
+        ControlLoop(MonitoredEngine(lambda: clock.now), PROFILE, ControlConfig(rate=50.0))
+    with pytest.raises(ValueError, match="monitor_action: must be one of none, slow, hold"):
+        ControlConfig(rate=50.0, monitor_action="panic")
+
+
 # -- no command computed before an event reaches the robot after it ---------------------------------------
 
 EVENTS = ["tick", "tick", "tick", "finish", "finish", "stale", "future", "reset", "estop", "release", "swap",

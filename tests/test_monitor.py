@@ -9,16 +9,12 @@ import math
 import numpy as np
 import pytest
 
-from policies import Observation, make_example_observation
 from policies.errors import BundleError
-from runtime import Engine, EngineConfig
+from runtime import Engine
 from runtime.calibration import CalibrationEpisode, fit_monitor
-from runtime.monitor import (MonitorManifest, candidate_spread, check_monitor_use, chunk_inconsistency,
-                             conformal_rank, conformal_threshold, cusum, keystone_spread, load_monitor,
-                             read_monitor_manifest)
-from policies.schema import sha256_file
-from verifiers import write_verifier_bundle
-from verifiers.synthetic import knn_verifier_onnx
+from runtime.monitor import (candidate_spread, check_monitor_use, chunk_inconsistency, conformal_rank,
+                             conformal_threshold, cusum, keystone_spread, load_monitor, read_monitor_manifest)
+from tiny_monitor import familiar, make_tiny_monitor, run, strange
 
 
 def test_spreads_known_values():
@@ -78,63 +74,10 @@ def test_the_fit_bounds_false_alarms_on_successful_episodes_and_catches_a_drifti
         fit_monitor(episodes[:10], ("value",), alpha=0.1)
 
 
-# --- a monitor on a tiny policy: familiar observations against one it never saw ---------------------------
-
-def _familiar(manifest, rng, stamp: float) -> Observation:
-    base = make_example_observation(manifest, seed=int(rng.integers(3)), image_size=(32, 32))
-    state = (np.asarray(manifest.normalization.state_mean, np.float32)
-             + 0.1 * rng.standard_normal(manifest.state_dim).astype(np.float32)
-             * np.asarray(manifest.normalization.state_std, np.float32))
-    return dataclasses.replace(base, state=state, stamp=stamp)
-
-
-def _strange(manifest, stamp: float) -> Observation:
-    base = make_example_observation(manifest, seed=11, image_size=(32, 32))
-    state = (np.asarray(manifest.normalization.state_mean, np.float32)
-             + 8.0 * np.asarray(manifest.normalization.state_std, np.float32))
-    return dataclasses.replace(base, images={k: np.zeros_like(v) for k, v in base.images.items()}, state=state,
-                               stamp=stamp)
-
-
-def _write_manifest(path, manifest: MonitorManifest) -> None:
-    (path / "manifest.json").write_text(json.dumps(manifest.to_dict(), indent=2))
-
-
 @pytest.fixture(scope="module")
 def tiny_monitor(exported, tmp_path_factory):
-    """A monitor of the tiny flow policy at N=4 with a kNN pseudo-count of familiar observations'
-    features, calibrated on 40 familiar episodes of 6 decisions."""
     flow = exported("flow")
-    root = tmp_path_factory.mktemp("monitor")
-    rng = np.random.default_rng(1)
-    keep = Engine(flow.path, config=EngineConfig(return_candidates=True))
-    m = keep.manifest
-    features = np.concatenate([keep.infer(_familiar(m, rng, 0.0), n=4, seed=i).features for i in range(60)])
-    mean, std = features.mean(0), features.std(0) + 1e-6
-    knn = knn_verifier_onnx(root / "knn.onnx", (features - mean) / std, mean, std, k=5)
-    monitor = root / "tiny-monitor"
-    monitor.mkdir()
-    write_verifier_bundle(knn, monitor / "pseudocount", policy_fingerprint=flow.bundle.fingerprint,
-                          feature_dim=m.feature_dim)
-    base = MonitorManifest(name="tiny-monitor", policy_fingerprint=flow.bundle.fingerprint, n=4, verifier=None,
-                           scorers={"pseudocount": "pseudocount"},
-                           scorer_manifests={"pseudocount": sha256_file(monitor / "pseudocount" / "manifest.json")})
-    _write_manifest(monitor, base)
-    engine = Engine(flow.path, monitor=monitor)
-    episodes = [CalibrationEpisode(signals=_run(engine, [_familiar(m, rng, i * 8 * m.action_dt) for i in range(6)],
-                                                seed=1000 + k).history, success=True, decision_steps=list(range(0, 48, 8)))
-                for k in range(40)]
-    fit = fit_monitor(episodes, base.signals, alpha=0.1)
-    _write_manifest(monitor, dataclasses.replace(base, standardisation=fit.standardisation, detectors=fit.detectors,
-                                                 main=fit.main))
-    return flow, monitor
-
-
-def _run(engine, observations, seed: int = 0):
-    track = engine.monitor.track(engine.manifest.action_dt)
-    for i, obs in enumerate(observations):
-        track.update(engine.infer(obs, n=4, seed=seed * 100 + i))
-    return track
+    return flow, make_tiny_monitor(flow, tmp_path_factory.mktemp("monitor"))
 
 
 def test_an_alarm_fires_on_an_observation_unlike_the_calibration_and_not_on_familiar_ones(tiny_monitor):
@@ -143,11 +86,11 @@ def test_an_alarm_fires_on_an_observation_unlike_the_calibration_and_not_on_fami
     m = engine.manifest
     rng = np.random.default_rng(7)
     dt = 8 * m.action_dt
-    familiar = [_run(engine, [_familiar(m, rng, i * dt) for i in range(6)], seed=s) for s in range(10)]
-    assert sum("combined" in t.first_alarm for t in familiar) <= 1, [t.peaks for t in familiar]
-    strange = _run(engine, [_familiar(m, rng, 0.0)] + [_strange(m, i * dt) for i in range(1, 6)], seed=99)
-    assert strange.first_alarm.get("combined") is not None and strange.first_alarm["combined"] <= 2, strange.peaks
-    decision = engine.infer(_strange(m, 0.0), n=4, seed=1)
+    usual = [run(engine, [familiar(m, rng, i * dt) for i in range(6)], seed=s) for s in range(10)]
+    assert sum("combined" in t.first_alarm for t in usual) <= 1, [t.peaks for t in usual]
+    odd = run(engine, [familiar(m, rng, 0.0)] + [strange(m, i * dt) for i in range(1, 6)], seed=99)
+    assert odd.first_alarm.get("combined") is not None and odd.first_alarm["combined"] <= 2, odd.peaks
+    decision = engine.infer(strange(m, 0.0), n=4, seed=1)
     assert set(decision.signals) == {"spread", "keystone", "pseudocount", "pseudocount_obs"}
     assert "monitor" in decision.timings
 

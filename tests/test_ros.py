@@ -486,7 +486,7 @@ class FakeRobot:
     """Publishes the robot's joint states and camera at 50 Hz from the test, and the operator's heartbeat;
     `mode` breaks them on purpose."""
 
-    def __init__(self, harness, height=48, width=64):
+    def __init__(self, harness, height=48, width=64, frame=None):
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import Header
 
@@ -497,7 +497,8 @@ class FakeRobot:
         self.heartbeat = node.create_publisher(Header, HEARTBEAT_TOPIC, 10)
         self.states = [node.create_publisher(JointState, joint_state_topic(ns), 10) for ns in PROFILE.arm_namespaces]
         self.image = node.create_publisher(Image, IMAGE_TOPIC.format(camera="cam_high"), IMAGE_QOS)
-        self.frame = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8)
+        self.frame = np.random.default_rng(0).integers(0, 255, (height, width, 3), dtype=np.uint8) \
+            if frame is None else frame
         self.mode = "ok"
         self.timer = node.create_timer(DT, self._tick)
 
@@ -575,3 +576,65 @@ def test_fast_image_serialisation_decodes_like_rclpy_own(shape, frame_id):
     assert ours == theirs
     np.testing.assert_array_equal(image_from_msg(ours, "cam"), frame)
     assert (ours.header.stamp.sec, ours.header.stamp.nanosec) == (12, 345678000)
+
+
+def test_a_monitor_alarm_is_on_diagnostics_and_latched_and_holds_until_the_operator_resumes(nodes, harness, exported,
+                                                                                            tmp_path):
+    """The tiny monitor was calibrated on other frames and states than this robot's: it alarms; with
+    monitor_action hold the commands stop through the safety layer until /taco/monitor_resume is called."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    from ros_nodes.common import (DIAGNOSTICS_TOPIC, INSTRUCTION_TOPIC, LATCHED_QOS, MONITOR_RESUME_SERVICE,
+                                  MONITOR_TOPIC, ROS_DIAGNOSTICS_TOPIC)
+    from tiny_monitor import N, make_tiny_monitor
+
+    flow = exported("flow")
+    monitor = make_tiny_monitor(flow, tmp_path)
+    harness.listen(String, DIAGNOSTICS_TOPIC)
+    harness.listen(DiagnosticArray, ROS_DIAGNOSTICS_TOPIC)
+    harness.listen(String, MONITOR_TOPIC, qos=LATCHED_QOS)
+    names = _listen_to_sink(harness, "forward")
+    FakeRobot(harness, frame=np.zeros((48, 64, 3), np.uint8))
+    harness.node.create_publisher(String, INSTRUCTION_TOPIC, LATCHED_QOS).publish(String(data="transfer the cube"))
+    nodes.start("policy", "ros_nodes.policy_node", {"policy": str(flow.path), "n": N, "sink": "forward",
+                                                    "monitor": str(monitor), "monitor_action": "hold"})
+    states = lambda: [json.loads(m.data) for _, m in harness.messages(MONITOR_TOPIC)]  # noqa: E731
+    harness.wait(lambda: any(s["holding"] for s in states()), 60, "the monitor's latched alarm", nodes, seen=states)
+    alarm = next(s for s in states() if s["holding"])
+    assert alarm["alarmed"] and alarm["statistic"] > alarm["threshold"] and alarm["action"] == "hold"
+
+    def monitor_status():
+        arrays = harness.messages(ROS_DIAGNOSTICS_TOPIC)
+        return None if not arrays else next((st for st in arrays[-1][1].status if st.name == "taco_policy: monitor"),
+                                            None)
+
+    harness.wait(lambda: monitor_status() is not None and monitor_status().level == DiagnosticStatus.ERROR, 30,
+                 "/diagnostics to report the alarm's hold", nodes, seen=monitor_status)
+    values = {kv.key: kv.value for kv in monitor_status().values}
+    assert values["name"] == "tiny-monitor" and "signal.pseudocount" in values
+    last = harness.diagnostics()[-1]
+    assert last["held"] and last["hold_reason"].startswith("monitor alarm")
+    # Holding: the same command, tick after tick.
+    t_hold = time.monotonic()
+    held = lambda: [list(m.data) for t, m in harness.messages(names[0]) if t > t_hold]  # noqa: E731
+    harness.wait(lambda: len(held()) > 10, 30, "ten held commands", nodes, seen=lambda: len(held()))
+    assert all(h == held()[0] for h in held())
+
+    client = harness.node.create_client(Trigger, MONITOR_RESUME_SERVICE)
+    assert client.wait_for_service(timeout_sec=30)
+    before = len(states())
+    future = client.call_async(Trigger.Request())
+    harness.wait(future.done, 30, "the resume service to answer", nodes)
+    assert future.result().success and future.result().message == "hold released"
+
+    def released():
+        later = states()[before:]
+        return next((i for i, s in enumerate(later) if not s["holding"]), None)
+
+    harness.wait(lambda: released() is not None, 30, "the latched state to say released", nodes, seen=states)
+    # The same strange frames: after the resume, new decisions raise the alarm again.
+    harness.wait(lambda: any(s["holding"] for s in states()[before + released():]), 60, "a second alarm", nodes,
+                 seen=states)
+    assert nodes.alive("policy")

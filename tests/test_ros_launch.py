@@ -152,3 +152,31 @@ def test_taco_ros_robot_caps_the_rtc_guidance_where_flow32_stays_delay_robust(mo
     assert "max_weight" in capsys.readouterr().err
     args = runpy.run_path(str(LAUNCH / "robot.launch.py"))["ARGS"]
     assert (args["policy"], float(args["rtc_max_weight"])) == ("flow32", ROBOT_RTC_MAX_WEIGHT)
+
+
+def test_taco_ros_passes_a_monitor_checked_against_n_before_starting_nodes(monkeypatch, exported, tmp_path, capsys):
+    import ros_nodes.launcher as launcher
+    from taco.cli import main
+    from tiny_monitor import make_tiny_monitor
+
+    flow = exported("flow")
+    monitor = make_tiny_monitor(flow, tmp_path)
+    started = []
+
+    class Recorded(launcher.Launch):
+        def start(self):
+            started.append(self.commands)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(launcher, "Launch", Recorded)
+    base = ["ros", "sim", "--policy", str(flow.path), "--monitor", str(monitor)]
+    assert main([*base, "--n", "4", "--monitor-action", "hold"]) == 0
+    cmd = started.pop()["policy"]
+    params = dict(cmd[i + 1].split(":=", 1) for i in range(4, len(cmd), 2))
+    assert (params["monitor"], params["monitor_action"]) == (str(monitor), "hold")
+    assert main([*base, "--n", "16"]) == 2 and not started
+    assert "calibrated at N=4, used at N=16" in capsys.readouterr().err
+    assert main(["ros", "sim", "--policy", str(flow.path), "--monitor-action", "slow"]) == 2 and not started
+    assert "needs a --monitor" in capsys.readouterr().err

@@ -200,3 +200,24 @@ def test_limits_come_from_the_urdf_then_joint_limits_parameters_then_the_profile
     f.reset(np.asarray(PROFILE.home))
     safe, _ = f(np.asarray(PROFILE.home) + 5.0, DT)
     assert safe[0] <= 1.0 and abs(safe[0] - PROFILE.home[0]) <= 10.0 * DT * DT + 1e-12
+
+
+def test_a_lower_speed_scale_is_reached_at_the_deceleration_limits_and_then_holds():
+    """A failure monitor's "slow" action: the speed limit drops to half, the stream slows down to it no
+    faster than max_deceleration allows (no jump in speed), then never exceeds it."""
+    f = SafetyFilter(PROFILE)
+    f.reset(LOWER + 0.01)
+    positions = [f.hold()]
+    for _ in range(10):  # up to full speed toward the far end of every range
+        positions.append(f(UPPER, DT)[0])
+    moving = np.abs(f.velocity) > 0.99 * VMAX
+    assert moving.sum() >= 3, np.abs(f.velocity) / VMAX
+    f.speed_scale = 0.5
+    for _ in range(20):
+        positions.append(f(UPPER, DT)[0])
+    speed = np.abs(np.diff(np.stack(positions), axis=0) / DT)[:, moving]
+    slowing = np.diff(speed[9:], axis=0)
+    decel = f.limits.max_deceleration[moving]
+    assert (slowing >= -decel * DT * (1 + 1e-9) - 1e-9).all()
+    assert (slowing < -0.5 * decel * DT).any()  # it did slow down, at the limit's pace
+    np.testing.assert_allclose(speed[-5:], np.broadcast_to(0.5 * VMAX[moving], (5, moving.sum())), rtol=1e-9)

@@ -454,7 +454,7 @@ def test_taco_ros_robot_with_a_server_checks_the_server_before_starting_nodes(ca
     assert main(["ros", "robot", "--server", f"ws://127.0.0.1:{free}"]) == 2
     assert "cannot connect to the policy server" in capsys.readouterr().err
     assert main(["ros", "robot", "--server", f"ws://127.0.0.1:{free}", "--verifier", "cfn"]) == 2
-    assert "the server chooses the policy and the verifier" in capsys.readouterr().err
+    assert "the server chooses the policy, the verifier and the monitor" in capsys.readouterr().err
 
 
 def test_taco_serve_refuses_an_empty_key_file(tmp_path, capsys):
@@ -540,3 +540,41 @@ def test_a_server_that_does_not_answer_in_time_is_a_timeout_not_a_dropped_connec
         server.stop()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_a_server_with_a_failure_monitor_reads_each_episode_and_alarms_on_a_strange_one(policy, tmp_path, exported,
+                                                                                        capsys):
+    from runtime.monitor import read_monitor_manifest
+    from taco.cli import main
+    from tiny_monitor import N, familiar, make_tiny_monitor, strange
+
+    monitor = make_tiny_monitor(exported("flow"), tmp_path)
+    assert main(["serve", "--policy", str(policy), "--monitor", str(monitor), "--n", "2", "--port", "0"]) == 2
+    assert "calibrated at N=4, used at N=2" in capsys.readouterr().err
+    server, thread = serve_in_thread(ServeConfig(policy=str(policy), port=0, n=N, monitor=str(monitor),
+                                                 metrics_every_s=0))
+    try:
+        client = openpi_client.WebsocketClientPolicy(host="127.0.0.1", port=server.port)
+        meta = client.get_server_metadata()["monitor"]
+        threshold = read_monitor_manifest(monitor).detectors["combined"].threshold
+        assert meta == {"name": "tiny-monitor", "n": N, "signals": ["spread", "keystone", "pseudocount",
+                                                                    "pseudocount_obs", "inconsistency"],
+                        "detector": "combined", "threshold": threshold, "alpha": 0.1}
+        manifest = Engine(policy).manifest
+        rng = np.random.default_rng(3)
+
+        def ask(obs, episode, n=N):
+            return client.infer({"images": dict(obs.images), "state": obs.state, "prompt": obs.task,
+                                 "episode": episode, "n": n, "seed": 5})["monitor"]
+
+        readings = [ask(familiar(manifest, rng, 0.0), "a") for _ in range(3)]
+        assert [r["decision"] for r in readings] == [0, 1, 2] and readings[0]["signals"]["inconsistency"] is None
+        assert set(readings[2]["signals"]) == set(meta["signals"])
+        assert readings[2]["threshold"] == pytest.approx(threshold, abs=1e-6)
+        assert "calibrated at N=4, this request asked N=3" in ask(familiar(manifest, rng, 0.0), "a", n=3)["skipped"]
+        odd = [ask(strange(manifest, 0.0), "b") for _ in range(4)]
+        assert odd[0]["decision"] == 0  # a new episode starts a new track
+        assert odd[-1]["alarmed"] and odd[-1]["statistic"] > threshold, odd
+    finally:
+        server.stop()
+        thread.join(30)
