@@ -32,7 +32,27 @@ def cmd_inspect(args) -> int:
 
     session = lambda path: make_session(path, SessionConfig())  # noqa: E731 (the engine's default settings)
     path = Path(resolve_bundle(args.bundle))
-    is_verifier = path.suffix == ".onnx" or (path.is_dir() and read_manifest(path).get("kind") == "verifier")
+    kind = read_manifest(path).get("kind") if path.is_dir() else None
+    if kind == "monitor":
+        from runtime.monitor import load_monitor
+
+        monitor = load_monitor(path, session)  # checks its scorers against their recorded hashes
+        m = monitor.manifest
+        if args.json:
+            print(json.dumps(m.to_dict(), indent=2))
+            return 0
+        print(f"{'monitor':<18} {path}\n{'policy_fingerprint':<18} {m.policy_fingerprint}\n{'n':<18} {m.n}\n"
+              f"{'verifier':<18} {None if m.verifier is None else m.verifier.get('name')}\n"
+              f"{'scorers':<18} {', '.join(f'{r}: {s.name}' for r, s in monitor.scorers.items()) or 'none'}\n"
+              f"{'signals':<18} {', '.join(m.signals)}")
+        for name, d in m.detectors.items():
+            mark = " (main)" if name == m.main else ""
+            print(f"detector {name}{mark}: {d.kind} of {', '.join(d.signals)}, slack {d.slack:g}, threshold "
+                  f"{d.threshold:.4g}, alpha {d.alpha:g}")
+        if not m.detectors:
+            print("uncalibrated: signals only, no alarm")
+        return 0
+    is_verifier = path.suffix == ".onnx" or kind == "verifier"
     if is_verifier:
         v = load_verifier(path, session)
         info = {"verifier": str(path), "name": v.name, "feature_dim": v.feature_dim,

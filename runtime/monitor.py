@@ -94,6 +94,19 @@ def chunk_inconsistency(chunk: np.ndarray, times: np.ndarray, previous: np.ndarr
     return float(np.sqrt(np.mean(diff * diff)))
 
 
+def standardise(values: np.ndarray, name: str, mean: float, std: float) -> np.ndarray:
+    """A signal's readings for the detectors: sign x (v - mean) / std, floored at Z_FLOOR, NaN kept."""
+    z = SIGNALS[name] * (values - mean) / std
+    return np.where(np.isnan(z), np.nan, np.maximum(z, Z_FLOOR))
+
+
+def combined_reading(z: Mapping[str, np.ndarray], signals: tuple[str, ...]) -> np.ndarray:
+    """Per decision, the mean of these signals' standardised readings that are not NaN (0 when none is)."""
+    stack = np.stack([z[s] for s in signals])
+    count = np.sum(~np.isnan(stack), axis=0)
+    return np.where(count > 0, np.nansum(stack, axis=0) / np.maximum(count, 1), 0.0)
+
+
 def cusum(values: np.ndarray, slack: float) -> np.ndarray:
     """One-sided CUSUM S_t = max(0, S_{t-1} + c_t - slack), S_{-1} = 0; a NaN reading counts as 0."""
     out = np.empty(len(values))
@@ -259,8 +272,8 @@ class MonitorManifest:
         """What the monitor computes and decides (not when or by which command it was written): eval
         results are reused only under the same identity."""
         data = self.to_dict()
-        data.pop("provenance")
-        data.pop("calibration")
+        for key in ("provenance", "calibration", "name"):
+            data.pop(key)
         return canonical_hash(data)
 
 
@@ -302,10 +315,6 @@ class Monitor:
         self.manifest, self.path, self.scorers = manifest, path, dict(scorers)
         self.name = manifest.name
         self.signals = manifest.signals
-
-    @property
-    def calibrated(self) -> bool:
-        return bool(self.manifest.detectors)
 
     def check_policy(self, policy_fingerprint: str, feature_dim: int) -> None:
         """Refuses a monitor (or a scorer of it) made for another policy."""
@@ -349,9 +358,6 @@ class Monitor:
     def track(self, dt: float) -> MonitorTrack:
         """A fresh episode's track (dt: seconds between a chunk's actions)."""
         return MonitorTrack(self, dt)
-
-    def fingerprint(self) -> str:
-        return self.manifest.identity()
 
 
 @dataclass
@@ -445,6 +451,25 @@ class MonitorTrack:
             statistics=dict(self.statistics))
         self.decisions += 1
         return status
+
+
+def replay(manifest: MonitorManifest, signals: Mapping[str, list], decision_steps: list[int],
+           dt: float) -> dict[str, tuple[float, int | None]]:
+    """A monitor's detectors run over one episode's recorded raw signals (a record's `monitor.signals`,
+    None or NaN where a signal had no value) with each decision's control step: detector -> (peak, the
+    control step of its first alarm or None). What a MonitorTrack computes, without the decisions."""
+    z = {name: standardise(np.array([math.nan if v is None else v for v in signals.get(name, [])], np.float64),
+                           name, *pair) for name, pair in manifest.standardisation.items()}
+    steps = np.asarray(decision_steps, np.float64)
+    out = {}
+    for name, detector in manifest.detectors.items():
+        if detector.kind == "elapsed":
+            path = (steps - steps[0]) * dt if len(steps) else np.zeros(0)
+        else:
+            path = cusum(combined_reading(z, detector.signals), detector.slack)
+        above = np.flatnonzero(path > detector.threshold)
+        out[name] = (float(path.max(initial=0.0)), int(decision_steps[above[0]]) if len(above) else None)
+    return out
 
 
 def load_monitor(path: str | Path, session_factory: Callable | None = None) -> Monitor:

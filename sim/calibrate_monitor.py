@@ -79,7 +79,11 @@ def calibrate_monitor(config: CalibrateConfig, progress=None) -> dict:
     from verifiers.shipped import resolve_verifier
 
     progress = progress or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    conformal_rank(config.episodes // 2, config.alpha)  # refuse at once a run that cannot reach alpha
+    try:  # refuse at once a run that cannot reach alpha even if every rollout succeeds
+        conformal_rank(config.episodes // 2, config.alpha)
+    except ValueError as err:
+        raise ValueError(f"episodes: {config.episodes} rollouts are too few for alpha {config.alpha:g} (half of the "
+                         f"successful ones set the threshold): {err}") from None
     policy = resolve_policy(config.policy)
     bundle = load_policy_bundle(policy)
     verifier = resolve_verifier(config.verifier, policy)
@@ -102,7 +106,12 @@ def calibrate_monitor(config: CalibrateConfig, progress=None) -> dict:
                              episodes=config.episodes, seed=config.seed, execute=config.execute,
                              max_steps=config.max_steps, workers=config.workers, monitor=str(out))
     started = time.perf_counter()
-    report = run_suite(eval_config, json_path=rollouts / "calibration.json", progress=progress)
+    done = rollouts / "calibration.json"
+    report = json.loads(done.read_text()) if done.is_file() else None
+    if report is not None and report.get("fingerprint") == eval_config.fingerprint():
+        progress(f"reusing the {len(report['episodes'])} rollouts of {done}")  # a refit (another alpha)
+    else:
+        report = run_suite(eval_config, json_path=done, progress=progress)
     episodes = [CalibrationEpisode(signals=r["monitor"]["signals"], success=r["success"],
                                    decision_steps=r["monitor"]["decision_steps"], progress_step=last_progress_step(r))
                 for r in report["episodes"]]
@@ -118,7 +127,7 @@ def calibrate_monitor(config: CalibrateConfig, progress=None) -> dict:
     }
     provenance = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["taco", "calibrate-monitor", *sys.argv[2:]]) if len(sys.argv) > 1 else None,
+        "command": " ".join(["taco", *sys.argv[1:]]),
         "policy": Path(policy).name, "scorers": {role: Path(src).name for role, src in scorers.items()},
         "settings": asdict(config),
     }
@@ -145,4 +154,49 @@ def format_calibration(result: dict) -> str:
         lines.append(f"{name:<18} {','.join(d['signals']):<44} {d['slack']:>5.2f} {d['threshold']:>9.3f} "
                      f"{r['failed_alarmed']:>7}/{r['failed']:<7} {lead:>7}")
     lines.append(f"wrote {result['monitor']} (use it with --monitor {result['monitor']})")
+    return "\n".join(lines)
+
+
+def rescore(monitor: str, records: str) -> dict:
+    """A monitor's detectors replayed over an evaluation's recorded signals (`taco eval --monitor ...
+    --json`, any monitor with the same scorers, calibrated for the same policy, N and verifier): the
+    summary `taco eval --monitor` would have printed, without running the episodes again."""
+    from policies.bundle import load_policy_bundle
+    from policies.errors import BundleError
+    from runtime.monitor import check_monitor_use, read_monitor_manifest, replay
+    from sim.evaluate import monitor_summary
+
+    manifest = read_monitor_manifest(monitor)
+    report = json.loads(Path(records).read_text())
+    config = report["config"]
+    check_monitor_use(manifest, load_policy_bundle(config["policy"]).fingerprint, config["n"],
+                      content_id(config["verifier"]))
+    rescored = []
+    for r in report["episodes"]:
+        mon = r.get("monitor")
+        if mon is None:
+            raise BundleError("records", f"{records}: episode {r['task']} {r['episode']} has no monitor signals; "
+                                         "evaluate with --monitor")
+        missing = sorted(set(manifest.standardisation) - set(mon["signals"]))
+        if missing:
+            raise BundleError("records", f"{records}: the monitor reads {missing}, which the records do not hold")
+        replayed = replay(manifest, mon["signals"], mon["decision_steps"], mon["dt"])
+        rescored.append({**r, "monitor": {**mon, "main": manifest.main,
+                                          "peak": {k: v[0] for k, v in replayed.items()},
+                                          "first_alarm_step": {k: v[1] for k, v in replayed.items()}}})
+    tasks = sorted({r["task"] for r in rescored})
+    return {"monitor": str(monitor), "records": str(records), "config": config,
+            "overall": monitor_summary(rescored),
+            "per_task": {t: monitor_summary([r for r in rescored if r["task"] == t]) for t in tasks}}
+
+
+def format_rescore(result: dict) -> str:
+    lines = [f"{'detector':<18} {'TPR':>6} {'FPR':>6} {'failed alarmed':>15} {'successful alarmed':>19} {'lead s':>7}"]
+    for name, d in result["overall"]["by_detector"].items():
+        def rate(v):
+            return "-" if v is None else f"{v:.3f}"
+
+        lead = "-" if d["lead_s_median"] is None else f"{d['lead_s_median']:+.2f}"
+        lines.append(f"{name:<18} {rate(d['tpr']):>6} {rate(d['fpr']):>6} {d['failed_alarmed']:>7}/{d['failed']:<7} "
+                     f"{d['successful_alarmed']:>9}/{d['successful']:<9} {lead:>7}")
     return "\n".join(lines)

@@ -35,7 +35,7 @@ def cmd_eval(args) -> int:
                         rtc=None if args.rtc is None else args.rtc == "on", continuity=args.continuity,
                         rtc_horizon=args.rtc_horizon, rtc_max_weight=args.rtc_max_weight,
                         log_decisions=args.log_decisions, log_max_mb=args.log_max_mb, explore=args.explore,
-                        monitor=args.monitor)
+                        monitor=args.monitor, scene_perturb=tuple(args.scene_perturb or ()))
     report = run_suite(config, json_path=args.json)
     print(format_summary(report))
     if args.json:
@@ -53,6 +53,18 @@ def cmd_calibrate_monitor(args) -> int:
                              execute=args.execute, max_steps=args.max_steps, workers=args.workers,
                              pseudocount=args.pseudocount, value=args.value, rollouts=args.rollouts)
     print(format_calibration(calibrate_monitor(config)))
+    return 0
+
+
+def cmd_monitor_report(args) -> int:
+    from sim.calibrate_monitor import format_rescore, rescore
+
+    result = rescore(args.monitor, args.records)
+    print(format_rescore(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -122,10 +134,11 @@ def cmd_artifacts(args) -> int:
         for name in names:
             config = replace(RECIPES[name], out=args.out, **overrides)
             if args.quick:
+                # No monitor: its thresholds come from successful rollouts, which a 20-step policy never has.
                 config = replace(config, episodes=1, recovery_episodes=min(1, config.recovery_episodes), size="tiny",
                                  steps=20, batch_size=8, k=4, stride=20, verifier_epochs=2,
                                  value_episodes=min(2, config.value_episodes), value_n=4, value_steps=20,
-                                 value_max_steps=60)
+                                 value_max_steps=60, monitor_episodes=0)
             built.update(build_artifacts(config))
     for name, path in built.items():
         size = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
@@ -259,6 +272,9 @@ def register(cli) -> None:
     p.add_argument("--monitor", default=None,
                    help="a failure monitor bundle, or 'monitor' (the one shipped for the policy): each episode's "
                         "first alarm, and TPR / FPR / lead time in the summary")
+    p.add_argument("--scene-perturb", action="append", metavar="KIND[:LEVEL]",
+                   help="a scene the policy never saw: lighting, camera, distractor, object_range, table "
+                        "(repeatable; levels in docs/monitor.md)")
     p.add_argument("--quick", action="store_true", help="at most 2 episodes per task (for tests)")
 
     p = cli.add("calibrate-monitor", "run successful rollouts of a policy and write a failure monitor bundle "
@@ -283,6 +299,13 @@ def register(cli) -> None:
                    help="value scorer: a value verifier of the policy, 'auto' (its value when shipped) or 'none'")
     p.add_argument("--rollouts", default=None, help="folder of the rollouts' records (default: OUT.rollouts)")
     p.add_argument("--out", required=True, help="the monitor bundle folder")
+
+    p = cli.add("monitor-report", "a failure monitor replayed over an evaluation's recorded signals (taco eval "
+                                  "--monitor --json): TPR, FPR and lead per detector, without rerunning episodes",
+                run=cmd_monitor_report)
+    p.add_argument("--monitor", required=True, help="monitor bundle (same policy, N, verifier and scorers)")
+    p.add_argument("--records", required=True, help="the JSON that taco eval --monitor --json wrote")
+    p.add_argument("--json", default=None, help="write the summary here")
 
     p = cli.add("record", "record scripted-expert episodes as a LeRobotDataset v3", run=cmd_record,
                 extras=("sim", "train"))

@@ -79,7 +79,9 @@ class AlohaSimEnv:
     """A task on the ALOHA scene. Actions and states follow the ALOHA layout (see `EnvSpec`)."""
 
     def __init__(self, task: str | Task, cameras: tuple[CameraConfig, ...] = DEFAULT_CAMERAS,
-                 max_steps: int | None = None, stop_on_success: bool = True):
+                 max_steps: int | None = None, stop_on_success: bool = True, perturbations=()):
+        """`perturbations`: scene perturbations (sim.perturb, 'KIND[:LEVEL]' texts or ScenePerturbations),
+        for evaluation in scenes the policy never saw."""
         self.task = get_task(task) if isinstance(task, str) else task
         for cam in cameras:
             if cam.name not in CAMERAS:
@@ -87,7 +89,15 @@ class AlohaSimEnv:
         self.spec = EnvSpec(cameras=tuple(cameras), state_names=ALOHA_JOINTS, action_names=ALOHA_JOINTS,
                             control_hz=CONTROL_HZ, max_steps=max_steps or self.task.max_steps)
         self.stop_on_success = stop_on_success
-        self.model = self.task.build_model(end_effector=False)
+        self.scene = None
+        if perturbations:
+            from sim.perturb import PerturbedScene, ScenePerturbation, parse_all
+
+            parsed = tuple(p if isinstance(p, ScenePerturbation) else ScenePerturbation.parse(p) for p in perturbations)
+            self.scene = PerturbedScene(parse_all(str(p) for p in parsed))
+        self.model = self.task.build_model(end_effector=False, edit=None if self.scene is None else self.scene.edit)
+        if self.scene is not None:
+            self.scene.apply(self.model)
         self.data = mujoco.MjData(self.model)
         self.substeps = round(1.0 / (CONTROL_HZ * PHYSICS_DT))
         self._renderers = {}
@@ -110,6 +120,8 @@ class AlohaSimEnv:
         self.data.qpos[:16] = START_ARM_POSE
         self.data.ctrl[:] = START_ARM_POSE
         self.object_poses = self.task.sample_objects(rng)
+        if self.scene is not None:
+            self.object_poses = self.scene.reset(self.model, seed, self.object_poses, self.task.spawn)
         self.data.qpos[self._object_qpos] = self.object_poses
         mujoco.mj_forward(self.model, self.data)
         self.steps, self.best_stage = 0, 0

@@ -54,7 +54,7 @@ def _make(config, task: str):
         else:
             controller = ChunkExecutor(engine, execution)
         cameras = engine.manifest.cameras
-    env = AlohaSimEnv(task, cameras=cameras, max_steps=config.max_steps)
+    env = AlohaSimEnv(task, cameras=cameras, max_steps=config.max_steps, perturbations=config.scene_perturb)
     return env, controller, _decision_log(config, controller)
 
 

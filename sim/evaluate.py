@@ -79,6 +79,8 @@ class EvalConfig:
     # Failure monitor (runtime.monitor): a monitor bundle, or "monitor" for the one shipped for the policy.
     # Each record then carries the decisions' signals and the first alarm; the summary its TPR, FPR and lead.
     monitor: str | None = None
+    # Scene perturbations (sim.perturb, "KIND[:LEVEL]"): scenes the policy never saw, evaluation only.
+    scene_perturb: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -95,6 +97,10 @@ class EvalConfig:
         elif self.monitor is not None:
             raise ValueError("monitor: applies to policy bundles, not to --policy scripted")
 
+        from sim.perturb import parse_all
+
+        # Written out in full ("lighting" -> "lighting:0.35"), so records say what ran.
+        object.__setattr__(self, "scene_perturb", tuple(str(p) for p in parse_all(self.scene_perturb)))
         for task in self.tasks:
             if task not in TASKS:
                 raise ValueError(f"tasks: unknown task {task!r} (registered: {', '.join(sorted(TASKS))})")
@@ -172,6 +178,8 @@ class EvalConfig:
                 data.pop(key)
         data["policy_content"] = content_id(self.policy)
         data["verifier_content"] = content_id(self.verifier)
+        if not self.scene_perturb:  # nor those from before scene perturbations
+            data.pop("scene_perturb")
         if self.monitor is None:  # results from before monitors existed still resume
             data.pop("monitor")
         else:  # what it computes and decides, not when it was written

@@ -6,6 +6,7 @@ Each task is registered; `taco list` shows them and the conformance test runs ev
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -55,15 +56,21 @@ class Task:
     # One line per stage, stage 1 first.
     stages: tuple[str, ...] = field(default_factory=tuple)
 
-    def build_model(self, end_effector: bool = False):
-        """Compiles the task's scene with the MuJoCo 3 fixes and fast rendering settings."""
-        model = self._compile(end_effector)
+    def build_model(self, end_effector: bool = False, edit=None):
+        """Compiles the task's scene with the MuJoCo 3 fixes and fast rendering settings; `edit(spec)`, when
+        given, changes its MjSpec first (scene perturbations add objects so)."""
+        model = self._compile(end_effector, edit)
         apply_mujoco3_fixes(model)
         fast_rendering(model)
         return model
 
-    def _compile(self, end_effector: bool):
-        return mujoco.MjModel.from_xml_path(str(assets_dir() / (self.ee_xml if end_effector else self.joint_xml)))
+    def _compile(self, end_effector: bool, edit=None):
+        path = str(assets_dir() / (self.ee_xml if end_effector else self.joint_xml))
+        if edit is None:
+            return mujoco.MjModel.from_xml_path(path)
+        spec = mujoco.MjSpec.from_file(path)
+        edit(spec)
+        return spec.compile()
 
     def qpos_indices(self, model) -> tuple[np.ndarray, np.ndarray]:
         """(robot, objects): qpos indices of the 6 arm joints + one finger per arm (left then right), and of
@@ -73,9 +80,13 @@ class Task:
         objects = np.concatenate([np.arange(7) + model.joint(name).qposadr[0] for name in self.objects])
         return robot, objects
 
+    # Per object, in `objects` order, the (low, high) corners of the box its start position is drawn from.
+    spawn: ClassVar[tuple] = ()
+
     def sample_objects(self, rng: np.random.Generator) -> np.ndarray:
-        """float[7 * objects]: position (m) and quaternion (w, x, y, z) of each object's free joint."""
-        raise NotImplementedError
+        """float[7 * objects]: position (m) and quaternion (w, x, y, z) of each object's free joint, each
+        position uniform in its `spawn` box."""
+        return np.concatenate([_pose(rng.uniform(low, high)) for low, high in self.spawn])
 
     def stage(self, model, data) -> int:
         """The stage reached in the current physics state, 0 .. max_reward."""
@@ -87,8 +98,7 @@ def _pose(xyz) -> np.ndarray:
 
 
 class TransferCube(Task):
-    def sample_objects(self, rng):
-        return _pose(rng.uniform([0.0, 0.4, 0.05], [0.2, 0.6, 0.05]))
+    spawn = (([0.0, 0.4, 0.05], [0.2, 0.6, 0.05]),)
 
     def stage(self, model, data):
         c = Contacts(model, data)
@@ -105,10 +115,7 @@ class TransferCube(Task):
 class Insertion(Task):
     SOCKET = ("socket-1", "socket-2", "socket-3", "socket-4")
 
-    def sample_objects(self, rng):
-        peg = rng.uniform([0.1, 0.4, 0.05], [0.2, 0.6, 0.05])
-        socket = rng.uniform([-0.2, 0.4, 0.05], [-0.1, 0.6, 0.05])
-        return np.concatenate([_pose(peg), _pose(socket)])
+    spawn = (([0.1, 0.4, 0.05], [0.2, 0.6, 0.05]), ([-0.2, 0.4, 0.05], [-0.1, 0.6, 0.05]))  # peg, socket
 
     def stage(self, model, data):
         c = Contacts(model, data)
@@ -134,7 +141,7 @@ class LiftBar(Task):
     # Bar centre height (m) that counts as lifted.
     LIFT_HEIGHT = 0.12
 
-    def _compile(self, end_effector: bool):
+    def _compile(self, end_effector: bool, edit=None):
         spec = mujoco.MjSpec.from_file(str(assets_dir() / (self.ee_xml if end_effector else self.joint_xml)))
         geom = spec.geom("red_box")
         geom.name = "bar"
@@ -144,10 +151,11 @@ class LiftBar(Task):
         body.name = "bar"
         body.mass = 0.08
         body.inertia = [0.0005, 0.0005, 0.0005]
+        if edit is not None:
+            edit(spec)
         return spec.compile()
 
-    def sample_objects(self, rng):
-        return _pose(rng.uniform([-0.05, 0.45, 0.03], [0.05, 0.6, 0.03]))
+    spawn = (([-0.05, 0.45, 0.03], [0.05, 0.6, 0.03]),)
 
     def stage(self, model, data):
         c = Contacts(model, data)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from policies.errors import BundleError
+from policies.schema import sha256_file
 from runtime import Engine
 from runtime.calibration import CalibrationEpisode, fit_monitor
 from runtime.monitor import (candidate_spread, check_monitor_use, chunk_inconsistency, conformal_rank,
@@ -124,14 +126,17 @@ def test_a_mismatched_monitor_is_refused(tiny_monitor, exported, tmp_path):
         read_monitor_manifest(copy)
 
 
-def test_eval_reports_each_episodes_first_alarm_and_the_rates(tiny_monitor):
+def test_eval_reports_each_episodes_first_alarm_and_the_rates(tiny_monitor, tmp_path):
+    from sim.calibrate_monitor import rescore
     from sim.evaluate import EvalConfig, last_progress_step, run_suite
 
     flow, path = tiny_monitor
     with pytest.raises(BundleError, match="calibrated at N=4"):
         EvalConfig(policy=str(flow.path), monitor=str(path), tasks=("lift_bar",), episodes=1)
     report = run_suite(EvalConfig(policy=str(flow.path), monitor=str(path), n=4, tasks=("lift_bar",), episodes=3,
-                                  execute=4, max_steps=24))
+                                  execute=4, max_steps=24), json_path=tmp_path / "eval.json")
+    # Replaying the recorded signals gives what the live tracks said (`taco monitor-report`).
+    assert rescore(str(path), str(tmp_path / "eval.json"))["overall"] == report["summary"]["overall"]["monitor"]
     records = report["episodes"]
     for r in records:
         mon = r["monitor"]
@@ -176,10 +181,52 @@ def test_calibrate_then_evaluate_the_shipped_policy_from_the_command_line(tmp_pa
     assert manifest.main == "combined" and manifest.detectors["combined"].alpha == 0.2
     assert manifest.calibration["episodes"] == 24 and manifest.calibration["seeds"] == [910000, 910023]
     assert (tmp_path / "flow-monitor.rollouts" / "calibration.json").is_file()
+    assert main(["inspect", str(out)]) == 0
+    assert "detector combined (main): cusum of" in capsys.readouterr().out
     assert main(["eval", "--policy", "flow", "--monitor", str(out), "--task", "transfer_cube", "--episodes", "6",
                  "--seed", "920000", "--max-steps", "300", "--json", str(tmp_path / "eval.json")]) == 0
     assert "monitor (combined): alarms in" in capsys.readouterr().out
     summary = json.loads((tmp_path / "eval.json").read_text())["summary"]["overall"]["monitor"]
     assert summary["failed"] + summary["successful"] == 6
+    assert main(["monitor-report", "--monitor", str(out), "--records", str(tmp_path / "eval.json"), "--json",
+                 str(tmp_path / "report.json")]) == 0
+    assert "elapsed" in capsys.readouterr().out
+    assert json.loads((tmp_path / "report.json").read_text())["overall"] == summary
     assert main(["eval", "--policy", "flow", "--monitor", str(out), "--n", "4", "--episodes", "1"]) == 2
     assert "calibrated at N=1, used at N=4" in capsys.readouterr().err
+
+
+def test_the_artifacts_monitor_stage_recalibrates_only_what_changed(tiny_monitor, tmp_path, monkeypatch):
+    """`make artifacts` skips a monitor calibrated for this policy, N, verifier, scorers, seeds and alpha."""
+    import dataclasses as dc
+    import shutil
+
+    import sim.calibrate_monitor as calibrate
+    from runtime.monitor import read_monitor_manifest
+    from sim.pipeline import ArtifactsConfig, monitor_stage
+    from tiny_monitor import write_manifest
+
+    flow, made = tiny_monitor
+    bundles = tmp_path / "bundles"
+    shutil.copytree(made / "pseudocount", bundles / "flow-cfn")  # the policy's shipped pseudo-count
+    policy = dc.replace(flow.bundle, path=bundles / "flow")  # named as the shipped policy, beside its cfn
+    calls = []
+
+    def fake(settings, progress=None):  # writes what a calibration would, bound as the stage asked
+        calls.append(settings)
+        out = Path(settings.out)
+        shutil.copytree(made, out, dirs_exist_ok=True)
+        base = read_monitor_manifest(made)
+        write_manifest(out, dc.replace(base, n=settings.n, scorer_manifests={
+            "pseudocount": sha256_file(bundles / "flow-cfn" / "manifest.json")},
+            calibration={"seeds": [settings.seed, settings.seed + settings.episodes - 1], "alpha": settings.alpha}))
+
+    monkeypatch.setattr(calibrate, "calibrate_monitor", fake)
+    config = ArtifactsConfig(monitor_episodes=40, monitor_n=4, monitor_alpha=0.1)
+    log = []
+    assert monitor_stage(policy, bundles, config, log.append) == {"flow-monitor": bundles / "flow-monitor"}
+    assert len(calls) == 1 and calls[0].n == 4 and calls[0].episodes == 40
+    monitor_stage(policy, bundles, config, log.append)
+    assert len(calls) == 1 and "up to date" in log[-1]
+    monitor_stage(policy, bundles, dc.replace(config, monitor_alpha=0.05), log.append)
+    assert len(calls) == 2 and calls[1].alpha == 0.05

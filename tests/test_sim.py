@@ -170,3 +170,64 @@ def test_images_render_on_read_and_expire_when_the_env_steps_on():
     with pytest.raises(KeyError):
         obs.images["cam_low"]
     env.close()
+
+
+# -- scenes the policy never saw (sim.perturb) ----------------------------------------------------------------
+
+PERTURB_CAMERA = (CameraConfig("cam_high", 48, 64),)
+
+
+def _frame(kinds, seed=3, task="transfer_cube"):
+    with AlohaSimEnv(task, cameras=PERTURB_CAMERA, perturbations=kinds) as env:
+        obs = env.reset(seed)
+        return obs.images["cam_high"].astype(np.float64), env.object_poses.copy(), obs.state
+
+
+@pytest.mark.parametrize("kind", ["lighting", "camera", "distractor", "table"])
+def test_each_visual_perturbation_changes_the_frame_not_the_start(kind):
+    plain, objects, state = _frame([])
+    frame, perturbed_objects, perturbed_state = _frame([kind])
+    assert (np.abs(frame - plain).max(axis=-1) > 30).sum() >= 4, kind  # the camera sees another scene
+    np.testing.assert_array_equal(perturbed_objects, objects)
+    np.testing.assert_array_equal(perturbed_state, state)
+    again, _, _ = _frame([kind])
+    np.testing.assert_array_equal(again, frame)  # the same seed, the same perturbed scene
+    if kind in ("camera", "distractor"):  # drawn per episode
+        assert np.abs(_frame([kind], seed=4)[0] - _frame([], seed=4)[0] - (frame - plain)).max() > 30
+
+
+def test_lighting_darkens_and_the_table_turns_blue():
+    plain = _frame([])[0]
+    assert _frame(["lighting:0.3"])[0].mean() < 0.6 * plain.mean()
+    blue = _frame(["table:1"])[0]
+    assert (blue[..., 2] - blue[..., 0]).mean() > (plain[..., 2] - plain[..., 0]).mean() + 20
+
+
+@pytest.mark.parametrize("task", ["transfer_cube", "insertion"])
+def test_object_range_starts_every_object_outside_its_training_box(task):
+    from sim.tasks import get_task
+
+    boxes = get_task(task).spawn
+    for seed in range(20):
+        objects = _frame(["object_range:0.05"], seed=seed, task=task)[1]
+        for i, (low, high) in enumerate(boxes):
+            xy = objects[7 * i: 7 * i + 2]
+            inside = np.all((xy >= np.asarray(low)[:2]) & (xy <= np.asarray(high)[:2]))
+            near = np.all((xy >= np.asarray(low)[:2] - 0.05) & (xy <= np.asarray(high)[:2] + 0.05))
+            assert not inside and near, (seed, i, xy)
+
+
+def test_bad_perturbations_are_refused_naming_them():
+    from sim.evaluate import EvalConfig
+    from sim.perturb import parse_all
+
+    for text, message in [("fog", "unknown kind 'fog'"), ("lighting:x", "must be a number"),
+                          ("table:2", r"table's level must be in \[0, 1\]"),
+                          ("distractor:1.5", "a number of objects")]:
+        with pytest.raises(ValueError, match=message):
+            parse_all([text])
+    with pytest.raises(ValueError, match="one of each kind"):
+        parse_all(["lighting:0.5", "lighting:2"])
+    config = EvalConfig(policy="scripted", tasks=("transfer_cube",), episodes=1, scene_perturb=("lighting",))
+    assert config.scene_perturb == ("lighting:0.35",)
+    assert config.fingerprint() != EvalConfig(policy="scripted", tasks=("transfer_cube",), episodes=1).fingerprint()
