@@ -13,7 +13,7 @@ from policies import Observation, PolicyBundle
 from policies.errors import BundleError, ObservationError, SpecError
 from policies.guidance import Guidance
 from policies.sampler import History, PolicySampler
-from runtime.monitor import Monitor, load_monitor
+from runtime.monitor import Monitor, load_monitor, pooled_embedding
 from runtime.select import finite_candidates, select
 from runtime.sessions import SessionConfig, make_session
 from runtime.timing import StageTimer
@@ -86,6 +86,9 @@ class Decision:
     # The monitor's signals of this decision (runtime.monitor.Monitor.decision_signals), when the engine
     # has a monitor; else None. A MonitorTrack turns them into the episode's alarm.
     signals: dict[str, float] | None = None
+    # float64[D]: the observation's pooled embedding, only while a monitor is being calibrated
+    # (MonitorManifest.record_embeddings); else None.
+    embedding: np.ndarray | None = None
 
 
 class Engine:
@@ -213,7 +216,7 @@ class Engine:
             prefix = self.policy.encode(feeds)
         with timer.stage("sample"):
             chunks, features = self.policy.sample(prefix, initial, step_noise, rtc or None)
-        return self._decide(chunks, features, verifier, n, seed, stamp, timer, guidance, monitor)
+        return self._decide(chunks, features, verifier, n, seed, stamp, timer, guidance, monitor, (prefix, 0))
 
     def infer_batch(self, items: Sequence[BatchItem]) -> list[Decision | ObservationError | SpecError]:
         """`infer` for several observations at once (robots served by one server): one encoder call for
@@ -254,11 +257,11 @@ class Engine:
         with shared.stage("sample"):
             sampled = self.policy.sample_many(prefix, [r[5] for r in ready], [r[6] for r in ready],
                                               [r[7] for r in ready])
-        for (i, n, seed, _, stamp, _, _, _), (chunks, features) in zip(ready, sampled):
+        for j, ((i, n, seed, _, stamp, _, _, _), (chunks, features)) in enumerate(zip(ready, sampled)):
             timers[i].ms.update(encode=shared.ms["encode"], sample=shared.ms["sample"])
             try:
                 results[i] = self._decide(chunks, features, verifier, n, seed, stamp, timers[i], items[i].guidance,
-                                          monitor)
+                                          monitor, (prefix, j))
             except SpecError as err:
                 results[i] = err
         return results
@@ -290,7 +293,7 @@ class Engine:
 
     def _decide(self, chunks: np.ndarray, features: np.ndarray, verifier: Verifier | None, n: int, seed: int,
                 stamp: float, timer: StageTimer, guidance: Guidance | None = None,
-                monitor: Monitor | None = None) -> Decision:
+                monitor: Monitor | None = None, prefix=None) -> Decision:
         """Scores one observation's candidates, chooses among them, and computes the monitor's signals."""
         with timer.stage("score"):
             valid = finite_candidates(chunks)
@@ -310,10 +313,13 @@ class Engine:
             chunk = self.policy.unnormalize(chunks[index]) if candidates is None else candidates[index].copy()
             if not np.isfinite(chunk).all():
                 raise SpecError("chunk", "the chosen chunk overflows when unnormalised; refusing to return it")
-        signals = None
+        signals = embedding = None
         if monitor is not None:
             with timer.stage("monitor"):
-                signals = monitor.decision_signals(chunks, features, valid, index, seed)
+                wanted = monitor.embedding is not None or monitor.manifest.record_embeddings
+                pooled = pooled_embedding(*prefix) if wanted and prefix is not None else None
+                signals = monitor.decision_signals(chunks, features, valid, index, seed, pooled)
+                embedding = pooled if monitor.manifest.record_embeddings else None
         timings = timer.finish()
         return Decision(
             chunk=chunk,
@@ -330,6 +336,7 @@ class Engine:
             continuity=continuity,
             delay=0 if guidance is None else guidance.delay,
             signals=signals,
+            embedding=embedding,
         )
 
 

@@ -39,17 +39,22 @@ MONITOR_SCHEMA_VERSION = 1
 #   pseudocount_obs: its score of the candidates' mean feature: how familiar the observation is, whatever the action.
 #   value: the value scorer's predicted return of the chosen candidate.
 #   inconsistency: RMS difference (robot units) between the chunk and the previous one where they overlap.
+#   novelty: the observation's embedding (the encoder's prefix, pooled) against the successful rollouts'
+#     ones, mean squared whitened coordinate on their principal components (a monitor with an embedding).
 SIGNALS: dict[str, int] = {"spread": +1, "keystone": +1, "pseudocount": -1, "pseudocount_obs": -1, "value": -1,
-                           "inconsistency": +1}
+                           "inconsistency": +1, "novelty": +1}
+# The embedding model's file in a monitor bundle: mean[D], basis[k, D], scale[k].
+EMBEDDING_FILE = "embedding.npz"
 # Verifier roles a monitor may score with, and the signals each gives.
 SCORERS: dict[str, tuple[str, ...]] = {"pseudocount": ("pseudocount", "pseudocount_obs"), "value": ("value",)}
 # Standardised signals are clipped from below: a very familiar reading must not cancel another's alarm.
 Z_FLOOR = -3.0
 
 
-def signals_for(n: int, scorers) -> tuple[str, ...]:
-    """The signals a monitor with these scorer roles computes at N = n, in SIGNALS order."""
-    names = {"inconsistency"} | {s for role in scorers for s in SCORERS[role]}
+def signals_for(n: int, scorers, embedding: bool = False) -> tuple[str, ...]:
+    """The signals a monitor with these scorer roles (and an embedding model) computes at N = n, in SIGNALS
+    order."""
+    names = {"inconsistency"} | {s for role in scorers for s in SCORERS[role]} | ({"novelty"} if embedding else set())
     if n < 2:  # one candidate: its mean is itself, and nothing spreads
         names.discard("pseudocount_obs")
     if n >= 2:
@@ -57,6 +62,33 @@ def signals_for(n: int, scorers) -> tuple[str, ...]:
     if n >= 3:
         names.add("keystone")
     return tuple(s for s in SIGNALS if s in names)
+
+
+def pooled_embedding(prefix: Mapping[str, np.ndarray], item: int = 0) -> np.ndarray:
+    """float64[heads * head_dim]: the encoder's last-layer values, averaged over the observation's tokens (the
+    prefix positions its attention bias does not mask): what the sampler reads of this observation."""
+    values = np.asarray(prefix["prefix_kv"][item, -1, 1], np.float64)  # [heads, P, head_dim]
+    valid = np.asarray(prefix["prefix_bias"][item]) > -1.0
+    return values[:, valid].mean(axis=1).reshape(-1)
+
+
+def fit_embedding(vectors: np.ndarray, components: int = 16) -> dict[str, np.ndarray]:
+    """The embedding model of successful rollouts' pooled embeddings: their mean, top principal directions
+    and the spread along each (floored, so a flat direction cannot make any change look infinitely novel)."""
+    x = np.asarray(vectors, np.float64)
+    mean = x.mean(axis=0)
+    _, singular, vt = np.linalg.svd(x - mean, full_matrices=False)
+    k = min(components, len(singular))
+    scale = singular[:k] / np.sqrt(max(len(x) - 1, 1))
+    scale = np.maximum(scale, 1e-3 * max(float(scale.max(initial=0.0)), 1e-12))
+    return {"mean": mean, "basis": vt[:k], "scale": scale}
+
+
+def novelty(model: Mapping[str, np.ndarray], vector: np.ndarray) -> float:
+    """Mean squared whitened coordinate of `vector` on the model's principal directions (about 1 for an
+    embedding like the successful rollouts')."""
+    z = (model["basis"] @ (np.asarray(vector, np.float64) - model["mean"])) / model["scale"]
+    return float(np.mean(z * z))
 
 
 def candidate_spread(chunks: np.ndarray) -> float:
@@ -194,11 +226,15 @@ class MonitorManifest:
     main: str | None = None
     calibration: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
+    # The embedding model ({"file": EMBEDDING_FILE, "sha256", "components"}) that gives `novelty`; None: none.
+    embedding: dict | None = None
+    # Calibration rollouts only: each decision also carries its pooled embedding, to fit the model from.
+    record_embeddings: bool = False
     schema_version: int = MONITOR_SCHEMA_VERSION
 
     @property
     def signals(self) -> tuple[str, ...]:
-        return signals_for(self.n, self.scorers)
+        return signals_for(self.n, self.scorers, self.embedding is not None)
 
     def to_dict(self) -> dict:
         return {
@@ -209,6 +245,7 @@ class MonitorManifest:
             "standardisation": {k: list(v) for k, v in self.standardisation.items()},
             "detectors": {k: d.to_dict() for k, d in self.detectors.items()}, "main": self.main,
             "calibration": self.calibration, "provenance": portable(self.provenance),
+            "embedding": self.embedding, "record_embeddings": self.record_embeddings,
         }
 
     @classmethod
@@ -230,7 +267,15 @@ class MonitorManifest:
         if set(shas) != set(scorers):
             raise BundleError("scorer_manifests", f"lists {sorted(shas)}, the scorers are {sorted(scorers)}")
         n = r.int("n", minimum=1)
-        signals = signals_for(n, scorers)
+        embedding = r.raw("embedding")
+        if embedding is not None and not (isinstance(embedding, dict) and embedding.get("file") == EMBEDDING_FILE
+                                          and isinstance(embedding.get("sha256"), str)):
+            raise BundleError("embedding", f"expected null or {{\"file\": {EMBEDDING_FILE!r}, \"sha256\": ..., "
+                                           f"\"components\": k}}, got {embedding!r:.80}")
+        record_embeddings = r.raw("record_embeddings", False)
+        if not isinstance(record_embeddings, bool):
+            raise BundleError("record_embeddings", f"expected true or false, got {record_embeddings!r}")
+        signals = signals_for(n, scorers, embedding is not None)
         listed = r.strs("signals")
         if listed != signals:
             raise BundleError("signals", f"lists {list(listed)}; N={n} with scorers {sorted(scorers)} gives "
@@ -260,7 +305,7 @@ class MonitorManifest:
         out = cls(name=r.str("name"), policy_fingerprint=r.str("policy_fingerprint"), n=n, verifier=verifier,
                   scorers=scorers, scorer_manifests=shas, standardisation=standardisation, detectors=detectors,
                   main=main, calibration=r.raw("calibration", {}), provenance=r.raw("provenance", {}),
-                  schema_version=version)
+                  embedding=embedding, record_embeddings=record_embeddings, schema_version=version)
         scorers_r.finish()
         shas_r.finish()
         std_r.finish()
@@ -311,10 +356,15 @@ class Monitor:
     """A loaded monitor bundle: computes a decision's signals (`decision_signals`, called by the Engine)
     and makes the per-episode `MonitorTrack`s that turn them into alarms."""
 
-    def __init__(self, manifest: MonitorManifest, path: Path | None, scorers: Mapping):
+    def __init__(self, manifest: MonitorManifest, path: Path | None, scorers: Mapping,
+                 embedding: Mapping[str, np.ndarray] | None = None):
         self.manifest, self.path, self.scorers = manifest, path, dict(scorers)
         self.name = manifest.name
         self.signals = manifest.signals
+        # The embedding model (mean, basis, scale) that gives `novelty`, or None.
+        self.embedding = None if embedding is None else {k: np.asarray(v, np.float64) for k, v in embedding.items()}
+        if (self.embedding is None) != (manifest.embedding is None):
+            raise BundleError("embedding", "the manifest and the loaded embedding model disagree")
 
     def check_policy(self, policy_fingerprint: str, feature_dim: int) -> None:
         """Refuses a monitor (or a scorer of it) made for another policy."""
@@ -325,10 +375,13 @@ class Monitor:
             check_verifier(scorer, feature_dim, policy_fingerprint)
 
     def decision_signals(self, chunks: np.ndarray, features: np.ndarray, valid: np.ndarray, index: int,
-                         seed: int) -> dict[str, float]:
+                         seed: int, embedding: np.ndarray | None = None) -> dict[str, float]:
         """The signals of one decision from its candidates (normalised units), their features, which are
-        finite, and the chosen one. `inconsistency` needs the previous chunk: the track adds it."""
+        finite, the chosen one, and the observation's pooled embedding (`pooled_embedding`; None: `novelty`
+        is NaN). `inconsistency` needs the previous chunk: the track adds it."""
         out: dict[str, float] = {}
+        if self.embedding is not None:
+            out["novelty"] = math.nan if embedding is None else novelty(self.embedding, embedding)
         ok = chunks[valid]
         if "spread" in self.signals:
             out["spread"] = candidate_spread(ok)
@@ -403,8 +456,10 @@ class MonitorTrack:
         self.peaks = dict(self.statistics)
         # Detector -> index of the decision that first raised its alarm (absent: none yet).
         self.first_alarm: dict[str, int] = {}
-        # Every decision's raw signals, in order (for records and calibration).
+        # Every decision's raw signals, in order (for records and calibration), and, while calibrating,
+        # its pooled embedding.
         self.history: dict[str, list[float]] = {name: [] for name in self.monitor.signals}
+        self.embeddings: list[np.ndarray] = []
 
     def standardised(self, signals: Mapping[str, float]) -> dict[str, float]:
         """sign x (value - mean) / std per calibrated signal, floored at Z_FLOOR; NaN stays NaN."""
@@ -429,6 +484,8 @@ class MonitorTrack:
         elapsed = float(decision.times[0]) - self._start
         for name in self.history:
             self.history[name].append(signals.get(name, math.nan))
+        if getattr(decision, "embedding", None) is not None:
+            self.embeddings.append(decision.embedding)
         z = self.standardised(signals)
         manifest = self.monitor.manifest
         for name, detector in manifest.detectors.items():
@@ -490,4 +547,15 @@ def load_monitor(path: str | Path, session_factory: Callable | None = None) -> M
             raise BundleError(f"scorer_manifests.{role}", f"checksum mismatch: manifest says "
                                                           f"{manifest.scorer_manifests[role][:12]}..., {listed} is {actual[:12]}...")
         scorers[role] = load_verifier(sub, session_factory)
-    return Monitor(manifest, path, scorers)
+    embedding = None
+    if manifest.embedding is not None:
+        file = path / EMBEDDING_FILE
+        if not file.is_file():
+            raise BundleError("embedding", f"{file} is missing")
+        actual = sha256_file(file)
+        if actual != manifest.embedding["sha256"]:
+            raise BundleError("embedding.sha256", f"checksum mismatch: manifest says {manifest.embedding['sha256'][:12]}"
+                                                  f"..., {file} is {actual[:12]}...")
+        with np.load(file) as data:
+            embedding = {k: data[k] for k in ("mean", "basis", "scale")}
+    return Monitor(manifest, path, scorers, embedding)

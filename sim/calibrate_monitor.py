@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import shutil
@@ -44,6 +45,9 @@ class CalibrateConfig:
     value: str = "auto"
     # The rollouts' folder (eval JSON, resumable); None: `<out>.rollouts`.
     rollouts: str | None = None
+    # Fit an embedding model of the observations (the `novelty` signal) on this many principal directions
+    # of the successful rollouts' pooled encoder prefixes; 0: none.
+    embedding_components: int = 16
 
 
 def _scorers(config: CalibrateConfig, policy: str) -> dict[str, str]:
@@ -99,7 +103,8 @@ def calibrate_monitor(config: CalibrateConfig, progress=None) -> dict:
         shas[role] = sha256_file(target / "manifest.json")
     selection = None if verifier is None else {"name": Path(verifier).name, "content": content_id(verifier)}
     base = MonitorManifest(name=out.name, policy_fingerprint=bundle.fingerprint, n=config.n, verifier=selection,
-                           scorers={role: role for role in scorers}, scorer_manifests=shas)
+                           scorers={role: role for role in scorers}, scorer_manifests=shas,
+                           record_embeddings=config.embedding_components > 0)
     _write(out, base)  # signals only, no alarm: what the rollouts record
     rollouts = Path(config.rollouts) if config.rollouts else out.with_name(out.name + ".rollouts")
     eval_config = EvalConfig(policy=policy, verifier=verifier, n=config.n, tasks=config.tasks,
@@ -117,7 +122,24 @@ def calibrate_monitor(config: CalibrateConfig, progress=None) -> dict:
                 for r in report["episodes"]]
     for e in episodes:  # JSON nulls back to NaN
         e.signals = {k: [float("nan") if v is None else v for v in vals] for k, vals in e.signals.items()}
-    fit = fit_monitor(episodes, base.signals, config.alpha, dt=report["episodes"][0]["monitor"]["dt"])
+    embedding = None
+    if config.embedding_components:
+        # Fitted on the successes that set the standardisation (fit_monitor's first half: the same split),
+        # so the conformal half's novelty is of observations the model never saw.
+        import numpy as np
+
+        from runtime.monitor import EMBEDDING_FILE, fit_embedding, novelty
+
+        ok = [r for r in report["episodes"] if r["success"]]
+        model = fit_embedding(np.concatenate([np.asarray(r["monitor"]["embeddings"]) for r in ok[0::2]]),
+                              config.embedding_components)
+        np.savez(out / EMBEDDING_FILE, **model)
+        embedding = {"file": EMBEDDING_FILE, "sha256": sha256_file(out / EMBEDDING_FILE),
+                     "components": int(len(model["scale"])), "dim": int(len(model["mean"]))}
+        for e, r in zip(episodes, report["episodes"]):
+            e.signals["novelty"] = [novelty(model, v) for v in r["monitor"]["embeddings"]]
+    signals = dataclasses.replace(base, embedding=embedding, record_embeddings=False).signals
+    fit = fit_monitor(episodes, signals, config.alpha, dt=report["episodes"][0]["monitor"]["dt"])
     overall = report["summary"]["overall"]
     calibration = {
         "episodes": len(episodes), "successes": overall["successes"], "tasks": list(config.tasks),
@@ -133,7 +155,8 @@ def calibrate_monitor(config: CalibrateConfig, progress=None) -> dict:
     }
     final = MonitorManifest(name=out.name, policy_fingerprint=bundle.fingerprint, n=config.n, verifier=selection,
                             scorers=base.scorers, scorer_manifests=shas, standardisation=fit.standardisation,
-                            detectors=fit.detectors, main=fit.main, calibration=calibration, provenance=provenance)
+                            detectors=fit.detectors, main=fit.main, calibration=calibration, provenance=provenance,
+                            embedding=embedding)
     _write(out, final)
     load_monitor(out)  # what was written reads back
     progress(f"calibrated in {(time.perf_counter() - started) / 60:.1f} min")

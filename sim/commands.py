@@ -51,7 +51,8 @@ def cmd_calibrate_monitor(args) -> int:
     config = CalibrateConfig(policy=args.policy, out=args.out, verifier=args.verifier, n=args.n,
                              tasks=tasks(args.task), episodes=args.episodes, seed=args.seed, alpha=args.alpha,
                              execute=args.execute, max_steps=args.max_steps, workers=args.workers,
-                             pseudocount=args.pseudocount, value=args.value, rollouts=args.rollouts)
+                             pseudocount=args.pseudocount, value=args.value, rollouts=args.rollouts,
+                             embedding_components=args.embedding_components)
     print(format_calibration(calibrate_monitor(config)))
     return 0
 
@@ -298,6 +299,8 @@ def register(cli) -> None:
     p.add_argument("--value", default="auto",
                    help="value scorer: a value verifier of the policy, 'auto' (its value when shipped) or 'none'")
     p.add_argument("--rollouts", default=None, help="folder of the rollouts' records (default: OUT.rollouts)")
+    p.add_argument("--embedding-components", type=int, default=16,
+                   help="principal directions of the observations' embedding behind the novelty signal (0: none)")
     p.add_argument("--out", required=True, help="the monitor bundle folder")
 
     p = cli.add("monitor-report", "a failure monitor replayed over an evaluation's recorded signals (taco eval "

@@ -134,11 +134,14 @@ def monitor_record(track, decision_steps: list[int], dt: float) -> dict:
     manifest = track.monitor.manifest
     first = {name: (decision_steps[i] if i is not None else None)
              for name, i in ((name, track.first_alarm.get(name)) for name in manifest.detectors)}
-    return {"main": manifest.main, "dt": dt, "decision_steps": decision_steps,
-            "signals": {name: [None if not np.isfinite(v) else round(float(v), 6) for v in values]
-                        for name, values in track.history.items()},
-            "peak": {name: round(track.peaks[name], 6) for name in manifest.detectors},
-            "first_alarm_step": first}
+    out = {"main": manifest.main, "dt": dt, "decision_steps": decision_steps,
+           "signals": {name: [None if not np.isfinite(v) else round(float(v), 6) for v in values]
+                       for name, values in track.history.items()},
+           "peak": {name: round(track.peaks[name], 6) for name in manifest.detectors},
+           "first_alarm_step": first}
+    if track.embeddings:  # calibration rollouts: what the embedding model is fitted to
+        out["embeddings"] = [[round(float(x), 5) for x in e] for e in track.embeddings]
+    return out
 
 
 def _verifier_name(controller) -> str | None:

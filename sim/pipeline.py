@@ -295,7 +295,8 @@ def monitor_stage(policy, bundles: Path, config: ArtifactsConfig, log) -> dict[s
                 and existing.scorer_manifests == scorers
                 and existing.calibration.get("seeds") == [config.monitor_seed,
                                                           config.monitor_seed + config.monitor_episodes - 1]
-                and existing.calibration.get("alpha") == config.monitor_alpha)
+                and existing.calibration.get("alpha") == config.monitor_alpha
+                and (existing.embedding is not None) == (settings.embedding_components > 0))
         if same:
             log(f"[monitor {name}] up to date: {path}")
             return {name: path}

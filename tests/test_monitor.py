@@ -19,6 +19,22 @@ from runtime.monitor import (candidate_spread, check_monitor_use, chunk_inconsis
 from tiny_monitor import familiar, make_tiny_monitor, run, strange
 
 
+def test_novelty_is_about_one_for_embeddings_like_the_fitted_ones_and_large_for_others():
+    from runtime.monitor import fit_embedding, novelty, pooled_embedding
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2000, 12)) * np.linspace(0.1, 3.0, 12) + 5.0
+    model = fit_embedding(x[:1000], components=6)
+    fresh = [novelty(model, v) for v in x[1000:]]
+    assert 0.8 < np.mean(fresh) < 1.2
+    # 10 of its standard deviations along its first direction: 10^2 over the 6 directions.
+    assert novelty(model, model["mean"] + 10 * model["scale"][0] * model["basis"][0]) == pytest.approx(100 / 6)
+    prefix = {"prefix_kv": np.arange(2 * 2 * 2 * 3 * 2, dtype=np.float32).reshape(1, 2, 2, 2, 3, 2),
+              "prefix_bias": np.array([[0.0, 0.0, -1e9]], np.float32)}
+    # The last layer's values (index [0, 1, 1]) over the two unmasked tokens, heads then dims.
+    np.testing.assert_allclose(pooled_embedding(prefix), prefix["prefix_kv"][0, 1, 1][:, :2].mean(axis=1).reshape(-1))
+
+
 def test_spreads_known_values():
     two = np.array([[[0.0]], [[2.0]]])
     assert candidate_spread(two) == pytest.approx(1.0)
@@ -93,7 +109,8 @@ def test_an_alarm_fires_on_an_observation_unlike_the_calibration_and_not_on_fami
     odd = run(engine, [familiar(m, rng, 0.0)] + [strange(m, i * dt) for i in range(1, 6)], seed=99)
     assert odd.first_alarm.get("combined") is not None and odd.first_alarm["combined"] <= 2, odd.peaks
     decision = engine.infer(strange(m, 0.0), n=4, seed=1)
-    assert set(decision.signals) == {"spread", "keystone", "pseudocount", "pseudocount_obs"}
+    assert set(decision.signals) == {"spread", "keystone", "pseudocount", "pseudocount_obs", "novelty"}
+    assert decision.signals["novelty"] > 10 * max(odd.history["novelty"][0], 1.0)  # the familiar first one
     assert "monitor" in decision.timings
 
 
@@ -118,6 +135,10 @@ def test_a_mismatched_monitor_is_refused(tiny_monitor, exported, tmp_path):
     data["name"] = "changed"
     (copy / "pseudocount" / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(BundleError, match=r"scorer_manifests\.pseudocount: checksum mismatch"):
+        load_monitor(copy)
+    shutil.copytree(path / "pseudocount", copy / "pseudocount", dirs_exist_ok=True)
+    np.savez(copy / "embedding.npz", mean=np.zeros(3), basis=np.eye(3), scale=np.ones(3))
+    with pytest.raises(BundleError, match=r"embedding\.sha256: checksum mismatch"):
         load_monitor(copy)
     data = json.loads((path / "manifest.json").read_text())
     data["detectors"]["combined"]["signals"] = ["value"]

@@ -13,7 +13,7 @@ from policies import Observation, make_example_observation
 from policies.schema import sha256_file
 from runtime import Engine, EngineConfig
 from runtime.calibration import CalibrationEpisode, fit_monitor
-from runtime.monitor import MonitorManifest
+from runtime.monitor import EMBEDDING_FILE, MonitorManifest, fit_embedding, novelty
 
 # Candidates per decision the tiny monitor is calibrated for.
 N = 4
@@ -50,8 +50,8 @@ def run(engine, observations, seed: int = 0):
 
 
 def make_tiny_monitor(flow, root: Path) -> Path:
-    """`root/tiny-monitor`: N=4, a kNN pseudo-count of 60 familiar observations' features, calibrated on 40
-    familiar episodes of 6 decisions."""
+    """`root/tiny-monitor`: N=4, a kNN pseudo-count of 60 familiar observations' features and an embedding
+    model of their encoder prefixes, calibrated on 40 familiar episodes of 6 decisions."""
     from verifiers import write_verifier_bundle
     from verifiers.synthetic import knn_verifier_onnx
 
@@ -67,14 +67,19 @@ def make_tiny_monitor(flow, root: Path) -> Path:
                           feature_dim=m.feature_dim)
     base = MonitorManifest(name="tiny-monitor", policy_fingerprint=flow.bundle.fingerprint, n=N, verifier=None,
                            scorers={"pseudocount": "pseudocount"},
-                           scorer_manifests={"pseudocount": sha256_file(monitor / "pseudocount" / "manifest.json")})
+                           scorer_manifests={"pseudocount": sha256_file(monitor / "pseudocount" / "manifest.json")},
+                           record_embeddings=True)
     write_manifest(monitor, base)
     engine = Engine(flow.path, monitor=monitor)
-    episodes = [CalibrationEpisode(signals=run(engine, [familiar(m, rng, i * 8 * m.action_dt) for i in range(6)],
-                                               seed=1000 + k).history, success=True,
-                                   decision_steps=list(range(0, 48, 8)))
-                for k in range(40)]
-    fit = fit_monitor(episodes, base.signals, alpha=0.1)
-    write_manifest(monitor, dataclasses.replace(base, standardisation=fit.standardisation, detectors=fit.detectors,
+    tracks = [run(engine, [familiar(m, rng, i * 8 * m.action_dt) for i in range(6)], seed=1000 + k) for k in range(40)]
+    # The embedding model of the first half's observations, as taco calibrate-monitor fits it.
+    model = fit_embedding(np.concatenate([t.embeddings for t in tracks[0::2]]), components=8)
+    np.savez(monitor / EMBEDDING_FILE, **model)
+    episodes = [CalibrationEpisode(signals={**t.history, "novelty": [novelty(model, e) for e in t.embeddings]},
+                                   success=True, decision_steps=list(range(0, 48, 8))) for t in tracks]
+    final = dataclasses.replace(base, record_embeddings=False, embedding={
+        "file": EMBEDDING_FILE, "sha256": sha256_file(monitor / EMBEDDING_FILE), "components": 8})
+    fit = fit_monitor(episodes, final.signals, alpha=0.1)
+    write_manifest(monitor, dataclasses.replace(final, standardisation=fit.standardisation, detectors=fit.detectors,
                                                 main=fit.main))
     return monitor
