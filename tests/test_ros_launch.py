@@ -123,12 +123,9 @@ def test_nodes_get_the_shared_memory_profile_for_camera_frames_unless_dds_is_con
         monkeypatch.delenv(key)
 
 
-def test_taco_ros_robot_caps_the_rtc_guidance_where_flow32_stays_delay_robust(monkeypatch, fake_launch, capsys):
-    """`taco ros robot` passes the cap measured for flow32 at 200 ms (docs/async.md) unless told another; the
-    launch file gives the node the same defaults."""
+def _record_launches(monkeypatch) -> list:
+    """`taco ros` with a Launch that records the node commands it would start instead of starting them."""
     import ros_nodes.launcher as launcher
-    from ros_nodes.commands import ROBOT_RTC_MAX_WEIGHT
-    from taco.cli import main
 
     started = []
 
@@ -140,6 +137,16 @@ def test_taco_ros_robot_caps_the_rtc_guidance_where_flow32_stays_delay_robust(mo
             return 0
 
     monkeypatch.setattr(launcher, "Launch", Recorded)
+    return started
+
+
+def test_taco_ros_robot_caps_the_rtc_guidance_where_flow32_stays_delay_robust(monkeypatch, fake_launch, capsys):
+    """`taco ros robot` passes the cap measured for flow32 at 200 ms (docs/async.md) unless told another; the
+    launch file gives the node the same defaults."""
+    from ros_nodes.commands import ROBOT_RTC_MAX_WEIGHT
+    from taco.cli import main
+
+    started = _record_launches(monkeypatch)
 
     def policy_params(argv):
         assert main(argv) == 0
@@ -155,22 +162,12 @@ def test_taco_ros_robot_caps_the_rtc_guidance_where_flow32_stays_delay_robust(mo
 
 
 def test_taco_ros_passes_a_monitor_checked_against_n_before_starting_nodes(monkeypatch, exported, tmp_path, capsys):
-    import ros_nodes.launcher as launcher
     from taco.cli import main
     from tiny_monitor import make_tiny_monitor
 
     flow = exported("flow")
     monitor = make_tiny_monitor(flow, tmp_path)
-    started = []
-
-    class Recorded(launcher.Launch):
-        def start(self):
-            started.append(self.commands)
-
-        def wait(self):
-            return 0
-
-    monkeypatch.setattr(launcher, "Launch", Recorded)
+    started = _record_launches(monkeypatch)
     base = ["ros", "sim", "--policy", str(flow.path), "--monitor", str(monitor)]
     assert main([*base, "--n", "4", "--monitor-action", "hold"]) == 0
     cmd = started.pop()["policy"]

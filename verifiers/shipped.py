@@ -39,15 +39,7 @@ def resolve_verifier(name_or_path: str | None, policy_path: str) -> str | None:
     if name_or_path is None or name_or_path == "none":
         return None
     if name_or_path in VERIFIER_NAMES:
-        if Path(name_or_path).is_dir():
-            raise BundleError("verifier", f"{name_or_path!r} names a shipped verifier and a folder here; write "
-                                          f"./{name_or_path} for the folder")
-        policy = Path(policy_path)
-        path = policy.parent / f"{policy.name}-{name_or_path}"
-        if not (path / "manifest.json").is_file():
-            raise BundleError("verifier", f"no {name_or_path!r} verifier shipped for {policy} (looked for {path}); "
-                                          f"build it with `make artifacts`")
-        return str(path)
+        return _beside(policy_path, name_or_path, "verifier", "build it with `make artifacts`")
     return name_or_path
 
 
@@ -58,12 +50,19 @@ def resolve_monitor(name_or_path: str | None, policy_path: str) -> str | None:
         return None
     if name_or_path != "monitor":
         return name_or_path
-    if Path(name_or_path).is_dir():
-        raise BundleError("monitor", "'monitor' names the shipped monitor and a folder here; write ./monitor for "
-                                     "the folder")
     policy = Path(policy_path)
-    path = policy.parent / f"{policy.name}-monitor"
+    return _beside(policy_path, "monitor", "monitor", f"calibrate one with `taco calibrate-monitor --policy {policy} "
+                                                      f"--out {policy.parent / (policy.name + '-monitor')}`")
+
+
+def _beside(policy_path: str, name: str, field: str, hint: str) -> str:
+    """The shipped bundle `<policy>-<name>` next to the policy; refuses a folder of that name here (ambiguous)
+    and a missing bundle, naming `field` and saying how to make it (`hint`)."""
+    if Path(name).is_dir():
+        raise BundleError(field, f"{name!r} names a shipped {field} and a folder here; write ./{name} for the folder")
+    policy = Path(policy_path)
+    path = policy.parent / f"{policy.name}-{name}"
     if not (path / "manifest.json").is_file():
-        raise BundleError("monitor", f"no monitor shipped for {policy} (looked for {path}); calibrate one with "
-                                     f"`taco calibrate-monitor --policy {policy} --out {path}`")
+        kind = f"{name!r} {field}" if name != field else field
+        raise BundleError(field, f"no {kind} shipped for {policy} (looked for {path}); {hint}")
     return str(path)
