@@ -173,7 +173,8 @@ class Recorder(Node):
         self._publish_status()
 
     def _publish_status(self) -> None:
-        self.status_pub.publish(String(data=dumps({"out": str(self.out), "matched": self.matched})))
+        self.status_pub.publish(String(data=dumps({"out": str(self.out), "matched": self.matched,
+                                                     "node": self.get_fully_qualified_name()})))
 
     def _write(self, topic: str, data: bytes) -> None:
         now = time.time_ns()

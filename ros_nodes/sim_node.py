@@ -35,6 +35,11 @@ from ros_nodes.convert import image_to_cdr, joint_state_msg, to_stamp
 from ros_nodes.sinks import CommandSource, topics
 
 
+def _qualified(namespace: str, name: str) -> str:
+    """A node's fully qualified name, as `Node.get_fully_qualified_name` gives it."""
+    return f"{namespace.rstrip('/')}/{name}"
+
+
 class SimNode(Node):
     def __init__(self):
         super().__init__("taco_sim")
@@ -79,6 +84,7 @@ class SimNode(Node):
                            *(IMAGE_TOPIC.format(camera=c) for c in cameras), RESET_TOPIC, EPISODE_TOPIC,
                            *(topics(sink, self.profile) if self.wait_for_commands else ())]
         self.recorder_matched: dict[str, int] = {}
+        self.recorder_node = ""
         if self.wait_for_recorder:
             self.create_subscription(String, RECORDER_STATUS_TOPIC, self._on_recorder_status, LATCHED_QOS)
         self.episode = -1
@@ -88,19 +94,28 @@ class SimNode(Node):
         self.timer = self.create_timer(1.0 / self.rate, self._tick)
 
     def _on_recorder_status(self, msg: String) -> None:
-        self.recorder_matched = json.loads(msg.data)["matched"]
+        status = json.loads(msg.data)
+        self.recorder_matched, self.recorder_node = status["matched"], status.get("node", "")
 
     def recorder_waits_for(self) -> list[str]:
         """Topics of the run the recorder records but has not matched a publisher on yet (all of them
-        until its status arrives), and topics of ours whose publisher has not yet matched every subscriber
-        the graph knows: a reader matches a writer before the writer matches it, and a volatile message
-        published in between does not reach it."""
+        until its status arrives), and topics of ours whose publisher has not yet matched the recorder's
+        subscription: a reader matches a writer before the writer matches it, and a volatile message
+        published in between does not reach it. The graph (from ROS's discovery topic) and the writer's
+        match count (from DDS's endpoint discovery) arrive on their own schedules, so ours waits until the
+        graph shows the recorder's subscription and the writer has matched every subscription it shows."""
         if not self.recorder_matched:
             return list(self.run_topics)
         waiting = [t for t in self.run_topics if t in self.recorder_matched and not self.recorder_matched[t]]
         ours = {**{joint_state_topic(ns): pub for ns, pub in zip(self.profile.arm_namespaces, self.state_pubs)},
                 **{IMAGE_TOPIC.format(camera=c): pub for c, pub in self.image_pubs.items()}}
-        waiting += [t for t, pub in ours.items() if pub.get_subscription_count() < self.count_subscribers(t)]
+        for topic, pub in ours.items():
+            if topic not in self.recorder_matched:
+                continue
+            readers = self.get_subscriptions_info_by_topic(topic)
+            shown = any(_qualified(r.node_namespace, r.node_name) == self.recorder_node for r in readers)
+            if not shown or pub.get_subscription_count() < len(readers):
+                waiting.append(topic)
         return waiting
 
     def flush(self, timeout_s: float = 10.0) -> bool:
