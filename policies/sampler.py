@@ -21,23 +21,26 @@ from policies.guidance import Guidance
 from policies.manifest import PolicyManifest
 from policies.observation import Observation
 from policies.preprocess import Preprocessor
+from policies.velocities import VELOCITIES, sampler_with_velocities
 
 # Graph metadata of a sampler whose prefix inputs take a batch of 1 (shared by every candidate) or of N
 # (one per candidate): value "per_candidate". Written by `policies.export`.
 PREFIX_BATCH_KEY = "taco.prefix_batch"
 
-# Makes one ONNX Runtime session from a graph file (the runtime passes its provider and thread settings).
-SessionFactory = Callable[[Path], ort.InferenceSession]
+# Makes one ONNX Runtime session from a graph file, or a serialized graph (the runtime passes its provider
+# and thread settings).
+SessionFactory = Callable[[Path | bytes], ort.InferenceSession]
 
 
-def cpu_session(path: Path, threads: int = 1) -> ort.InferenceSession:
+def cpu_session(path: Path | bytes, threads: int = 1) -> ort.InferenceSession:
     """One CPU thread (or `threads` intra-op threads), spinning off: the session used when the caller sets no
     provider."""
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), sess_options=options,
+                                providers=["CPUExecutionProvider"])
 
 
 def check_graph_signatures(manifest: PolicyManifest, encoder, sampler) -> None:
@@ -134,9 +137,12 @@ class PolicySampler:
         self.bundle = policy if isinstance(policy, PolicyBundle) else load_policy_bundle(policy)
         self.manifest = self.bundle.manifest
         self.preprocess = Preprocessor(self.manifest)
+        self._make_session = make_session
         self.encoder = make_session(self.bundle.file("encoder.onnx"))
         self.sampler = make_session(self.bundle.file(self.manifest.sampler_file))
         check_graph_signatures(self.manifest, self.encoder, self.sampler)
+        # Whether `sample(..., velocities=True)` can give the flow's Euler velocities (`expose_velocities`).
+        self.velocities = False
         self._prefix = list(self.manifest.prefix)
         # The encoder is fed only what it takes (a pi0.5 encoder reads the state from its prompt).
         self._encoder_inputs = {i.name for i in self.encoder.get_inputs()}
@@ -198,11 +204,31 @@ class PolicySampler:
             max_weight = np.array(guidance.max_weight, np.float32)
         return {"rtc_target": target, "rtc_weights": weights, "rtc_max_weight": max_weight}
 
+    def expose_velocities(self) -> None:
+        """Makes `sample(..., velocities=True)` available: each candidate's velocity at each Euler step of a
+        flow sampler (the failure monitor's roughness signal, `policies.velocities`). An unrolled graph that
+        does not output them is rebuilt in memory with that output (the bundle's files stay); a step-wise
+        one gives them as the difference of consecutive x. Raises BundleError for a policy that is not a
+        flow sampler integrated by Euler steps."""
+        if self.velocities:
+            return
+        if self.manifest.kind != "flow":
+            raise BundleError("kind", f"{self.manifest.name!r} is a {self.manifest.kind} policy: only a flow sampler "
+                                      "has velocities to read (the monitor's accel signal)")
+        if self.manifest.sampler == "unrolled" and VELOCITIES not in {o.name for o in self.sampler.get_outputs()}:
+            graph = self.bundle.file(self.manifest.sampler_file)
+            self.sampler = self._make_session(sampler_with_velocities(graph, self.manifest.num_steps))
+        self.velocities = True
+
     def sample(self, prefix: Mapping[str, np.ndarray], noise: np.ndarray,
-               step_noise: np.ndarray | None = None, rtc: Mapping[str, np.ndarray] | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """Shared prefix + noise[N, Hn, D] -> (chunks[N, H, A] in normalised action units, features[N, F]).
-        `rtc`: the sampler's RTC inputs (`rtc_feeds`); None feeds no guidance to a sampler that takes it."""
+               step_noise: np.ndarray | None = None, rtc: Mapping[str, np.ndarray] | None = None,
+               velocities: bool = False) -> tuple[np.ndarray, ...]:
+        """Shared prefix + noise[N, Hn, D] -> (chunks[N, H, A] in normalised action units, features[N, F]),
+        and with `velocities` (after `expose_velocities`) a third, float32[N, K, Hn, D]: each Euler step's
+        velocity, in the graph's sign and scale. `rtc`: the sampler's RTC inputs (`rtc_feeds`); None feeds no
+        guidance to a sampler that takes it."""
+        if velocities and not self.velocities:
+            raise BundleError("sampler", "velocities asked for before expose_velocities()")
         feeds = dict(prefix)
         if self.manifest.rtc:
             feeds.update(rtc or self.rtc_feeds(None))
@@ -210,16 +236,18 @@ class PolicySampler:
             feeds["noise"] = noise
             if self.manifest.step_noise:
                 feeds["step_noise"] = step_noise
-            chunks, features = self.sampler.run(["chunks", "features"], feeds)
-            return chunks, features
-        x, features = noise, None
+            return tuple(self.sampler.run(["chunks", "features", *[VELOCITIES] * velocities], feeds))
+        x, features, xs = noise, None, [noise]
         for k in range(self.manifest.num_steps):
             x, features = self.sampler.run(["x_next", "features"], {**feeds, "x": x, "step": np.array(k, dtype=np.int64)})
+            xs.append(x)
+        if velocities:  # x_k - x_{k+1}: each step's velocity times its step size
+            return x, features, np.stack([a - b for a, b in zip(xs[:-1], xs[1:])], axis=1)
         return x, features
 
     def sample_many(self, prefix: Mapping[str, np.ndarray], noises: Sequence[np.ndarray],
-                    step_noises: Sequence[np.ndarray | None], rtcs: Sequence[Mapping | None] | None = None
-                    ) -> list[tuple[np.ndarray, np.ndarray]]:
+                    step_noises: Sequence[np.ndarray | None], rtcs: Sequence[Mapping | None] | None = None,
+                    velocities: bool = False) -> list[tuple[np.ndarray, ...]]:
         """Prefixes of B observations ([B, ...] by name) and each one's noise[N_i, Hn, D] (and step noise,
         and RTC inputs) -> each one's (chunks[N_i, H, A], features[N_i, F]). One sampler call, each
         candidate with its own observation's prefix, when the sampler takes a prefix per candidate; else
@@ -227,10 +255,10 @@ class PolicySampler:
         not repeated)."""
         rtcs = list(rtcs or [None] * len(noises))
         if len(noises) == 1:
-            return [self.sample(prefix, noises[0], step_noises[0], rtcs[0])]
+            return [self.sample(prefix, noises[0], step_noises[0], rtcs[0], velocities)]
         caps = {float(r["rtc_max_weight"]) for r in rtcs if r}
         if not self.per_candidate_prefix or len(caps) > 1:  # the guidance cap is one graph input per call
-            return [self.sample({k: v[i:i + 1] for k, v in prefix.items()}, noise, step, rtc)
+            return [self.sample({k: v[i:i + 1] for k, v in prefix.items()}, noise, step, rtc, velocities)
                     for i, (noise, step, rtc) in enumerate(zip(noises, step_noises, rtcs))]
         counts = [len(noise) for noise in noises]
         repeated = {k: np.repeat(v, counts, axis=0) for k, v in prefix.items()}
@@ -241,9 +269,9 @@ class PolicySampler:
                    for name in ("rtc_target", "rtc_weights")}
             rtc["rtc_max_weight"] = np.array(caps.pop() if caps else 0.0, np.float32)
         step = None if step_noises[0] is None else np.concatenate(step_noises, axis=1)
-        chunks, features = self.sample(repeated, np.concatenate(noises), step, rtc)
+        outputs = self.sample(repeated, np.concatenate(noises), step, rtc, velocities)
         cuts = np.cumsum(counts)[:-1]
-        return list(zip(np.split(chunks, cuts), np.split(features, cuts)))
+        return list(zip(*(np.split(out, cuts) for out in outputs)))
 
     def history(self) -> History:
         """An empty observation history for this policy (one per episode or robot session)."""

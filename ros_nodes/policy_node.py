@@ -158,8 +158,11 @@ class PolicyNode(LifecycleNode):
                 session = SessionConfig(provider=get("provider"), intra_op_threads=int(get("threads")))
                 verifier = resolve_verifier(get("verifier"), policy)
                 monitor = resolve_monitor(get("monitor"), policy)
+                # The monitor scores after the chunk is out, on the inference worker, unless its alarm must
+                # stop the decision that raised it (hold).
                 self.engine = Engine(policy, verifier, EngineConfig(session=session,
-                                                                    return_candidates=bool(get("log_decisions"))),
+                                                                    return_candidates=bool(get("log_decisions")),
+                                                                    defer_monitor=get("monitor_action") != "hold"),
                                      monitor=monitor)
                 if self.engine.monitor is not None:
                     check_monitor_use(self.engine.monitor.manifest, self.engine.bundle.fingerprint, int(get("n")),

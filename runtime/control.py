@@ -161,6 +161,8 @@ class ControlLoop:
         self.monitor_hold: str | None = None
         self.monitor_changes = 0
         self._monitor_acted = False
+        # Decisions executing whose deferred monitor signals were not scored yet when they arrived.
+        self._monitor_waiting: deque = deque()
 
     # -- inputs ------------------------------------------------------------------------------------
 
@@ -224,6 +226,7 @@ class ControlLoop:
             self.anchored = False
             self.reset_stamp = stamp
             if self.monitor is not None:  # a new episode: a new track; a latched hold stays until resumed
+                self._monitor_waiting.clear()
                 self.monitor.reset()
                 self.monitor_status, self._monitor_acted = None, False
                 self.safety.filter.speed_scale = 1.0
@@ -243,6 +246,7 @@ class ControlLoop:
                 raise ValueError(f"monitor resume refused: {missing}")
             held, self.monitor_hold = self.monitor_hold, None
             self.safety.filter.speed_scale = 1.0
+            self._monitor_waiting.clear()
             self.monitor.reset()
             self.monitor_status, self._monitor_acted = None, False
             self.monitor_changes += 1
@@ -251,6 +255,13 @@ class ControlLoop:
                 self.invalidate("monitor alarm released", now)
                 return "hold released"
             return "full speed restored"
+
+    def _monitor_read(self, wait: bool) -> None:
+        """Reads the decisions waiting for the monitor, in order, into its track. A decision whose signals
+        the executor's worker is still scoring (EngineConfig.defer_monitor) waits for a later tick unless
+        `wait` (the `hold` action: the decision that raises an alarm must not reach the robot)."""
+        while self._monitor_waiting and (wait or getattr(self._monitor_waiting[0], "signals_ready", True)):
+            self._monitor_decision(self._monitor_waiting.popleft())
 
     def _monitor_decision(self, decision) -> None:
         """Reads a new decision into the monitor's track and acts on its first alarm of the episode."""
@@ -356,6 +367,8 @@ class ControlLoop:
                                        self.executor.inference_elapsed() or None, self._newest_part())
             if observation is None and reason == "observation has no valid stamp":
                 reason = why
+            if self._monitor_waiting:
+                self._monitor_read(wait=False)
             if reason is None:
                 reason = self.monitor_hold
             if reason is not None:
@@ -373,7 +386,8 @@ class ControlLoop:
                 if self.log is not None:
                     self._log_decision(tick.decision)
                 if self.monitor is not None:
-                    self._monitor_decision(tick.decision)
+                    self._monitor_waiting.append(tick.decision)
+                    self._monitor_read(wait=self.config.monitor_action == "hold")
                     if self.monitor_hold is not None:  # this decision raised it: none of it reaches the robot
                         self.invalidate(self.monitor_hold, now)
                         return self._hold(now, self.monitor_hold, tick)

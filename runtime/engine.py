@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,16 @@ class EngineConfig:
     # `continuity` x its coherence with the executing chunk (bidirectional decoding's backward term; see
     # `continuity_scores`). 0: the verifier alone chooses.
     continuity: float = 0.0
+    # Score the failure monitor's signals when they are first read (`Decision.read_signals`: a MonitorTrack's
+    # update, or the asynchronous executor's worker right after it has handed the decision over) instead of
+    # inside `infer`: its verifier graphs then cost nothing between the observation and the chunk. Off for
+    # a loop whose alarm must stop the decision that raised it (the ROS node's `hold`).
+    defer_monitor: bool = False
+
+
+# Serialises the deferred monitor scoring of decisions read from two threads (the executor's worker and the
+# control thread): one of them scores, the other waits for its result.
+_SIGNALS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,32 @@ class Decision:
     # float64[D]: the observation's pooled embedding, only while a monitor is being calibrated
     # (MonitorManifest.record_embeddings); else None.
     embedding: np.ndarray | None = None
+    # The deferred monitor scoring (EngineConfig.defer_monitor) until `read_signals` has run it.
+    pending_signals: Callable[[], dict[str, float]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def signals_ready(self) -> bool:
+        """Whether `signals` holds this decision's monitor signals (or it has none to compute)."""
+        return self.pending_signals is None
+
+    def read_signals(self) -> dict[str, float] | None:
+        """The monitor's signals, scored now if they were deferred (their milliseconds then go to
+        `timings["monitor"]`, outside `timings["total"]`); None when the engine has no monitor. A scorer's
+        error is raised once; the signals then read as none (`{}`)."""
+        if self.pending_signals is not None:
+            with _SIGNALS_LOCK:
+                pending = self.pending_signals
+                if pending is not None:
+                    started = time.perf_counter()
+                    try:
+                        self.signals = pending()
+                    except BaseException:
+                        self.signals = {}  # a scorer failed: the decision reads as one with no signal
+                        raise
+                    finally:
+                        self.timings["monitor"] = (time.perf_counter() - started) * 1e3
+                        self.pending_signals = None  # last: `signals_ready` readers take no lock
+        return self.signals
 
 
 class Engine:
@@ -155,6 +192,8 @@ class Engine:
             monitor = load_monitor(monitor, lambda p: make_session(p, self.config.session))
         if monitor is not None:
             monitor.check_policy(self.bundle.fingerprint, self.manifest.feature_dim)
+            if monitor.manifest.accel:
+                self.policy.expose_velocities()
         with self._lock:
             self._monitor = monitor
         return monitor
@@ -215,8 +254,10 @@ class Engine:
         with timer.stage("encode"):
             prefix = self.policy.encode(feeds)
         with timer.stage("sample"):
-            chunks, features = self.policy.sample(prefix, initial, step_noise, rtc or None)
-        return self._decide(chunks, features, verifier, n, seed, stamp, timer, guidance, monitor, (prefix, 0))
+            chunks, features, *velocities = self.policy.sample(prefix, initial, step_noise, rtc or None,
+                                                               velocities=_wants_velocities(monitor))
+        return self._decide(chunks, features, verifier, n, seed, stamp, timer, guidance, monitor, (prefix, 0),
+                            velocities[0] if velocities else None)
 
     def infer_batch(self, items: Sequence[BatchItem]) -> list[Decision | ObservationError | SpecError]:
         """`infer` for several observations at once (robots served by one server): one encoder call for
@@ -256,12 +297,12 @@ class Engine:
             prefix = self.policy.encode(feeds)
         with shared.stage("sample"):
             sampled = self.policy.sample_many(prefix, [r[5] for r in ready], [r[6] for r in ready],
-                                              [r[7] for r in ready])
-        for j, ((i, n, seed, _, stamp, _, _, _), (chunks, features)) in enumerate(zip(ready, sampled)):
+                                              [r[7] for r in ready], velocities=_wants_velocities(monitor))
+        for j, ((i, n, seed, _, stamp, _, _, _), (chunks, features, *velocities)) in enumerate(zip(ready, sampled)):
             timers[i].ms.update(encode=shared.ms["encode"], sample=shared.ms["sample"])
             try:
                 results[i] = self._decide(chunks, features, verifier, n, seed, stamp, timers[i], items[i].guidance,
-                                          monitor, (prefix, j))
+                                          monitor, (prefix, j), velocities[0] if velocities else None)
             except SpecError as err:
                 results[i] = err
         return results
@@ -293,8 +334,9 @@ class Engine:
 
     def _decide(self, chunks: np.ndarray, features: np.ndarray, verifier: Verifier | None, n: int, seed: int,
                 stamp: float, timer: StageTimer, guidance: Guidance | None = None,
-                monitor: Monitor | None = None, prefix=None) -> Decision:
-        """Scores one observation's candidates, chooses among them, and computes the monitor's signals."""
+                monitor: Monitor | None = None, prefix=None, velocities: np.ndarray | None = None) -> Decision:
+        """Scores one observation's candidates, chooses among them, and computes the monitor's signals
+        (`velocities`: float32[N, K, Hn, D], the sampler's, when the monitor reads them)."""
         with timer.stage("score"):
             valid = finite_candidates(chunks)
             if verifier is not None:
@@ -313,13 +355,23 @@ class Engine:
             chunk = self.policy.unnormalize(chunks[index]) if candidates is None else candidates[index].copy()
             if not np.isfinite(chunk).all():
                 raise SpecError("chunk", "the chosen chunk overflows when unnormalised; refusing to return it")
-        signals = embedding = None
+        signals = embedding = pending = None
         if monitor is not None:
-            with timer.stage("monitor"):
+            with timer.stage("embed" if self.config.defer_monitor else "monitor"):
+                # The embedding is read now, whatever the timing: the prefix is the sampler's to reuse.
                 wanted = monitor.embedding is not None or monitor.manifest.record_embeddings
                 pooled = pooled_embedding(*prefix) if wanted and prefix is not None else None
-                signals = monitor.decision_signals(chunks, features, valid, index, seed, pooled)
                 embedding = pooled if monitor.manifest.record_embeddings else None
+                flow = frozen = None
+                if velocities is not None:  # the chosen candidate's, the chunk's positions and actions only
+                    h, a = chunks.shape[1:]
+                    flow = velocities[index][:, :h, :a]
+                    frozen = None if guidance is None else guidance.weights[:h] >= 1.0
+                if self.config.defer_monitor:
+                    def pending():
+                        return monitor.decision_signals(chunks, features, valid, index, seed, pooled, flow, frozen)
+                else:
+                    signals = monitor.decision_signals(chunks, features, valid, index, seed, pooled, flow, frozen)
         timings = timer.finish()
         return Decision(
             chunk=chunk,
@@ -337,7 +389,13 @@ class Engine:
             delay=0 if guidance is None else guidance.delay,
             signals=signals,
             embedding=embedding,
+            pending_signals=pending,
         )
+
+
+def _wants_velocities(monitor: Monitor | None) -> bool:
+    """Whether a decision must ask the sampler for its velocities (a monitor with the `accel` signal)."""
+    return monitor is not None and monitor.manifest.accel
 
 
 def continuity_scores(candidates: np.ndarray, guidance: Guidance) -> np.ndarray:

@@ -28,6 +28,7 @@ import numpy as np
 
 from policies.errors import BundleError
 from policies.schema import Reader, canonical_hash, portable, read_manifest, sha256_file
+from policies.velocities import roughness
 from verifiers.base import score_candidates
 
 MONITOR_SCHEMA_VERSION = 1
@@ -41,8 +42,10 @@ MONITOR_SCHEMA_VERSION = 1
 #   inconsistency: RMS difference (robot units) between the chunk and the previous one where they overlap.
 #   novelty: the observation's embedding (the encoder's prefix, pooled) against the successful rollouts'
 #     ones, mean squared whitened coordinate on their principal components (a monitor with an embedding).
+#   accel: the roughness of the flow sampler's own velocities along its Euler steps for the chosen candidate
+#     (OpenTau's accel, policies.velocities.roughness; a monitor of a flow policy with `accel`).
 SIGNALS: dict[str, int] = {"spread": +1, "keystone": +1, "pseudocount": -1, "pseudocount_obs": -1, "value": -1,
-                           "inconsistency": +1, "novelty": +1}
+                           "inconsistency": +1, "novelty": +1, "accel": +1}
 # The embedding model's file in a monitor bundle: mean[D], basis[k, D], scale[k].
 EMBEDDING_FILE = "embedding.npz"
 # Verifier roles a monitor may score with, and the signals each gives.
@@ -51,10 +54,12 @@ SCORERS: dict[str, tuple[str, ...]] = {"pseudocount": ("pseudocount", "pseudocou
 Z_FLOOR = -3.0
 
 
-def signals_for(n: int, scorers, embedding: bool = False) -> tuple[str, ...]:
-    """The signals a monitor with these scorer roles (and an embedding model) computes at N = n, in SIGNALS
-    order."""
+def signals_for(n: int, scorers, embedding: bool = False, accel: bool = False) -> tuple[str, ...]:
+    """The signals a monitor with these scorer roles (and an embedding model, and the sampler's velocities)
+    computes at N = n, in SIGNALS order."""
     names = {"inconsistency"} | {s for role in scorers for s in SCORERS[role]} | ({"novelty"} if embedding else set())
+    if accel:
+        names.add("accel")
     if n < 2:  # one candidate: its mean is itself, and nothing spreads
         names.discard("pseudocount_obs")
     if n >= 2:
@@ -230,11 +235,13 @@ class MonitorManifest:
     embedding: dict | None = None
     # Calibration rollouts only: each decision also carries its pooled embedding, to fit the model from.
     record_embeddings: bool = False
+    # Whether it reads the flow sampler's velocities (the `accel` signal; the engine exposes them).
+    accel: bool = False
     schema_version: int = MONITOR_SCHEMA_VERSION
 
     @property
     def signals(self) -> tuple[str, ...]:
-        return signals_for(self.n, self.scorers, self.embedding is not None)
+        return signals_for(self.n, self.scorers, self.embedding is not None, self.accel)
 
     def to_dict(self) -> dict:
         return {
@@ -246,6 +253,8 @@ class MonitorManifest:
             "detectors": {k: d.to_dict() for k, d in self.detectors.items()}, "main": self.main,
             "calibration": self.calibration, "provenance": portable(self.provenance),
             "embedding": self.embedding, "record_embeddings": self.record_embeddings,
+            # Written only when on, so that a monitor without it keeps the identity it had before it existed.
+            **({"accel": True} if self.accel else {}),
         }
 
     @classmethod
@@ -275,7 +284,10 @@ class MonitorManifest:
         record_embeddings = r.raw("record_embeddings", False)
         if not isinstance(record_embeddings, bool):
             raise BundleError("record_embeddings", f"expected true or false, got {record_embeddings!r}")
-        signals = signals_for(n, scorers, embedding is not None)
+        accel = r.raw("accel", False)
+        if not isinstance(accel, bool):
+            raise BundleError("accel", f"expected true or false, got {accel!r}")
+        signals = signals_for(n, scorers, embedding is not None, accel)
         listed = r.strs("signals")
         if listed != signals:
             raise BundleError("signals", f"lists {list(listed)}; N={n} with scorers {sorted(scorers)} gives "
@@ -305,7 +317,7 @@ class MonitorManifest:
         out = cls(name=r.str("name"), policy_fingerprint=r.str("policy_fingerprint"), n=n, verifier=verifier,
                   scorers=scorers, scorer_manifests=shas, standardisation=standardisation, detectors=detectors,
                   main=main, calibration=r.raw("calibration", {}), provenance=r.raw("provenance", {}),
-                  embedding=embedding, record_embeddings=record_embeddings, schema_version=version)
+                  embedding=embedding, record_embeddings=record_embeddings, accel=accel, schema_version=version)
         scorers_r.finish()
         shas_r.finish()
         std_r.finish()
@@ -375,13 +387,17 @@ class Monitor:
             check_verifier(scorer, feature_dim, policy_fingerprint)
 
     def decision_signals(self, chunks: np.ndarray, features: np.ndarray, valid: np.ndarray, index: int,
-                         seed: int, embedding: np.ndarray | None = None) -> dict[str, float]:
+                         seed: int, embedding: np.ndarray | None = None, velocities: np.ndarray | None = None,
+                         frozen: np.ndarray | None = None) -> dict[str, float]:
         """The signals of one decision from its candidates (normalised units), their features, which are
-        finite, the chosen one, and the observation's pooled embedding (`pooled_embedding`; None: `novelty`
-        is NaN). `inconsistency` needs the previous chunk: the track adds it."""
+        finite, the chosen one, the observation's pooled embedding (`pooled_embedding`; None: `novelty`
+        is NaN) and the chosen candidate's Euler velocities float[K, H, A] with the positions RTC froze
+        (bool[H]; None: `accel` is NaN). `inconsistency` needs the previous chunk: the track adds it."""
         out: dict[str, float] = {}
         if self.embedding is not None:
             out["novelty"] = math.nan if embedding is None else novelty(self.embedding, embedding)
+        if self.manifest.accel:
+            out["accel"] = math.nan if velocities is None else roughness(velocities, frozen)
         ok = chunks[valid]
         if "spread" in self.signals:
             out["spread"] = candidate_spread(ok)
@@ -470,10 +486,13 @@ class MonitorTrack:
         return out
 
     def update(self, decision) -> MonitorStatus:
-        """Takes the next decision of the episode (an Engine Decision with `signals`)."""
-        if decision.signals is None:
+        """Takes the next decision of the episode (an Engine Decision with `signals`, scored now if the
+        engine deferred them)."""
+        read = getattr(decision, "read_signals", None)
+        raw = read() if read is not None else decision.signals
+        if raw is None:
             raise ValueError("the decision carries no monitor signals: the engine has no monitor")
-        signals = dict(decision.signals)
+        signals = dict(raw)
         if self._previous is not None:
             signals["inconsistency"] = chunk_inconsistency(decision.chunk, decision.times, *self._previous, self.dt)
         else:

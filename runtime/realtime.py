@@ -280,3 +280,11 @@ class RealtimeExecutor:
                 except Exception as exc:  # noqa: BLE001 - the worker goes on; the tick executes the decision
                     with self._wake:
                         self.errors.append(exc)
+            if not getattr(decision, "signals_ready", True):
+                # Deferred monitor scoring (EngineConfig.defer_monitor), now that the decision is out: the
+                # worker is idle until the next observation, and the control thread reads the result.
+                try:
+                    decision.read_signals()
+                except Exception as exc:  # noqa: BLE001 - reported like a failed decision; the chunk stands
+                    with self._wake:
+                        self.errors.append(exc)

@@ -72,8 +72,8 @@ def resolve_provider(name: str) -> str:
     return name
 
 
-def make_session(path: Path, config: SessionConfig) -> ort.InferenceSession:
-    """Loads one ONNX file with the engine's provider and thread settings."""
+def make_session(path: Path | bytes, config: SessionConfig) -> ort.InferenceSession:
+    """Loads one ONNX file (or a serialized graph) with the engine's provider and thread settings."""
     provider = resolve_provider(config.provider)
     options = ort.SessionOptions()
     options.intra_op_num_threads = config.intra_op_threads
@@ -95,7 +95,8 @@ def make_session(path: Path, config: SessionConfig) -> ort.InferenceSession:
     if provider in ("tensorrt", "cuda"):
         providers.append((PROVIDERS["cuda"], {"device_id": config.device_id}))
     providers.append(PROVIDERS["cpu"])
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), sess_options=options,
+                                providers=providers)
 
 
 def io_signature(session: ort.InferenceSession) -> tuple[dict, dict]:

@@ -48,6 +48,9 @@ class CalibrateConfig:
     # Fit an embedding model of the observations (the `novelty` signal) on this many principal directions
     # of the successful rollouts' pooled encoder prefixes; 0: none.
     embedding_components: int = 16
+    # The flow sampler's velocity roughness (the `accel` signal): "auto" (on for a flow policy whose
+    # sampler's Euler velocities can be read), "on" or "off".
+    accel: str = "auto"
 
 
 def _scorers(config: CalibrateConfig, policy: str) -> dict[str, str]:
@@ -67,6 +70,27 @@ def _scorers(config: CalibrateConfig, policy: str) -> dict[str, str]:
         else:
             out[role] = resolve_verifier(choice, policy)
     return out
+
+
+def resolve_accel(choice: str, policy: str, progress=None) -> bool:
+    """Whether the monitor reads the sampler's velocities: `choice` "on" (refused, saying why, for a
+    policy that has none), "off", or "auto" (on when the policy has them)."""
+    from policies.errors import BundleError
+    from policies.sampler import PolicySampler
+
+    if choice not in ("auto", "on", "off"):
+        raise ValueError(f"accel: must be auto, on or off, got {choice!r}")
+    if choice == "off":
+        return False
+    try:
+        PolicySampler(policy).expose_velocities()
+    except BundleError as err:
+        if choice == "on":
+            raise
+        if progress is not None:
+            progress(f"no accel signal: {err}")
+        return False
+    return True
 
 
 def _write(out: Path, manifest) -> None:
@@ -102,9 +126,10 @@ def calibrate_monitor(config: CalibrateConfig, progress=None) -> dict:
         shutil.copytree(source, target)
         shas[role] = sha256_file(target / "manifest.json")
     selection = None if verifier is None else {"name": Path(verifier).name, "content": content_id(verifier)}
+    accel = resolve_accel(config.accel, policy, progress)
     base = MonitorManifest(name=out.name, policy_fingerprint=bundle.fingerprint, n=config.n, verifier=selection,
                            scorers={role: role for role in scorers}, scorer_manifests=shas,
-                           record_embeddings=config.embedding_components > 0)
+                           record_embeddings=config.embedding_components > 0, accel=accel)
     _write(out, base)  # signals only, no alarm: what the rollouts record
     rollouts = Path(config.rollouts) if config.rollouts else out.with_name(out.name + ".rollouts")
     eval_config = EvalConfig(policy=policy, verifier=verifier, n=config.n, tasks=config.tasks,
@@ -156,7 +181,7 @@ def calibrate_monitor(config: CalibrateConfig, progress=None) -> dict:
     final = MonitorManifest(name=out.name, policy_fingerprint=bundle.fingerprint, n=config.n, verifier=selection,
                             scorers=base.scorers, scorer_manifests=shas, standardisation=fit.standardisation,
                             detectors=fit.detectors, main=fit.main, calibration=calibration, provenance=provenance,
-                            embedding=embedding)
+                            embedding=embedding, accel=accel)
     _write(out, final)
     load_monitor(out)  # what was written reads back
     progress(f"calibrated in {(time.perf_counter() - started) / 60:.1f} min")

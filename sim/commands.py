@@ -52,7 +52,7 @@ def cmd_calibrate_monitor(args) -> int:
                              tasks=tasks(args.task), episodes=args.episodes, seed=args.seed, alpha=args.alpha,
                              execute=args.execute, max_steps=args.max_steps, workers=args.workers,
                              pseudocount=args.pseudocount, value=args.value, rollouts=args.rollouts,
-                             embedding_components=args.embedding_components)
+                             embedding_components=args.embedding_components, accel=args.accel)
     print(format_calibration(calibrate_monitor(config)))
     return 0
 
@@ -301,6 +301,8 @@ def register(cli) -> None:
     p.add_argument("--rollouts", default=None, help="folder of the rollouts' records (default: OUT.rollouts)")
     p.add_argument("--embedding-components", type=int, default=16,
                    help="principal directions of the observations' embedding behind the novelty signal (0: none)")
+    p.add_argument("--accel", choices=("auto", "on", "off"), default="auto",
+                   help="the flow sampler's velocity roughness signal (OpenTau's accel): auto = on for a flow policy")
     p.add_argument("--out", required=True, help="the monitor bundle folder")
 
     p = cli.add("monitor-report", "a failure monitor replayed over an evaluation's recorded signals (taco eval "

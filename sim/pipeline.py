@@ -275,7 +275,7 @@ def monitor_stage(policy, bundles: Path, config: ArtifactsConfig, log) -> dict[s
     scorers (their manifests' hashes) on these rollouts."""
     from policies.schema import content_id, sha256_file
     from runtime.monitor import read_monitor_manifest
-    from sim.calibrate_monitor import CalibrateConfig, calibrate_monitor
+    from sim.calibrate_monitor import CalibrateConfig, calibrate_monitor, resolve_accel
     from verifiers.shipped import resolve_verifier
 
     kind = Path(policy.path).name
@@ -296,7 +296,8 @@ def monitor_stage(policy, bundles: Path, config: ArtifactsConfig, log) -> dict[s
                 and existing.calibration.get("seeds") == [config.monitor_seed,
                                                           config.monitor_seed + config.monitor_episodes - 1]
                 and existing.calibration.get("alpha") == config.monitor_alpha
-                and (existing.embedding is not None) == (settings.embedding_components > 0))
+                and (existing.embedding is not None) == (settings.embedding_components > 0)
+                and existing.accel == resolve_accel(settings.accel, str(policy.path)))
         if same:
             log(f"[monitor {name}] up to date: {path}")
             return {name: path}

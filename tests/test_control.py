@@ -319,11 +319,14 @@ class MonitoredEngine(FakeEngine):
     """A FakeEngine with a failure monitor at N=2 whose one signal, `spread`, the test sets: calibrated at
     mean 0 and std 1, an alarm once its CUSUM (slack 0.5) passes 3."""
 
-    def __init__(self, clock, manifest=None):
+    def __init__(self, clock, manifest=None, deferred=False):
         from runtime.monitor import Detector, Monitor, MonitorManifest
 
         super().__init__(clock, manifest)
         self.spread = 0.0
+        # Deferred (EngineConfig.defer_monitor): the signals are scored when read; `gate`, when set, is a
+        # semaphore the scoring waits for, so that the test says when it has finished.
+        self.deferred, self.gate = deferred, None
         manifest = MonitorManifest(name="fake-monitor", policy_fingerprint="f" * 64, n=2, verifier=None, scorers={},
                                    scorer_manifests={}, standardisation={"spread": [0.0, 1.0]},
                                    detectors={"combined": Detector(("spread",), 0.5, 3.0, 0.1)}, main="combined")
@@ -331,13 +334,23 @@ class MonitoredEngine(FakeEngine):
 
     def infer(self, observation, n=None, seed=None, guidance=None):
         decision = super().infer(observation, n=n, seed=seed, guidance=guidance)
-        decision.signals = {"spread": self.spread, "keystone": float("nan")}
+        signals = {"spread": self.spread, "keystone": float("nan")}
+        if not self.deferred:
+            decision.signals = signals
+            return decision
+        gate = self.gate
+
+        def score():
+            assert gate is None or gate.acquire(timeout=10), "the test never let the scoring finish"
+            return signals
+
+        decision.pending_signals = score
         return decision
 
 
-def monitored_loop(action: str):
+def monitored_loop(action: str, deferred: bool = False):
     clock = Clock()
-    engine = MonitoredEngine(lambda: clock.now)
+    engine = MonitoredEngine(lambda: clock.now, deferred=deferred)
     watchdog = WatchdogConfig(max_observation_age=0.2, max_inference_time=5.0, max_future_stamp=0.05,
                               heartbeat_timeout=0.5)
     loop = ControlLoop(engine, PROFILE, ControlConfig(rate=50.0, executor=ExecutorConfig(n=2, execute=8),
@@ -361,8 +374,11 @@ def _run_decisions(robot, engine, count):
     return result
 
 
-def test_a_monitor_alarm_holds_the_robot_until_the_operator_resumes():
-    loop, engine, robot = monitored_loop("hold")
+@pytest.mark.parametrize("deferred", [False, True])
+def test_a_monitor_alarm_holds_the_robot_until_the_operator_resumes(deferred):
+    # Deferred scoring or not, the decision that raises the alarm never reaches the robot: with `hold` the
+    # tick waits for the signals.
+    loop, engine, robot = monitored_loop("hold", deferred)
     try:
         robot.step()
         result = _run_decisions(robot, engine, 3)
@@ -408,6 +424,34 @@ def test_a_monitor_alarm_that_slows_scales_the_speed_limits_until_the_episode_en
         loop.reset(robot.now, robot.now, episode="next")
         assert loop.safety.filter.speed_scale == 1.0 and loop.monitor_status is None
     finally:
+        for _ in range(3):
+            engine.finish()
+        loop.close()
+
+
+def test_deferred_monitor_scoring_never_delays_a_command_and_its_alarm_acts_once_scored():
+    loop, engine, robot = monitored_loop("slow", deferred=True)
+    try:
+        robot.step()
+        _run_decisions(robot, engine, 2)  # scored at once (no gate): read in order, no alarm
+        assert loop.monitor_report()["decision"] == 1 and not loop.monitor_report()["alarmed"]
+        engine.spread, engine.gate = 10.0, threading.Semaphore(0)
+        first = engine.returned
+        result = _run_decisions(robot, engine, 1)
+        # The new decision is executing while its scoring waits on the worker: commands from it, full speed.
+        assert decision_id(result.command) == first + 1 and not result.report.held
+        assert loop.safety.filter.speed_scale == 1.0 and loop.monitor_report()["decision"] == 1
+        for _ in range(5):
+            assert not robot.step().report.held
+        engine.gate.release()  # the worker's scoring finishes: the next tick reads the alarm
+        for _ in range(200):
+            robot.step()
+            if loop.safety.filter.speed_scale != 1.0:
+                break
+        assert loop.safety.filter.speed_scale == 0.5 and loop.monitor_report()["alarmed"]
+        assert loop.monitor_report()["decision"] == 2
+    finally:
+        engine.gate = None
         for _ in range(3):
             engine.finish()
         loop.close()

@@ -150,8 +150,8 @@ def test_a_verifier_sees_only_the_finite_candidates(flow, observation, monkeypat
     engine = Engine(flow.bundle, verifier=verifier, config=EngineConfig(return_candidates=True))
     sample = engine.policy.sample
 
-    def one_nan_candidate(prefix, noise, step_noise=None, rtc=None):
-        chunks, features = sample(prefix, noise, step_noise, rtc)
+    def one_nan_candidate(prefix, noise, step_noise=None, rtc=None, velocities=False):
+        chunks, features = sample(prefix, noise, step_noise, rtc, velocities)
         chunks = chunks.copy()
         chunks[2, 3, 1] = np.nan
         return chunks, features
@@ -255,9 +255,9 @@ def _counting_sample_calls(engine):
     calls = []
     sample = engine.policy.sample
 
-    def counted(prefix, noise, step_noise=None, rtc=None):
+    def counted(prefix, noise, step_noise=None, rtc=None, velocities=False):
         calls.append({k: v.shape[0] for k, v in prefix.items()})
-        return sample(prefix, noise, step_noise, rtc)
+        return sample(prefix, noise, step_noise, rtc, velocities)
 
     engine.policy.sample = counted
     return calls

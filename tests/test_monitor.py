@@ -13,6 +13,7 @@ import pytest
 from policies.errors import BundleError
 from policies.schema import sha256_file
 from runtime import Engine
+from runtime.engine import EngineConfig
 from runtime.calibration import CalibrationEpisode, fit_monitor
 from runtime.monitor import (candidate_spread, check_monitor_use, chunk_inconsistency, conformal_rank,
                              conformal_threshold, cusum, keystone_spread, load_monitor, read_monitor_manifest)
@@ -109,9 +110,38 @@ def test_an_alarm_fires_on_an_observation_unlike_the_calibration_and_not_on_fami
     odd = run(engine, [familiar(m, rng, 0.0)] + [strange(m, i * dt) for i in range(1, 6)], seed=99)
     assert odd.first_alarm.get("combined") is not None and odd.first_alarm["combined"] <= 2, odd.peaks
     decision = engine.infer(strange(m, 0.0), n=4, seed=1)
-    assert set(decision.signals) == {"spread", "keystone", "pseudocount", "pseudocount_obs", "novelty"}
+    assert set(decision.signals) == {"spread", "keystone", "pseudocount", "pseudocount_obs", "novelty", "accel"}
+    assert decision.signals["accel"] > 0
     assert decision.signals["novelty"] > 10 * max(odd.history["novelty"][0], 1.0)  # the familiar first one
     assert "monitor" in decision.timings
+
+
+def test_deferred_scoring_gives_the_same_signals_outside_the_decisions_time(tiny_monitor):
+    flow, path = tiny_monitor
+    inline = Engine(flow.path, monitor=path)
+    deferred = Engine(flow.path, monitor=inline.monitor, config=EngineConfig(defer_monitor=True))
+    observation = strange(inline.manifest, 0.0)
+    a, b = inline.infer(observation, n=4, seed=3), deferred.infer(observation, n=4, seed=3)
+    np.testing.assert_array_equal(a.chunk, b.chunk)
+    assert b.signals is None and not b.signals_ready and "monitor" not in b.timings
+    track = deferred.monitor.track(deferred.manifest.action_dt)
+    status = track.update(b)  # the track's read scores it
+    assert b.signals_ready and b.signals == a.signals and status.signals["novelty"] == a.signals["novelty"]
+    assert b.timings["monitor"] > 0 and b.read_signals() is b.signals  # scored once
+
+
+def test_a_batch_reads_each_items_own_velocities(tiny_monitor):
+    from runtime.engine import BatchItem
+
+    flow, path = tiny_monitor
+    engine = Engine(flow.path, monitor=path)
+    m = engine.manifest
+    observations = [strange(m, 0.0), familiar(m, np.random.default_rng(2), 0.0)]
+    alone = [engine.infer(o, n=4, seed=7 + i).signals["accel"] for i, o in enumerate(observations)]
+    batch = engine.infer_batch([BatchItem(o, n=4, seed=7 + i, history=engine.policy.history())
+                                for i, o in enumerate(observations)])
+    assert [d.signals["accel"] for d in batch] == pytest.approx(alone, rel=1e-5)
+    assert alone[0] != pytest.approx(alone[1], rel=1e-3)
 
 
 def test_a_mismatched_monitor_is_refused(tiny_monitor, exported, tmp_path):
@@ -230,6 +260,7 @@ def test_the_artifacts_monitor_stage_recalibrates_only_what_changed(tiny_monitor
     flow, made = tiny_monitor
     bundles = tmp_path / "bundles"
     shutil.copytree(made / "pseudocount", bundles / "flow-cfn")  # the policy's shipped pseudo-count
+    shutil.copytree(flow.path, bundles / "flow")
     policy = dc.replace(flow.bundle, path=bundles / "flow")  # named as the shipped policy, beside its cfn
     calls = []
 

@@ -275,13 +275,17 @@ def test_sim_and_policy_nodes_run_an_episode_through_each_sink(sink, nodes, harn
         assert episode.success == summary["success"] and episode.meta["best_stage"] == summary["best_stage"]
         assert episode.meta["sim_seed"] == summary["seed"] and episode.meta["max_stage"] == 4
         # Every decision that reached the robot, with its 4 candidates; a command per tick from the first,
-        # and one more as each decision arrives (the step run then, off the tick grid). A decision used
-        # just before the episode's end is logged before its diagnostics reach this process: wait for them.
+        # and one more as each decision arrives (the step run then, off the tick grid). The node ticks on its
+        # own clock: at least once per physics step the sim made, at most once per tick of the episode's wall
+        # time (a loaded sim steps slower than its 50 Hz; run 4 of a stress run: 100 steps in 2.6 s, 119
+        # ticks logged). A decision used just before the episode's end is logged before its diagnostics
+        # reach this process: wait for them.
         decided = lambda: [d for d in harness.diagnostics() if d["decision"]]  # noqa: E731
         harness.wait(lambda: len(decided()) >= len(episode.chosen), 10, "a diagnostics message per logged decision",
                      nodes, seen=lambda: (len(decided()), len(episode.chosen)))
         assert len(episode.chosen) >= 1 and episode.chunks.shape[1] == 4 and episode.chunks.shape[3] == 14
-        assert abs(len(episode.actions) - summary["commanded_steps"] - len(episode.chosen)) <= 10
+        ticks = len(episode.actions) - len(episode.chosen)
+        assert summary["commanded_steps"] - 5 <= ticks <= summary["wall_s"] / DT + 10, (ticks, summary)
         assert [int(i) for i in episode.chosen] == [d["index"] for d in decided()][:len(episode.chosen)]
     assert all(d["inference_errors"] == 0 for d in harness.diagnostics())
     if sink == "jtc":

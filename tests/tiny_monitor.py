@@ -50,8 +50,9 @@ def run(engine, observations, seed: int = 0):
 
 
 def make_tiny_monitor(flow, root: Path) -> Path:
-    """`root/tiny-monitor`: N=4, a kNN pseudo-count of 60 familiar observations' features and an embedding
-    model of their encoder prefixes, calibrated on 40 familiar episodes of 6 decisions."""
+    """`root/tiny-monitor`: N=4, a kNN pseudo-count of 60 familiar observations' features, an embedding
+    model of their encoder prefixes and the sampler's velocity roughness, calibrated on 40 familiar episodes
+    of 6 decisions."""
     from verifiers import write_verifier_bundle
     from verifiers.synthetic import knn_verifier_onnx
 
@@ -68,7 +69,7 @@ def make_tiny_monitor(flow, root: Path) -> Path:
     base = MonitorManifest(name="tiny-monitor", policy_fingerprint=flow.bundle.fingerprint, n=N, verifier=None,
                            scorers={"pseudocount": "pseudocount"},
                            scorer_manifests={"pseudocount": sha256_file(monitor / "pseudocount" / "manifest.json")},
-                           record_embeddings=True)
+                           record_embeddings=True, accel=True)
     write_manifest(monitor, base)
     engine = Engine(flow.path, monitor=monitor)
     tracks = [run(engine, [familiar(m, rng, i * 8 * m.action_dt) for i in range(6)], seed=1000 + k) for k in range(40)]
