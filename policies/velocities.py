@@ -129,21 +129,34 @@ def sampler_with_velocities(path: Path, num_steps: int) -> bytes:
     return data
 
 
-def roughness(velocities: np.ndarray, frozen: np.ndarray | None = None, prefix: int | None = None) -> float:
+def roughness(velocities: np.ndarray, rows: np.ndarray | None = None, prefix: int | None = None) -> float:
     """OpenTau's `accel` of one candidate: p * sum_{t=1}^{p-1} |u_t - u_{t-1}| / sum_{t=0}^{p-1} |u_t| over
-    its velocities float[K, Hn, D] at the first p = `prefix` (default K - 1) Euler steps, |.| the Euclidean
-    norm over the chunk positions and action dimensions that are not `frozen` (bool[Hn]: positions RTC
-    holds at the executing chunk). 0 for a field that does not change along the integration; NaN when
-    every velocity is zero or not finite."""
+    its velocities float[K, H, A] at the first p = `prefix` (default K - 1) Euler steps, |.| the Euclidean
+    norm over the chunk positions `rows` scores (bool[H]; None: all) and every action dimension. OpenTau
+    scores the positions that execute and are not frozen by RTC (`executed_rows`). 0 for a field that
+    does not change along the integration; NaN when the scored velocities are all zero or not finite."""
     u = np.asarray(velocities, np.float64)
     k = len(u)
     p = k - 1 if prefix is None else int(prefix)
     if not 2 <= p <= k:
         raise ValueError(f"prefix: expected 2 <= p <= K = {k}, got {p}")
-    if frozen is not None:
-        u = u[:, ~np.asarray(frozen, bool)[:u.shape[1]]]
+    if rows is not None:
+        u = u[:, np.asarray(rows, bool)]
     u = u[:p].reshape(p, -1)
     size = float(np.linalg.norm(u, axis=1).sum())
-    if not math.isfinite(size) or size <= 0.0:
+    if not math.isfinite(size) or size <= 1e-12:
         return math.nan
     return float(p * np.linalg.norm(np.diff(u, axis=0), axis=1).sum() / size)
+
+
+def executed_rows(length: int, delay: int = 0, window: int | None = None,
+                  weights: np.ndarray | None = None) -> np.ndarray:
+    """bool[length]: the chunk positions whose velocities `roughness` scores, as OpenTau's sampler masks
+    them: those that execute, [delay, delay + window) (the actions before `delay` run while inference
+    does; those after the window are replanned before they run), less the ones RTC freezes (guidance
+    weight 1). `window` None: to the chunk's end."""
+    positions = np.arange(length)
+    rows = (positions >= delay) & (positions < (length if window is None else delay + window))
+    if weights is not None:
+        rows &= ~(np.asarray(weights[:length], np.float64) >= 1.0)
+    return rows

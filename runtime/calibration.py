@@ -9,7 +9,9 @@ the detectors (each signal alone, and every subset of the signals), the slack an
 alarm in most of them, at thresholds set on the first half; only the chosen detector's threshold comes
 from the second half, which the choice never saw, so the false-alarm bound on successful episodes
 holds for it. With no failure to choose by, the
-combined detector averages every signal. An `elapsed` detector (longer than the successful episodes)
+combined detector averages every signal. The main detector, `any`, keeps every signal apart: each one's
+CUSUM (at its own detector's slack) divided by its threshold on the first half, the largest of them
+thresholded on the second half. An `elapsed` detector (longer than the successful episodes)
 comes with every fit as the baseline the others are measured against; it never joins the combination.
 
 Numpy only: a robot computer can calibrate from its own decision logs.
@@ -17,14 +19,14 @@ Numpy only: a robot computer can calibrate from its own decision logs.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.monitor import (Detector, combined_reading, conformal_rank, conformal_threshold, cusum,
-                             standardise)
+from runtime.monitor import Detector, conformal_rank, conformal_threshold, standardise
 
 # CUSUM slacks tried per detector, in standard deviations of a successful rollout's decision.
 DEFAULT_SLACKS = (0.0, 0.25, 0.5, 1.0)
@@ -33,6 +35,13 @@ MAX_COMBINED = 4
 # With no failed calibration rollout to choose by, each detector takes this slack and the combined one
 # every signal.
 NO_FAILURES_SLACK = 0.25
+# The detector whose alarm acts: `any`, each signal on its own (`combined`, the best mean of a subset,
+# and each signal's own detector are fitted and reported beside it).
+MAIN_DETECTOR = "any"
+# Floor of a signal's scale in the `any` detector (its CUSUM threshold on the fit half, in standard
+# deviations x decisions): a signal that never rose on the fit half must not turn a small excursion into
+# an unbounded ratio.
+MIN_SCALE = 1.0
 
 
 @dataclass
@@ -105,16 +114,19 @@ def fit_monitor(episodes: list[CalibrationEpisode], signals: tuple[str, ...], al
               for name in usable} for e in episodes]
     index = {id(e): i for i, e in enumerate(episodes)}
 
-    def evaluate(subset: tuple[str, ...], slack: float, thresholds_from) -> tuple[Detector, dict]:
-        paths = {id(e): cusum(combined_reading(z_all[index[id(e)]], subset), slack) for e in episodes}
-        peaks = [paths[id(e)].max(initial=0.0) for e in thresholds_from]
-        threshold = conformal_threshold(peaks, alpha)
+    def judged(detector: Detector, thresholds_from) -> tuple[Detector, dict]:
+        """The detector with its threshold set on `thresholds_from`'s peaks, and its alarms."""
+        paths = {id(e): detector.path(z_all[index[id(e)]]) for e in episodes}
+        threshold = conformal_threshold([paths[id(e)].max(initial=0.0) for e in thresholds_from], alpha)
         first = {id(e): _first_alarm(paths[id(e)], threshold) for e in episodes}
         leads = [(e.progress_step - e.decision_steps[first[id(e)]]) * dt for e in failed if first[id(e)] is not None]
         report = {"failed_alarmed": sum(first[id(e)] is not None for e in failed), "failed": len(failed),
                   "successful_alarmed": sum(first[id(e)] is not None for e in ok), "successful": len(ok),
                   "lead_s_median": float(np.median(leads)) if leads else None}
-        return Detector(signals=subset, slack=float(slack), threshold=threshold, alpha=alpha), report
+        return dataclasses.replace(detector, threshold=threshold), report
+
+    def evaluate(subset: tuple[str, ...], slack: float, thresholds_from) -> tuple[Detector, dict]:
+        return judged(Detector(signals=subset, slack=float(slack), threshold=0.0, alpha=alpha), thresholds_from)
 
     def best(subsets) -> tuple[Detector, dict]:
         if not failed:  # nothing to choose by: all the signals, the slack OpenTau's accel uses
@@ -140,6 +152,13 @@ def fit_monitor(episodes: list[CalibrationEpisode], signals: tuple[str, ...], al
     if not failed:
         subsets = [tuple(usable)]
     detectors["combined"], report["combined"] = best(subsets)
+    # Every signal on its own CUSUM (its detector's slack), over its threshold on the fit half: the largest
+    # ratio, thresholded on the conformal half. A mean lets familiar-looking readings cancel an anomalous
+    # one (in the dark the inconsistency alarmed in all 100 episodes alone, the mean in 1); this cannot.
+    scales = tuple(max(evaluate((name,), detectors[name].slack, fit_half)[0].threshold, MIN_SCALE) for name in usable)
+    anything = Detector(signals=tuple(usable), slack=0.0, threshold=0.0, alpha=alpha, kind="any",
+                        slacks=tuple(detectors[name].slack for name in usable), scales=scales)
+    detectors["any"], report["any"] = judged(anything, conformal_half)
     detectors["elapsed"], report["elapsed"] = _elapsed(episodes, ok, failed, conformal_half, alpha, dt)
     report["split"] = {"fit": len(fit_half), "conformal": len(conformal_half), "failed": len(failed), "rank": rank}
-    return Fit(standardisation=standardisation, detectors=detectors, main="combined", report=report)
+    return Fit(standardisation=standardisation, detectors=detectors, main=MAIN_DETECTOR, report=report)

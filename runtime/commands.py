@@ -47,8 +47,12 @@ def cmd_inspect(args) -> int:
               f"{'signals':<18} {', '.join(m.signals)}")
         for name, d in m.detectors.items():
             mark = " (main)" if name == m.main else ""
-            print(f"detector {name}{mark}: {d.kind} of {', '.join(d.signals)}, slack {d.slack:g}, threshold "
-                  f"{d.threshold:.4g}, alpha {d.alpha:g}")
+            if d.kind == "any":
+                each = ", ".join(f"{s} (slack {k:g}, scale {c:.4g})" for s, k, c in zip(d.signals, d.slacks, d.scales))
+                print(f"detector {name}{mark}: any of {each}, threshold {d.threshold:.4g}, alpha {d.alpha:g}")
+            else:
+                print(f"detector {name}{mark}: {d.kind} of {', '.join(d.signals)}, slack {d.slack:g}, threshold "
+                      f"{d.threshold:.4g}, alpha {d.alpha:g}")
         if not m.detectors:
             print("uncalibrated: signals only, no alarm")
         return 0

@@ -14,6 +14,7 @@ from policies import Observation, PolicyBundle
 from policies.errors import BundleError, ObservationError, SpecError
 from policies.guidance import Guidance
 from policies.sampler import History, PolicySampler
+from policies.velocities import executed_rows
 from runtime.monitor import Monitor, load_monitor, pooled_embedding
 from runtime.select import finite_candidates, select
 from runtime.sessions import SessionConfig, make_session
@@ -362,16 +363,17 @@ class Engine:
                 wanted = monitor.embedding is not None or monitor.manifest.record_embeddings
                 pooled = pooled_embedding(*prefix) if wanted and prefix is not None else None
                 embedding = pooled if monitor.manifest.record_embeddings else None
-                flow = frozen = None
+                flow = rows = None
                 if velocities is not None:  # the chosen candidate's, the chunk's positions and actions only
                     h, a = chunks.shape[1:]
                     flow = velocities[index][:, :h, :a]
-                    frozen = None if guidance is None else guidance.weights[:h] >= 1.0
+                    rows = executed_rows(h, 0 if guidance is None else guidance.delay, monitor.manifest.accel_window,
+                                         None if guidance is None else guidance.weights)
                 if self.config.defer_monitor:
                     def pending():
-                        return monitor.decision_signals(chunks, features, valid, index, seed, pooled, flow, frozen)
+                        return monitor.decision_signals(chunks, features, valid, index, seed, pooled, flow, rows)
                 else:
-                    signals = monitor.decision_signals(chunks, features, valid, index, seed, pooled, flow, frozen)
+                    signals = monitor.decision_signals(chunks, features, valid, index, seed, pooled, flow, rows)
         timings = timer.finish()
         return Decision(
             chunk=chunk,

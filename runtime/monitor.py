@@ -172,26 +172,43 @@ def conformal_threshold(peaks, alpha: float) -> float:
     return float(peaks[conformal_rank(len(peaks), alpha) - 1])
 
 
-# Detector kinds: "cusum" (the standardised signals' CUSUM) or "elapsed" (seconds since the episode's
-# first decision: the baseline every monitor must beat, an alarm once an episode has run longer than
-# successful ones do).
-DETECTOR_KINDS = ("cusum", "elapsed")
+# Detector kinds: "cusum" (the CUSUM of the mean of standardised signals), "any" (each signal's own CUSUM,
+# each divided by its scale, the largest: an alarm once any one signal is out of its range, which no
+# familiar-looking other signal can cancel) or "elapsed" (seconds since the episode's first decision: the
+# baseline every monitor must beat, an alarm once an episode has run longer than successful ones do).
+DETECTOR_KINDS = ("cusum", "any", "elapsed")
 
 
 @dataclass(frozen=True)
 class Detector:
     """One alarm rule: the mean of these standardised signals, CUSUM with `slack`, alarm above `threshold`
-    (kind "cusum"); or the episode's elapsed seconds above `threshold` (kind "elapsed")."""
+    (kind "cusum"); each signal's own CUSUM with its slack (`slacks`) over its scale (`scales`), the
+    largest above `threshold` (kind "any"); or the episode's elapsed seconds above `threshold` (kind
+    "elapsed")."""
 
     signals: tuple[str, ...]
     slack: float
     threshold: float
     alpha: float
     kind: str = "cusum"
+    # Kind "any": per signal, its CUSUM's slack and the scale its statistic is divided by.
+    slacks: tuple[float, ...] = ()
+    scales: tuple[float, ...] = ()
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "signals": list(self.signals), "slack": self.slack, "threshold": self.threshold,
-                "alpha": self.alpha}
+        out = {"kind": self.kind, "signals": list(self.signals), "slack": self.slack, "threshold": self.threshold,
+               "alpha": self.alpha}
+        if self.kind == "any":
+            out.update(slacks=list(self.slacks), scales=list(self.scales))
+        return out
+
+    def path(self, z: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The statistic after each decision of an episode, from its standardised readings (kind "cusum"
+        or "any"; NaN readings count as 0)."""
+        if self.kind == "any":
+            return np.max(np.stack([cusum(z[s], slack) / scale
+                                    for s, slack, scale in zip(self.signals, self.slacks, self.scales)]), axis=0)
+        return cusum(combined_reading(z, self.signals), self.slack)
 
     @classmethod
     def from_reader(cls, r: Reader, known: tuple[str, ...]) -> Detector:
@@ -206,7 +223,13 @@ class Detector:
         slack, alpha = r.float("slack"), r.float("alpha")
         if slack < 0 or not 0 < alpha < 1:
             raise BundleError(r.path, f"expected slack >= 0 and alpha in (0, 1), got {slack} and {alpha}")
-        out = cls(signals=signals, slack=slack, threshold=r.float("threshold"), alpha=alpha, kind=kind)
+        slacks = scales = ()
+        if kind == "any":
+            slacks, scales = r.floats("slacks", len(signals)), r.floats("scales", len(signals), positive=True)
+            if any(v < 0 for v in slacks):
+                raise BundleError(f"{r.path}.slacks", f"expected slacks >= 0, got {list(slacks)}")
+        out = cls(signals=signals, slack=slack, threshold=r.float("threshold"), alpha=alpha, kind=kind,
+                  slacks=slacks, scales=scales)
         r.finish()
         return out
 
@@ -235,8 +258,11 @@ class MonitorManifest:
     embedding: dict | None = None
     # Calibration rollouts only: each decision also carries its pooled embedding, to fit the model from.
     record_embeddings: bool = False
-    # Whether it reads the flow sampler's velocities (the `accel` signal; the engine exposes them).
+    # Whether it reads the flow sampler's velocities (the `accel` signal; the engine exposes them), and over
+    # how many positions from the decision's delay on (the actions that execute: the calibration's
+    # `execute`; None: to the chunk's end).
     accel: bool = False
+    accel_window: int | None = None
     schema_version: int = MONITOR_SCHEMA_VERSION
 
     @property
@@ -254,7 +280,7 @@ class MonitorManifest:
             "calibration": self.calibration, "provenance": portable(self.provenance),
             "embedding": self.embedding, "record_embeddings": self.record_embeddings,
             # Written only when on, so that a monitor without it keeps the identity it had before it existed.
-            **({"accel": True} if self.accel else {}),
+            **({"accel": True, "accel_window": self.accel_window} if self.accel else {}),
         }
 
     @classmethod
@@ -287,6 +313,10 @@ class MonitorManifest:
         accel = r.raw("accel", False)
         if not isinstance(accel, bool):
             raise BundleError("accel", f"expected true or false, got {accel!r}")
+        accel_window = r.raw("accel_window", None)
+        if accel_window is not None and (isinstance(accel_window, bool) or not isinstance(accel_window, int)
+                                         or accel_window < 1):
+            raise BundleError("accel_window", f"expected null or a positive integer, got {accel_window!r}")
         signals = signals_for(n, scorers, embedding is not None, accel)
         listed = r.strs("signals")
         if listed != signals:
@@ -317,7 +347,8 @@ class MonitorManifest:
         out = cls(name=r.str("name"), policy_fingerprint=r.str("policy_fingerprint"), n=n, verifier=verifier,
                   scorers=scorers, scorer_manifests=shas, standardisation=standardisation, detectors=detectors,
                   main=main, calibration=r.raw("calibration", {}), provenance=r.raw("provenance", {}),
-                  embedding=embedding, record_embeddings=record_embeddings, accel=accel, schema_version=version)
+                  embedding=embedding, record_embeddings=record_embeddings, accel=accel, accel_window=accel_window,
+                  schema_version=version)
         scorers_r.finish()
         shas_r.finish()
         std_r.finish()
@@ -388,16 +419,17 @@ class Monitor:
 
     def decision_signals(self, chunks: np.ndarray, features: np.ndarray, valid: np.ndarray, index: int,
                          seed: int, embedding: np.ndarray | None = None, velocities: np.ndarray | None = None,
-                         frozen: np.ndarray | None = None) -> dict[str, float]:
+                         rows: np.ndarray | None = None) -> dict[str, float]:
         """The signals of one decision from its candidates (normalised units), their features, which are
         finite, the chosen one, the observation's pooled embedding (`pooled_embedding`; None: `novelty`
-        is NaN) and the chosen candidate's Euler velocities float[K, H, A] with the positions RTC froze
-        (bool[H]; None: `accel` is NaN). `inconsistency` needs the previous chunk: the track adds it."""
+        is NaN) and the chosen candidate's Euler velocities float[K, H, A] with the positions they are
+        scored at (bool[H], `executed_rows`; velocities None: `accel` is NaN). `inconsistency` needs the
+        previous chunk: the track adds it."""
         out: dict[str, float] = {}
         if self.embedding is not None:
             out["novelty"] = math.nan if embedding is None else novelty(self.embedding, embedding)
         if self.manifest.accel:
-            out["accel"] = math.nan if velocities is None else roughness(velocities, frozen)
+            out["accel"] = math.nan if velocities is None else roughness(velocities, rows)
         ok = chunks[valid]
         if "spread" in self.signals:
             out["spread"] = candidate_spread(ok)
@@ -468,6 +500,9 @@ class MonitorTrack:
         self._start: float | None = None  # the first decision's first action time
         self.decisions = 0
         self.statistics = {name: 0.0 for name in self.monitor.manifest.detectors}
+        # Kind "any": each of its signals' own CUSUM.
+        self._members = {name: np.zeros(len(d.signals)) for name, d in self.monitor.manifest.detectors.items()
+                         if d.kind == "any"}
         # Each detector's largest statistic so far.
         self.peaks = dict(self.statistics)
         # Detector -> index of the decision that first raised its alarm (absent: none yet).
@@ -510,6 +545,11 @@ class MonitorTrack:
         for name, detector in manifest.detectors.items():
             if detector.kind == "elapsed":
                 self.statistics[name] = elapsed
+            elif detector.kind == "any":
+                readings = np.array([0.0 if math.isnan(z[s]) else z[s] for s in detector.signals])
+                sums = np.maximum(0.0, self._members[name] + readings - np.asarray(detector.slacks))
+                self._members[name] = sums
+                self.statistics[name] = float(np.max(sums / np.asarray(detector.scales)))
             else:
                 readings = [z[s] for s in detector.signals if not math.isnan(z[s])]
                 c = float(np.mean(readings)) if readings else 0.0
@@ -542,7 +582,7 @@ def replay(manifest: MonitorManifest, signals: Mapping[str, list], decision_step
         if detector.kind == "elapsed":
             path = (steps - steps[0]) * dt if len(steps) else np.zeros(0)
         else:
-            path = cusum(combined_reading(z, detector.signals), detector.slack)
+            path = detector.path(z)
         above = np.flatnonzero(path > detector.threshold)
         out[name] = (float(path.max(initial=0.0)), int(decision_steps[above[0]]) if len(above) else None)
     return out

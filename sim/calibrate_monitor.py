@@ -129,7 +129,8 @@ def calibrate_monitor(config: CalibrateConfig, progress=None) -> dict:
     accel = resolve_accel(config.accel, policy, progress)
     base = MonitorManifest(name=out.name, policy_fingerprint=bundle.fingerprint, n=config.n, verifier=selection,
                            scorers={role: role for role in scorers}, scorer_manifests=shas,
-                           record_embeddings=config.embedding_components > 0, accel=accel)
+                           record_embeddings=config.embedding_components > 0, accel=accel,
+                           accel_window=config.execute if accel else None)
     _write(out, base)  # signals only, no alarm: what the rollouts record
     rollouts = Path(config.rollouts) if config.rollouts else out.with_name(out.name + ".rollouts")
     eval_config = EvalConfig(policy=policy, verifier=verifier, n=config.n, tasks=config.tasks,
@@ -181,7 +182,7 @@ def calibrate_monitor(config: CalibrateConfig, progress=None) -> dict:
     final = MonitorManifest(name=out.name, policy_fingerprint=bundle.fingerprint, n=config.n, verifier=selection,
                             scorers=base.scorers, scorer_manifests=shas, standardisation=fit.standardisation,
                             detectors=fit.detectors, main=fit.main, calibration=calibration, provenance=provenance,
-                            embedding=embedding, accel=accel)
+                            embedding=embedding, accel=accel, accel_window=base.accel_window)
     _write(out, final)
     load_monitor(out)  # what was written reads back
     progress(f"calibrated in {(time.perf_counter() - started) / 60:.1f} min")
@@ -199,7 +200,8 @@ def format_calibration(result: dict) -> str:
     for name, d in result["detectors"].items():
         r = cal["on_calibration_rollouts"][name]
         lead = "-" if r["lead_s_median"] is None else f"{r['lead_s_median']:+.2f}"
-        lines.append(f"{name:<18} {','.join(d['signals']):<44} {d['slack']:>5.2f} {d['threshold']:>9.3f} "
+        slack = "each" if d["kind"] == "any" else f"{d['slack']:.2f}"  # its signals' own (their rows above)
+        lines.append(f"{name:<18} {','.join(d['signals']):<44} {slack:>5} {d['threshold']:>9.3f} "
                      f"{r['failed_alarmed']:>7}/{r['failed']:<7} {lead:>7}")
     lines.append(f"wrote {result['monitor']} (use it with --monitor {result['monitor']})")
     return "\n".join(lines)

@@ -297,7 +297,8 @@ def monitor_stage(policy, bundles: Path, config: ArtifactsConfig, log) -> dict[s
                                                           config.monitor_seed + config.monitor_episodes - 1]
                 and existing.calibration.get("alpha") == config.monitor_alpha
                 and (existing.embedding is not None) == (settings.embedding_components > 0)
-                and existing.accel == resolve_accel(settings.accel, str(policy.path)))
+                and existing.accel == resolve_accel(settings.accel, str(policy.path))
+                and existing.accel_window == (settings.execute if existing.accel else None))
         if same:
             log(f"[monitor {name}] up to date: {path}")
             return {name: path}

@@ -16,7 +16,8 @@ from runtime import Engine
 from runtime.engine import EngineConfig
 from runtime.calibration import CalibrationEpisode, fit_monitor
 from runtime.monitor import (candidate_spread, check_monitor_use, chunk_inconsistency, conformal_rank,
-                             conformal_threshold, cusum, keystone_spread, load_monitor, read_monitor_manifest)
+                             conformal_threshold, cusum, keystone_spread, load_monitor, read_monitor_manifest,
+                             standardise)
 from tiny_monitor import familiar, make_tiny_monitor, run, strange
 
 
@@ -69,17 +70,27 @@ def test_cusum_and_the_conformal_threshold():
 def test_the_fit_bounds_false_alarms_on_successful_episodes_and_catches_a_drifting_failure():
     rng = np.random.default_rng(0)
 
-    def episode(success, drift=0.0):
+    def episode(success, drift=0.0, rough=0.0, sure=0.0):
         noise = rng.standard_normal(30)
-        return CalibrationEpisode(signals={"value": list(1.0 + noise - drift * np.arange(30) / 30),
-                                           "inconsistency": list(rng.standard_normal(30))},
+        ramp = np.arange(30) / 30
+        return CalibrationEpisode(signals={"value": list(1.0 + sure + noise - drift * ramp),
+                                           "inconsistency": list(rng.standard_normal(30) + rough * ramp)},
                                   success=success, decision_steps=list(range(0, 240, 8)), progress_step=120)
 
     episodes = [episode(True) for _ in range(200)] + [episode(False, drift=4.0) for _ in range(20)]
     fit = fit_monitor(episodes, ("value", "inconsistency"), alpha=0.1)
-    assert set(fit.detectors) == {"value", "inconsistency", "combined", "elapsed"}
+    assert set(fit.detectors) == {"value", "inconsistency", "combined", "any", "elapsed"} and fit.main == "any"
     assert fit.detectors["combined"].signals == ("value",)  # the signal that tells failures apart
-    assert fit.report["combined"]["failed_alarmed"] == 20
+    assert fit.report["combined"]["failed_alarmed"] == 20 and fit.report["any"]["failed_alarmed"] == 20
+    # A failure unlike the calibration's: the chunks grow inconsistent while the value looks better than ever.
+    # The mean chosen on the calibration's failures misses it; `any` keeps each signal apart and does not.
+    def z(e):
+        return {n: standardise(np.asarray(e.signals[n]), n, *pair) for n, pair in fit.standardisation.items()}
+
+    unseen = [episode(False, rough=6.0, sure=3.0) for _ in range(20)]
+    caught = {name: sum(fit.detectors[name].path(z(e)).max() > fit.detectors[name].threshold for e in unseen)
+              for name in ("combined", "any")}
+    assert caught["any"] >= 18 and caught["combined"] <= 2, caught
     assert fit.report["elapsed"]["failed_alarmed"] == 0  # the failures last no longer than the successes
     fresh = [episode(True) for _ in range(300)]
     fresh_fit = fit_monitor(episodes[:200] + fresh, ("value",), alpha=0.1)
@@ -88,6 +99,9 @@ def test_the_fit_bounds_false_alarms_on_successful_episodes_and_catches_a_drifti
     d = fit.detectors["value"]
     mean, std = fit.standardisation["value"]
     alarms = sum(cusum(-(np.asarray(e.signals["value"]) - mean) / std, d.slack).max() > d.threshold for e in fresh)
+    assert alarms / len(fresh) < 0.16
+    anything = fit.detectors["any"]
+    alarms = sum(anything.path(z(e)).max() > anything.threshold for e in fresh)
     assert alarms / len(fresh) < 0.16
     with pytest.raises(ValueError, match="needs at least 9 successful calibration rollouts"):
         fit_monitor(episodes[:10], ("value",), alpha=0.1)
@@ -106,9 +120,9 @@ def test_an_alarm_fires_on_an_observation_unlike_the_calibration_and_not_on_fami
     rng = np.random.default_rng(7)
     dt = 8 * m.action_dt
     usual = [run(engine, [familiar(m, rng, i * dt) for i in range(6)], seed=s) for s in range(10)]
-    assert sum("combined" in t.first_alarm for t in usual) <= 1, [t.peaks for t in usual]
+    assert sum("any" in t.first_alarm for t in usual) <= 1, [t.peaks for t in usual]
     odd = run(engine, [familiar(m, rng, 0.0)] + [strange(m, i * dt) for i in range(1, 6)], seed=99)
-    assert odd.first_alarm.get("combined") is not None and odd.first_alarm["combined"] <= 2, odd.peaks
+    assert odd.first_alarm.get("any") is not None and odd.first_alarm["any"] <= 2, odd.peaks
     decision = engine.infer(strange(m, 0.0), n=4, seed=1)
     assert set(decision.signals) == {"spread", "keystone", "pseudocount", "pseudocount_obs", "novelty", "accel"}
     assert decision.signals["accel"] > 0
@@ -175,6 +189,16 @@ def test_a_mismatched_monitor_is_refused(tiny_monitor, exported, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(BundleError, match=r"detectors\.combined\.signals.*'value' is not one of"):
         read_monitor_manifest(copy)
+    data = json.loads((path / "manifest.json").read_text())
+    assert data["accel"] is True and "accel" in data["signals"]
+    data["accel_window"] = 0
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"accel_window: expected null or a positive integer, got 0"):
+        read_monitor_manifest(copy)
+    data["accel"], data["accel_window"] = False, None  # signals still list accel
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"signals: lists .*'accel'"):
+        read_monitor_manifest(copy)
 
 
 def test_eval_reports_each_episodes_first_alarm_and_the_rates(tiny_monitor, tmp_path):
@@ -193,16 +217,16 @@ def test_eval_reports_each_episodes_first_alarm_and_the_rates(tiny_monitor, tmp_
         mon = r["monitor"]
         assert mon["decision_steps"] == [0, 4, 8, 12, 16, 20]
         assert len(mon["signals"]["pseudocount"]) == 6 and mon["signals"]["inconsistency"][0] is None
-        step = mon["first_alarm_step"]["combined"]
-        assert (step is not None) == (mon["peak"]["combined"] > read_monitor_manifest(path).detectors["combined"]
+        step = mon["first_alarm_step"]["any"]
+        assert (step is not None) == (mon["peak"]["any"] > read_monitor_manifest(path).detectors["any"]
                                       .threshold)
     summary = report["summary"]["overall"]["monitor"]
     failed = [r for r in records if not r["success"]]
-    alarmed = [r for r in failed if r["monitor"]["first_alarm_step"]["combined"] is not None]
+    alarmed = [r for r in failed if r["monitor"]["first_alarm_step"]["any"] is not None]
     assert summary["failed"] == len(failed) and summary["failed_alarmed"] == len(alarmed)
     assert summary["tpr"] == (len(alarmed) / len(failed) if failed else None)
     if alarmed:
-        leads = [(last_progress_step(r) - r["monitor"]["first_alarm_step"]["combined"]) * 0.02 for r in alarmed]
+        leads = [(last_progress_step(r) - r["monitor"]["first_alarm_step"]["any"]) * 0.02 for r in alarmed]
         assert summary["lead_s_median"] == pytest.approx(float(np.median(leads)))
     assert set(summary["by_detector"]) == set(read_monitor_manifest(path).detectors) >= {"pseudocount", "combined"}
     other = EvalConfig(policy=str(flow.path), n=4, tasks=("lift_bar",), episodes=3, execute=4, max_steps=24)
@@ -229,14 +253,15 @@ def test_calibrate_then_evaluate_the_shipped_policy_from_the_command_line(tmp_pa
     assert "combined" in printed and f"wrote {out}" in printed
     manifest = read_monitor_manifest(out)
     assert manifest.n == 1 and manifest.verifier is None and set(manifest.scorers) == {"pseudocount", "value"}
-    assert manifest.main == "combined" and manifest.detectors["combined"].alpha == 0.2
+    assert manifest.main == "any" and manifest.detectors["any"].alpha == 0.2
     assert manifest.calibration["episodes"] == 24 and manifest.calibration["seeds"] == [910000, 910023]
     assert (tmp_path / "flow-monitor.rollouts" / "calibration.json").is_file()
     assert main(["inspect", str(out)]) == 0
-    assert "detector combined (main): cusum of" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "detector any (main): any of pseudocount (slack " in printed and "detector combined: cusum of" in printed
     assert main(["eval", "--policy", "flow", "--monitor", str(out), "--task", "transfer_cube", "--episodes", "6",
                  "--seed", "920000", "--max-steps", "300", "--json", str(tmp_path / "eval.json")]) == 0
-    assert "monitor (combined): alarms in" in capsys.readouterr().out
+    assert "monitor (any): alarms in" in capsys.readouterr().out
     summary = json.loads((tmp_path / "eval.json").read_text())["summary"]["overall"]["monitor"]
     assert summary["failed"] + summary["successful"] == 6
     assert main(["monitor-report", "--monitor", str(out), "--records", str(tmp_path / "eval.json"), "--json",

@@ -92,8 +92,13 @@ class Harness:
         self.lock = threading.Lock()
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
+
+    def _spin(self):
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=0.05)
 
     def listen(self, msg_type, topic, qos=50):
         self.received[topic] = []
@@ -120,11 +125,14 @@ class Harness:
         return [json.loads(m.data) for _, m in self.messages(DIAGNOSTICS_TOPIC)]
 
     def close(self):
-        # The spin thread ends before the node goes: destroying it under a running spin raises InvalidHandle
-        # ("destruction was requested") in that thread.
-        self.executor.shutdown()
+        # The spin thread ends before the executor and the node go: destroying the node under a running spin
+        # raises InvalidHandle ("destruction was requested") in that thread, and shutting the executor down
+        # under one races rclpy's own teardown (Jazzy's executor then calls trigger() on the guard condition
+        # shutdown has just set to None: stress run 8's AttributeError in the spin thread).
+        self._stop.set()
         self.thread.join(10)
         assert not self.thread.is_alive(), "the harness's spin thread did not stop"
+        self.executor.shutdown()
         self.node.destroy_node()
 
 

@@ -556,11 +556,11 @@ def test_a_server_with_a_failure_monitor_reads_each_episode_and_alarms_on_a_stra
     try:
         client = openpi_client.WebsocketClientPolicy(host="127.0.0.1", port=server.port)
         meta = client.get_server_metadata()["monitor"]
-        threshold = read_monitor_manifest(monitor).detectors["combined"].threshold
+        threshold = read_monitor_manifest(monitor).detectors["any"].threshold
         assert meta == {"name": "tiny-monitor", "n": N, "signals": ["spread", "keystone", "pseudocount",
                                                                     "pseudocount_obs", "inconsistency", "novelty",
                                                                     "accel"],
-                        "detector": "combined", "threshold": threshold, "alpha": 0.1}
+                        "detector": "any", "threshold": threshold, "alpha": 0.1}
         manifest = Engine(policy).manifest
         rng = np.random.default_rng(3)
 

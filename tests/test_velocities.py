@@ -9,7 +9,7 @@ import pytest
 from policies import make_example_observation
 from policies.errors import BundleError
 from policies.sampler import PolicySampler
-from policies.velocities import VELOCITIES, euler_velocities, roughness, with_velocities
+from policies.velocities import VELOCITIES, euler_velocities, executed_rows, roughness, with_velocities
 
 
 def _sample(sampler: PolicySampler, velocities: bool):
@@ -75,11 +75,18 @@ def test_roughness_known_values():
     assert roughness(alternating) == pytest.approx(16.0)
     ramp = np.stack([np.full((4, 3), float(t + 1)) for t in range(10)])
     assert roughness(ramp) == pytest.approx(9 * 8 / sum(range(1, 10)))
-    # Frozen positions (RTC holds them) do not count: only position 0 changes here.
+    # Positions not scored (frozen by RTC, or not executed) do not count: only position 0 changes here.
     odd = np.ones((10, 4, 3))
     odd[::2, 0] = -1.0
-    frozen = np.array([True, False, False, False])
-    assert roughness(odd, frozen) == 0.0 and roughness(odd) > 0.0
+    assert roughness(odd, np.array([False, True, True, True])) == 0.0 and roughness(odd) > 0.0
     assert np.isnan(roughness(np.zeros((10, 4, 3))))
     with pytest.raises(ValueError, match="prefix"):
         roughness(u, prefix=1)
+
+
+def test_the_scored_rows_are_those_that_execute_less_the_frozen_ones():
+    # OpenTau's executed window is [delay, delay + n_action_steps), not [0, n_action_steps).
+    np.testing.assert_array_equal(executed_rows(8, delay=2, window=3), [0, 0, 1, 1, 1, 0, 0, 0])
+    np.testing.assert_array_equal(executed_rows(4), [1, 1, 1, 1])
+    weights = np.array([1.0, 1.0, 1.0, 0.5, 0.2, 0.0, 0.0, 0.0], np.float32)  # a delay of 2, frozen through 2
+    np.testing.assert_array_equal(executed_rows(8, delay=2, window=4, weights=weights), [0, 0, 0, 1, 1, 1, 0, 0])

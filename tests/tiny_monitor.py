@@ -69,7 +69,7 @@ def make_tiny_monitor(flow, root: Path) -> Path:
     base = MonitorManifest(name="tiny-monitor", policy_fingerprint=flow.bundle.fingerprint, n=N, verifier=None,
                            scorers={"pseudocount": "pseudocount"},
                            scorer_manifests={"pseudocount": sha256_file(monitor / "pseudocount" / "manifest.json")},
-                           record_embeddings=True, accel=True)
+                           record_embeddings=True, accel=True, accel_window=8)
     write_manifest(monitor, base)
     engine = Engine(flow.path, monitor=monitor)
     tracks = [run(engine, [familiar(m, rng, i * 8 * m.action_dt) for i in range(6)], seed=1000 + k) for k in range(40)]
