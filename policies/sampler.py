@@ -21,6 +21,7 @@ from policies.guidance import Guidance
 from policies.manifest import PolicyManifest
 from policies.observation import Observation
 from policies.preprocess import Preprocessor
+from policies.pruning import Prune, cut_sampler
 from policies.velocities import VELOCITIES, sampler_with_velocities
 
 # Graph metadata of a sampler whose prefix inputs take a batch of 1 (shared by every candidate) or of N
@@ -143,6 +144,8 @@ class PolicySampler:
         check_graph_signatures(self.manifest, self.encoder, self.sampler)
         # Whether `sample(..., velocities=True)` can give the flow's Euler velocities (`expose_velocities`).
         self.velocities = False
+        # Step k -> the pruned sessions of `prepare_pruning` (None: the step-wise graph runs any steps).
+        self._pruned: dict[int, tuple | None] = {}
         self._prefix = list(self.manifest.prefix)
         # The encoder is fed only what it takes (a pi0.5 encoder reads the state from its prompt).
         self._encoder_inputs = {i.name for i in self.encoder.get_inputs()}
@@ -220,6 +223,71 @@ class PolicySampler:
             self.sampler = self._make_session(sampler_with_velocities(graph, self.manifest.num_steps))
         self.velocities = True
 
+    def prepare_pruning(self, prune: Prune) -> None:
+        """Makes `prune_head` and `finish` available for `prune` (policies.pruning): the unrolled sampler is
+        cut into its head, last step and tail in memory (the bundle's files stay). Raises BundleError for a
+        policy that is not a flow sampler of deterministic Euler steps, or a k outside [1, K-1]."""
+        m = self.manifest
+        prune.check(m.num_steps)
+        if m.kind != "flow" or m.step_noise:
+            raise BundleError("kind", f"{m.name!r} is a {m.kind} policy{' with per-step noise' if m.step_noise else ''}: "
+                                      "pruning judges candidates by the flow's Euler prediction, which only a "
+                                      "deterministic flow sampler has")
+        if prune.steps in self._pruned:
+            return
+        if m.sampler != "unrolled":
+            self._pruned[prune.steps] = None  # the step graph runs any range of steps itself
+            return
+        graphs = cut_sampler(self.bundle.file(m.sampler_file), prune.steps, m.num_steps)
+        last = self._make_session(graphs.last)
+        tail = last if graphs.tail is graphs.last else self._make_session(graphs.tail)
+        self._pruned[prune.steps] = (graphs, self._make_session(graphs.head), last, tail)
+
+    def prune_head(self, prefix: Mapping[str, np.ndarray], noise: np.ndarray, steps: int,
+                   rtc: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The first `steps` (k) denoising steps of every candidate (after `prepare_pruning`): (x_k[N, Hn, D],
+        the predicted start of the last step x^_{K-1}[N, Hn, D], which `finish(..., start=K-1)` completes)."""
+        feeds = self._step_feeds(prefix, rtc)
+        cut = self._pruned[steps]
+        if cut is None:
+            xs = [noise]
+            for k in range(steps):
+                xs.append(self.sampler.run(["x_next"], {**feeds, "x": xs[-1], "step": np.array(k, dtype=np.int64)})[0])
+            before, x_k, factor = xs[-2], xs[-1], float(self.manifest.num_steps - steps)  # uniform steps
+        else:
+            graphs, head = cut[0], cut[1]
+            out = head.run(None, _only(head, {**feeds, "noise": noise}))  # [x_{k-1},] x_k
+            before, x_k = (out[0], out[1]) if graphs.x_before else (noise, out[0])
+            factor = graphs.factor
+        return x_k, (before + np.float32(factor) * (x_k - before)).astype(np.float32)
+
+    def finish(self, prefix: Mapping[str, np.ndarray], x: np.ndarray, start: int, steps: int,
+               rtc: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Denoising steps `start` .. K-1 from x[M, Hn, D] (start = k: the kept candidates' x_k; start = K-1:
+        a predicted x^_{K-1}) for a policy prepared for pruning after `steps` -> (chunks[M, H, A],
+        features[M, F]), as `sample` returns them."""
+        feeds = self._step_feeds(prefix, rtc)
+        cut = self._pruned[steps]
+        last = self.manifest.num_steps - 1
+        if cut is None:
+            features = None
+            for k in range(start, last + 1):
+                x, features = self.sampler.run(["x_next", "features"],
+                                               {**feeds, "x": x, "step": np.array(k, dtype=np.int64)})
+            return x, features
+        graphs, _, last_session, tail = cut
+        if start not in (steps, last):
+            raise ValueError(f"finish: start must be the pruning step {steps} or the last step {last}, got {start}")
+        session, name = (last_session, graphs.x_last) if start == last else (tail, graphs.x_k)
+        chunks, features = session.run(["chunks", "features"], _only(session, {**feeds, name: x}))
+        return chunks, features
+
+    def _step_feeds(self, prefix: Mapping[str, np.ndarray], rtc: Mapping[str, np.ndarray] | None) -> dict:
+        feeds = dict(prefix)
+        if self.manifest.rtc:
+            feeds.update(rtc or self.rtc_feeds(None))
+        return feeds
+
     def sample(self, prefix: Mapping[str, np.ndarray], noise: np.ndarray,
                step_noise: np.ndarray | None = None, rtc: Mapping[str, np.ndarray] | None = None,
                velocities: bool = False) -> tuple[np.ndarray, ...]:
@@ -290,6 +358,12 @@ class PolicySampler:
     def unnormalize(self, chunks: np.ndarray) -> np.ndarray:
         """Normalised action units -> robot units, for one chunk [H, A] or a batch [N, H, A]."""
         return chunks * self.action_std + self.action_mean
+
+
+def _only(session: ort.InferenceSession, feeds: dict) -> dict:
+    """The feeds a session takes (a part cut from a sampler may read fewer inputs than the whole)."""
+    names = {i.name for i in session.get_inputs()}
+    return {k: v for k, v in feeds.items() if k in names}
 
 
 class History:

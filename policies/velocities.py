@@ -14,6 +14,7 @@ Needs the `onnx` package (the `verifiers` extra); the inference path proper does
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,22 +25,38 @@ from policies.errors import BundleError
 VELOCITIES = "velocities"
 
 
-def _scalar_constant(name: str, producers: dict, initializers: dict) -> bool:
-    """Whether tensor `name` is a one-element constant (a Constant node's value or an initializer)."""
+def _scalar_constant(name: str, producers: dict, initializers: dict) -> float | None:
+    """The value of tensor `name` when it is a one-element constant (a Constant node's value or an
+    initializer); else None."""
     from onnx import numpy_helper
 
     if name in initializers:
-        return int(np.prod(initializers[name].dims)) == 1
-    node = producers.get(name)
-    if node is None or node.op_type != "Constant":
-        return False
-    value = next((a for a in node.attribute if a.name == "value"), None)
-    return value is not None and int(np.prod(numpy_helper.to_array(value.t).shape)) == 1
+        value = numpy_helper.to_array(initializers[name])
+    else:
+        node = producers.get(name)
+        if node is None or node.op_type != "Constant":
+            return None
+        attribute = next((a for a in node.attribute if a.name == "value"), None)
+        if attribute is None:
+            return None
+        value = numpy_helper.to_array(attribute.t)
+    return float(value.reshape(-1)[0]) if value.size == 1 else None
 
 
-def euler_velocities(graph, chunks: str = "chunks", noise: str = "noise") -> list[str]:
-    """Names of the velocity tensors u_0 .. u_{K-1} of the Euler chain from input `noise` to output
-    `chunks`, in step order. Raises BundleError when the graph is not such a chain."""
+@dataclass(frozen=True)
+class EulerStep:
+    """One Euler step of an unrolled sampler: x_next = x + scale * u (names of graph tensors)."""
+
+    x: str
+    velocity: str
+    x_next: str
+    # The signed multiplier of the velocity: -1/K for our exporter's x - v / K, dt for LeRobot's x + dt * v.
+    scale: float
+
+
+def euler_chain(graph, chunks: str = "chunks", noise: str = "noise") -> list[EulerStep]:
+    """The Euler steps from input `noise` to output `chunks`, in step order (x of the first is `noise`, x_next
+    of the last produces `chunks`). Raises BundleError when the graph is not such a chain."""
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {t.name: t for t in graph.initializer}
     steps, x = [], chunks
@@ -52,7 +69,7 @@ def euler_velocities(graph, chunks: str = "chunks", noise: str = "noise") -> lis
             break
         if node is None or node.op_type not in ("Add", "Sub") or len(node.input) != 2:
             raise BundleError("sampler", f"{x!r} is not an Euler step (x -/+ u * c) on the way from {noise!r} to "
-                                         f"{chunks!r}: the sampler's velocities cannot be found")
+                                         f"{chunks!r}: the sampler's Euler steps cannot be found")
         found = None
         for position in (1, 0):  # which input is the step u * c (the other is the previous x)
             step = producers.get(node.input[position])
@@ -63,19 +80,27 @@ def euler_velocities(graph, chunks: str = "chunks", noise: str = "noise") -> lis
             for u, c in ((step.input[0], step.input[1]), (step.input[1], step.input[0])):
                 if step.op_type == "Div" and u != step.input[0]:
                     continue  # c / u is not a step
-                if _scalar_constant(c, producers, initializers):
-                    found = (u, node.input[1 - position])
+                value = _scalar_constant(c, producers, initializers)
+                if value is not None and value != 0:
+                    scale = value if step.op_type == "Mul" else 1.0 / value
+                    found = EulerStep(node.input[1 - position], u, x, -scale if node.op_type == "Sub" else scale)
                     break
             if found:
                 break
         if found is None:
             raise BundleError("sampler", f"{node.name or node.op_type} ({x!r}) adds no constant multiple of a "
-                                         "velocity to the previous x: the sampler's velocities cannot be found")
-        steps.append(found[0])
-        x = found[1]
+                                         "velocity to the previous x: the sampler's Euler steps cannot be found")
+        steps.append(found)
+        x = found.x
     if not steps:
         raise BundleError("sampler", f"{chunks!r} is {noise!r} itself: no Euler step to read velocities from")
     return steps[::-1]
+
+
+def euler_velocities(graph, chunks: str = "chunks", noise: str = "noise") -> list[str]:
+    """Names of the velocity tensors u_0 .. u_{K-1} of the Euler chain from input `noise` to output
+    `chunks`, in step order. Raises BundleError when the graph is not such a chain."""
+    return [step.velocity for step in euler_chain(graph, chunks, noise)]
 
 
 def with_velocities(model, num_steps: int):

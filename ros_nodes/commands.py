@@ -55,6 +55,17 @@ def cmd_ros(args) -> int:
             params["rtc_max_weight"] = float(cap)
         if args.server:
             params.update(server=args.server, api_key_file=args.api_key_file or "")
+        if args.prune:
+            if args.server:
+                raise ValueError("--prune: with --server the server samples; prune there (taco serve --prune)")
+            from policies.pruning import Prune
+
+            if args.monitor != "none":
+                raise ValueError("--prune: a monitor is calibrated on fully denoised candidates; drop --monitor "
+                                 "or --prune")
+            prune = Prune.parse(args.prune)  # its checks, before any node starts
+            prune.check(bundle.manifest.num_steps)
+            params["prune"] = str(prune)
         if args.monitor != "none":
             params.update(monitor=args.monitor, monitor_action=args.monitor_action)
         if args.log_decisions:
@@ -114,6 +125,9 @@ def register(cli) -> None:
     p.add_argument("--monitor", default="none",
                    help="failure monitor bundle calibrated for this policy, --n and --verifier, or 'monitor' (the "
                         "policy's shipped one); its state on /diagnostics and /taco/monitor (docs/monitor.md)")
+    p.add_argument("--prune", default=None, metavar="K:M",
+                   help="pruned best-of-N: every candidate runs K denoising steps, the verifier's best M the rest "
+                        "(docs/engine.md)")
     p.add_argument("--monitor-action", default="none", choices=["none", "slow", "hold"],
                    help="what the monitor's alarm does: nothing, halve the speed limits, or hold until "
                         "/taco/monitor_resume is called")

@@ -54,6 +54,7 @@ from hardware.profiles import get_profile
 from hardware.safety import WatchdogConfig
 from policies.errors import SpecError
 from policies.guidance import DEFAULT_MAX_WEIGHT
+from policies.pruning import Prune
 from policies.shipped import resolve_policy
 from policies.schema import content_id
 from ros_nodes.common import (DIAGNOSTICS_TOPIC, EPISODE_TOPIC, EPISODES_QOS, ESTOP_RESET_TOPIC, ESTOP_STATE_TOPIC,
@@ -98,6 +99,9 @@ class PolicyNode(LifecycleNode):
         p("joint_limits_file", "")
         p("provider", "cpu")
         p("threads", 1)
+        # Pruned best-of-N (policies.pruning): "k:m", every candidate runs k denoising steps and the
+        # verifier's best m the rest; "" for none.
+        p("prune", "")
         p("seed", 0)
         p("server", "")  # ws://HOST:PORT of a `taco serve` server: inference there instead of here
         p("api_key_file", "")
@@ -160,9 +164,11 @@ class PolicyNode(LifecycleNode):
                 monitor = resolve_monitor(get("monitor"), policy)
                 # The monitor scores after the chunk is out, on the inference worker, unless its alarm must
                 # stop the decision that raised it (hold).
+                prune = Prune.parse(get("prune")) if get("prune") else None
                 self.engine = Engine(policy, verifier, EngineConfig(session=session,
                                                                     return_candidates=bool(get("log_decisions")),
-                                                                    defer_monitor=get("monitor_action") != "hold"),
+                                                                    defer_monitor=get("monitor_action") != "hold",
+                                                                    prune=prune),
                                      monitor=monitor)
                 if self.engine.monitor is not None:
                     check_monitor_use(self.engine.monitor.manifest, self.engine.bundle.fingerprint, int(get("n")),

@@ -22,11 +22,12 @@ import numpy as np
 from policies import load_policy_bundle, make_example_observation
 from policies.config import PolicyConfig
 from policies.flops import candidate_flops, encoder_flops
+from policies.pruning import DEFAULT_PRUNE, Prune
 from runtime.engine import Engine, EngineConfig
 from runtime.sessions import SessionConfig
 from verifiers.base import score_candidates
 
-STAGES = ("preprocess", "encode", "sample", "score", "select", "total")
+STAGES = ("preprocess", "encode", "sample", "prune", "finish", "score", "select", "total")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class BenchConfig:
     tokenizer: str | None = None
     # Hidden width of the CFN-shaped benchmark verifier.
     verifier_hidden: int = 256
+    # Pruned settings measured with the verifier ("k:m", policies.pruning; flow policies only), the first
+    # one giving the summary's `ratio_n16_pruned_over_n1`.
+    prunes: tuple[str, ...] = (str(DEFAULT_PRUNE),)
     seed: int = 0
     notes: list = field(default_factory=list)
 
@@ -63,6 +67,7 @@ class BenchConfig:
             raise ValueError(f"ns: candidate counts must be >= 1, got {self.ns}")
         if self.iters < 1 or self.warmup < 0:
             raise ValueError("iters must be >= 1 and warmup >= 0")
+        object.__setattr__(self, "prunes", tuple(str(Prune.parse(p)) for p in self.prunes))
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -194,6 +199,16 @@ def run_bench(config: BenchConfig, progress=print) -> dict:
     for n in config.ns:
         runners[("runtime", n, False)] = lambda n=n: plain.infer(observation, n, seed=config.seed).timings
         runners[("runtime", n, True)] = lambda n=n: verified.infer(observation, n, seed=config.seed).timings
+    prunes = config.prunes if bundle.manifest.kind == "flow" and not bundle.manifest.step_noise else ()
+    if config.prunes and not prunes:
+        notes.append(f"pruned rows skipped: pruning needs a deterministic flow sampler, this is {bundle.manifest.kind}")
+    for setting in prunes:
+        pruned = Engine(bundle, verifier=verified.verifier,
+                        config=EngineConfig(session=session, prune=Prune.parse(setting)))
+        for n in config.ns:
+            if n > pruned.config.prune.keep:
+                runners[(f"pruned {setting}", n, True)] = \
+                    lambda n=n, e=pruned: e.infer(observation, n, seed=config.seed).timings
     if policy is not None and config.naive:
         import torch
 
@@ -242,6 +257,10 @@ def run_bench(config: BenchConfig, progress=print) -> dict:
     }
     if 16 in config.ns and 1 in config.ns:
         summary["ratio_n16_over_n1"] = p50("runtime", 16, True) / p50("runtime", 1, False)
+        if prunes:
+            summary["prune"] = prunes[0]
+            summary["ratio_n16_pruned_over_n1"] = p50(f"pruned {prunes[0]}", 16, True) / p50("runtime", 1, False)
+            summary["ratio_n16_pruned_over_full"] = p50(f"pruned {prunes[0]}", 16, True) / p50("runtime", 16, True)
     if 16 in config.ns and p50("naive", 16, True) is not None:
         summary["speedup_over_naive_n16"] = p50("naive", 16, True) / p50("runtime", 16, True)
     if 16 in config.ns and p50("lerobot-calls", 16, False) is not None:
@@ -277,11 +296,12 @@ def run_bench(config: BenchConfig, progress=print) -> dict:
 
 def format_table(report: dict) -> str:
     """The report as a fixed-width table: one row per (impl, N, verifier), p50/p99 per stage in ms."""
-    head = f"{'impl':<13} {'N':>3} {'verif':>5} " + " ".join(f"{s:>15}" for s in STAGES)
-    lines = [head, " " * 24 + " ".join(f"{'p50 / p99 ms':>15}" for _ in STAGES), "-" * len(head)]
+    width = max([13, *(len(r["impl"]) for r in report["rows"])])
+    head = f"{'impl':<{width}} {'N':>3} {'verif':>5} " + " ".join(f"{s:>15}" for s in STAGES)
+    lines = [head, " " * (width + 11) + " ".join(f"{'p50 / p99 ms':>15}" for _ in STAGES), "-" * len(head)]
     for r in sorted(report["rows"], key=lambda r: (r["n"], r["impl"] != "runtime", r["impl"], r["verifier"])):
         cells = " ".join(f"{r[s]['p50']:>7.2f}/{r[s]['p99']:<7.2f}" for s in STAGES)
-        lines.append(f"{r['impl']:<13} {r['n']:>3} {'yes' if r['verifier'] else 'no':>5} {cells}")
+        lines.append(f"{r['impl']:<{width}} {r['n']:>3} {'yes' if r['verifier'] else 'no':>5} {cells}")
     lines.append("")
     for key, value in report["summary"].items():
         lines.append(f"{key:<34} {value:.3f}" if isinstance(value, float) else f"{key:<34} {value}")

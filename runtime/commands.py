@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from policies.pruning import DEFAULT_PRUNE
+
 
 def candidate_counts(text: str) -> tuple[int, ...]:
     """Comma-separated candidate counts, each >= 1."""
@@ -87,7 +89,8 @@ def cmd_bench(args) -> int:
     iters, warmup = (args.iters or 10, 2) if args.quick else (args.iters or 50, 5)
     config = BenchConfig(ns=args.n, iters=iters, warmup=warmup, bundle=args.bundle, kind=args.kind, size=args.size,
                          provider=args.provider, threads=args.threads, naive=not args.no_naive,
-                         lerobot=args.lerobot, tokenizer=args.tokenizer)
+                         lerobot=args.lerobot, tokenizer=args.tokenizer,
+                         prunes=tuple(p for p in args.prune.split(",") if p))
     report = run_bench(config, progress=lambda msg: print(msg, file=sys.stderr))
     print(format_table(report))
     if args.json:
@@ -121,5 +124,7 @@ def register(cli) -> None:
     p.add_argument("--lerobot", default=None, metavar="CHECKPOINT",
                    help="with --bundle imported from it: LeRobot's own inference as the baselines")
     p.add_argument("--tokenizer", default=None, metavar="DIR", help="as given to taco import lerobot")
+    p.add_argument("--prune", default=str(DEFAULT_PRUNE), metavar="K:M[,K:M...]",
+                   help=f"pruned settings measured with the verifier, flow policies (default {DEFAULT_PRUNE}; '' for none)")
     p.add_argument("--json", default=None, help="write every row and the summary to this file")
     p.add_argument("--quick", action="store_true", help="fewer rounds: under a minute")

@@ -13,6 +13,7 @@ import numpy as np
 from policies import Observation, PolicyBundle
 from policies.errors import BundleError, ObservationError, SpecError
 from policies.guidance import Guidance
+from policies.pruning import Prune
 from policies.sampler import History, PolicySampler
 from policies.velocities import executed_rows
 from runtime.monitor import Monitor, load_monitor, pooled_embedding
@@ -44,6 +45,11 @@ class EngineConfig:
     # inside `infer`: its verifier graphs then cost nothing between the observation and the chunk. Off for
     # a loop whose alarm must stop the decision that raised it (the ROS node's `hold`).
     defer_monitor: bool = False
+    # Pruned best-of-N (policies.pruning): every candidate runs the first `prune.steps` denoising steps, the
+    # verifier judges each one's predicted chunk, and only the best `prune.keep` are denoised to the end;
+    # the decision is chosen among those. None: every candidate runs every step. A decision of N <= keep
+    # candidates is not pruned.
+    prune: Prune | None = None
 
 
 # Serialises the deferred monitor scoring of decisions read from two threads (the executor's worker and the
@@ -101,6 +107,11 @@ class Decision:
     # float64[D]: the observation's pooled embedding, only while a monitor is being calibrated
     # (MonitorManifest.record_embeddings); else None.
     embedding: np.ndarray | None = None
+    # int[M]: the candidates denoised to the end, best predicted first, for a pruned decision
+    # (EngineConfig.prune); None when every candidate was. `scores` is NaN for the others.
+    finished: np.ndarray | None = None
+    # float32[N]: every candidate's score on its predicted chunk at the pruning step, for a pruned decision.
+    prune_scores: np.ndarray | None = None
     # The deferred monitor scoring (EngineConfig.defer_monitor) until `read_signals` has run it.
     pending_signals: Callable[[], dict[str, float]] | None = field(default=None, repr=False, compare=False)
 
@@ -152,6 +163,8 @@ class Engine:
         self._verifier: Verifier | None = None
         if verifier is not None:
             self.set_verifier(verifier)
+        if self.config.prune is not None:
+            self.policy.prepare_pruning(self.config.prune)
         self._monitor: Monitor | None = None
         if monitor is not None:
             self.set_monitor(monitor)
@@ -193,6 +206,10 @@ class Engine:
             monitor = load_monitor(monitor, lambda p: make_session(p, self.config.session))
         if monitor is not None:
             monitor.check_policy(self.bundle.fingerprint, self.manifest.feature_dim)
+            if self.config.prune is not None:
+                raise BundleError("monitor", f"a monitor's signals are calibrated on fully denoised candidates; "
+                                             f"this engine prunes them ({self.config.prune}): run it without "
+                                             "--prune or without the monitor")
             if monitor.manifest.accel:
                 self.policy.expose_velocities()
         with self._lock:
@@ -254,11 +271,53 @@ class Engine:
             initial, step_noise = self.policy.draw(n, seed, noise)
         with timer.stage("encode"):
             prefix = self.policy.encode(feeds)
+        if self._prunes(n):
+            chunks, features, finished, pruned = self._sample_pruned(prefix, initial, rtc or None, verifier, seed,
+                                                                     guidance, timer)
+            return self._decide(chunks, features, finished, verifier, n, seed, stamp, timer, guidance, pruned=pruned)
         with timer.stage("sample"):
             chunks, features, *velocities = self.policy.sample(prefix, initial, step_noise, rtc or None,
                                                                velocities=_wants_velocities(monitor))
-        return self._decide(chunks, features, verifier, n, seed, stamp, timer, guidance, monitor, (prefix, 0),
+        return self._decide(chunks, features, None, verifier, n, seed, stamp, timer, guidance, monitor, (prefix, 0),
                             velocities[0] if velocities else None)
+
+    def _prunes(self, n: int) -> bool:
+        return self.config.prune is not None and n > self.config.prune.keep
+
+    def _sample_pruned(self, prefix, noise, rtc, verifier, seed, guidance, timer):
+        """The candidates of one pruned decision: every one's first k steps and predicted chunk, the best m
+        by the verifier (with continuity, as `_decide` ranks) finished. Returns (chunks[N], features[N], the
+        mask of the finished ones, (their indices best first, the pruning's scores)) for `_decide`, each
+        pruned candidate's row its predicted chunk and features."""
+        prune = self.config.prune
+        with timer.stage("sample"):
+            x_k, guess = self.policy.prune_head(prefix, noise, prune.steps, rtc)
+            chunks, features = self.policy.finish(prefix, guess, self.manifest.num_steps - 1, prune.steps, rtc)
+        with timer.stage("prune"):
+            valid = finite_candidates(chunks)
+            scores = None
+            if verifier is not None:
+                valid &= np.isfinite(features).all(axis=1)
+                scores = self._score(verifier, features, chunks, valid, seed)
+            ranking = scores
+            if guidance is not None and self.config.continuity > 0:
+                continuity = continuity_scores(self.policy.unnormalize(chunks), guidance)
+                ranking = (0 if scores is None else scores) + np.float32(self.config.continuity) * continuity
+            eligible = valid if ranking is None else valid & np.isfinite(ranking)
+            order = np.flatnonzero(eligible)
+            if ranking is not None:  # best first, ties to the lowest index (a stable sort of -ranking)
+                order = order[np.argsort(-ranking[order], kind="stable")]
+            order = order[:prune.keep]
+            if order.size == 0:
+                raise SpecError("chunks", f"all {len(chunks)} candidates are non-finite at the pruning step "
+                                          f"{prune.steps}; nothing to execute")
+        with timer.stage("finish"):
+            done, done_features = self.policy.finish(prefix, x_k[order], prune.steps, prune.steps, rtc)
+        chunks, features = chunks.copy(), features.copy()
+        chunks[order], features[order] = done, done_features
+        finished = np.zeros(len(chunks), bool)
+        finished[order] = True
+        return chunks, features, finished, (order, scores)
 
     def infer_batch(self, items: Sequence[BatchItem]) -> list[Decision | ObservationError | SpecError]:
         """`infer` for several observations at once (robots served by one server): one encoder call for
@@ -296,14 +355,31 @@ class Engine:
         with shared.stage("encode"):
             feeds = {name: np.concatenate([r[3][name] for r in ready]) for name in ready[0][3]}
             prefix = self.policy.encode(feeds)
+        if self.config.prune is not None:  # each item pruned on its own, against its own prefix
+            for j, (i, n, seed, _, stamp, initial, step_noise, rtc) in enumerate(ready):
+                timers[i].ms.update(encode=shared.ms["encode"])
+                own = {name: value[j:j + 1] for name, value in prefix.items()}
+                try:
+                    if self._prunes(n):
+                        chunks, features, finished, pruned = self._sample_pruned(
+                            own, initial, rtc, verifier, seed, items[i].guidance, timers[i])
+                    else:
+                        with timers[i].stage("sample"):
+                            chunks, features = self.policy.sample(own, initial, step_noise, rtc)
+                        finished = pruned = None
+                    results[i] = self._decide(chunks, features, finished, verifier, n, seed, stamp, timers[i],
+                                              items[i].guidance, pruned=pruned)
+                except SpecError as err:
+                    results[i] = err
+            return results
         with shared.stage("sample"):
             sampled = self.policy.sample_many(prefix, [r[5] for r in ready], [r[6] for r in ready],
                                               [r[7] for r in ready], velocities=_wants_velocities(monitor))
         for j, ((i, n, seed, _, stamp, _, _, _), (chunks, features, *velocities)) in enumerate(zip(ready, sampled)):
             timers[i].ms.update(encode=shared.ms["encode"], sample=shared.ms["sample"])
             try:
-                results[i] = self._decide(chunks, features, verifier, n, seed, stamp, timers[i], items[i].guidance,
-                                          monitor, (prefix, j), velocities[0] if velocities else None)
+                results[i] = self._decide(chunks, features, None, verifier, n, seed, stamp, timers[i],
+                                          items[i].guidance, monitor, (prefix, j), velocities[0] if velocities else None)
             except SpecError as err:
                 results[i] = err
         return results
@@ -333,13 +409,18 @@ class Engine:
         history.push(observation)
         return history.feeds(until=observation.stamp), float(observation.stamp)
 
-    def _decide(self, chunks: np.ndarray, features: np.ndarray, verifier: Verifier | None, n: int, seed: int,
-                stamp: float, timer: StageTimer, guidance: Guidance | None = None,
-                monitor: Monitor | None = None, prefix=None, velocities: np.ndarray | None = None) -> Decision:
+    def _decide(self, chunks: np.ndarray, features: np.ndarray, eligible: np.ndarray | None,
+                verifier: Verifier | None, n: int, seed: int, stamp: float, timer: StageTimer,
+                guidance: Guidance | None = None, monitor: Monitor | None = None, prefix=None,
+                velocities: np.ndarray | None = None, pruned: tuple | None = None) -> Decision:
         """Scores one observation's candidates, chooses among them, and computes the monitor's signals
-        (`velocities`: float32[N, K, Hn, D], the sampler's, when the monitor reads them)."""
+        (`velocities`: float32[N, K, Hn, D], the sampler's, when the monitor reads them). `eligible`: the
+        candidates that may be chosen (a pruned decision's finished ones; None: all); only they are scored.
+        `pruned`: a pruned decision's (finished indices, pruning scores), for the Decision."""
         with timer.stage("score"):
             valid = finite_candidates(chunks)
+            if eligible is not None:
+                valid &= eligible
             if verifier is not None:
                 # A NaN feature mapped to a finite score by a lenient verifier must not win either.
                 valid &= np.isfinite(features).all(axis=1)
@@ -392,6 +473,8 @@ class Engine:
             signals=signals,
             embedding=embedding,
             pending_signals=pending,
+            finished=None if pruned is None else pruned[0],
+            prune_scores=None if pruned is None else pruned[1],
         )
 
 

@@ -23,7 +23,8 @@ def cmd_serve(args) -> int:
                          send_tracebacks=args.send_tracebacks, metrics_every_s=args.metrics_every,
                          provider=args.provider, threads=args.threads, batch_window_ms=args.batch_window_ms,
                          log_decisions=args.log_decisions, log_max_mb=args.log_max_mb,
-                         monitor=None if args.monitor == "none" else args.monitor)
+                         monitor=None if args.monitor == "none" else args.monitor,
+                         prune=args.prune or None)
     PolicyServer(config).run()
     return 0
 
@@ -37,6 +38,9 @@ def register(cli) -> None:
     p.add_argument("--monitor", default="none",
                    help="failure monitor bundle, or 'monitor' (the policy's shipped one), calibrated for --n and "
                         "--verifier: each reply carries its reading")
+    p.add_argument("--prune", default=None, metavar="K:M",
+                   help="pruned best-of-N: every candidate runs K denoising steps, the verifier's best M the rest "
+                        "(docs/engine.md)")
     p.add_argument("--max-n", type=int, default=256, help="largest n a request may ask for")
     p.add_argument("--host", default="127.0.0.1",
                    help="bind address; loopback by default (0.0.0.0 exposes the server, and is logged as such)")

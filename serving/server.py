@@ -90,6 +90,8 @@ class ServeConfig:
     # for `n` and the verifier; each reply then carries its reading. A connection is one episode, or, when
     # requests carry `episode`, each value of it.
     monitor: str | None = None
+    # Pruned best-of-N (policies.pruning, "k:m"): every candidate runs k denoising steps, the best m the rest.
+    prune: str | None = None
 
 
 @dataclass
@@ -262,8 +264,11 @@ class PolicyServer:
         verifier = resolve_verifier(c.verifier, policy) if c.verifier else None
         monitor = resolve_monitor(c.monitor, policy)
         session = SessionConfig(provider=c.provider, intra_op_threads=c.threads)
+        from policies.pruning import Prune
+
         engine = Engine(policy, verifier=verifier, monitor=monitor,
-                        config=EngineConfig(session=session, return_candidates=bool(c.log_decisions)))
+                        config=EngineConfig(session=session, return_candidates=bool(c.log_decisions),
+                                            prune=None if c.prune is None else Prune.parse(c.prune)))
         if engine.monitor is not None:
             from policies.schema import content_id
             from runtime.monitor import check_monitor_use

@@ -35,7 +35,7 @@ def cmd_eval(args) -> int:
                         rtc=None if args.rtc is None else args.rtc == "on", continuity=args.continuity,
                         rtc_horizon=args.rtc_horizon, rtc_max_weight=args.rtc_max_weight,
                         log_decisions=args.log_decisions, log_max_mb=args.log_max_mb, explore=args.explore,
-                        monitor=args.monitor, scene_perturb=tuple(args.scene_perturb or ()))
+                        monitor=args.monitor, scene_perturb=tuple(args.scene_perturb or ()), prune=args.prune)
     report = run_suite(config, json_path=args.json)
     print(format_summary(report))
     if args.json:
@@ -270,6 +270,9 @@ def register(cli) -> None:
     cli.add_log_flags(p, "one episode per simulated episode, with the executed actions and the outcome")
     p.add_argument("--explore", type=float, default=0.0,
                    help="epsilon-greedy collection: take a uniformly random candidate with this probability")
+    p.add_argument("--prune", default=None, metavar="K:M",
+                   help="pruned best-of-N: every candidate runs K denoising steps, the verifier's best M the rest "
+                        "(docs/engine.md)")
     p.add_argument("--monitor", default=None,
                    help="a failure monitor bundle, or 'monitor' (the one shipped for the policy): each episode's "
                         "first alarm, and TPR / FPR / lead time in the summary")

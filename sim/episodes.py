@@ -38,12 +38,14 @@ def _make(config, task: str):
         controller = ScriptedController(task, expert, mode=config.expert_mode)
         cameras = ()
     else:
+        from policies.pruning import Prune
         from runtime.engine import Engine, EngineConfig
         from runtime.executor import AsyncChunkExecutor, ChunkExecutor, ExecutorConfig
 
         engine = Engine(config.policy, verifier=config.verifier, monitor=config.monitor,
                         config=EngineConfig(continuity=config.continuity,
-                                            return_candidates=bool(config.log_decisions)))
+                                            return_candidates=bool(config.log_decisions),
+                                            prune=None if config.prune is None else Prune.parse(config.prune)))
         if config.explore:
             from verifiers.explore import Explore
 

@@ -81,6 +81,8 @@ class EvalConfig:
     monitor: str | None = None
     # Scene perturbations (sim.perturb, "KIND[:LEVEL]"): scenes the policy never saw, evaluation only.
     scene_perturb: tuple[str, ...] = ()
+    # Pruned best-of-N (policies.pruning, "k:m"): every candidate runs k denoising steps, the best m the rest.
+    prune: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -117,6 +119,17 @@ class EvalConfig:
         if self.asynchronous and self.log_decisions:
             raise ValueError("log_decisions: logs synchronous runs only for now (drop --async)")
         ExecutorConfig(noise_stream=self.noise_stream)  # the executor's own check of the stream
+        if self.prune is not None:
+            from policies.bundle import load_policy_bundle
+            from policies.pruning import Prune
+
+            if self.policy == "scripted":
+                raise ValueError("prune applies to policy bundles, not to --policy scripted")
+            prune = Prune.parse(self.prune)
+            prune.check(load_policy_bundle(self.policy).manifest.num_steps)
+            object.__setattr__(self, "prune", str(prune))
+            if self.monitor is not None:
+                raise ValueError("prune: a monitor is calibrated on fully denoised candidates; drop --monitor or --prune")
         if self.policy == "scripted" and (self.verifier is not None or self.n != 1 or self.noise_stream):
             raise ValueError("verifier, n and noise_stream apply to policy bundles, not to --policy scripted")
         if self.monitor is not None:
@@ -186,6 +199,8 @@ class EvalConfig:
             from runtime.monitor import read_monitor_manifest
 
             data["monitor"] = read_monitor_manifest(self.monitor).identity()
+        if self.prune is None:  # nor those from before pruning
+            data.pop("prune")
         return canonical_hash(data)
 
 

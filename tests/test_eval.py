@@ -106,6 +106,30 @@ def test_report_has_plots_and_a_video(tmp_path):
     assert report["run"]["workers"] == 2 and report["run"]["episodes_per_minute"] > 0
 
 
+def test_a_pruned_suite_runs_its_own_episodes_and_pruned_at_the_last_step_chooses_as_full_best_of_n(exported,
+                                                                                                       tmp_path):
+    from verifiers import write_verifier_bundle
+    from verifiers.synthetic import linear_verifier_onnx
+
+    flow = exported("flow")
+    dim = flow.bundle.manifest.feature_dim
+    weights = np.random.default_rng(0).standard_normal(dim)
+    verifier = write_verifier_bundle(linear_verifier_onnx(tmp_path / "v.onnx", weights), tmp_path / "v",
+                                     policy_fingerprint=flow.bundle.fingerprint, feature_dim=dim)
+    last = flow.bundle.manifest.num_steps - 1
+    base = EvalConfig(policy=str(flow.path), verifier=str(verifier.path), n=4, tasks=("lift_bar",), episodes=1,
+                      execute=3, max_steps=12)
+    pruned = dataclasses.replace(base, prune=f" {last}:1")
+    assert pruned.prune == f"{last}:1" and pruned.fingerprint() != base.fingerprint()
+    full, exact = run_suite(base)["episodes"][0], run_suite(pruned)["episodes"][0]
+    # From step K-1 the prediction is exact: the same picks (4 candidates, one finished per decision).
+    assert exact["chosen_index"] == full["chosen_index"]
+    with pytest.raises(ValueError, match="k must be in"):
+        dataclasses.replace(base, prune=f"{last + 1}:1")
+    with pytest.raises(ValueError, match="prune applies to policy bundles"):
+        EvalConfig(policy="scripted", prune="2:1")
+
+
 def test_bad_eval_settings_are_rejected(capsys):
     assert main(["eval", "--policy", "scripted", "--task", "fold_laundry", "--episodes", "1"]) == 2
     assert "fold_laundry" in capsys.readouterr().err

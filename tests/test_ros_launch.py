@@ -177,3 +177,20 @@ def test_taco_ros_passes_a_monitor_checked_against_n_before_starting_nodes(monke
     assert "calibrated at N=4, used at N=16" in capsys.readouterr().err
     assert main(["ros", "sim", "--policy", str(flow.path), "--monitor-action", "slow"]) == 2 and not started
     assert "needs a --monitor" in capsys.readouterr().err
+    assert main([*base, "--n", "4", "--prune", "2:1"]) == 2 and not started
+    assert "calibrated on fully denoised candidates" in capsys.readouterr().err
+
+
+def test_taco_ros_passes_a_pruning_checked_against_the_policy_before_starting_nodes(monkeypatch, exported, capsys):
+    from taco.cli import main
+
+    flow = exported("flow")
+    started = _record_launches(monkeypatch)
+    assert main(["ros", "sim", "--policy", str(flow.path), "--prune", "2:1"]) == 0
+    cmd = started.pop()["policy"]
+    assert dict(cmd[i + 1].split(":=", 1) for i in range(4, len(cmd), 2))["prune"] == "2:1"
+    steps = flow.bundle.manifest.num_steps
+    assert main(["ros", "sim", "--policy", str(flow.path), "--prune", f"{steps}:1"]) == 2 and not started
+    assert f"k must be in [1, {steps - 1}]" in capsys.readouterr().err
+    assert main(["ros", "sim", "--policy", str(flow.path), "--prune", "two"]) == 2 and not started
+    assert "expected k:m" in capsys.readouterr().err

@@ -166,6 +166,31 @@ def test_remote_engine_gives_the_local_engines_decision(server, policy):
         RemoteEngine(f"ws://127.0.0.1:{_free_port()}", open_timeout=2)
 
 
+def test_a_pruning_server_gives_the_local_pruned_engines_decision(policy, tmp_path):
+    from policies.pruning import Prune
+    from runtime.engine import EngineConfig
+    from verifiers import write_verifier_bundle
+    from verifiers.synthetic import linear_verifier_onnx
+
+    local = Engine(policy)
+    dim = local.manifest.feature_dim
+    verifier = write_verifier_bundle(linear_verifier_onnx(tmp_path / "v.onnx", np.linspace(-1, 1, dim)),
+                                     tmp_path / "v", policy_fingerprint=local.bundle.fingerprint, feature_dim=dim)
+    pruned = Engine(policy, str(verifier.path), EngineConfig(prune=Prune(2, 2)))
+    server, thread = serve_in_thread(ServeConfig(policy=str(policy), verifier=str(verifier.path), port=0, n=8,
+                                                 prune="2:2", metrics_every_s=0))
+    try:
+        obs = make_example_observation(local.manifest, seed=4, image_size=(480, 640))
+        with RemoteEngine(_url(server)) as remote:
+            for seed in (0, 5, 9):
+                got, want = remote.infer(obs, n=8, seed=seed), pruned.infer(obs, n=8, seed=seed)
+                np.testing.assert_array_equal(got.chunk, want.chunk)
+                assert got.index == want.index and got.index in want.finished
+    finally:
+        server.stop()
+        thread.join(30)
+
+
 def test_remote_engine_sends_real_time_chunking_guidance(server, policy):
     from policies.guidance import guidance_from
 
