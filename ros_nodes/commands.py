@@ -66,6 +66,14 @@ def cmd_ros(args) -> int:
             prune = Prune.parse(args.prune)  # its checks, before any node starts
             prune.check(bundle.manifest.num_steps)
             params["prune"] = str(prune)
+        if args.adaptive:
+            from runtime.adaptive import Adaptive
+
+            if args.server:
+                raise ValueError("--adaptive: with --server the server samples; set it there (taco serve --adaptive)")
+            if args.prune or args.monitor != "none":
+                raise ValueError("--adaptive: not with --prune or --monitor (a monitor is calibrated at a fixed N)")
+            params["adaptive"] = str(Adaptive.parse(args.adaptive))
         if args.monitor != "none":
             params.update(monitor=args.monitor, monitor_action=args.monitor_action)
         if args.log_decisions:
@@ -128,6 +136,9 @@ def register(cli) -> None:
     p.add_argument("--prune", default=None, metavar="K:M",
                    help="pruned best-of-N: every candidate runs K denoising steps, the verifier's best M the rest "
                         "(docs/engine.md)")
+    p.add_argument("--adaptive", default=None, metavar="F:LEVEL",
+                   help="adaptive N: F candidates first, all N only when their spread is above LEVEL "
+                        "(taco calibrate-adaptive)")
     p.add_argument("--monitor-action", default="none", choices=["none", "slow", "hold"],
                    help="what the monitor's alarm does: nothing, halve the speed limits, or hold until "
                         "/taco/monitor_resume is called")

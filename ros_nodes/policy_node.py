@@ -63,6 +63,7 @@ from ros_nodes.common import (DIAGNOSTICS_TOPIC, EPISODE_TOPIC, EPISODES_QOS, ES
                               joint_state_topic, run_node)
 from ros_nodes.convert import image_from_msg, to_seconds
 from ros_nodes.sinks import SINKS, Sink
+from runtime.adaptive import Adaptive
 from runtime.control import ControlConfig, ControlLoop
 from runtime.engine import Engine, EngineConfig
 from runtime.executor import AsyncConfig, ExecutorConfig
@@ -102,6 +103,9 @@ class PolicyNode(LifecycleNode):
         # Pruned best-of-N (policies.pruning): "k:m", every candidate runs k denoising steps and the
         # verifier's best m the rest; "" for none.
         p("prune", "")
+        # Adaptive N (runtime.adaptive): "first:level", the other candidates only when the first round's
+        # spread is above the level; "" for none.
+        p("adaptive", "")
         p("seed", 0)
         p("server", "")  # ws://HOST:PORT of a `taco serve` server: inference there instead of here
         p("api_key_file", "")
@@ -165,10 +169,11 @@ class PolicyNode(LifecycleNode):
                 # The monitor scores after the chunk is out, on the inference worker, unless its alarm must
                 # stop the decision that raised it (hold).
                 prune = Prune.parse(get("prune")) if get("prune") else None
+                adaptive = Adaptive.parse(get("adaptive")) if get("adaptive") else None
                 self.engine = Engine(policy, verifier, EngineConfig(session=session,
                                                                     return_candidates=bool(get("log_decisions")),
                                                                     defer_monitor=get("monitor_action") != "hold",
-                                                                    prune=prune),
+                                                                    prune=prune, adaptive=adaptive),
                                      monitor=monitor)
                 if self.engine.monitor is not None:
                     check_monitor_use(self.engine.monitor.manifest, self.engine.bundle.fingerprint, int(get("n")),

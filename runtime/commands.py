@@ -99,6 +99,24 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_calibrate_adaptive(args) -> int:
+    from runtime.adaptive import calibrate_level
+
+    result = calibrate_level(args.logs, args.first, args.stop)
+    same = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    print(f"--adaptive {result['adaptive']}: stops {result['stop_share']:.0%} of {result['decisions']} decisions "
+          f"({result['episodes']} episodes) after {args.first} of {result['n']} candidates, "
+          f"{result['expected_candidates']:.1f} drawn on average")
+    print(f"the first round held the verifier's pick of all {result['n']}: {same(result['same_pick_when_stopped'])} "
+          f"of the decisions it stops, {same(result['same_pick_otherwise'])} of the others")
+    print("first-round spread quantiles: " + ", ".join(f"{q}: {v:.4f}" for q, v in result["spread_quantiles"].items()))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _bench_needs(args) -> tuple[str, ...]:
     return ("train",) if args.bundle is None or args.lerobot else ("verifiers",)
 
@@ -128,3 +146,11 @@ def register(cli) -> None:
                    help=f"pruned settings measured with the verifier, flow policies (default {DEFAULT_PRUNE}; '' for none)")
     p.add_argument("--json", default=None, help="write every row and the summary to this file")
     p.add_argument("--quick", action="store_true", help="fewer rounds: under a minute")
+
+    p = cli.add("calibrate-adaptive", "the adaptive-N level from decision logs of best-of-N (taco eval "
+                                      "--log-decisions): the first-round spread that stops a given share of decisions",
+                run=cmd_calibrate_adaptive)
+    p.add_argument("--logs", action="append", required=True, help="decision log folder (repeat for several)")
+    p.add_argument("--first", type=int, default=4, help="candidates of the first round")
+    p.add_argument("--stop", type=float, default=0.5, help="share of decisions to stop after the first round")
+    p.add_argument("--json", default=None, help="write the level and its statistics here")

@@ -16,7 +16,8 @@ from policies.guidance import Guidance
 from policies.pruning import Prune
 from policies.sampler import History, PolicySampler
 from policies.velocities import executed_rows
-from runtime.monitor import Monitor, load_monitor, pooled_embedding
+from runtime.adaptive import Adaptive
+from runtime.monitor import Monitor, candidate_spread, load_monitor, pooled_embedding
 from runtime.select import finite_candidates, select
 from runtime.sessions import SessionConfig, make_session
 from runtime.timing import StageTimer
@@ -50,6 +51,9 @@ class EngineConfig:
     # the decision is chosen among those. None: every candidate runs every step. A decision of N <= keep
     # candidates is not pruned.
     prune: Prune | None = None
+    # Adaptive N (runtime.adaptive): a decision of N > `adaptive.first` candidates samples the first round,
+    # and the other N - first only when the first round's spread is above `adaptive.level`. None: all N.
+    adaptive: Adaptive | None = None
 
 
 # Serialises the deferred monitor scoring of decisions read from two threads (the executor's worker and the
@@ -88,7 +92,8 @@ class Decision:
     features: np.ndarray | None
     # Milliseconds per stage: preprocess, encode, sample, score, select, total.
     timings: dict[str, float]
-    # Number of candidates sampled.
+    # Number of candidates sampled (fewer than asked for when an adaptive decision stopped after its first
+    # round: EngineConfig.adaptive).
     n: int
     # The seed the noise was drawn from; the same seed gives the same decision.
     seed: int
@@ -112,6 +117,8 @@ class Decision:
     finished: np.ndarray | None = None
     # float32[N]: every candidate's score on its predicted chunk at the pruning step, for a pruned decision.
     prune_scores: np.ndarray | None = None
+    # The spread of an adaptive decision's first round (runtime.adaptive), which said whether to go on.
+    first_spread: float | None = None
     # The deferred monitor scoring (EngineConfig.defer_monitor) until `read_signals` has run it.
     pending_signals: Callable[[], dict[str, float]] | None = field(default=None, repr=False, compare=False)
 
@@ -163,6 +170,8 @@ class Engine:
         self._verifier: Verifier | None = None
         if verifier is not None:
             self.set_verifier(verifier)
+        if self.config.prune is not None and self.config.adaptive is not None:
+            raise ValueError("prune and adaptive: choose one way of spending less on N candidates")
         if self.config.prune is not None:
             self.policy.prepare_pruning(self.config.prune)
         self._monitor: Monitor | None = None
@@ -206,10 +215,11 @@ class Engine:
             monitor = load_monitor(monitor, lambda p: make_session(p, self.config.session))
         if monitor is not None:
             monitor.check_policy(self.bundle.fingerprint, self.manifest.feature_dim)
-            if self.config.prune is not None:
-                raise BundleError("monitor", f"a monitor's signals are calibrated on fully denoised candidates; "
-                                             f"this engine prunes them ({self.config.prune}): run it without "
-                                             "--prune or without the monitor")
+            if self.config.prune is not None or self.config.adaptive is not None:
+                how = f"prunes them ({self.config.prune})" if self.config.prune else \
+                    f"draws fewer of them when they agree ({self.config.adaptive})"
+                raise BundleError("monitor", f"a monitor's signals are calibrated on N fully denoised candidates; "
+                                             f"this engine {how}: run it without that or without the monitor")
             if monitor.manifest.accel:
                 self.policy.expose_velocities()
         with self._lock:
@@ -275,11 +285,32 @@ class Engine:
             chunks, features, finished, pruned = self._sample_pruned(prefix, initial, rtc or None, verifier, seed,
                                                                      guidance, timer)
             return self._decide(chunks, features, finished, verifier, n, seed, stamp, timer, guidance, pruned=pruned)
+        if self._adapts(n):
+            chunks, features, spread = self._sample_adaptive(prefix, initial, step_noise, rtc or None, timer)
+            return self._decide(chunks, features, None, verifier, len(chunks), seed, stamp, timer, guidance,
+                                first_spread=spread)
         with timer.stage("sample"):
             chunks, features, *velocities = self.policy.sample(prefix, initial, step_noise, rtc or None,
                                                                velocities=_wants_velocities(monitor))
         return self._decide(chunks, features, None, verifier, n, seed, stamp, timer, guidance, monitor, (prefix, 0),
                             velocities[0] if velocities else None)
+
+    def _adapts(self, n: int) -> bool:
+        return self.config.adaptive is not None and n > self.config.adaptive.first
+
+    def _sample_adaptive(self, prefix, noise, step_noise, rtc, timer):
+        """The candidates of one adaptive decision: the first round's, and the rest's when the first round's
+        finite candidates spread above the level (or fewer than two are finite). Returns (chunks, features,
+        the first round's spread)."""
+        first = self.config.adaptive.first
+        steps = (None, None) if step_noise is None else (step_noise[:, :first], step_noise[:, first:])
+        with timer.stage("sample"):
+            chunks, features = self.policy.sample(prefix, noise[:first], steps[0], rtc)
+            spread = candidate_spread(chunks[finite_candidates(chunks)])
+            if not spread <= self.config.adaptive.level:  # NaN (under two finite) goes on too
+                more, more_features = self.policy.sample(prefix, noise[first:], steps[1], rtc)
+                chunks, features = np.concatenate([chunks, more]), np.concatenate([features, more_features])
+        return chunks, features, spread
 
     def _prunes(self, n: int) -> bool:
         return self.config.prune is not None and n > self.config.prune.keep
@@ -355,20 +386,23 @@ class Engine:
         with shared.stage("encode"):
             feeds = {name: np.concatenate([r[3][name] for r in ready]) for name in ready[0][3]}
             prefix = self.policy.encode(feeds)
-        if self.config.prune is not None:  # each item pruned on its own, against its own prefix
+        if self.config.prune is not None or self.config.adaptive is not None:
+            # Each item on its own, against its own prefix: its rounds or its pruning depend on its candidates.
             for j, (i, n, seed, _, stamp, initial, step_noise, rtc) in enumerate(ready):
                 timers[i].ms.update(encode=shared.ms["encode"])
                 own = {name: value[j:j + 1] for name, value in prefix.items()}
+                finished = pruned = spread = None
                 try:
                     if self._prunes(n):
                         chunks, features, finished, pruned = self._sample_pruned(
                             own, initial, rtc, verifier, seed, items[i].guidance, timers[i])
+                    elif self._adapts(n):
+                        chunks, features, spread = self._sample_adaptive(own, initial, step_noise, rtc, timers[i])
                     else:
                         with timers[i].stage("sample"):
                             chunks, features = self.policy.sample(own, initial, step_noise, rtc)
-                        finished = pruned = None
-                    results[i] = self._decide(chunks, features, finished, verifier, n, seed, stamp, timers[i],
-                                              items[i].guidance, pruned=pruned)
+                    results[i] = self._decide(chunks, features, finished, verifier, len(chunks), seed, stamp,
+                                              timers[i], items[i].guidance, pruned=pruned, first_spread=spread)
                 except SpecError as err:
                     results[i] = err
             return results
@@ -412,7 +446,8 @@ class Engine:
     def _decide(self, chunks: np.ndarray, features: np.ndarray, eligible: np.ndarray | None,
                 verifier: Verifier | None, n: int, seed: int, stamp: float, timer: StageTimer,
                 guidance: Guidance | None = None, monitor: Monitor | None = None, prefix=None,
-                velocities: np.ndarray | None = None, pruned: tuple | None = None) -> Decision:
+                velocities: np.ndarray | None = None, pruned: tuple | None = None,
+                first_spread: float | None = None) -> Decision:
         """Scores one observation's candidates, chooses among them, and computes the monitor's signals
         (`velocities`: float32[N, K, Hn, D], the sampler's, when the monitor reads them). `eligible`: the
         candidates that may be chosen (a pruned decision's finished ones; None: all); only they are scored.
@@ -475,6 +510,7 @@ class Engine:
             pending_signals=pending,
             finished=None if pruned is None else pruned[0],
             prune_scores=None if pruned is None else pruned[1],
+            first_spread=first_spread,
         )
 
 

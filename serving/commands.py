@@ -24,7 +24,7 @@ def cmd_serve(args) -> int:
                          provider=args.provider, threads=args.threads, batch_window_ms=args.batch_window_ms,
                          log_decisions=args.log_decisions, log_max_mb=args.log_max_mb,
                          monitor=None if args.monitor == "none" else args.monitor,
-                         prune=args.prune or None)
+                         prune=args.prune or None, adaptive=args.adaptive or None)
     PolicyServer(config).run()
     return 0
 
@@ -41,6 +41,9 @@ def register(cli) -> None:
     p.add_argument("--prune", default=None, metavar="K:M",
                    help="pruned best-of-N: every candidate runs K denoising steps, the verifier's best M the rest "
                         "(docs/engine.md)")
+    p.add_argument("--adaptive", default=None, metavar="F:LEVEL",
+                   help="adaptive N: F candidates first, all N only when their spread is above LEVEL "
+                        "(taco calibrate-adaptive)")
     p.add_argument("--max-n", type=int, default=256, help="largest n a request may ask for")
     p.add_argument("--host", default="127.0.0.1",
                    help="bind address; loopback by default (0.0.0.0 exposes the server, and is logged as such)")

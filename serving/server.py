@@ -92,6 +92,8 @@ class ServeConfig:
     monitor: str | None = None
     # Pruned best-of-N (policies.pruning, "k:m"): every candidate runs k denoising steps, the best m the rest.
     prune: str | None = None
+    # Adaptive N (runtime.adaptive, "first:level"): the other candidates only when the first round disagrees.
+    adaptive: str | None = None
 
 
 @dataclass
@@ -265,10 +267,12 @@ class PolicyServer:
         monitor = resolve_monitor(c.monitor, policy)
         session = SessionConfig(provider=c.provider, intra_op_threads=c.threads)
         from policies.pruning import Prune
+        from runtime.adaptive import Adaptive
 
         engine = Engine(policy, verifier=verifier, monitor=monitor,
                         config=EngineConfig(session=session, return_candidates=bool(c.log_decisions),
-                                            prune=None if c.prune is None else Prune.parse(c.prune)))
+                                            prune=None if c.prune is None else Prune.parse(c.prune),
+                                            adaptive=None if c.adaptive is None else Adaptive.parse(c.adaptive)))
         if engine.monitor is not None:
             from policies.schema import content_id
             from runtime.monitor import check_monitor_use

@@ -35,7 +35,8 @@ def cmd_eval(args) -> int:
                         rtc=None if args.rtc is None else args.rtc == "on", continuity=args.continuity,
                         rtc_horizon=args.rtc_horizon, rtc_max_weight=args.rtc_max_weight,
                         log_decisions=args.log_decisions, log_max_mb=args.log_max_mb, explore=args.explore,
-                        monitor=args.monitor, scene_perturb=tuple(args.scene_perturb or ()), prune=args.prune)
+                        monitor=args.monitor, scene_perturb=tuple(args.scene_perturb or ()), prune=args.prune,
+                        adaptive=args.adaptive)
     report = run_suite(config, json_path=args.json)
     print(format_summary(report))
     if args.json:
@@ -273,6 +274,9 @@ def register(cli) -> None:
     p.add_argument("--prune", default=None, metavar="K:M",
                    help="pruned best-of-N: every candidate runs K denoising steps, the verifier's best M the rest "
                         "(docs/engine.md)")
+    p.add_argument("--adaptive", default=None, metavar="F:LEVEL",
+                   help="adaptive N: F candidates first, all N only when their spread is above LEVEL "
+                        "(taco calibrate-adaptive; docs/engine.md)")
     p.add_argument("--monitor", default=None,
                    help="a failure monitor bundle, or 'monitor' (the one shipped for the policy): each episode's "
                         "first alarm, and TPR / FPR / lead time in the summary")

@@ -34,26 +34,41 @@ class Arm:
     stream: int = 0
     # Pruned best-of-N, "k:m" (policies.pruning); None: every candidate runs every step.
     prune: str | None = None
+    # Adaptive N, "first:level" (runtime.adaptive); None: every decision draws N.
+    adaptive: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Arm:
-        """NAME:N[~K/M][@STREAM][:VERIFIER_PATH], e.g. `none:1`, `cfn:16` (the shipped cfn), `cfn:16:path/to/bundle`,
-        `none2:1@2:none` (N=1 on noise stream 2: another draw of the reference on the same seeds), or
-        `combined-p:16~3/2:combined` (best-of-16 pruned: every candidate runs 3 denoising steps, 2 the rest)."""
+        """NAME:N[~pK/M|~aF/LEVEL][@STREAM][:VERIFIER_PATH], e.g. `none:1`, `cfn:16` (the shipped cfn),
+        `cfn:16:path/to/bundle`, `none2:1@2:none` (N=1 on noise stream 2: another draw of the reference on
+        the same seeds), `pruned:16~p3/2:combined` (best-of-16 pruned: every candidate runs 3 denoising steps,
+        2 the rest) or `adaptive:16~a4/0.05:combined` (4 candidates, all 16 when their spread is above 0.05)."""
         parts = text.split(":", 2)
         count, at, stream = parts[1].partition("@") if len(parts) >= 2 else ("", "", "")
-        count, tilde, prune = count.partition("~")
-        steps, slash, keep = prune.partition("/")
+        count, tilde, mode = count.partition("~")
+        first, slash, second = mode[1:].partition("/")
+        saving = {}
+        if tilde and mode[:1] == "p" and slash and first.isdigit() and second.isdigit():
+            saving["prune"] = f"{first}:{second}"
+        elif tilde and mode[:1] == "a" and slash and first.isdigit() and _is_number(second):
+            saving["adaptive"] = f"{first}:{second}"
         if (len(parts) < 2 or not parts[0] or not count.isdigit() or (at and not stream.isdigit())
-                or (tilde and not (slash and steps.isdigit() and keep.isdigit()))):
-            raise ValueError(f"arm: expected NAME:N[~K/M][@STREAM][:VERIFIER], got {text!r}")
-        return cls(parts[0], int(count), parts[2] if len(parts) == 3 else None, int(stream or 0),
-                   f"{steps}:{keep}" if tilde else None)
+                or (tilde and not saving)):
+            raise ValueError(f"arm: expected NAME:N[~pK/M|~aF/LEVEL][@STREAM][:VERIFIER], got {text!r}")
+        return cls(parts[0], int(count), parts[2] if len(parts) == 3 else None, int(stream or 0), **saving)
 
     @property
     def verifier_name(self) -> str:
         """What `taco eval --verifier` gets: the given verifier, else the arm's name (`none`, `cfn`, ...)."""
         return self.verifier or self.name
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def mcnemar_exact(b: int, c: int) -> float:
@@ -98,7 +113,7 @@ def reference_stream_arms(arms: list[Arm], streams: int) -> list[Arm]:
     if streams < 1:
         raise ValueError(f"reference_streams: expected at least 1, got {streams}")
     ref = arms[0]
-    have = {(a.n, a.verifier_name, a.stream) for a in arms if a.prune is None}
+    have = {(a.n, a.verifier_name, a.stream) for a in arms if a.prune is None and a.adaptive is None}
     extra = [Arm(f"{ref.name}@{s}", ref.n, ref.verifier_name, s) for s in range(1, streams)
              if (ref.n, ref.verifier_name, s) not in have]
     return [ref, *extra, *arms[1:]]
@@ -118,7 +133,8 @@ def compare(policy: str, arms: list[Arm], base: EvalConfig, out_dir: str | Path,
     results = {}
     for arm in arms:
         config = dataclasses.replace(base, policy=policy, verifier=arm.verifier_name, n=arm.n,
-                                     noise_stream=arm.stream, report=None, prune=arm.prune)
+                                     noise_stream=arm.stream, report=None, prune=arm.prune,
+                                     adaptive=arm.adaptive)
         path = out / f"arm-{arm.name}.json"
         done = _finished(path, config)
         if done is not None:
@@ -126,7 +142,7 @@ def compare(policy: str, arms: list[Arm], base: EvalConfig, out_dir: str | Path,
             results[arm.name] = done
             continue
         stream = f", noise stream {arm.stream}" if arm.stream else ""
-        pruned = f", pruned {arm.prune}" if arm.prune else ""
+        pruned = f", pruned {arm.prune}" if arm.prune else (f", adaptive {arm.adaptive}" if arm.adaptive else "")
         log(f"arm {arm.name}: N={arm.n}{pruned}, verifier {arm.verifier_name}{stream}")
         results[arm.name] = run_suite(config, path, progress=log)
     reference = arms[0].name
@@ -134,7 +150,7 @@ def compare(policy: str, arms: list[Arm], base: EvalConfig, out_dir: str | Path,
     for arm in arms:
         summary = results[arm.name]["summary"]
         row = {"arm": arm.name, "n": arm.n, "verifier": arm.verifier_name, "noise_stream": arm.stream,
-               **({"prune": arm.prune} if arm.prune else {}),
+               **({"prune": arm.prune} if arm.prune else {}), **({"adaptive": arm.adaptive} if arm.adaptive else {}),
                "overall": summary["overall"],
                "per_task": {t: {k: s[k] for k in ("successes", "episodes", "success_rate", "wilson95")}
                             for t, s in summary["per_task"].items()}}
@@ -162,7 +178,8 @@ def _pooled_reference(arms: list[Arm], results: dict, tasks: list[str]) -> dict 
     """The reference's N and verifier pooled over every noise stream that ran (None with one stream)."""
     ref, pool, streams = arms[0], [], set()
     for a in arms:  # one arm per stream: the same stream twice is the same draw, not more evidence
-        if (a.n, a.verifier_name, a.prune) == (ref.n, ref.verifier_name, ref.prune) and a.stream not in streams:
+        if ((a.n, a.verifier_name, a.prune, a.adaptive) == (ref.n, ref.verifier_name, ref.prune, ref.adaptive)
+                and a.stream not in streams):
             pool.append(a)
             streams.add(a.stream)
     if len(pool) < 2:

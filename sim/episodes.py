@@ -39,13 +39,15 @@ def _make(config, task: str):
         cameras = ()
     else:
         from policies.pruning import Prune
+        from runtime.adaptive import Adaptive
         from runtime.engine import Engine, EngineConfig
         from runtime.executor import AsyncChunkExecutor, ChunkExecutor, ExecutorConfig
 
         engine = Engine(config.policy, verifier=config.verifier, monitor=config.monitor,
                         config=EngineConfig(continuity=config.continuity,
                                             return_candidates=bool(config.log_decisions),
-                                            prune=None if config.prune is None else Prune.parse(config.prune)))
+                                            prune=None if config.prune is None else Prune.parse(config.prune),
+                                            adaptive=None if config.adaptive is None else Adaptive.parse(config.adaptive)))
         if config.explore:
             from verifiers.explore import Explore
 
@@ -110,6 +112,7 @@ def run_episode(task: str, index: int) -> dict:
     decisions = getattr(controller, "decisions", [])
     if decisions:
         record["chosen_index"] = [d.index for d in decisions]
+        record["candidates_drawn"] = [d.n for d in decisions]  # fewer than N where an adaptive decision stopped
         record["dropped_actions"] = controller.dropped
         record["switch_jumps"] = [round(v, 5) for v in controller.motion.switch_jumps]
         record["jerk_mean"] = round(controller.motion.jerk_mean(), 3)

@@ -83,6 +83,8 @@ class EvalConfig:
     scene_perturb: tuple[str, ...] = ()
     # Pruned best-of-N (policies.pruning, "k:m"): every candidate runs k denoising steps, the best m the rest.
     prune: str | None = None
+    # Adaptive N (runtime.adaptive, "first:level"): the other N - first candidates only when the first disagree.
+    adaptive: str | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -130,6 +132,16 @@ class EvalConfig:
             object.__setattr__(self, "prune", str(prune))
             if self.monitor is not None:
                 raise ValueError("prune: a monitor is calibrated on fully denoised candidates; drop --monitor or --prune")
+        if self.adaptive is not None:
+            from runtime.adaptive import Adaptive
+
+            if self.policy == "scripted":
+                raise ValueError("adaptive applies to policy bundles, not to --policy scripted")
+            if self.prune is not None:
+                raise ValueError("prune and adaptive: choose one way of spending less on N candidates")
+            if self.monitor is not None:
+                raise ValueError("adaptive: a monitor is calibrated at a fixed N; drop --monitor or --adaptive")
+            object.__setattr__(self, "adaptive", str(Adaptive.parse(self.adaptive)))
         if self.policy == "scripted" and (self.verifier is not None or self.n != 1 or self.noise_stream):
             raise ValueError("verifier, n and noise_stream apply to policy bundles, not to --policy scripted")
         if self.monitor is not None:
@@ -201,6 +213,8 @@ class EvalConfig:
             data["monitor"] = read_monitor_manifest(self.monitor).identity()
         if self.prune is None:  # nor those from before pruning
             data.pop("prune")
+        if self.adaptive is None:  # nor adaptive N
+            data.pop("adaptive")
         return canonical_hash(data)
 
 
@@ -311,6 +325,9 @@ def _group_summary(records: list[dict]) -> dict:
         "latency_ms_p50": float(np.percentile(latencies, 50)) if latencies else None,
         "latency_ms_p99": float(np.percentile(latencies, 99)) if latencies else None,
     }
+    drawn = [v for r in records for v in r.get("candidates_drawn", [])]
+    if drawn:
+        out["candidates_drawn_mean"] = float(np.mean(drawn))
     jumps = [v for r in records for v in r.get("switch_jumps", [])]
     if any("jerk_mean" in r for r in records):
         out["switch_jump_rad_p50"] = float(np.percentile(jumps, 50)) if jumps else None

@@ -253,8 +253,10 @@ def test_mcnemar_exact_values():
     assert Arm.parse("cfn:16").verifier_name == "cfn" and Arm.parse("cfn4:4:cfn").verifier_name == "cfn"
     assert Arm.parse("none2:1@2") == Arm("none2", 1, None, 2)
     assert Arm.parse("cfn:16@3:a/b") == Arm("cfn", 16, "a/b", 3)
-    assert Arm.parse("p:16~3/2@1:cfn") == Arm("p", 16, "cfn", 1, "3:2")
-    for bad in ("cfn", "cfn:x", "none:1@", "none:1@a", ":1", "p:16~3", "p:16~/2", "p:16~a/2"):
+    assert Arm.parse("p:16~p3/2@1:cfn") == Arm("p", 16, "cfn", 1, prune="3:2")
+    assert Arm.parse("a:16~a4/0.05") == Arm("a", 16, None, 0, adaptive="4:0.05")
+    for bad in ("cfn", "cfn:x", "none:1@", "none:1@a", ":1", "p:16~3/2", "p:16~p3", "p:16~p/2", "p:16~pa/2",
+                "a:16~a4/x"):
         with pytest.raises(ValueError, match="NAME:N"):
             Arm.parse(bad)
 

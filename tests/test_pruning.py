@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -111,3 +113,74 @@ def test_pruning_is_refused_where_it_cannot_apply(exported, flow):
         with pytest.raises(ValueError, match=message):
             Prune.parse(text)
     assert Prune.parse(" 3:2") == Prune(3, 2) and str(Prune(3, 2)) == "3:2"
+
+
+def test_an_adaptive_decision_stops_when_its_first_round_agrees_and_else_is_the_full_best_of_n(flow):
+    from runtime.adaptive import Adaptive
+    from runtime.monitor import candidate_spread
+
+    sampler = PolicySampler(flow.path)
+    observation, _ = _prefix(sampler)
+    verifier = _Nearest(np.full((sampler.manifest.chunk_length, sampler.manifest.action_dim), -0.2, np.float32))
+    full = Engine(flow.path, verifier, EngineConfig(return_candidates=True))
+    reference = full.infer(observation, n=8, seed=13)
+    # The level is in normalised action units, as the sampler gives the chunks.
+    normalised = candidate_spread((reference.candidates[:3] - sampler.action_mean) / sampler.action_std)
+    assert normalised > 0
+    stops = Engine(flow.path, verifier, EngineConfig(adaptive=Adaptive(3, normalised * 1.01)))
+    goes_on = Engine(flow.path, verifier, EngineConfig(adaptive=Adaptive(3, normalised * 0.99)))
+    stopped, went_on = stops.infer(observation, n=8, seed=13), goes_on.infer(observation, n=8, seed=13)
+    assert stopped.n == 3 and len(stopped.scores) == 3 and stopped.first_spread == pytest.approx(normalised, rel=1e-5)
+    # It chose the best of the first three: the full decision's candidates 0-2 in the same order.
+    first_three = full.infer(observation, n=3, seed=13)
+    assert stopped.index == first_three.index
+    assert went_on.n == 8 and went_on.index == reference.index
+    np.testing.assert_allclose(went_on.chunk, reference.chunk, atol=1e-6)
+    np.testing.assert_allclose(went_on.scores, reference.scores, atol=1e-6)
+    batched = stops.infer_batch([BatchItem(observation, n=8, seed=13)])[0]
+    assert batched.n == 3 and batched.index == stopped.index
+    for text, message in (("4", "expected F:LEVEL"), ("1:0.1", "integer >= 2"), ("4:-1", "finite spread >= 0"),
+                          ("4:nan", "finite spread >= 0")):
+        with pytest.raises(ValueError, match=message):
+            Adaptive.parse(text)
+    with pytest.raises(ValueError, match="choose one"):
+        Engine(flow.path, config=EngineConfig(adaptive=Adaptive(3, 0.1), prune=Prune(2, 1)))
+
+
+def test_the_adaptive_level_stops_the_share_asked_for_of_the_logged_decisions(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from runtime.adaptive import first_round_spreads
+    from taco.cli import main
+    from verifiers.decision_log import DecisionLog
+
+    h, a, n = 4, 2, 8
+    log = DecisionLog(tmp_path / "log", policy_fingerprint="a" * 64, feature_dim=3, chunk_length=h, action_dim=a,
+                      action_mean=np.zeros(a), action_std=np.ones(a))
+    rng = np.random.default_rng(0)
+    for episode in range(2):
+        record = log.episode("synthetic", episode, n=n)
+        for d in range(5):
+            scale = 0.01 * (1 + d + 5 * episode)  # spreads that grow decision by decision
+            candidates = scale * rng.standard_normal((n, h, a))
+            # Calm decisions have the verifier's pick in the first round, the others after it.
+            scores = np.zeros(n)
+            scores[1 if scale <= 0.05 else 6] = 1.0
+            record.decision(SimpleNamespace(features=np.zeros((n, 3), np.float32),
+                                            candidates=candidates.astype(np.float32), scores=scores, index=0,
+                                            seed=d, n=n), step=8 * d, state=np.zeros(3))
+            record.step(candidates[0, 0], reward=0.0)
+        record.end(success=True, best_stage=4, max_stage=4)
+    assert main(["calibrate-adaptive", "--logs", str(tmp_path / "log"), "--first", "4", "--stop", "0.5",
+                 "--json", str(tmp_path / "level.json")]) == 0
+    out = capsys.readouterr().out
+    result = json.loads((tmp_path / "level.json").read_text())
+    assert result["decisions"] == 10 and result["n"] == n and result["stop_share"] == 0.5
+    assert result["same_pick_when_stopped"] == 1.0 and result["same_pick_otherwise"] == 0.0
+    assert result["expected_candidates"] == pytest.approx(0.5 * 4 + 0.5 * 8)
+    assert f"--adaptive {result['adaptive']}: stops 50% of 10 decisions" in out
+    spreads = np.concatenate([first_round_spreads(np.asarray(c), 4) for c in
+                              [np.zeros((1, 4, h, a)), np.ones((1, 1, h, a))]])
+    assert spreads[0] == 0.0 and np.isnan(spreads[1])  # one finite candidate has no spread
+    assert main(["calibrate-adaptive", "--logs", str(tmp_path / "log"), "--first", "8"]) == 2
+    assert "no more than the first round's 8" in capsys.readouterr().err

@@ -194,3 +194,8 @@ def test_taco_ros_passes_a_pruning_checked_against_the_policy_before_starting_no
     assert f"k must be in [1, {steps - 1}]" in capsys.readouterr().err
     assert main(["ros", "sim", "--policy", str(flow.path), "--prune", "two"]) == 2 and not started
     assert "expected k:m" in capsys.readouterr().err
+    assert main(["ros", "sim", "--policy", str(flow.path), "--adaptive", "4:0.05"]) == 0
+    cmd = started.pop()["policy"]
+    assert dict(cmd[i + 1].split(":=", 1) for i in range(4, len(cmd), 2))["adaptive"] == "4:0.05"
+    assert main(["ros", "sim", "--policy", str(flow.path), "--adaptive", "4:0.05", "--prune", "2:1"]) == 2
+    assert "not with --prune" in capsys.readouterr().err and not started
