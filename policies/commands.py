@@ -83,7 +83,41 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from policies.quantize import quantize_bundle
+    from policies.shipped import resolve_bundle
+
+    graphs = tuple(g for g in args.graphs.split(",") if g)
+    report = quantize_bundle(resolve_bundle(args.bundle), args.out, graphs=graphs, method=args.method,
+                             dataset=args.dataset, frames=args.frames, overwrite=args.overwrite)
+    for name, size in report["bytes"].items():
+        print(f"{name}: {size['float'] / 1e6:.2f} MB float -> {size['int8'] / 1e6:.2f} MB int8")
+    e = report["error"]
+    print(f"error against the float bundle over {e['decisions']} decisions of {e['candidates']} candidates (same "
+          f"noise): chunk max {e['chunk_max_abs']:.4f} / mean {e['chunk_mean_abs']:.5f} (robot units), features "
+          f"max {e['features_max_abs']:.4f} ({e['features_max_rel']:.1%} of their mean magnitude)")
+    print(f"wrote {report['out']} (fingerprint {report['fingerprint'][:16]}; quantization.json has the report)")
+    return 0
+
+
+def _quantize_needs(args) -> tuple[str, ...]:
+    return ("train",) if args.dataset and args.method == "static" else ("verifiers",)
+
+
 def register(cli) -> None:
+    p = cli.add("quantize", "write an int8 copy of a policy bundle (ONNX Runtime's quantizer) with its error "
+                            "against the float bundle", run=cmd_quantize, extras=("verifiers",), needs=_quantize_needs)
+    p.add_argument("bundle", help="policy bundle folder or shipped name")
+    p.add_argument("--out", required=True, help="the int8 bundle's folder")
+    p.add_argument("--graphs", default="encoder", help="comma-separated: encoder, sampler (default: encoder)")
+    p.add_argument("--method", choices=("dynamic", "static"), default="dynamic",
+                   help="dynamic: int8 weights, activations quantized at run time; static: QDQ graphs with "
+                        "activation ranges calibrated on --dataset frames (or example observations)")
+    p.add_argument("--dataset", default=None, help="static: a LeRobotDataset to calibrate on (the train extra)")
+    p.add_argument("--frames", type=int, default=32, help="frames to calibrate on and to measure the error on")
+    p.add_argument("--overwrite", action="store_true")
+
+
     p = cli.add("export", "build a policy with random weights and write its bundle (manifest.json + ONNX graphs)",
                 run=cmd_export, extras=("train",))
     p.add_argument("--kind", choices=("flow", "diffusion"), default="flow")
