@@ -133,12 +133,14 @@ def quantize_bundle(policy: str | Path, out: str | Path, graphs: tuple[str, ...]
                 inputs = {i.name for i in ort.InferenceSession(str(source), providers=["CPUExecutionProvider"])
                           .get_inputs()}
                 reader = _Frames(encoder_feeds if graph == "encoder" else sampler_feeds, inputs)
-                # The matrix products only: QDQ around the attention's additive mask (0 / -1e4) and the
-                # normalisations' inputs costs more accuracy than it saves time.
+                # The matrix products only: QDQ around every op (the attention's additive 0 / -1e4 mask, the
+                # normalisations' inputs) cost 40% relative error on the prefix and saved nothing. uint8
+                # activations with int8 per-channel weights measured fastest on this AVX-512 VNNI CPU (the
+                # default encoder 1.82x float; int8 activations 1.68x) at 2.6% relative error.
                 quantization.quantize_static(str(source), str(target), reader,
                                              quant_format=quantization.QuantFormat.QDQ, per_channel=True,
                                              op_types_to_quantize=["MatMul", "Conv", "Gemm"],
-                                             activation_type=quantization.QuantType.QInt8,
+                                             activation_type=quantization.QuantType.QUInt8,
                                              weight_type=quantization.QuantType.QInt8)
         record = {"from": bundle.fingerprint, "graphs": list(graphs), "method": method,
                   # The dataset by its folder name: provenance records no path of the machine that built it.

@@ -39,7 +39,8 @@ def cmd_ros(args) -> int:
             from policies.schema import content_id
             from runtime.monitor import check_monitor_use, read_monitor_manifest
 
-            check_monitor_use(read_monitor_manifest(monitor), bundle.fingerprint, args.n, content_id(verifier))
+            check_monitor_use(read_monitor_manifest(monitor), bundle.fingerprint, args.n, content_id(verifier),
+                              args.execute)
     if args.monitor_action != "none" and args.monitor == "none":
         raise ValueError(f"--monitor-action {args.monitor_action}: needs a --monitor")
     commands = {}

@@ -177,7 +177,7 @@ class PolicyNode(LifecycleNode):
                                      monitor=monitor)
                 if self.engine.monitor is not None:
                     check_monitor_use(self.engine.monitor.manifest, self.engine.bundle.fingerprint, int(get("n")),
-                                      content_id(verifier))
+                                      content_id(verifier), int(get("execute")))
             rtc = get("rtc")
             if rtc not in ("auto", "on", "off"):
                 raise ValueError(f"rtc: must be auto, on or off, got {rtc!r}")

@@ -380,9 +380,17 @@ def _check_policy(manifest: MonitorManifest, policy_fingerprint: str) -> None:
                           f"{policy_fingerprint[:12]}...")
 
 
-def check_monitor_use(manifest: MonitorManifest, policy_fingerprint: str, n: int, verifier_content: str | None) -> None:
-    """Refuses a monitor calibrated under another policy, N or selection verifier, naming which."""
+def check_monitor_use(manifest: MonitorManifest, policy_fingerprint: str, n: int, verifier_content: str | None,
+                      execute: int | None = None) -> None:
+    """Refuses a monitor calibrated under another policy, N, selection verifier or (when given, and the
+    calibration recorded it) number of actions executed per chunk, naming which."""
     _check_policy(manifest, policy_fingerprint)
+    calibrated_execute = (manifest.calibration or {}).get("execute")
+    if execute is not None and calibrated_execute is not None and int(calibrated_execute) != int(execute):
+        raise BundleError(f"monitor {manifest.name!r}.calibration.execute",
+                          f"calibrated executing {calibrated_execute} actions per chunk, used executing {execute}: "
+                          "the consistency between chunks and the accel rows depend on it; calibrate one with "
+                          f"--execute {execute}")
     if manifest.n != n:
         raise BundleError(f"monitor {manifest.name!r}.n",
                           f"calibrated at N={manifest.n}, used at N={n}: its signals' distributions depend on N; "

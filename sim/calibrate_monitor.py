@@ -220,7 +220,7 @@ def rescore(monitor: str, records: str) -> dict:
     report = json.loads(Path(records).read_text())
     config = report["config"]
     check_monitor_use(manifest, load_policy_bundle(config["policy"]).fingerprint, config["n"],
-                      content_id(config["verifier"]))
+                      content_id(config["verifier"]), config.get("execute"))
     rescored = []
     for r in report["episodes"]:
         mon = r.get("monitor")

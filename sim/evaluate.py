@@ -149,7 +149,7 @@ class EvalConfig:
             from runtime.monitor import check_monitor_use, read_monitor_manifest
 
             check_monitor_use(read_monitor_manifest(self.monitor), load_policy_bundle(self.policy).fingerprint,
-                              self.n, content_id(self.verifier))
+                              self.n, content_id(self.verifier), self.execute)
         if not self.asynchronous:
             if (self.delay_ms is not None or self.rtc or self.continuity or self.rtc_horizon is not None
                     or self.rtc_max_weight is not None):

@@ -165,6 +165,12 @@ def test_a_mismatched_monitor_is_refused(tiny_monitor, exported, tmp_path):
         check_monitor_use(manifest, flow.bundle.fingerprint, 1, None)
     with pytest.raises(BundleError, match=r"\.verifier: calibrated with no verifier"):
         check_monitor_use(manifest, flow.bundle.fingerprint, 4, "ab" * 32)
+    executing = dataclasses.replace(manifest, calibration={**manifest.calibration, "execute": 8})
+    check_monitor_use(executing, flow.bundle.fingerprint, 4, None, 8)
+    check_monitor_use(executing, flow.bundle.fingerprint, 4, None)  # a caller that does not execute chunks
+    with pytest.raises(BundleError, match=r"calibration\.execute: calibrated executing 8 actions per chunk, used "
+                                          r"executing 4"):
+        check_monitor_use(executing, flow.bundle.fingerprint, 4, None, 4)
     other = exported("diffusion")
     with pytest.raises(BundleError, match=r"policy_fingerprint: calibrated on policy"):
         check_monitor_use(manifest, other.bundle.fingerprint, 4, None)
