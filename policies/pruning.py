@@ -56,8 +56,36 @@ class Prune:
         return f"{self.steps}:{self.keep}"
 
 
-# The setting `taco bench` measures first (its summary's ratio_n16_pruned_over_n1).
-DEFAULT_PRUNE = Prune(3, 2)
+# What `--prune auto` runs, and the setting `taco bench` measures first (its summary's
+# ratio_n16_pruned_over_n1): on the shipped flow policy with its best verifier, best-of-16 pruned to one
+# candidate after 2 of 10 steps kept full best-of-16's success (193/200 against 185/200 on seeds nobody
+# tuned on) at 1.49x N=1's latency against 2.36x (docs/benchmarks.md#spending-less-on-n).
+DEFAULT_PRUNE = Prune(2, 1)
+
+
+def auto_prune(manifest, n: int, verifier: bool, monitor: bool, adaptive: bool = False) -> Prune | None:
+    """`--prune auto`: DEFAULT_PRUNE where it was measured to keep best-of-N's success, else None. That is a
+    flow policy with a deterministic sampler and no real-time chunking inputs (pruning under RTC guidance
+    was not measured), a verifier choosing among more than the one it keeps, no failure monitor (its
+    thresholds are calibrated on N fully denoised candidates), no adaptive N (one saving at a time), and
+    enough steps to prune after."""
+    if (manifest.kind != "flow" or manifest.step_noise or manifest.rtc or not verifier or monitor or adaptive
+            or n <= DEFAULT_PRUNE.keep or manifest.num_steps - 1 < DEFAULT_PRUNE.steps):
+        return None
+    return DEFAULT_PRUNE
+
+
+def resolve_prune(setting: str | None, manifest, n: int, verifier: bool, monitor: bool,
+                  adaptive: bool = False) -> Prune | None:
+    """A `--prune` value: 'auto' (`auto_prune`), 'none' / '' / None (no pruning) or 'k:m', checked against the
+    policy's steps."""
+    if setting in (None, "", "none"):
+        return None
+    if setting == "auto":
+        return auto_prune(manifest, n, verifier, monitor, adaptive)
+    prune = Prune.parse(setting)
+    prune.check(manifest.num_steps)
+    return prune
 
 
 def _referenced(node) -> set[str]:

@@ -160,19 +160,20 @@ def quantize_bundle(policy: str | Path, out: str | Path, graphs: tuple[str, ...]
 
 
 def decision_error(reference: PolicyBundle, other: PolicyBundle, observations: list, n: int = 4) -> dict:
-    """How far `other`'s decisions are from `reference`'s on the same observations and noise: the candidates'
-    chunks in robot units (max and mean absolute error) and features (max absolute error, and relative to
-    the features' scale)."""
-    from runtime.engine import Engine, EngineConfig
+    """How far `other`'s candidates are from `reference`'s on the same observations and noise: their chunks
+    in robot units (max and mean absolute error) and features (max absolute error, and relative to the
+    features' mean magnitude)."""
+    from policies.sampler import PolicySampler
 
-    config = EngineConfig(return_candidates=True)
-    a, b = Engine(reference, config=config), Engine(other, config=config)
+    a, b = PolicySampler(reference), PolicySampler(other)
     chunk, feature, scale = [], [], []
     for i, observation in enumerate(observations):
-        x, y = a.infer(observation, n=n, seed=i), b.infer(observation, n=n, seed=i)
-        chunk.append(np.abs(x.candidates - y.candidates))
-        feature.append(np.abs(x.features - y.features).max())
-        scale.append(np.abs(x.features).mean())
+        noise, step = a.draw(n, seed=i)
+        x_chunks, x_features = a.candidates(observation, noise, step)
+        y_chunks, y_features = b.candidates(observation, noise, step)
+        chunk.append(np.abs(a.unnormalize(x_chunks) - b.unnormalize(y_chunks)))
+        feature.append(np.abs(x_features - y_features).max())
+        scale.append(np.abs(x_features).mean())
     chunk = np.stack(chunk)
     return {"decisions": len(observations), "candidates": n, "chunk_max_abs": float(chunk.max()),
             "chunk_mean_abs": float(chunk.mean()), "features_max_abs": float(max(feature)),

@@ -56,23 +56,23 @@ def cmd_ros(args) -> int:
             params["rtc_max_weight"] = float(cap)
         if args.server:
             params.update(server=args.server, api_key_file=args.api_key_file or "")
-        if args.prune:
+        if args.prune not in ("auto", "none"):
             if args.server:
                 raise ValueError("--prune: with --server the server samples; prune there (taco serve --prune)")
-            from policies.pruning import Prune
+            from policies.pruning import resolve_prune
 
             if args.monitor != "none":
                 raise ValueError("--prune: a monitor is calibrated on fully denoised candidates; drop --monitor "
                                  "or --prune")
-            prune = Prune.parse(args.prune)  # its checks, before any node starts
-            prune.check(bundle.manifest.num_steps)
-            params["prune"] = str(prune)
+            params["prune"] = str(resolve_prune(args.prune, bundle.manifest, args.n, True, False))  # its checks
+        elif not args.server and args.prune == "none":
+            params["prune"] = "none"  # the node's own default is auto
         if args.adaptive:
             from runtime.adaptive import Adaptive
 
             if args.server:
                 raise ValueError("--adaptive: with --server the server samples; set it there (taco serve --adaptive)")
-            if args.prune or args.monitor != "none":
+            if args.prune not in ("auto", "none") or args.monitor != "none":
                 raise ValueError("--adaptive: not with --prune or --monitor (a monitor is calibrated at a fixed N)")
             params["adaptive"] = str(Adaptive.parse(args.adaptive))
         if args.monitor != "none":
@@ -134,9 +134,10 @@ def register(cli) -> None:
     p.add_argument("--monitor", default="none",
                    help="failure monitor bundle calibrated for this policy, --n and --verifier, or 'monitor' (the "
                         "policy's shipped one); its state on /diagnostics and /taco/monitor (docs/monitor.md)")
-    p.add_argument("--prune", default=None, metavar="K:M",
-                   help="pruned best-of-N: every candidate runs K denoising steps, the verifier's best M the rest "
-                        "(docs/engine.md)")
+    p.add_argument("--prune", default="auto", metavar="K:M|auto|none",
+                   help="pruned best-of-N: every candidate runs K denoising steps, the verifier's best M the rest; "
+                        "auto (default): 2:1 for a flow policy without RTC inputs with a verifier and no monitor, "
+                        "as measured on the shipped one (docs/engine.md)")
     p.add_argument("--adaptive", default=None, metavar="F:LEVEL",
                    help="adaptive N: F candidates first, all N only when their spread is above LEVEL "
                         "(taco calibrate-adaptive)")

@@ -54,7 +54,8 @@ from hardware.profiles import get_profile
 from hardware.safety import WatchdogConfig
 from policies.errors import SpecError
 from policies.guidance import DEFAULT_MAX_WEIGHT
-from policies.pruning import Prune
+from policies.bundle import load_policy_bundle
+from policies.pruning import resolve_prune
 from policies.shipped import resolve_policy
 from policies.schema import content_id
 from ros_nodes.common import (DIAGNOSTICS_TOPIC, EPISODE_TOPIC, EPISODES_QOS, ESTOP_RESET_TOPIC, ESTOP_STATE_TOPIC,
@@ -101,8 +102,9 @@ class PolicyNode(LifecycleNode):
         p("provider", "cpu")
         p("threads", 1)
         # Pruned best-of-N (policies.pruning): "k:m", every candidate runs k denoising steps and the
-        # verifier's best m the rest; "" for none.
-        p("prune", "")
+        # verifier's best m the rest; "auto" (2:1 for a flow policy without RTC inputs, with a verifier at
+        # start and no monitor: policies.pruning.auto_prune); "none".
+        p("prune", "auto")
         # Adaptive N (runtime.adaptive): "first:level", the other candidates only when the first round's
         # spread is above the level; "" for none.
         p("adaptive", "")
@@ -168,8 +170,9 @@ class PolicyNode(LifecycleNode):
                 monitor = resolve_monitor(get("monitor"), policy)
                 # The monitor scores after the chunk is out, on the inference worker, unless its alarm must
                 # stop the decision that raised it (hold).
-                prune = Prune.parse(get("prune")) if get("prune") else None
                 adaptive = Adaptive.parse(get("adaptive")) if get("adaptive") else None
+                prune = resolve_prune(get("prune"), load_policy_bundle(policy).manifest, int(get("n")),
+                                      verifier is not None, monitor is not None, adaptive=adaptive is not None)
                 self.engine = Engine(policy, verifier, EngineConfig(session=session,
                                                                     return_candidates=bool(get("log_decisions")),
                                                                     defer_monitor=get("monitor_action") != "hold",

@@ -24,7 +24,7 @@ def cmd_serve(args) -> int:
                          provider=args.provider, threads=args.threads, batch_window_ms=args.batch_window_ms,
                          log_decisions=args.log_decisions, log_max_mb=args.log_max_mb,
                          monitor=None if args.monitor == "none" else args.monitor,
-                         prune=args.prune or None, adaptive=args.adaptive or None)
+                         prune=args.prune, adaptive=args.adaptive or None)
     PolicyServer(config).run()
     return 0
 
@@ -38,9 +38,10 @@ def register(cli) -> None:
     p.add_argument("--monitor", default="none",
                    help="failure monitor bundle, or 'monitor' (the policy's shipped one), calibrated for --n and "
                         "--verifier: each reply carries its reading")
-    p.add_argument("--prune", default=None, metavar="K:M",
-                   help="pruned best-of-N: every candidate runs K denoising steps, the verifier's best M the rest "
-                        "(docs/engine.md)")
+    p.add_argument("--prune", default="auto", metavar="K:M|auto|none",
+                   help="pruned best-of-N: every candidate runs K denoising steps, the verifier's best M the rest; "
+                        "auto (default): 2:1 for a flow policy without RTC inputs with a verifier and no monitor, "
+                        "as measured on the shipped one (docs/engine.md)")
     p.add_argument("--adaptive", default=None, metavar="F:LEVEL",
                    help="adaptive N: F candidates first, all N only when their spread is above LEVEL "
                         "(taco calibrate-adaptive)")

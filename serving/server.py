@@ -90,8 +90,10 @@ class ServeConfig:
     # for `n` and the verifier; each reply then carries its reading. A connection is one episode, or, when
     # requests carry `episode`, each value of it.
     monitor: str | None = None
-    # Pruned best-of-N (policies.pruning, "k:m"): every candidate runs k denoising steps, the best m the rest.
-    prune: str | None = None
+    # Pruned best-of-N (policies.pruning): "k:m", every candidate runs k denoising steps and the best m the rest;
+    # "auto" (policies.pruning.auto_prune: 2:1 for a flow policy without RTC inputs, with a verifier and no
+    # monitor, as measured on the shipped one); "none" or None for no pruning.
+    prune: str | None = "auto"
     # Adaptive N (runtime.adaptive, "first:level"): the other candidates only when the first round disagrees.
     adaptive: str | None = None
 
@@ -266,12 +268,15 @@ class PolicyServer:
         verifier = resolve_verifier(c.verifier, policy) if c.verifier else None
         monitor = resolve_monitor(c.monitor, policy)
         session = SessionConfig(provider=c.provider, intra_op_threads=c.threads)
-        from policies.pruning import Prune
+        from policies.bundle import load_policy_bundle
+        from policies.pruning import resolve_prune
         from runtime.adaptive import Adaptive
 
         engine = Engine(policy, verifier=verifier, monitor=monitor,
                         config=EngineConfig(session=session, return_candidates=bool(c.log_decisions),
-                                            prune=None if c.prune is None else Prune.parse(c.prune),
+                                            prune=resolve_prune(c.prune, load_policy_bundle(policy).manifest, c.n,
+                                                                verifier is not None, monitor is not None,
+                                                                adaptive=c.adaptive is not None),
                                             adaptive=None if c.adaptive is None else Adaptive.parse(c.adaptive)))
         if engine.monitor is not None:
             from policies.schema import content_id

@@ -379,8 +379,9 @@ def register(cli) -> None:
                 extras=("sim",))
     p.add_argument("--policy", required=True)
     p.add_argument("--arm", action="append", required=True,
-                   help="NAME:N[@STREAM][:VERIFIER], repeated; the first is the reference (e.g. none:1; "
-                        "none2:1@2:none is N=1 on noise stream 2)")
+                   help="NAME:N[~pK/M|~aF/LEVEL][@STREAM][:VERIFIER], repeated; the first is the reference (e.g. "
+                        "none:1; none2:1@2:none is N=1 on noise stream 2; p:16~p2/1:combined is best-of-16 "
+                        "pruned to 1 after 2 steps, a:16~a4/0.1:combined adaptive from 4)")
     add_paired_flags(p, task="all", episodes=100)
     p.add_argument("--reference-streams", type=int, default=1, metavar="K",
                    help="also run the reference on noise streams 1..K-1 (same seeds), pool them, and test every "

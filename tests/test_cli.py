@@ -77,13 +77,13 @@ def test_bench_quick_writes_rows_and_summary(tmp_path, capsys):
     report = json.loads(path.read_text())
     rows = {(r["impl"], r["n"], r["verifier"]) for r in report["rows"]}
     assert rows == {(i, n, v) for n in (1, 16) for i, v in [("runtime", False), ("runtime", True), ("naive", True)]} \
-        | {("pruned 3:2", 16, True)}  # the default pruning, N=1 being no more than the 2 it keeps
+        | {("pruned 2:1", 16, True)}  # the default pruning (N=1 is no more than the one it keeps)
     for row in report["rows"]:
         assert row["total"]["p50"] > 0 and row["total"]["p99"] >= row["total"]["p50"]
     summary = report["summary"]
     assert summary["ratio_n16_over_n1"] > 0 and summary["speedup_over_naive_n16"] > 0
     assert summary["candidate_mflops"] > 0
-    assert summary["prune"] == "3:2" and summary["ratio_n16_pruned_over_n1"] > 0
+    assert summary["prune"] == "2:1" and summary["ratio_n16_pruned_over_n1"] > 0
     assert "ratio_n16_over_n1" in capsys.readouterr().out
 
 

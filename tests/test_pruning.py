@@ -184,3 +184,22 @@ def test_the_adaptive_level_stops_the_share_asked_for_of_the_logged_decisions(tm
     assert spreads[0] == 0.0 and np.isnan(spreads[1])  # one finite candidate has no spread
     assert main(["calibrate-adaptive", "--logs", str(tmp_path / "log"), "--first", "8"]) == 2
     assert "no more than the first round's 8" in capsys.readouterr().err
+
+
+def test_auto_prunes_only_where_it_was_measured_to_keep_the_success(exported, flow):
+    import dataclasses
+
+    from policies.pruning import DEFAULT_PRUNE, auto_prune, resolve_prune
+
+    m = dataclasses.replace(flow.bundle.manifest, rtc=False)  # as the shipped flow policy: no RTC inputs
+    assert auto_prune(m, 16, verifier=True, monitor=False) == DEFAULT_PRUNE == Prune(2, 1)
+    assert auto_prune(m, 16, verifier=False, monitor=False) is None  # nothing to judge the prediction by
+    assert auto_prune(m, 16, verifier=True, monitor=True) is None
+    assert auto_prune(m, 16, verifier=True, monitor=False, adaptive=True) is None
+    assert auto_prune(m, 1, verifier=True, monitor=False) is None
+    assert auto_prune(flow.bundle.manifest, 16, verifier=True, monitor=False) is None  # this one takes RTC
+    assert auto_prune(exported("diffusion").bundle.manifest, 16, verifier=True, monitor=False) is None
+    assert resolve_prune("none", m, 16, True, False) is None and resolve_prune(None, m, 16, True, False) is None
+    assert resolve_prune("3:2", m, 16, False, False) == Prune(3, 2)
+    with pytest.raises(BundleError, match="k must be in"):
+        resolve_prune(f"{m.num_steps}:1", m, 16, True, False)

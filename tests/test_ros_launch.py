@@ -186,9 +186,16 @@ def test_taco_ros_passes_a_pruning_checked_against_the_policy_before_starting_no
 
     flow = exported("flow")
     started = _record_launches(monkeypatch)
+    params = lambda: dict(cmd[i + 1].split(":=", 1) for i in range(4, len(cmd), 2))  # noqa: E731
     assert main(["ros", "sim", "--policy", str(flow.path), "--prune", "2:1"]) == 0
     cmd = started.pop()["policy"]
-    assert dict(cmd[i + 1].split(":=", 1) for i in range(4, len(cmd), 2))["prune"] == "2:1"
+    assert params()["prune"] == "2:1"
+    assert main(["ros", "sim", "--policy", str(flow.path)]) == 0
+    cmd = started.pop()["policy"]
+    assert "prune" not in params()  # the node's default: auto
+    assert main(["ros", "sim", "--policy", str(flow.path), "--prune", "none"]) == 0
+    cmd = started.pop()["policy"]
+    assert params()["prune"] == "none"
     steps = flow.bundle.manifest.num_steps
     assert main(["ros", "sim", "--policy", str(flow.path), "--prune", f"{steps}:1"]) == 2 and not started
     assert f"k must be in [1, {steps - 1}]" in capsys.readouterr().err

@@ -176,19 +176,23 @@ def test_a_pruning_server_gives_the_local_pruned_engines_decision(policy, tmp_pa
     dim = local.manifest.feature_dim
     verifier = write_verifier_bundle(linear_verifier_onnx(tmp_path / "v.onnx", np.linspace(-1, 1, dim)),
                                      tmp_path / "v", policy_fingerprint=local.bundle.fingerprint, feature_dim=dim)
-    pruned = Engine(policy, str(verifier.path), EngineConfig(prune=Prune(2, 2)))
-    server, thread = serve_in_thread(ServeConfig(policy=str(policy), verifier=str(verifier.path), port=0, n=8,
-                                                 prune="2:2", metrics_every_s=0))
-    try:
-        obs = make_example_observation(local.manifest, seed=4, image_size=(480, 640))
-        with RemoteEngine(_url(server)) as remote:
-            for seed in (0, 5, 9):
-                got, want = remote.infer(obs, n=8, seed=seed), pruned.infer(obs, n=8, seed=seed)
-                np.testing.assert_array_equal(got.chunk, want.chunk)
-                assert got.index == want.index and got.index in want.finished
-    finally:
-        server.stop()
-        thread.join(30)
+    obs = make_example_observation(local.manifest, seed=4, image_size=(480, 640))
+    # An explicit setting, and the default, auto, which does not prune a policy with RTC inputs (this one).
+    assert local.manifest.rtc
+    for setting, prune in (("2:2", Prune(2, 2)), ("auto", None)):
+        pruned = Engine(policy, str(verifier.path), EngineConfig(prune=prune))
+        server, thread = serve_in_thread(ServeConfig(policy=str(policy), verifier=str(verifier.path), port=0, n=8,
+                                                     prune=setting, metrics_every_s=0))
+        try:
+            with RemoteEngine(_url(server)) as remote:
+                for seed in (0, 5, 9):
+                    got, want = remote.infer(obs, n=8, seed=seed), pruned.infer(obs, n=8, seed=seed)
+                    np.testing.assert_array_equal(got.chunk, want.chunk)
+                    assert got.index == want.index
+                    assert (want.finished is None) if prune is None else (got.index in want.finished)
+        finally:
+            server.stop()
+            thread.join(30)
 
 
 def test_remote_engine_sends_real_time_chunking_guidance(server, policy):
