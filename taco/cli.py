@@ -112,7 +112,7 @@ def cmd_list(args) -> int:
     print("commands:")
     for command in args.registry.commands.values():
         needs = f"  [{', '.join(command.extras)}]" if command.extras else ""
-        print(f"  {command.name:<18} {command.part}{needs}")
+        print(f"  {command.name:<19} {command.part}{needs}")
     return 0
 
 
@@ -162,7 +162,7 @@ def format_commands(commands) -> str:
         text = command.help
         if missing:
             text += f" [needs the {' and '.join(missing)} extra{'s' if len(missing) > 1 else ''}: not installed]"
-        lines += textwrap.wrap(text, width=110, initial_indent=f"  {command.name:<18}", subsequent_indent=" " * 20)
+        lines += textwrap.wrap(text, width=110, initial_indent=f"  {command.name:<17} ", subsequent_indent=" " * 20)
     absent = sorted({extra for command in commands for extra in missing_extras(command.extras)})
     if absent:
         lines.append("")
