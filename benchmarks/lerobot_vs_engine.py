@@ -99,6 +99,10 @@ def main() -> None:
     parser.add_argument("--n", default="1,4,16")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime and torch intra-op threads")
+    parser.add_argument("--prune", default="2:1",
+                        help="pruned settings the engine is also measured at, flow families ('' for none)")
+    parser.add_argument("--engine-only", action="store_true",
+                        help="skip LeRobot's own inference (a minute a round for the real SmolVLA at N=16)")
     parser.add_argument("--quick", action="store_true", help="3 rounds")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -123,18 +127,21 @@ def main() -> None:
         ck, folder = checkpoint(family, root)
         bundle = import_lerobot(ck, root / f"{family}-bundle", joint_names=ALOHA_JOINTS, fps=50, tokenizer=folder)
         config = BenchConfig(ns=tuple(int(v) for v in args.n.split(",")), iters=iters, warmup=1,
-                             bundle=str(bundle.path), threads=args.threads, lerobot=str(ck),
-                             tokenizer=str(folder) if folder else None)
+                             bundle=str(bundle.path), threads=args.threads,
+                             lerobot=None if args.engine_only else str(ck), tokenizer=str(folder) if folder else None,
+                             prunes=tuple(p for p in args.prune.split(",") if p), naive=False)
         report = run_bench(config, progress=lambda msg: print(msg, file=sys.stderr))
         print(f"\n== {family}\n{format_table(report)}")
         results[family] = report
     patch.undo()
-    print(f"\n{'family':<14} {'vs LeRobot x N':>15} {'vs LeRobot batch':>17} {'engine N16/N1':>14}   (N=16, no verifier)")
+    print(f"\n{'family':<14} {'vs LeRobot x N':>15} {'vs LeRobot batch':>17} {'engine N16/N1':>14} "
+          f"{'pruned N16/N1':>14}   (N=16; pruned with the benchmark's verifier)")
     for family, report in results.items():
         s = report["summary"]
         print(f"{family:<14} {s.get('speedup_over_lerobot_calls_n16', float('nan')):>14.2f}x "
               f"{s.get('speedup_over_lerobot_batch_n16', float('nan')):>16.2f}x "
-              f"{s.get('runtime_ratio_n16_over_n1', float('nan')):>14.2f}")
+              f"{s.get('ratio_n16_over_n1', float('nan')):>14.2f} "
+              f"{s.get('ratio_n16_pruned_over_n1', float('nan')):>14.2f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

@@ -63,26 +63,29 @@ class Prune:
 DEFAULT_PRUNE = Prune(2, 1)
 
 
-def auto_prune(manifest, n: int, verifier: bool, monitor: bool, adaptive: bool = False) -> Prune | None:
+def auto_prune(manifest, n: int, verifier: bool, monitor: bool, adaptive: bool = False,
+               logging: bool = False) -> Prune | None:
     """`--prune auto`: DEFAULT_PRUNE where it was measured to keep best-of-N's success, else None. That is a
     flow policy with a deterministic sampler and no real-time chunking inputs (pruning under RTC guidance
     was not measured), a verifier choosing among more than the one it keeps, no failure monitor (its
-    thresholds are calibrated on N fully denoised candidates), no adaptive N (one saving at a time), and
+    thresholds are calibrated on N fully denoised candidates), no adaptive N (one saving at a time), no
+    decision log (a value verifier trains on every logged candidate: they must be finished ones), and
     enough steps to prune after."""
     if (manifest.kind != "flow" or manifest.step_noise or manifest.rtc or not verifier or monitor or adaptive
+            or logging
             or n <= DEFAULT_PRUNE.keep or manifest.num_steps - 1 < DEFAULT_PRUNE.steps):
         return None
     return DEFAULT_PRUNE
 
 
 def resolve_prune(setting: str | None, manifest, n: int, verifier: bool, monitor: bool,
-                  adaptive: bool = False) -> Prune | None:
+                  adaptive: bool = False, logging: bool = False) -> Prune | None:
     """A `--prune` value: 'auto' (`auto_prune`), 'none' / '' / None (no pruning) or 'k:m', checked against the
     policy's steps."""
     if setting in (None, "", "none"):
         return None
     if setting == "auto":
-        return auto_prune(manifest, n, verifier, monitor, adaptive)
+        return auto_prune(manifest, n, verifier, monitor, adaptive, logging)
     prune = Prune.parse(setting)
     prune.check(manifest.num_steps)
     return prune

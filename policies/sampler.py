@@ -297,9 +297,7 @@ class PolicySampler:
         guidance to a sampler that takes it."""
         if velocities and not self.velocities:
             raise BundleError("sampler", "velocities asked for before expose_velocities()")
-        feeds = dict(prefix)
-        if self.manifest.rtc:
-            feeds.update(rtc or self.rtc_feeds(None))
+        feeds = self._step_feeds(prefix, rtc)
         if self.manifest.sampler == "unrolled":
             feeds["noise"] = noise
             if self.manifest.step_noise:

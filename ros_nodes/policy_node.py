@@ -172,7 +172,8 @@ class PolicyNode(LifecycleNode):
                 # stop the decision that raised it (hold).
                 adaptive = Adaptive.parse(get("adaptive")) if get("adaptive") else None
                 prune = resolve_prune(get("prune"), load_policy_bundle(policy).manifest, int(get("n")),
-                                      verifier is not None, monitor is not None, adaptive=adaptive is not None)
+                                      verifier is not None, monitor is not None, adaptive=adaptive is not None,
+                                      logging=bool(get("log_decisions")))
                 self.engine = Engine(policy, verifier, EngineConfig(session=session,
                                                                     return_candidates=bool(get("log_decisions")),
                                                                     defer_monitor=get("monitor_action") != "hold",

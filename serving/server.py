@@ -276,7 +276,8 @@ class PolicyServer:
                         config=EngineConfig(session=session, return_candidates=bool(c.log_decisions),
                                             prune=resolve_prune(c.prune, load_policy_bundle(policy).manifest, c.n,
                                                                 verifier is not None, monitor is not None,
-                                                                adaptive=c.adaptive is not None),
+                                                                adaptive=c.adaptive is not None,
+                                                                logging=bool(c.log_decisions)),
                                             adaptive=None if c.adaptive is None else Adaptive.parse(c.adaptive)))
         if engine.monitor is not None:
             from policies.schema import content_id

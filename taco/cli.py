@@ -112,7 +112,7 @@ def cmd_list(args) -> int:
     print("commands:")
     for command in args.registry.commands.values():
         needs = f"  [{', '.join(command.extras)}]" if command.extras else ""
-        print(f"  {command.name:<19} {command.part}{needs}")
+        print(f"  {command.name:<18} {command.part}{needs}")
     return 0
 
 

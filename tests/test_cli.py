@@ -92,7 +92,7 @@ def test_bench_on_a_given_bundle_says_why_the_naive_rows_are_missing(flow, tmp_p
     assert main(["bench", "--bundle", str(flow.path), "--n", "1,2", "--iters", "2", "--quick",
                  "--json", str(path)]) == 0
     report = json.loads(path.read_text())
-    assert {r["impl"] for r in report["rows"]} == {"runtime"}
+    assert {(r["impl"], r["n"]) for r in report["rows"]} == {("runtime", 1), ("runtime", 2), ("pruned 2:1", 2)}
     assert any("naive" in note for note in report["notes"])
 
 

@@ -196,6 +196,7 @@ def test_auto_prunes_only_where_it_was_measured_to_keep_the_success(exported, fl
     assert auto_prune(m, 16, verifier=False, monitor=False) is None  # nothing to judge the prediction by
     assert auto_prune(m, 16, verifier=True, monitor=True) is None
     assert auto_prune(m, 16, verifier=True, monitor=False, adaptive=True) is None
+    assert auto_prune(m, 16, verifier=True, monitor=False, logging=True) is None
     assert auto_prune(m, 1, verifier=True, monitor=False) is None
     assert auto_prune(flow.bundle.manifest, 16, verifier=True, monitor=False) is None  # this one takes RTC
     assert auto_prune(exported("diffusion").bundle.manifest, 16, verifier=True, monitor=False) is None
@@ -203,3 +204,14 @@ def test_auto_prunes_only_where_it_was_measured_to_keep_the_success(exported, fl
     assert resolve_prune("3:2", m, 16, False, False) == Prune(3, 2)
     with pytest.raises(BundleError, match="k must be in"):
         resolve_prune(f"{m.num_steps}:1", m, 16, True, False)
+
+
+def test_a_pruned_or_adaptive_engine_is_not_logged(flow, tmp_path):
+    from runtime.adaptive import Adaptive
+    from verifiers.decision_log import DecisionLog
+
+    for config in (EngineConfig(prune=Prune(2, 1), return_candidates=True),
+                   EngineConfig(adaptive=Adaptive(3, 0.1), return_candidates=True)):
+        with pytest.raises(ValueError, match="log without --prune / --adaptive"):
+            DecisionLog.for_engine(tmp_path / "log", Engine(flow.path, config=config))
+    DecisionLog.for_engine(tmp_path / "log", Engine(flow.path, config=EngineConfig(return_candidates=True)))

@@ -86,6 +86,10 @@ class DecisionLog:
         normalisation); `max_mb`: the bound on disk in megabytes (None: none)."""
         if max_mb is not None and not max_mb > 0:
             raise ValueError(f"log_max_mb: expected > 0 megabytes, got {max_mb}")
+        config = getattr(engine, "config", None)
+        if getattr(config, "prune", None) is not None or getattr(config, "adaptive", None) is not None:
+            raise ValueError("log_decisions: a log keeps N fully denoised candidates per decision, which a pruned "
+                             "or adaptive engine does not sample; log without --prune / --adaptive")
         m = engine.manifest
         return cls(root, policy_fingerprint=engine.bundle.fingerprint, feature_dim=m.feature_dim,
                    chunk_length=m.chunk_length, action_dim=m.action_dim, action_mean=engine.policy.action_mean,
