@@ -119,7 +119,7 @@ def subgraph(model, inputs: list[str], outputs: list[str], like: str):
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {t.name: t for t in graph.initializer}
     declared = {i.name: i for i in graph.input}
-    stop, needed, seen, order = set(inputs), [], set(), []
+    stop, needed, seen = set(inputs), set(), set()
     stack = list(outputs)
     while stack:
         name = stack.pop()
@@ -134,10 +134,9 @@ def subgraph(model, inputs: list[str], outputs: list[str], like: str):
                                              f"does not take ({', '.join(inputs)})")
             raise BundleError("sampler", f"no node produces {name!r}")
         if id(node) not in needed:
-            needed.append(id(node))
+            needed.add(id(node))
             stack.extend(_referenced(node))
-    keep = set(needed)
-    order = [node for node in graph.node if id(node) in keep]  # the graph's own topological order
+    order = [node for node in graph.node if id(node) in needed]  # the graph's own topological order
     used = set().union(*(_referenced(node) for node in order)) | set(outputs)
     typed = {v.name: v for v in [*graph.value_info, *graph.output]}
     new_inputs = []
