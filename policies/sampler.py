@@ -279,7 +279,8 @@ class PolicySampler:
         if start not in (steps, last):
             raise ValueError(f"finish: start must be the pruning step {steps} or the last step {last}, got {start}")
         session, name = (last_session, graphs.x_last) if start == last else (tail, graphs.x_k)
-        chunks, features = session.run(["chunks", "features"], _only(session, {**feeds, name: x}))
+        # A part that reads the noise's shape only (the candidate count) is given x, of the same shape.
+        chunks, features = session.run(["chunks", "features"], _only(session, {**feeds, "noise": x, name: x}))
         return chunks, features
 
     def _step_feeds(self, prefix: Mapping[str, np.ndarray], rtc: Mapping[str, np.ndarray] | None) -> dict:

@@ -60,6 +60,9 @@ def euler_chain(graph, chunks: str = "chunks", noise: str = "noise") -> list[Eul
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {t.name: t for t in graph.initializer}
     steps, x = [], chunks
+    # A chunk cut from the last x (LeRobot's pi0 / SmolVLA pad the actions to a wider x and slice them out).
+    while producers.get(x) is not None and producers[x].op_type in ("Slice", "Identity"):
+        x = producers[x].input[0]
     while x != noise:
         node = producers.get(x)
         while node is not None and node.op_type == "Identity":

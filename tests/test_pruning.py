@@ -215,3 +215,24 @@ def test_a_pruned_or_adaptive_engine_is_not_logged(flow, tmp_path):
         with pytest.raises(ValueError, match="log without --prune / --adaptive"):
             DecisionLog.for_engine(tmp_path / "log", Engine(flow.path, config=config))
     DecisionLog.for_engine(tmp_path / "log", Engine(flow.path, config=EngineConfig(return_candidates=True)))
+
+
+def test_the_euler_chain_is_found_through_the_slice_that_cuts_a_padded_chunk_out():
+    from onnx import TensorProto, helper
+
+    # x_{k+1} = x_k + dt * u_k, u_k = x_k * w (a stand-in velocity), chunks = x_K[:, :, :2] (as LeRobot's
+    # pi0 and SmolVLA export: actions padded to a wider x).
+    nodes, x = [], "noise"
+    inits = [helper.make_tensor("dt", TensorProto.FLOAT, [], [-0.5]), helper.make_tensor("w", TensorProto.FLOAT, [], [2.0]),
+             helper.make_tensor("starts", TensorProto.INT64, [1], [0]), helper.make_tensor("ends", TensorProto.INT64, [1], [2]),
+             helper.make_tensor("axes", TensorProto.INT64, [1], [2])]
+    for k in range(2):
+        nodes += [helper.make_node("Mul", [x, "w"], [f"u{k}"]), helper.make_node("Mul", [f"u{k}", "dt"], [f"s{k}"]),
+                  helper.make_node("Add", [x, f"s{k}"], [f"x{k + 1}"])]
+        x = f"x{k + 1}"
+    nodes.append(helper.make_node("Slice", [x, "starts", "ends", "axes"], ["chunks"]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("noise", TensorProto.FLOAT, ["n", 3, 4])],
+                              [helper.make_tensor_value_info("chunks", TensorProto.FLOAT, ["n", 3, 2])], inits)
+    chain = euler_chain(graph)
+    assert [(s.x, s.velocity, s.x_next) for s in chain] == [("noise", "u0", "x1"), ("x1", "u1", "x2")]
+    assert [s.scale for s in chain] == [-0.5, -0.5]
