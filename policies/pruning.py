@@ -108,12 +108,11 @@ def _referenced(node) -> set[str]:
     return names - {""}
 
 
-def subgraph(model, inputs: list[str], outputs: list[str], like: str, shape_only: str | None = None):
+def subgraph(model, inputs: list[str], outputs: list[str], like: str):
     """The part of `model` (onnx.ModelProto) that computes `outputs` from `inputs`: graph inputs by their
     own declaration, inner tensors typed as the graph input `like` (the noise: every x of the chain has its
-    type and shape). `shape_only`: a graph input the part may take when it reads only its shape (LeRobot's
-    exports read the candidate count from the noise's). Raises BundleError when the outputs need another
-    graph input than `inputs`."""
+    type and shape); inputs the part does not read are left out. Raises BundleError when the outputs need
+    another graph input than `inputs`."""
     import onnx
     from onnx import helper
 
@@ -121,7 +120,7 @@ def subgraph(model, inputs: list[str], outputs: list[str], like: str, shape_only
     producers = {out: node for node in graph.node for out in node.output}
     initializers = {t.name: t for t in graph.initializer}
     declared = {i.name: i for i in graph.input}
-    stop, needed, seen = set(inputs) | ({shape_only} if shape_only else set()), set(), set()
+    stop, needed, seen = set(inputs), set(), set()
     stack = list(outputs)
     while stack:
         name = stack.pop()
@@ -140,12 +139,6 @@ def subgraph(model, inputs: list[str], outputs: list[str], like: str, shape_only
             stack.extend(_referenced(node))
     order = [node for node in graph.node if id(node) in needed]  # the graph's own topological order
     used = set().union(*(_referenced(node) for node in order)) | set(outputs)
-    if shape_only in used:
-        readers = {node.op_type for node in order if shape_only in _referenced(node)}
-        if readers != {"Shape"}:
-            raise BundleError("sampler", f"{outputs} read the graph input {shape_only!r} ({', '.join(sorted(readers))}), "
-                                         f"which the pruned part does not take ({', '.join(inputs)})")
-        inputs = [*inputs, shape_only]
     typed = {v.name: v for v in [*graph.value_info, *graph.output]}
     new_inputs = []
     for name in inputs:
@@ -210,9 +203,11 @@ def cut_sampler(path: Path, steps: int, num_steps: int, noise: str = "noise") ->
     inputs = [i.name for i in model.graph.input if i.name != noise]
     before = None if chain[k - 1].x == noise else chain[k - 1].x
     head = subgraph(model, [*inputs, noise], [*([before] if before else []), chain[k - 1].x_next], like=noise)
-    last = subgraph(model, [*inputs, chain[-1].x], ["chunks", "features"], like=noise, shape_only=noise)
-    tail = last if k == num_steps - 1 else subgraph(model, [*inputs, chain[k].x], ["chunks", "features"], like=noise,
-                                                    shape_only=noise)
+    # The later steps may read the initial noise too (LeRobot's exports: its shape, its values under RTC):
+    # those parts take it, each candidate's own.
+    last = subgraph(model, [*inputs, noise, chain[-1].x], ["chunks", "features"], like=noise)
+    tail = last if k == num_steps - 1 else subgraph(model, [*inputs, noise, chain[k].x], ["chunks", "features"],
+                                                    like=noise)
     parts = [part.SerializeToString() for part in (head, last, tail)]
     if max(len(p) for p in parts) >= 2**31 - 1:
         raise BundleError("sampler", f"{path.name} is over 2 GB with its weights: it cannot be cut in memory")

@@ -262,10 +262,12 @@ class PolicySampler:
         return x_k, (before + np.float32(factor) * (x_k - before)).astype(np.float32)
 
     def finish(self, prefix: Mapping[str, np.ndarray], x: np.ndarray, start: int, steps: int,
-               rtc: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+               rtc: Mapping[str, np.ndarray] | None = None, noise: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
         """Denoising steps `start` .. K-1 from x[M, Hn, D] (start = k: the kept candidates' x_k; start = K-1:
         a predicted x^_{K-1}) for a policy prepared for pruning after `steps` -> (chunks[M, H, A],
-        features[M, F]), as `sample` returns them."""
+        features[M, F]), as `sample` returns them. `noise`: the same candidates' initial noise, for a graph
+        whose later steps read it (required then)."""
         feeds = self._step_feeds(prefix, rtc)
         cut = self._pruned[steps]
         last = self.manifest.num_steps - 1
@@ -279,8 +281,10 @@ class PolicySampler:
         if start not in (steps, last):
             raise ValueError(f"finish: start must be the pruning step {steps} or the last step {last}, got {start}")
         session, name = (last_session, graphs.x_last) if start == last else (tail, graphs.x_k)
-        # A part that reads the noise's shape only (the candidate count) is given x, of the same shape.
-        chunks, features = session.run(["chunks", "features"], _only(session, {**feeds, "noise": x, name: x}))
+        feeds = _only(session, {**feeds, name: x, **({} if noise is None else {"noise": noise})})
+        if "noise" in {i.name for i in session.get_inputs()} and noise is None:
+            raise ValueError("finish: this sampler's later steps read the initial noise; pass the candidates' own")
+        chunks, features = session.run(["chunks", "features"], feeds)
         return chunks, features
 
     def _step_feeds(self, prefix: Mapping[str, np.ndarray], rtc: Mapping[str, np.ndarray] | None) -> dict:

@@ -323,7 +323,7 @@ class Engine:
         prune = self.config.prune
         with timer.stage("sample"):
             x_k, guess = self.policy.prune_head(prefix, noise, prune.steps, rtc)
-            chunks, features = self.policy.finish(prefix, guess, self.manifest.num_steps - 1, prune.steps, rtc)
+            chunks, features = self.policy.finish(prefix, guess, self.manifest.num_steps - 1, prune.steps, rtc, noise)
         with timer.stage("prune"):
             valid = finite_candidates(chunks)
             scores = None
@@ -343,7 +343,7 @@ class Engine:
                 raise SpecError("chunks", f"all {len(chunks)} candidates are non-finite at the pruning step "
                                           f"{prune.steps}; nothing to execute")
         with timer.stage("finish"):
-            done, done_features = self.policy.finish(prefix, x_k[order], prune.steps, prune.steps, rtc)
+            done, done_features = self.policy.finish(prefix, x_k[order], prune.steps, prune.steps, rtc, noise[order])
         chunks, features = chunks.copy(), features.copy()
         chunks[order], features[order] = done, done_features
         finished = np.zeros(len(chunks), bool)
