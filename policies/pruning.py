@@ -140,26 +140,18 @@ def subgraph(model, inputs: list[str], outputs: list[str], like: str):
     order = [node for node in graph.node if id(node) in needed]  # the graph's own topological order
     used = set().union(*(_referenced(node) for node in order)) | set(outputs)
     typed = {v.name: v for v in [*graph.value_info, *graph.output]}
-    new_inputs = []
-    for name in inputs:
-        if name not in used:
-            continue  # a prefix input this part never reads
-        if name in declared:
-            new_inputs.append(declared[name])
-        else:
-            value = onnx.ValueInfoProto()
-            value.CopyFrom(declared[like])
-            value.name = name
-            new_inputs.append(value)
-    new_outputs = []
-    for name in outputs:
-        if name in typed:
-            new_outputs.append(typed[name])
-        else:
-            value = onnx.ValueInfoProto()
-            value.CopyFrom(declared[like])
-            value.name = name
-            new_outputs.append(value)
+
+    def value_info(name: str, known: dict):
+        if name in known:
+            return known[name]
+        value = onnx.ValueInfoProto()
+        value.CopyFrom(declared[like])
+        value.name = name
+        return value
+
+    # A prefix input this part never reads is left out.
+    new_inputs = [value_info(name, declared) for name in inputs if name in used]
+    new_outputs = [value_info(name, typed) for name in outputs]
     part = helper.make_graph(order, f"{graph.name}_part", new_inputs, new_outputs,
                              [t for name, t in initializers.items() if name in used])
     out = helper.make_model(part, opset_imports=list(model.opset_import), ir_version=model.ir_version,

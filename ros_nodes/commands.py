@@ -134,13 +134,7 @@ def register(cli) -> None:
     p.add_argument("--monitor", default="none",
                    help="failure monitor bundle calibrated for this policy, --n and --verifier, or 'monitor' (the "
                         "policy's shipped one); its state on /diagnostics and /taco/monitor (docs/monitor.md)")
-    p.add_argument("--prune", default="auto", metavar="K:M|auto|none",
-                   help="pruned best-of-N: every candidate runs K denoising steps, the verifier's best M the rest; "
-                        "auto (default): 2:1 for a flow policy without RTC inputs with a verifier and no monitor, "
-                        "as measured on the shipped one (docs/engine.md)")
-    p.add_argument("--adaptive", default=None, metavar="F:LEVEL",
-                   help="adaptive N: F candidates first, all N only when their spread is above LEVEL "
-                        "(taco calibrate-adaptive)")
+    cli.add_saving_flags(p, auto=True)
     p.add_argument("--monitor-action", default="none", choices=["none", "slow", "hold"],
                    help="what the monitor's alarm does: nothing, halve the speed limits, or hold until "
                         "/taco/monitor_resume is called")

@@ -38,13 +38,7 @@ def register(cli) -> None:
     p.add_argument("--monitor", default="none",
                    help="failure monitor bundle, or 'monitor' (the policy's shipped one), calibrated for --n and "
                         "--verifier: each reply carries its reading")
-    p.add_argument("--prune", default="auto", metavar="K:M|auto|none",
-                   help="pruned best-of-N: every candidate runs K denoising steps, the verifier's best M the rest; "
-                        "auto (default): 2:1 for a flow policy without RTC inputs with a verifier and no monitor, "
-                        "as measured on the shipped one (docs/engine.md)")
-    p.add_argument("--adaptive", default=None, metavar="F:LEVEL",
-                   help="adaptive N: F candidates first, all N only when their spread is above LEVEL "
-                        "(taco calibrate-adaptive)")
+    cli.add_saving_flags(p, auto=True)
     p.add_argument("--max-n", type=int, default=256, help="largest n a request may ask for")
     p.add_argument("--host", default="127.0.0.1",
                    help="bind address; loopback by default (0.0.0.0 exposes the server, and is logged as such)")

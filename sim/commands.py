@@ -271,12 +271,7 @@ def register(cli) -> None:
     cli.add_log_flags(p, "one episode per simulated episode, with the executed actions and the outcome")
     p.add_argument("--explore", type=float, default=0.0,
                    help="epsilon-greedy collection: take a uniformly random candidate with this probability")
-    p.add_argument("--prune", default=None, metavar="K:M",
-                   help="pruned best-of-N: every candidate runs K denoising steps, the verifier's best M the rest "
-                        "(docs/engine.md)")
-    p.add_argument("--adaptive", default=None, metavar="F:LEVEL",
-                   help="adaptive N: F candidates first, all N only when their spread is above LEVEL "
-                        "(taco calibrate-adaptive; docs/engine.md)")
+    cli.add_saving_flags(p, auto=False)
     p.add_argument("--monitor", default=None,
                    help="a failure monitor bundle, or 'monitor' (the one shipped for the policy): each episode's "
                         "first alarm, and TPR / FPR / lead time in the summary")

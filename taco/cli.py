@@ -81,6 +81,19 @@ class Registry:
         parser.add_argument("--log-max-mb", type=float, default=None, metavar="MB",
                             help="with --log-decisions: stop logging episodes once the log holds this many megabytes")
 
+    @staticmethod
+    def add_saving_flags(parser: argparse.ArgumentParser, auto: bool) -> None:
+        """`--prune` and `--adaptive`, the flags that spend less on N candidates (docs/engine.md), of the
+        commands that decide; `auto`: `--prune` defaults to auto (the deployment commands), else to none."""
+        auto_help = ("; auto (default): 2:1 for a flow policy without RTC inputs with a verifier and no monitor, "
+                     "as measured on the shipped one") if auto else ""
+        parser.add_argument("--prune", default="auto" if auto else None, metavar="K:M|auto|none" if auto else "K:M",
+                            help="pruned best-of-N: every candidate runs K denoising steps, the verifier's best M "
+                                 f"the rest{auto_help} (docs/engine.md)")
+        parser.add_argument("--adaptive", default=None, metavar="F:LEVEL",
+                            help="adaptive N: F candidates first, all N only when their spread is above LEVEL "
+                                 "(taco calibrate-adaptive; docs/engine.md)")
+
     def register(self, part: str, register: Callable[[Registry], None], plugin: bool = False) -> None:
         self._part, self._plugin = part, plugin
         register(self)
